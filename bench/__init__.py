@@ -1,0 +1,1 @@
+"""DP normalisation benchmark: suites, data, backbones, DP training, runs, records, reports."""

@@ -1,0 +1,102 @@
+"""Shared building blocks: how a backbone turns a resolved norm into conv/norm layers."""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import ScaledStdConv2d, create_act_layer, make_divisible
+from torch import nn
+
+from norms import ResolvedNorm
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count at width multiplier ``width``, a multiple of 16 (so GroupNorm(16) divides)."""
+    if width == 1.0:
+        return channels
+    return make_divisible(channels * width, 16)
+
+
+def act(name: str) -> nn.Module:
+    """A timm activation, never in place: Opacus' full backward hooks break on in-place ops."""
+    return create_act_layer(name, inplace=False)
+
+
+class Residual(nn.Module):
+    """``post(branch(x) + shortcut(x))``, added out of place.
+
+    ``post`` is ScaleNorm's separate norm on the sum (an identity for other norms).
+    """
+
+    def __init__(
+        self, branch: nn.Module, shortcut: nn.Module | None = None, post: nn.Module | None = None
+    ):
+        super().__init__()
+        self.branch = branch
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+        self.post = post if post is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(self.branch(x) + self.shortcut(x))
+
+
+class NormPlan:
+    """Builds the layers a backbone needs from one resolved norm, so no backbone special-cases one.
+
+    Args:
+        norm: The resolved norm.
+        ws: Use weight-standardised convolutions (timm's ``ScaledStdConv2d``) for the plain
+            convolutions. KernelNorm's fused convolutions normalise their input windows and are
+            left unstandardised, as in the KernelNorm authors' models.
+    """
+
+    def __init__(self, norm: ResolvedNorm, *, ws: bool = False):
+        self.norm = norm
+        self.ws = ws
+
+    @property
+    def fused(self) -> bool:
+        return self.norm.fused_conv
+
+    def conv(
+        self, cin: int, cout: int, k: int = 3, stride: int = 1, *, bias: bool = False
+    ) -> nn.Module:
+        """A plain convolution (weight-standardised when ``ws``)."""
+        if self.ws:
+            # timm's ScaledStdConv2d: gain * (w - mean) / sqrt(fan_in * var + eps); eps chosen
+            # so that eps/fan_in plays the role of De et al.'s floor of 1e-4 on fan_in * var.
+            return ScaledStdConv2d(
+                cin,
+                cout,
+                k,
+                stride=stride,
+                padding=k // 2,
+                bias=bias,
+                gamma=1.0,
+                eps=1e-4 / (cin * k * k),
+            )
+        return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=bias)
+
+    def layer(self, channels: int) -> nn.Module:
+        """A standalone norm (per-pixel KernelNorm for KernelNorm)."""
+        return self.norm.layer(channels)
+
+    def post_residual(self, channels: int) -> nn.Module | None:
+        """ScaleNorm's separate norm on a residual sum, or None."""
+        return self.norm.layer(channels) if self.norm.post_residual else None
+
+    def _bias(self) -> bool:
+        # Without any norm after it a convolution keeps its bias; a norm's shift replaces it.
+        return self.norm.name == "none"
+
+    def conv_norm(self, cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Module:
+        """Conv -> Norm (post-norm blocks); one KNConv2d for KernelNorm."""
+        if self.fused:
+            return self.norm.fused_conv_layer(cin, cout, k, stride=stride)
+        return nn.Sequential(self.conv(cin, cout, k, stride, bias=self._bias()), self.layer(cout))
+
+    def norm_conv(self, cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Module:
+        """Norm -> Conv (pre-norm blocks); one KNConv2d for KernelNorm, which normalises its
+        input windows before convolving them."""
+        if self.fused:
+            return self.norm.fused_conv_layer(cin, cout, k, stride=stride)
+        return nn.Sequential(self.layer(cin), self.conv(cin, cout, k, stride, bias=True))

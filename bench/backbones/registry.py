@@ -1,0 +1,182 @@
+"""The backbones registry: each CIFAR ResNet is registered here and in timm's model registry."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from timm.models import register_model
+from torch import nn
+
+from bench.errors import BackboneError
+from norms import ResolvedNorm, format_spec, parse_spec, resolve_norm
+from norms.errors import NormSpecError, closest
+from norms.registry import coerce_value
+
+DEFAULT_NORM = "group_norm[num_groups=16]"
+_COMMON = ("num_classes", "in_chans")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone.
+
+    Attributes:
+        name: Stable identifier used in YAML, records and reports.
+        timm_name: The name in timm's registry (differs only where timm already uses the name).
+        builder: ``builder(norm, *, num_classes, in_chans, **params) -> nn.Module``.
+        defaults: The builder's own keyword parameters with their defaults.
+        description: One line for ``bench list``.
+    """
+
+    name: str
+    timm_name: str
+    builder: Callable[..., nn.Module]
+    defaults: Mapping[str, Any]
+    description: str
+
+
+@dataclass(frozen=True)
+class ResolvedBackbone:
+    """A backbone with its parameters fixed; ``str()`` is the canonical spec string."""
+
+    spec: BackboneSpec
+    params: Mapping[str, Any]
+    explicit: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __str__(self) -> str:
+        return format_spec(self.spec.name, self.explicit)
+
+    def build(
+        self, norm: str | ResolvedNorm = DEFAULT_NORM, *, num_classes: int = 10, in_chans: int = 3
+    ) -> nn.Module:
+        """Build the model with ``norm``; raises `bench.errors.IncompatibleError` on refusal."""
+        resolved = resolve_norm(norm)
+        model = self.spec.builder(
+            resolved, num_classes=num_classes, in_chans=in_chans, **self.params
+        )
+        model.backbone_spec = str(self)
+        model.norm_spec = str(resolved)
+        return model
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(
+    name: str, *, timm_name: str | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``builder`` under ``name`` here and as a timm model entrypoint.
+
+    ``timm.create_model(timm_name, norm="group_norm", num_classes=10, width=0.5)`` then builds
+    the same model as `create_backbone`.
+    """
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise BackboneError(f"backbone {name!r} is already registered")
+        sig = inspect.signature(builder)
+        defaults = {
+            k: p.default
+            for k, p in sig.parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in _COMMON
+        }
+        doc = inspect.getdoc(builder) or ""
+        spec = BackboneSpec(
+            name=name,
+            timm_name=timm_name or name,
+            builder=builder,
+            defaults=defaults,
+            description=doc.splitlines()[0] if doc else "",
+        )
+        _REGISTRY[name] = spec
+        register_model(_timm_entrypoint(spec))
+        return builder
+
+    return decorator
+
+
+def _timm_entrypoint(spec: BackboneSpec) -> Callable[..., nn.Module]:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(key, None)
+        if pretrained:
+            raise BackboneError(
+                f"{spec.name}: no pretrained weights exist; models train from scratch under DP"
+            )
+        norm = kwargs.pop("norm", kwargs.pop("norm_layer", DEFAULT_NORM))
+        common = {k: kwargs.pop(k) for k in _COMMON if k in kwargs}
+        return _resolve(spec, kwargs).build(norm, **common)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = spec.timm_name
+    entrypoint.__module__ = spec.builder.__module__
+    entrypoint.__doc__ = spec.description
+    return entrypoint
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The spec registered under ``name``; unknown names list the registered ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        hint = closest(name, _REGISTRY)
+        msg = f"unknown backbone {name!r}; registered backbones: {', '.join(sorted(_REGISTRY))}"
+        raise BackboneError(msg + (f" (did you mean {hint!r}?)" if hint else "")) from None
+
+
+def resolve_backbone(spec: str) -> ResolvedBackbone:
+    """Resolve ``"wrn16_4[width=0.5]"`` to a `ResolvedBackbone` (errors are `BackboneError`)."""
+    try:
+        name, params = parse_spec(spec)
+    except NormSpecError as err:
+        raise BackboneError(str(err).replace("norm spec", "backbone spec")) from None
+    return _resolve(get_backbone(name), params)
+
+
+def _resolve(spec: BackboneSpec, params: Mapping[str, Any]) -> ResolvedBackbone:
+    unknown = sorted(set(params) - set(spec.defaults))
+    if unknown:
+        allowed = ", ".join(sorted(spec.defaults)) or "none"
+        raise BackboneError(
+            f"backbone {spec.name!r} takes no parameter {unknown[0]!r}; its parameters: {allowed}"
+        )
+    full = dict(spec.defaults)
+    try:
+        for key, value in params.items():
+            full[key] = coerce_value(spec.name, key, value, spec.defaults[key])
+    except NormSpecError as err:
+        raise BackboneError(str(err).replace("norm ", "backbone ", 1)) from None
+    explicit = {k: v for k, v in full.items() if v != spec.defaults[k]}
+    return ResolvedBackbone(spec=spec, params=full, explicit=explicit)
+
+
+def create_backbone(
+    name: str,
+    *,
+    norm: str | ResolvedNorm = DEFAULT_NORM,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    **params: Any,
+) -> nn.Module:
+    """Build backbone ``name`` (a name or spec string) with ``norm``; the project's entry point.
+
+    Raises:
+        BackboneError: Unknown backbone or parameter.
+        norms.NormError: Unknown norm or norm parameter.
+        bench.errors.IncompatibleError: The backbone refuses the norm (with the reason).
+    """
+    resolved = resolve_backbone(name)
+    if params:
+        resolved = _resolve(resolved.spec, {**resolved.explicit, **params})
+    return resolved.build(norm, num_classes=num_classes, in_chans=in_chans)

@@ -1,0 +1,86 @@
+"""Wide ResNet 16-4 as in De et al.'s DP code: pre-activation, GroupNorm(16), optional WS."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.backbones.layers import NormPlan, Residual, act, scaled
+from bench.backbones.registry import register_backbone
+from norms import ResolvedNorm
+
+
+class WideResNet(nn.Module):
+    """Stem conv3x3(16) -> 3 stages of ``blocks`` pre-activation blocks -> head.
+
+    Branch: ``Act -> Norm -> Conv3x3`` twice (the first with the stage's stride); the first
+    block of a stage has the shortcut ``Act -> Norm -> Conv1x1(stride)``; out-of-place add,
+    then ScaleNorm's separate norm on the sum when enabled (before the next block).
+    Head: ``Act -> Norm -> global mean pool -> Linear``.
+    """
+
+    def __init__(
+        self,
+        plan: NormPlan,
+        *,
+        depth: int = 16,
+        widen: int = 4,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        width: float = 1.0,
+        act_layer: str = "relu",
+    ):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+        blocks = (depth - 4) // 6
+        stem = scaled(16, width)
+        widths = [scaled(16 * widen * 2**i, width) for i in range(3)]
+        self.stem = plan.conv(in_chans, stem, 3, bias=True)
+        stages: list[nn.Module] = []
+        cin = stem
+        for i, cout in enumerate(widths):
+            for b in range(blocks):
+                stride = (1 if i == 0 else 2) if b == 0 else 1
+                branch = nn.Sequential(
+                    act(act_layer),
+                    plan.norm_conv(cin, cout, 3, stride),
+                    act(act_layer),
+                    plan.norm_conv(cout, cout, 3),
+                )
+                shortcut = None
+                if b == 0:
+                    shortcut = nn.Sequential(act(act_layer), plan.norm_conv(cin, cout, 1, stride))
+                stages.append(Residual(branch, shortcut, post=plan.post_residual(cout)))
+                cin = cout
+        self.blocks = nn.Sequential(*stages)
+        self.head_act = act(act_layer)
+        self.head_norm = plan.layer(cin)
+        self.num_features = cin
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head_norm(self.head_act(self.blocks(self.stem(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@register_backbone("wrn16_4")
+def wrn16_4(
+    norm: ResolvedNorm,
+    *,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    width: float = 1.0,
+    ws: bool = True,
+    act_layer: str = "relu",
+) -> WideResNet:
+    """WRN-16-4 (De et al.), pre-activation, weight standardisation on by default (``ws``)."""
+    return WideResNet(
+        NormPlan(norm, ws=ws),
+        depth=16,
+        widen=4,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        width=width,
+        act_layer=act_layer,
+    )

@@ -1,0 +1,71 @@
+"""The exception hierarchy for errors a user can cause; the CLI turns them into one line, exit 2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from norms.errors import NormError, closest
+
+
+class BenchError(Exception):
+    """Base class of every error caused by user input (config, data, records, CLI arguments)."""
+
+
+class ConfigError(BenchError):
+    """Raised when a suite file or a ``--set`` override is invalid.
+
+    The message names the file, the key path, the value given, what is allowed and, for names,
+    the closest valid one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        given: object = None,
+        allowed: str | None = None,
+        choices: Iterable[str] | None = None,
+    ):
+        parts = []
+        if file:
+            parts.append(str(file))
+        if key:
+            parts.append(key)
+        where = ": ".join(parts)
+        text = f"{where}: {message}" if where else message
+        if given is not None:
+            text += f" (given: {given!r})"
+        if allowed:
+            text += f"; allowed: {allowed}"
+        if choices is not None and isinstance(given, str):
+            hint = closest(given, choices)
+            if hint:
+                text += f" (did you mean {hint!r}?)"
+        super().__init__(text)
+        self.file, self.key, self.given, self.allowed = file, key, given, allowed
+
+
+class DataError(BenchError):
+    """Raised when a data source is missing, empty or malformed (names the path)."""
+
+
+class PrivacyError(BenchError):
+    """Raised when a privacy target cannot be met (e.g. no noise multiplier reaches epsilon)."""
+
+
+class IncompatibleError(BenchError):
+    """Raised when a backbone refuses a norm; the runner records the cell as ``skipped``."""
+
+
+class RecordsError(BenchError):
+    """Raised when a records file cannot be read at all (a bad line is reported, not raised)."""
+
+
+class BackboneError(BenchError):
+    """Raised when a backbone name or spec string is unknown or malformed."""
+
+
+#: Everything the CLI reports as one line with exit code 2.
+USER_ERRORS: tuple[type[Exception], ...] = (BenchError, NormError)

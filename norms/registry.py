@@ -1,0 +1,305 @@
+"""The norms registry: register a norm factory by name, parse spec strings, build norm layers."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from norms.errors import DuplicateNormError, NormSpecError, UnknownNormError
+
+#: Per-sample-gradient paths a layer can take, as recorded in results.
+GRAD_SAMPLERS = ("opacus", "custom", "functorch", "none")
+
+_SPEC_RE = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(?:\[(.*)\])?\s*$")
+_RESERVED = ("device", "dtype")
+
+BoolOrFn = bool | Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """How a registered norm is built and how a backbone must use it.
+
+    Attributes:
+        name: Stable identifier used in YAML, records and reports.
+        factory: ``factory(num_channels, *, device=None, dtype=None, **params) -> nn.Module``.
+        description: One line for ``bench list`` (the factory's docstring summary).
+        defaults: Keyword parameters the factory takes, with their defaults.
+        choices: Allowed values for string parameters, where they are a closed set.
+        post_residual: The backbone adds a separate norm after every residual addition.
+        fused_conv: The backbone replaces every conv+norm pair by the norm's fused convolution
+            (``fused_conv_factory``) and uses ``factory`` only where a norm stands alone.
+        fused_conv_factory: ``(in_ch, out_ch, kernel_size, *, stride, padding, **params)``.
+        grad_sampler: Which per-sample-gradient path Opacus takes for this norm's parameters:
+            ``opacus`` (a sampler shipped by Opacus), ``custom`` (registered by this project),
+            ``functorch`` (Opacus' generic vmap path) or ``none`` (no trainable parameters).
+        grad_sample_modes: Opacus ``grad_sample_mode`` values proven against the oracle.
+        needs_public_data: Whether building the norm's statistics reads public data.
+        privacy_cost: Whether building the norm's statistics spends privacy budget, which the
+            accountant must be charged.
+        dp_safe: Whether the norm keeps DP-SGD's per-sample guarantee (all registered norms do;
+            the flag exists so that a non-DP variant could never reach a DP leaderboard).
+    """
+
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    defaults: Mapping[str, Any]
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    post_residual: bool = False
+    fused_conv: bool = False
+    fused_conv_factory: Callable[..., nn.Module] | None = None
+    grad_sampler: str = "opacus"
+    grad_sample_modes: tuple[str, ...] = ("hooks", "functorch")
+    needs_public_data: BoolOrFn = False
+    privacy_cost: BoolOrFn = False
+    dp_safe: bool = True
+
+    def resolve(self, params: Mapping[str, Any] | None = None) -> ResolvedNorm:
+        """Check ``params`` against the factory's signature and return the concrete norm."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            allowed = ", ".join(sorted(self.defaults)) or "none"
+            raise NormSpecError(
+                f"norm {self.name!r} takes no parameter {unknown[0]!r}; its parameters: {allowed}"
+            )
+        full = dict(self.defaults)
+        for key, value in params.items():
+            full[key] = coerce_value(self.name, key, value, self.defaults[key])
+            if key in self.choices and full[key] not in self.choices[key]:
+                raise NormSpecError(
+                    f"norm {self.name!r}: {key}={full[key]!r} is not allowed; "
+                    f"allowed: {', '.join(map(str, self.choices[key]))}"
+                )
+        explicit = {k: v for k, v in full.items() if v != self.defaults[k]}
+        return ResolvedNorm(spec=self, params=full, explicit=explicit)
+
+
+@dataclass(frozen=True)
+class ResolvedNorm:
+    """A norm with its parameters fixed: what a backbone builds and what a record names."""
+
+    spec: NormSpec
+    params: Mapping[str, Any]
+    explicit: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __str__(self) -> str:
+        return format_spec(self.spec.name, self.explicit)
+
+    @property
+    def post_residual(self) -> bool:
+        return self.spec.post_residual
+
+    @property
+    def fused_conv(self) -> bool:
+        return self.spec.fused_conv
+
+    @property
+    def needs_public_data(self) -> bool:
+        flag = self.spec.needs_public_data
+        return bool(flag(self.params) if callable(flag) else flag)
+
+    @property
+    def privacy_cost(self) -> bool:
+        flag = self.spec.privacy_cost
+        return bool(flag(self.params) if callable(flag) else flag)
+
+    def layer(self, num_channels: int, *, device=None, dtype=None) -> nn.Module:
+        """Build the norm for ``num_channels`` channels (the call shape timm's blocks use)."""
+        return self.spec.factory(num_channels, device=device, dtype=dtype, **self.params)
+
+    def fused_conv_layer(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int | None = None,
+    ) -> nn.Module:
+        """Build the fused conv+norm layer of a ``fused_conv`` norm."""
+        if self.spec.fused_conv_factory is None:
+            raise NormSpecError(f"norm {self.name!r} has no fused convolution")
+        if padding is None:
+            padding = kernel_size // 2
+        return self.spec.fused_conv_factory(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, **self.params
+        )
+
+
+_REGISTRY: dict[str, NormSpec] = {}
+
+
+def register_norm(
+    name: str,
+    *,
+    choices: Mapping[str, tuple[Any, ...]] | None = None,
+    post_residual: bool = False,
+    fused_conv_factory: Callable[..., nn.Module] | None = None,
+    grad_sampler: str = "opacus",
+    grad_sample_modes: tuple[str, ...] = ("hooks", "functorch"),
+    needs_public_data: BoolOrFn = False,
+    privacy_cost: BoolOrFn = False,
+    dp_safe: bool = True,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a norm factory under ``name``; see `NormSpec` for the meaning of each flag.
+
+    Raises:
+        DuplicateNormError: When ``name`` is already registered.
+    """
+    if grad_sampler not in GRAD_SAMPLERS:
+        raise NormSpecError(f"grad_sampler must be one of {GRAD_SAMPLERS}, got {grad_sampler!r}")
+
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise DuplicateNormError(f"norm {name!r} is already registered")
+        doc = inspect.getdoc(factory) or ""
+        _REGISTRY[name] = NormSpec(
+            name=name,
+            factory=factory,
+            description=doc.splitlines()[0] if doc else "",
+            defaults=_keyword_defaults(factory),
+            choices=dict(choices or {}),
+            post_residual=post_residual,
+            fused_conv=fused_conv_factory is not None,
+            fused_conv_factory=fused_conv_factory,
+            grad_sampler=grad_sampler,
+            grad_sample_modes=tuple(grad_sample_modes),
+            needs_public_data=needs_public_data,
+            privacy_cost=privacy_cost,
+            dp_safe=dp_safe,
+        )
+        return factory
+
+    return decorator
+
+
+def get_norm(name: str) -> NormSpec:
+    """The spec registered under ``name``.
+
+    Raises:
+        UnknownNormError: Listing the registered names and the closest match.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownNormError(name, _REGISTRY) from None
+
+
+def list_norms() -> list[str]:
+    """Registered norm names, in registration order."""
+    return list(_REGISTRY)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Split ``"group_norm[num_groups=8]"`` into ``("group_norm", {"num_groups": "8"})``.
+
+    Values stay strings here; `NormSpec.resolve` converts them to the parameter's type.
+    """
+    if not isinstance(spec, str):
+        raise NormSpecError(
+            f"a norm spec must be a string such as 'group_norm[num_groups=8]', got {spec!r}"
+        )
+    match = _SPEC_RE.match(spec)
+    if not match:
+        raise NormSpecError(f"malformed norm spec {spec!r}; expected name or name[key=value,...]")
+    name, body = match.group(1), match.group(2)
+    params: dict[str, str] = {}
+    if body is not None and body.strip():
+        for item in body.split(","):
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or not key or not value.strip():
+                raise NormSpecError(f"malformed parameter {item.strip()!r} in norm spec {spec!r}")
+            if key in params:
+                raise NormSpecError(f"parameter {key!r} given twice in norm spec {spec!r}")
+            params[key] = value.strip()
+    return name, params
+
+
+def format_spec(name: str, params: Mapping[str, Any]) -> str:
+    """The canonical spec string: parameters sorted by key, ``name`` alone when there are none."""
+    if not params:
+        return name
+    body = ",".join(f"{k}={_format_value(params[k])}" for k in sorted(params))
+    return f"{name}[{body}]"
+
+
+def resolve_norm(name_or_spec: str | ResolvedNorm, **params: Any) -> ResolvedNorm:
+    """Resolve a name or spec string (plus extra keyword parameters) to a `ResolvedNorm`."""
+    if isinstance(name_or_spec, ResolvedNorm):
+        if not params:
+            return name_or_spec
+        merged = {**name_or_spec.explicit, **params}
+        return name_or_spec.spec.resolve(merged)
+    name, spec_params = parse_spec(name_or_spec)
+    overlap = set(spec_params) & set(params)
+    if overlap:
+        raise NormSpecError(
+            f"parameter {sorted(overlap)[0]!r} given both in the spec and as a "
+            f"keyword for norm {name!r}"
+        )
+    return get_norm(name).resolve({**spec_params, **params})
+
+
+def create_norm(
+    name_or_spec: str | ResolvedNorm, num_channels: int, *, device=None, dtype=None, **params: Any
+) -> nn.Module:
+    """Build the norm layer named by ``name_or_spec`` for ``num_channels`` channels."""
+    return resolve_norm(name_or_spec, **params).layer(num_channels, device=device, dtype=dtype)
+
+
+def _keyword_defaults(factory: Callable[..., nn.Module]) -> dict[str, Any]:
+    sig = inspect.signature(factory)
+    defaults = {}
+    for pname, p in sig.parameters.items():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or pname in _RESERVED:
+            continue
+        if p.default is inspect.Parameter.empty:
+            raise NormSpecError(f"{factory.__name__}: parameter {pname!r} needs a default")
+        defaults[pname] = p.default
+    return defaults
+
+
+def coerce_value(norm: str, key: str, value: Any, default: Any) -> Any:
+    """Convert a spec value (often a string from YAML or the CLI) to the type of ``default``."""
+    if not isinstance(value, str) or isinstance(default, str):
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise NormSpecError(f"norm {norm!r}: {key} must be true or false, got {value!r}")
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    text = value.strip()
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if default is None:  # optional number, e.g. group_size
+            return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+    except ValueError:
+        kind = "true or false" if isinstance(default, bool) else type(default).__name__
+        raise NormSpecError(f"norm {norm!r}: {key} must be {kind}, got {value!r}") from None
+    return text
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

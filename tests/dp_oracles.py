@@ -1,0 +1,68 @@
+"""Oracles shared by the DP tests: per-sample gradients vs one-example batches, batch mixing."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from opacus import GradSampleModule
+from opacus.utils.per_sample_gradients_utils import (
+    compute_microbatch_grad_sample,
+    compute_opacus_grad_sample,
+)
+from torch import nn
+
+
+def grad_sample_mismatches(
+    model: nn.Module, x: torch.Tensor, mode: str, *, atol: float = 1e-9, rtol: float = 1e-6
+) -> list[str]:
+    """Parameters whose Opacus per-sample gradients differ from one-example-batch gradients.
+
+    The reference is Opacus' own oracle (`compute_microbatch_grad_sample`): run each example
+    alone and take its ordinary gradient. Tolerances are absolute + relative, elementwise, so a
+    gradient that is exactly zero in theory compares sensibly.
+    """
+    ref = compute_microbatch_grad_sample(x, model, loss_reduction="sum")
+    got = compute_opacus_grad_sample(x, model, loss_reduction="sum", grad_sample_mode=mode)
+    bad = []
+    for name, expected in ref.items():
+        if name not in got or not torch.allclose(got[name], expected, atol=atol, rtol=rtol):
+            err = (got[name] - expected).abs().max().item() if name in got else float("nan")
+            bad.append(f"{name}: max abs err {err:.3g}")
+    return bad
+
+
+def outputs_and_grad_samples(
+    model: nn.Module, x: torch.Tensor, seed: int = 0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Training-mode outputs and Opacus per-sample gradients of ``sum(outputs**2)``."""
+    gsm = GradSampleModule(copy.deepcopy(model), loss_reduction="sum")
+    gsm.train()
+    torch.manual_seed(seed)  # same dropout masks in both passes of a comparison
+    out = gsm(x)
+    out.square().sum().backward()
+    grads = {
+        n: p.grad_sample.detach().clone()
+        for n, p in gsm._module.named_parameters()
+        if p.requires_grad
+    }
+    return out.detach(), grads
+
+
+def mixing_examples(model: nn.Module, x: torch.Tensor, j: int) -> list[str]:
+    """What changes for the other examples when example ``j`` is replaced (empty list: nothing).
+
+    Under DP-SGD example i's output and per-sample gradient must not depend on example j.
+    """
+    x2 = x.clone()
+    x2[j] = torch.randn_like(x[j]) * 3 + 1
+    out1, g1 = outputs_and_grad_samples(model, x)
+    out2, g2 = outputs_and_grad_samples(model, x2)
+    keep = [i for i in range(x.shape[0]) if i != j]
+    changed = []
+    if not torch.allclose(out1[keep], out2[keep], atol=1e-10, rtol=1e-8):
+        changed.append("outputs")
+    changed += [
+        n for n in g1 if not torch.allclose(g1[n][keep], g2[n][keep], atol=1e-10, rtol=1e-8)
+    ]
+    return changed

@@ -1,0 +1,113 @@
+"""DP-safe BatchNorm: public stats read no private data; DP stats are a Gaussian mechanism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from torch import nn
+
+from bench.backbones import create_backbone
+from norms.dp_batch_norm import (
+    FrozenStatsNorm,
+    calibrate,
+    clip_rows,
+    frozen_stats_layers,
+    gaussian_sum,
+    per_example_moments,
+)
+
+
+def model_with(norm: str) -> nn.Module:
+    torch.manual_seed(0)
+    return create_backbone("resnet9", norm=norm, width=0.125).double()
+
+
+def test_public_statistics_are_computed_from_public_examples_only():
+    model = model_with("dp_batch_norm[stats=public]")
+    public = torch.randn(32, 3, 16, 16, dtype=torch.float64)
+    seen: list[torch.Tensor] = []
+    hook = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    assert calibrate(model, lambda: [public[:16], public[16:]]) is None  # no privacy cost
+    hook.remove()
+    assert seen and all(
+        any(torch.equal(s, public[i : i + len(s)]) for i in (0, 16)) or s.shape[0] == 1
+        for s in seen
+    )
+    # The first layer's statistics are exactly the public inputs' channel moments.
+    first = frozen_stats_layers(model, public[:1])[0]
+    conv = model.features[0][0][0]
+    with torch.no_grad():
+        h = conv(public)
+    torch.testing.assert_close(first.mean, h.mean(dim=(0, 2, 3)), atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(
+        first.var, h.var(dim=(0, 2, 3), unbiased=False), atol=1e-8, rtol=1e-6
+    )
+
+
+def test_frozen_statistics_never_change_during_training_forward_passes():
+    model = model_with("dp_batch_norm[stats=public]")
+    calibrate(model, lambda: [torch.randn(16, 3, 16, 16, dtype=torch.float64)])
+    before = {k: v.clone() for k, v in model.state_dict().items() if "mean" in k or "var" in k}
+    model.train()
+    for _ in range(3):
+        model(torch.randn(8, 3, 16, 16, dtype=torch.float64) * 10).sum().backward()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(bool(m.calibrated) for m in model.modules() if isinstance(m, FrozenStatsNorm))
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    n=st.integers(1, 20),
+    dim=st.integers(1, 12),
+    max_norm=st.floats(0.1, 10.0),
+    scale=st.floats(1e-3, 1e4),
+)
+def test_one_example_changes_the_clipped_sum_by_at_most_the_clip(n, dim, max_norm, scale):
+    g = torch.Generator().manual_seed(n * 31 + dim)
+    data = torch.randn(n, dim, generator=g, dtype=torch.float64) * scale
+    extreme = torch.randn(1, dim, generator=g, dtype=torch.float64) * 1e6
+    base = clip_rows(data, max_norm).sum(0)
+    added = clip_rows(torch.cat([data, extreme]), max_norm).sum(0)
+    replaced = clip_rows(torch.cat([data[:-1], extreme]), max_norm).sum(0)
+    assert (added - base).norm() <= max_norm * (1 + 1e-9)
+    assert (replaced - base).norm() <= 2 * max_norm * (1 + 1e-9)
+
+
+@pytest.mark.parametrize(("sigma", "max_norm"), [(2.0, 1.0), (50.0, 0.3)])
+def test_dp_statistics_carry_exactly_the_promised_gaussian_noise(sigma, max_norm):
+    """Kolmogorov-Smirnov against N(0, (sigma * C)^2); a mechanism with less noise is rejected."""
+    data = torch.randn(40, 6, dtype=torch.float64) * 3
+    clean = clip_rows(data, max_norm).sum(0)
+    g = torch.Generator().manual_seed(123)
+    noise = torch.cat([gaussian_sum(data, max_norm, sigma, g) - clean for _ in range(400)])
+    promised = sigma * max_norm
+    assert stats.kstest(noise.numpy(), "norm", args=(0, promised)).pvalue > 1e-3
+    assert stats.kstest(noise.numpy(), "norm", args=(0, 0.8 * promised)).pvalue < 1e-3
+
+
+def test_private_dp_calibration_charges_one_gaussian_release_per_layer():
+    model = model_with("dp_batch_norm[stats=private_dp,noise_multiplier=8.0]")
+    charge = calibrate(
+        model,
+        lambda: [torch.randn(64, 3, 16, 16, dtype=torch.float64)],
+        generator=torch.Generator().manual_seed(0),
+    )
+    layers = frozen_stats_layers(model)
+    assert charge is not None
+    assert (charge.noise_multiplier, charge.sample_rate, charge.steps) == (8.0, 1.0, len(layers))
+
+
+def test_private_dp_statistics_estimate_the_true_moments():
+    x = torch.rand(2000, 3, 8, 8, dtype=torch.float64) * 2
+    layer = FrozenStatsNorm(3, stats="private_dp", noise_multiplier=5.0, clip=3.0).double()
+    model = nn.Sequential(layer)
+    calibrate(model, lambda: [x], generator=torch.Generator().manual_seed(0))
+    true = per_example_moments(x).mean(0)
+    noise_std = 5.0 * 3.0 * math.sqrt(6) / 2000
+    assert (layer.mean - true[:3]).abs().max() < 5 * noise_std
