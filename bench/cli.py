@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from bench.errors import USER_ERRORS
+from bench.errors import user_errors
 
 
 def _cmd_list(_args: argparse.Namespace) -> int:
@@ -16,14 +17,108 @@ def _cmd_list(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import load_suite
+    from bench.runner import default_out_dir, run_suite
+
+    suite = load_suite(args.suite, args.set)
+    out_dir = Path(args.out) if args.out else default_out_dir(suite)
+    if args.dry_run:
+        from bench.dryrun import render_dry_run
+
+        print(render_dry_run(suite, out_dir / "records.jsonl"))
+        return 0
+    slurm = {
+        k: v
+        for k, v in {
+            "slurm_partition": args.slurm_partition,
+            "timeout_min": args.slurm_time_min,
+            "gpus_per_node": args.slurm_gpus,
+            "slurm_array_parallelism": args.slurm_parallel,
+        }.items()
+        if v is not None
+    }
+    try:
+        summary = run_suite(
+            suite,
+            out_dir=out_dir,
+            force=args.force,
+            device=args.device,
+            executor=args.executor,
+            workers=args.workers,
+            slurm=slurm,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished cells are recorded in {out_dir / 'records.jsonl'}; "
+            f"run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    counts = ", ".join(f"{n} {s}" for s, n in summary.statuses.items()) or "nothing to run"
+    print(
+        f"{summary.ran} of {summary.total} cells run ({counts}; {summary.already_done} "
+        f"recorded earlier) in {summary.wall_s:.1f} s; leaderboard: "
+        f"{summary.out_dir / 'leaderboard.md'}"
+    )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import write_report
+
+    path = write_report(Path(args.dir), baseline=args.baseline, alpha=args.alpha)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark of normalisation layers for ResNets trained with DP-SGD.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     p_list = sub.add_parser("list", help="registered norms (parameters, DP status) and backbones")
     p_list.set_defaults(func=_cmd_list)
+
+    p_run = sub.add_parser("run", help="run a suite (resumes: finished cells are skipped)")
+    p_run.add_argument("suite", help="suite file, e.g. suites/smoke.yaml")
+    p_run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a suite value, e.g. --set training.steps=100 (repeatable)",
+    )
+    p_run.add_argument("--out", help="output directory (default reports/<suite name>)")
+    p_run.add_argument("--force", action="store_true", help="re-run cells that have a record")
+    p_run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the grid and the calibrated noise per accountant; no training",
+    )
+    p_run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    p_run.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p_run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local worker processes (default: one per visible GPU)",
+    )
+    p_run.add_argument("--slurm-partition")
+    p_run.add_argument("--slurm-time-min", type=int)
+    p_run.add_argument("--slurm-gpus", type=int, default=None)
+    p_run.add_argument("--slurm-parallel", type=int, help="max array jobs running at once")
+    p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_run.set_defaults(func=_cmd_run)
+
+    p_report = sub.add_parser("report", help="rebuild DIR/leaderboard.md from DIR/records.jsonl")
+    p_report.add_argument("dir", help="a suite's output directory, e.g. reports/smoke")
+    p_report.add_argument("--baseline", help="baseline norm (default: the suite's, or group_norm)")
+    p_report.add_argument("--alpha", type=float, help="significance level (default 0.05)")
+    p_report.set_defaults(func=_cmd_report)
     return parser
 
 
@@ -33,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
-from norms.errors import NormError, closest
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The valid name closest to ``name``, or None when nothing is close."""
+    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return matches[0] if matches else None
 
 
 class BenchError(Exception):
@@ -67,5 +72,12 @@ class BackboneError(BenchError):
     """Raised when a backbone name or spec string is unknown or malformed."""
 
 
-#: Everything the CLI reports as one line with exit code 2.
-USER_ERRORS: tuple[type[Exception], ...] = (BenchError, NormError)
+def user_errors() -> tuple[type[Exception], ...]:
+    """Everything the CLI reports as one line with exit code 2.
+
+    A function, not a constant, so that importing this module (as the torch-free report code
+    does) does not import `norms` and with it torch.
+    """
+    from norms.errors import NormError
+
+    return (BenchError, NormError)

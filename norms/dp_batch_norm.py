@@ -150,6 +150,7 @@ class FrozenStatsNorm(nn.Module):
     grad_sampler="custom",
     needs_public_data=lambda p: p["stats"] == "public",
     privacy_cost=lambda p: p["stats"] == "private_dp",
+    always_shown=("stats",),
 )
 def dp_batch_norm(
     num_channels: int,
@@ -235,6 +236,28 @@ def gaussian_sum(
     return total + noise.to(total.device) * (noise_multiplier * max_norm)
 
 
+def planned_charge(model: nn.Module) -> PrivacyCharge | None:
+    """The privacy charge `calibrate` will make on ``model``, known before any data is read.
+
+    DP-SGD's noise is calibrated for the budget that remains after this charge, so it must be
+    known up front; it depends only on the layers' configuration, never on the data.
+    """
+    layers = frozen_stats_layers(model)
+    private = [layer for layer in layers if layer.stats == "private_dp"]
+    if not private:
+        return None
+    sigma = private[0].noise_multiplier
+    if any(layer.noise_multiplier != sigma for layer in private) or len(private) != len(layers):
+        raise NormSpecError("dp_batch_norm layers of one model must share stats and noise")
+    return PrivacyCharge(
+        noise_multiplier=sigma,
+        sample_rate=1.0,
+        steps=len(private),
+        description=f"dp_batch_norm statistics: {len(private)} Gaussian releases "
+        f"(noise multiplier {sigma}) of clipped per-example channel moments",
+    )
+
+
 @torch.no_grad()
 def calibrate(
     model: nn.Module,
@@ -275,18 +298,7 @@ def calibrate(
             _calibrate_layer(model, layer, batches, generator)
     finally:
         model.train(was_training)
-    if variants == {"public"}:
-        return None
-    sigma = layers[0].noise_multiplier
-    if any(layer.noise_multiplier != sigma for layer in layers):
-        raise NormSpecError("dp_batch_norm layers of one model must share noise_multiplier")
-    return PrivacyCharge(
-        noise_multiplier=sigma,
-        sample_rate=1.0,
-        steps=len(layers),
-        description=f"dp_batch_norm statistics: {len(layers)} Gaussian releases "
-        f"(noise multiplier {sigma}) of clipped per-example channel moments",
-    )
+    return planned_charge(model)
 
 
 def _calibrate_layer(

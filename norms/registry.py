@@ -44,6 +44,8 @@ class NormSpec:
             accountant must be charged.
         dp_safe: Whether the norm keeps DP-SGD's per-sample guarantee (all registered norms do;
             the flag exists so that a non-DP variant could never reach a DP leaderboard).
+        always_shown: Parameters printed in the spec string even at their default, because a
+            reader must see them (``dp_batch_norm[stats=public]``).
     """
 
     name: str
@@ -59,6 +61,7 @@ class NormSpec:
     needs_public_data: BoolOrFn = False
     privacy_cost: BoolOrFn = False
     dp_safe: bool = True
+    always_shown: tuple[str, ...] = ()
 
     def resolve(self, params: Mapping[str, Any] | None = None) -> ResolvedNorm:
         """Check ``params`` against the factory's signature and return the concrete norm."""
@@ -77,7 +80,9 @@ class NormSpec:
                     f"norm {self.name!r}: {key}={full[key]!r} is not allowed; "
                     f"allowed: {', '.join(map(str, self.choices[key]))}"
                 )
-        explicit = {k: v for k, v in full.items() if v != self.defaults[k]}
+        explicit = {
+            k: v for k, v in full.items() if v != self.defaults[k] or k in self.always_shown
+        }
         return ResolvedNorm(spec=self, params=full, explicit=explicit)
 
 
@@ -151,6 +156,7 @@ def register_norm(
     needs_public_data: BoolOrFn = False,
     privacy_cost: BoolOrFn = False,
     dp_safe: bool = True,
+    always_shown: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a norm factory under ``name``; see `NormSpec` for the meaning of each flag.
 
@@ -178,6 +184,7 @@ def register_norm(
             needs_public_data=needs_public_data,
             privacy_cost=privacy_cost,
             dp_safe=dp_safe,
+            always_shown=tuple(always_shown),
         )
         return factory
 

@@ -1,0 +1,185 @@
+"""Privacy accounting: calibrate DP-SGD's noise so the whole run spends the target epsilon.
+
+Opacus' ``get_noise_multiplier`` calibrates a run made of DP-SGD steps alone. A run here may
+also release DP statistics (``dp_batch_norm[stats=private_dp]``), so the search below composes
+every cost of the run in one accountant history, ``[(sigma, q, steps), *extra charges]``, and
+bisects on the DP-SGD noise multiplier. The epsilon reported after a run is computed the same
+way from what the run actually did (steps taken, charges made).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from bench.errors import PrivacyError
+
+History = Sequence[tuple[float, float, int]]
+ACCOUNTANTS = ("prv", "rdp")
+#: Calibrate to an epsilon in [target * (1 - TOLERANCE), target].
+TOLERANCE = 0.005
+
+
+@dataclass(frozen=True)
+class EpsilonResult:
+    """Epsilon of a history under one accountant.
+
+    Attributes:
+        epsilon: The value (an upper bound for PRV).
+        accountant: The accountant that produced it (``rdp`` when PRV fell back).
+        note: Why a fallback happened, else empty.
+    """
+
+    epsilon: float
+    accountant: str
+    note: str = ""
+
+
+def epsilon(history: History, delta: float, accountant: str = "prv") -> EpsilonResult:
+    """Epsilon spent by ``history`` at ``delta``; PRV falls back to RDP when it cannot answer."""
+    if accountant not in ACCOUNTANTS:
+        raise PrivacyError(f"unknown accountant {accountant!r}; allowed: {', '.join(ACCOUNTANTS)}")
+    history = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
+    if not history:
+        return EpsilonResult(0.0, accountant)
+    if accountant == "prv":
+        try:
+            acc = PRVAccountant()
+            acc.history = list(history)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                value = acc.get_epsilon(delta)
+            if math.isfinite(value) and value > 0:
+                return EpsilonResult(float(value), "prv")
+            reason = f"PRV returned {value}"
+        except (ValueError, RuntimeError, OverflowError, MemoryError) as err:
+            reason = f"PRV failed ({type(err).__name__}: {err})"
+        rdp = epsilon(history, delta, "rdp")
+        return EpsilonResult(rdp.epsilon, "rdp", f"{reason}; fell back to RDP")
+    acc = RDPAccountant()
+    acc.history = list(history)
+    return EpsilonResult(float(acc.get_epsilon(delta)), "rdp")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The DP-SGD noise multiplier that makes the whole run spend the target epsilon.
+
+    Attributes:
+        noise_multiplier: DP-SGD's sigma.
+        sample_rate: Poisson sampling rate q = B / N.
+        steps: DP-SGD steps.
+        extra: Other charges of the run (e.g. DP statistics) as history entries.
+        accountant: The accountant used for calibration (after any fallback).
+        epsilon: Epsilon of the full planned history under that accountant.
+        epsilon_by_accountant: The same history under every accountant, for reporting.
+        note: Fallback notes, else empty.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    extra: tuple[tuple[float, float, int], ...]
+    accountant: str
+    epsilon: float
+    epsilon_by_accountant: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def history(self, steps_done: int | None = None) -> list[tuple[float, float, int]]:
+        """The accountant history after ``steps_done`` DP-SGD steps (all planned by default)."""
+        n = self.steps if steps_done is None else steps_done
+        return [*self.extra, (self.noise_multiplier, self.sample_rate, n)]
+
+
+def calibrate_noise(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    *,
+    extra: History = (),
+    accountant: str = "prv",
+) -> Calibration:
+    """Bisect on sigma until the full history spends between (1 - TOLERANCE) and 1 x target.
+
+    Memoised: the cells of a sweep share their privacy plan, and a PRV bisection takes seconds.
+
+    Raises:
+        PrivacyError: When even the extra charges alone exceed the target, or no sigma below
+            1e4 reaches it.
+    """
+    extra = tuple((float(s), float(q), int(n)) for s, q, n in extra)
+    return _calibrate(
+        float(target_epsilon), float(delta), float(sample_rate), int(steps), extra, accountant
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrate(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    extra: tuple[tuple[float, float, int], ...],
+    accountant: str,
+) -> Calibration:
+    if not (0 < sample_rate <= 1) or steps < 1:
+        raise PrivacyError(
+            f"sample rate must be in (0, 1] and steps >= 1, got q={sample_rate}, steps={steps}"
+        )
+    used, notes = accountant, set()
+
+    def eps_at(sigma: float) -> float:
+        nonlocal used
+        result = epsilon([*extra, (sigma, sample_rate, steps)], delta, accountant)
+        if result.note:
+            used = result.accountant
+            notes.add(result.note.split(";")[0] + "; calibrated with RDP")
+        return result.epsilon
+
+    if extra:
+        base = epsilon(extra, delta, accountant).epsilon
+        if base >= target_epsilon:
+            raise PrivacyError(
+                f"the run's other privacy costs alone spend epsilon={base:.3g}, "
+                f"above the target {target_epsilon}; lower them (e.g. a larger "
+                f"dp_batch_norm noise_multiplier)"
+            )
+    lo, hi = 0.1, 1.0
+    while eps_at(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            raise PrivacyError(
+                f"no noise multiplier below 1e4 reaches epsilon={target_epsilon} "
+                f"with q={sample_rate:.4g}, {steps} steps"
+            )
+    while eps_at(lo) <= target_epsilon and lo > 1e-3:
+        hi, lo = lo, lo / 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        eps_mid = eps_at(mid)
+        if eps_mid > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+            if eps_mid >= target_epsilon * (1 - TOLERANCE):
+                break
+    sigma = hi
+    history = [*extra, (sigma, sample_rate, steps)]
+    by_acc = {a: epsilon(history, delta, a).epsilon for a in ACCOUNTANTS}
+    final = epsilon(history, delta, used).epsilon
+    return Calibration(
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=steps,
+        extra=extra,
+        accountant=used,
+        epsilon=final,
+        epsilon_by_accountant=by_acc,
+        note="; ".join(sorted(notes)),
+    )

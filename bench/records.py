@@ -1,0 +1,215 @@
+"""The records file: one JSON object per run, appended atomically, read back line by line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.errors import RecordsError
+
+try:  # POSIX only; without it concurrent writers are not serialised (see append_record).
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+#: The values ``status`` may take.
+STATUSES = ("ok", "failed", "skipped")
+
+#: Fields without which a line is not a usable record.
+REQUIRED_FIELDS = ("run_key", "status")
+
+
+@dataclass(frozen=True)
+class RecordsRead:
+    """What :func:`read_records` found in a records file.
+
+    Attributes:
+        records: The usable records, one per run key (the last line for that key wins), in the
+            order of those lines in the file.
+        problems: One message per unusable line, ``"<path>:<line>: <what is wrong>"``.
+    """
+
+    records: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _finite_or_none(value: object) -> object:
+    """``value`` with every float nan/inf (at any depth) replaced by None; JSON has no nan."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def serialise_record(record: Mapping) -> str:
+    """One record as one line of JSON (keys sorted, nan/inf written as null), no newline.
+
+    Raises:
+        TypeError: When a value is not JSON-serialisable (e.g. a tensor left in the record).
+    """
+    return json.dumps(_finite_or_none(record), sort_keys=True, allow_nan=False)
+
+
+@contextlib.contextmanager
+def _writer_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock shared by every writer of ``path``.
+
+    Appending is read-modify-replace, so two writers (e.g. Slurm array jobs sharing one records
+    file) could each replace the file with their own addition and lose the other's. The lock
+    lives in a sidecar file because ``os.replace`` swaps the records file's inode under any lock
+    taken on the file itself.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    lock_path = path.with_name(f".{path.name}.lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def append_record(path: Path, record: Mapping) -> None:
+    """Append one record to a records file, atomically.
+
+    The new file (old bytes + one new line) is written to a temporary file in the same directory,
+    flushed and fsynced, then moved over the old one with ``os.replace``. A process killed at any
+    point (even by SIGKILL) therefore leaves either the old file or the new one, never a partial
+    line; at worst a stray ``.records*.tmp`` file is left beside it. Parent directories are
+    created. Floats that are nan or inf are written as null (strict JSON).
+
+    Args:
+        path: The records file (``reports/<suite>/records.jsonl``).
+        record: The run's record; must at least hold ``run_key`` and ``status``.
+
+    Raises:
+        TypeError: When the record holds a value JSON cannot represent.
+    """
+    path = Path(path)
+    line = (serialise_record(record) + "\n").encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _writer_lock(path):
+        try:
+            old = path.read_bytes()
+        except FileNotFoundError:
+            old = b""
+        # A line cut short by a crash of some other tool must stay a line of its own, or the
+        # new record would be glued onto it and lost with it.
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as tmp:
+                tmp.write(old + line)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable across a power cut (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _problem_with(record: object) -> str | None:
+    """Why a parsed line is not a usable record, or None when it is."""
+    if not isinstance(record, dict):
+        return f"not a JSON object (got {type(record).__name__})"
+    missing = [name for name in REQUIRED_FIELDS if name not in record]
+    if missing:
+        return f"missing required field(s): {', '.join(missing)}"
+    if not isinstance(record["run_key"], str) or not record["run_key"]:
+        return f"run_key must be a non-empty string (got {record['run_key']!r})"
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r} is not one of {', '.join(STATUSES)}"
+    return None
+
+
+def read_records(path: Path) -> RecordsRead:
+    """Read a records file, reporting bad lines instead of failing on them.
+
+    A line that is not valid JSON (e.g. the last line of a file cut short), is not an object, or
+    lacks ``run_key``/``status`` becomes one problem naming the file and its 1-based line number;
+    every other record is still returned. Blank lines are ignored.
+
+    When one run key has several records, the LAST one wins: ``--force`` re-runs append a newer
+    record rather than rewriting the file, so the later line is the current result.
+
+    Args:
+        path: The records file.
+
+    Returns:
+        The usable records and the problems found.
+
+    Raises:
+        RecordsError: When the file does not exist or cannot be read at all.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RecordsError(f"records file not found: {path}") from None
+    except OSError as err:
+        raise RecordsError(f"cannot read records file {path}: {err.strerror or err}") from None
+
+    by_key: dict[str, dict] = {}
+    problems: list[str] = []
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            # With no newline after it, the last line is most likely a write cut short.
+            kind = "truncated or invalid JSON" if number == len(lines) else "invalid JSON"
+            problems.append(f"{path}:{number}: {kind} ({err})")
+            continue
+        problem = _problem_with(record)
+        if problem:
+            problems.append(f"{path}:{number}: {problem}")
+            continue
+        # Re-inserting moves a re-run to the position of its newest line.
+        by_key.pop(record["run_key"], None)
+        by_key[record["run_key"]] = record
+    return RecordsRead(records=list(by_key.values()), problems=problems)
+
+
+def finished_keys(path: Path) -> set[str]:
+    """The run keys that already have a record of any status (what a resumed sweep skips).
+
+    Args:
+        path: The records file; it need not exist yet.
+
+    Returns:
+        The run keys; empty when the file does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        return set()
+    return {record["run_key"] for record in read_records(path).records}

@@ -1,0 +1,647 @@
+"""The leaderboard: renders ``leaderboard.md`` (and its figures) from a run directory's records."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tabulate import tabulate
+
+from bench import figures, stats
+from bench.errors import ConfigError, RecordsError
+from bench.records import read_records
+
+RECORDS_FILE = "records.jsonl"
+SUITE_FILE = "suite.json"
+LEADERBOARD_FILE = "leaderboard.md"
+DEFAULT_BASELINE = "group_norm"
+DEFAULT_ALPHA = 0.05
+CONFIDENCE = 0.95
+
+#: Provenance keys shown in the header, in this order.
+VERSION_KEYS = ("torch", "opacus", "timm", "python")
+
+_NA = "—"
+_MAX_REASON_CHARS = 300
+
+
+@dataclass
+class _Cell:
+    """The records of one (backbone, norm) pair, as the tables need them."""
+
+    ok: dict[object, dict] = field(default_factory=dict)  # seed -> ok record
+    failed: int = 0
+    skipped: int = 0
+    invalid: int = 0  # ok records whose test_acc cannot be used
+
+    @property
+    def accuracy(self) -> dict[object, float]:
+        return {seed: float(record["test_acc"]) for seed, record in self.ok.items()}
+
+
+@dataclass
+class _Collected:
+    """Records sorted into cells, with everything the header and the lists need."""
+
+    cells: dict[str, dict[str, _Cell]] = field(default_factory=dict)  # backbone -> norm -> cell
+    not_ok: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _seed_key(seed: object) -> tuple:
+    """Sort key that orders integer seeds numerically and anything else after them, as text."""
+    if isinstance(seed, (int, float)) and not isinstance(seed, bool):
+        return (0, seed, "")
+    return (1, 0, "" if seed is None else str(seed))
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a finite float, or None when it is missing or not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _collect(records: Sequence[dict]) -> _Collected:
+    """Sort records into (backbone, norm) cells, noting records the tables cannot use."""
+    out = _Collected()
+    for record in records:
+        key = record["run_key"]
+        backbone, norm = record.get("backbone"), record.get("norm")
+        if not isinstance(backbone, str) or not isinstance(norm, str):
+            out.problems.append(f"run {key}: no backbone/norm spec string; left out of the tables")
+            continue
+        cell = out.cells.setdefault(backbone, {}).setdefault(norm, _Cell())
+        if record["status"] != "ok":
+            out.not_ok.append(record)
+            if record["status"] == "failed":
+                cell.failed += 1
+            else:
+                cell.skipped += 1
+            continue
+        acc = _number(record.get("test_acc"))
+        if acc is None or not 0.0 <= acc <= 1.0:
+            out.problems.append(
+                f"run {key}: status ok but test_acc is {record.get('test_acc')!r} "
+                "(need a fraction in [0, 1]); left out of the tables"
+            )
+            cell.invalid += 1
+            continue
+        seed = record.get("seed")
+        if seed in cell.ok:
+            # Two configurations with one (backbone, norm, seed): records hold no field that
+            # tells them apart, so keep the newer and say so rather than average them.
+            out.problems.append(
+                f"runs {cell.ok[seed]['run_key']} and {key}: both ok for {backbone} / {norm} / "
+                f"seed {seed}; using the later one ({key})"
+            )
+        cell.ok[seed] = record
+    return out
+
+
+def _load_suite(path: Path) -> dict:
+    """The resolved suite the runner wrote, or an empty dict when there is none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise RecordsError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        suite = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RecordsError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(suite, dict):
+        raise RecordsError(f"{path}: expected a JSON object, got {type(suite).__name__}")
+    return suite
+
+
+def _section(suite: Mapping, name: str) -> Mapping:
+    """A dict-valued section of the suite, or an empty one."""
+    value = suite.get(name)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _resolve_alpha(alpha: float | None, suite: Mapping) -> float:
+    """The argument, else the suite's ``report.alpha``, else the default; validated."""
+    source = "alpha"
+    if alpha is None:
+        alpha = _section(suite, "report").get("alpha")
+        source = "report.alpha"
+    if alpha is None:
+        return DEFAULT_ALPHA
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ConfigError(
+            "invalid significance level", key=source, given=alpha, allowed="a number in (0, 1)"
+        )
+    return float(alpha)
+
+
+def _distinct(values: Iterable[object]) -> list[str]:
+    """Distinct non-empty values as sorted strings."""
+    return sorted({str(v) for v in values if v is not None and v != ""})
+
+
+def _join(values: Sequence[str], empty: str = "not recorded") -> str:
+    return ", ".join(values) if values else empty
+
+
+def _cell_text(text: object) -> str:
+    """Text made safe for one Markdown table cell: one line, no bare pipes, bounded length."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    if len(text) > _MAX_REASON_CHARS:
+        text = text[: _MAX_REASON_CHARS - 1] + "…"
+    return text
+
+
+def _code(text: object) -> str:
+    """A spec string as inline code in a table cell."""
+    return f"`{_cell_text(text)}`"
+
+
+def _fmt_number(value: float) -> str:
+    """A privacy parameter as written in a paper: 8, 0.5, 1e-05."""
+    return f"{value:g}"
+
+
+def _fmt_pct(fraction: float) -> str:
+    return f"{100 * fraction:.2f}"
+
+
+def _fmt_accuracy(acc: stats.MeanCI) -> str:
+    if acc.half_width is None:
+        return f"{_fmt_pct(acc.mean)} (n={acc.n}, no CI)"
+    return f"{_fmt_pct(acc.mean)} ± {_fmt_pct(acc.half_width)} (n={acc.n})"
+
+
+def _fmt_delta(comparison: stats.Comparison | None) -> str:
+    if comparison is None or comparison.diff is None:
+        return _NA
+    diff = 100 * comparison.diff
+    if comparison.half_width is None:
+        return f"{diff:+.2f} (no CI, n<2)"
+    half = 100 * comparison.half_width
+    return f"{diff:+.2f} [{diff - half:+.2f}, {diff + half:+.2f}]"
+
+
+def _fmt_pvalue(p: float) -> str:
+    return "<0.0001" if p < 0.0001 else f"{p:.4f}"
+
+
+def _fmt_p(p: float | None, test: str | None) -> str:
+    """A corrected p-value with the test that gave it."""
+    if p is None:
+        return _NA
+    short = {stats.PAIRED: "paired", stats.WELCH: "Welch"}.get(test or "", test)
+    return f"{_fmt_pvalue(p)} ({short})"
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    # fsum is exactly rounded, so the mean does not depend on the order of the records.
+    return math.fsum(present) / len(present) if present else None
+
+
+def _cell_measurements(cell: _Cell) -> dict[str, float | None]:
+    """Throughput, DP/non-DP ratio, peak memory and epsilon spent of a cell's ok runs."""
+    ratios = []
+    for record in cell.ok.values():
+        dp = _number(record.get("throughput_img_s"))
+        plain = _number(record.get("nonprivate_throughput_img_s"))
+        ratios.append(dp / plain if dp is not None and plain else None)
+    memory = [_number(r.get("peak_mem_bytes")) for r in cell.ok.values()]
+    epsilon = [_number(r.get("epsilon_spent")) for r in cell.ok.values()]
+    over = [
+        r["epsilon_target"]
+        for r, spent in zip(cell.ok.values(), epsilon, strict=True)
+        if spent is not None
+        and _number(r.get("epsilon_target")) is not None
+        # Relative slack: accountants report epsilon through a numerical search.
+        and spent > r["epsilon_target"] * (1 + 1e-6)
+    ]
+    return {
+        "throughput": _mean(_number(r.get("throughput_img_s")) for r in cell.ok.values()),
+        "ratio": _mean(ratios),
+        "memory": max((m for m in memory if m is not None), default=None),
+        "epsilon": max((e for e in epsilon if e is not None), default=None),
+        "epsilon_target_exceeded": min(over) if over else None,
+    }
+
+
+def _fmt_optional(value: float | None, spec: str) -> str:
+    return _NA if value is None else format(value, spec)
+
+
+def _fmt_epsilon(spent: float | None, exceeded_target: float | None) -> str:
+    """Epsilon spent, flagged when a run spent more than its target (the budget did not hold)."""
+    if exceeded_target is None:
+        return _fmt_optional(spent, ".2f")
+    return f"{spent:.2f} (over target {_fmt_number(exceeded_target)}!)"
+
+
+def _no_ok_text(cell: _Cell | None) -> str:
+    """What the accuracy column says for a norm with no usable ok run."""
+    counts = [] if cell is None else [(cell.failed, "failed"), (cell.skipped, "skipped")]
+    counts += [] if cell is None else [(cell.invalid, "ok without a valid test_acc")]
+    said = ", ".join(f"{n} {label}" for n, label in counts if n)
+    return f"no ok run ({said or 'no record yet'})"
+
+
+def _backbone_section(
+    backbone: str,
+    norms: Mapping[str, _Cell],
+    planned_norms: Iterable[str],
+    baseline: str,
+    alpha: float,
+) -> tuple[list[str], stats.BackboneAnalysis]:
+    """The Markdown lines of one backbone's table, and the statistics behind it."""
+    accuracy = {norm: cell.accuracy for norm, cell in norms.items() if cell.ok}
+    analysis = stats.analyse_backbone(accuracy, baseline, alpha, CONFIDENCE)
+    lines = [f"## Backbone `{backbone}`", ""]
+    if not analysis.has_baseline:
+        lines += [
+            f"The baseline `{baseline}` has no ok run on this backbone, so no norm is compared "
+            "with it here (verdicts say so); rank groups do not depend on it.",
+            "",
+        ]
+    headers = [
+        "rank group",
+        "norm",
+        "accuracy % (mean ± 95% CI, n)",
+        "Δ vs baseline (pp, 95% CI)",
+        "p (Holm)",
+        "verdict",
+        "throughput (img/s)",
+        "DP/non-DP throughput",
+        "peak memory (MiB)",
+        "ε spent (max)",
+    ]
+    rows = []
+    for result in analysis.results:
+        cell = norms[result.norm]
+        measured = _cell_measurements(cell)
+        comparison = result.vs_baseline
+        rows.append(
+            [
+                _NA if result.rank_group is None else str(result.rank_group),
+                _code(result.norm),
+                _fmt_accuracy(result.accuracy),
+                _fmt_delta(comparison),
+                _fmt_p(result.p_holm, comparison.test if comparison else None),
+                result.verdict,
+                _fmt_optional(measured["throughput"], ".1f"),
+                _fmt_optional(measured["ratio"], ".2f"),
+                _fmt_optional(
+                    None if measured["memory"] is None else measured["memory"] / 2**20, ".0f"
+                ),
+                _fmt_epsilon(measured["epsilon"], measured["epsilon_target_exceeded"]),
+            ]
+        )
+    ranked = {result.norm for result in analysis.results}
+    for norm in sorted((set(norms) | set(planned_norms)) - ranked):
+        rows.append([_NA, _code(norm), _no_ok_text(norms.get(norm)), *[_NA] * (len(headers) - 3)])
+    lines += [tabulate(rows, headers, tablefmt="github", disable_numparse=True), ""]
+    if any(r.accuracy.n == 1 for r in analysis.results):
+        lines += [
+            "Cells with one seed (n=1) have no interval, are not tested and not ranked (—).",
+            "",
+        ]
+    return lines, analysis
+
+
+def _header(
+    suite: Mapping,
+    records: Sequence[dict],
+    n_problems: int,
+    run_dir: Path,
+    baseline: str,
+    alpha: float,
+    analyses: Sequence[stats.BackboneAnalysis],
+) -> list[str]:
+    """Title, provenance and the statement of the statistics used."""
+    name = suite.get("name") or _join(_distinct(r.get("suite") for r in records), run_dir.name)
+    data = _section(suite, "data")
+    datasets = _distinct(r.get("dataset") for r in records) or _distinct([data.get("dataset")])
+    provenance = [r["provenance"] for r in records if isinstance(r.get("provenance"), Mapping)]
+    versions = []
+    for key in VERSION_KEYS:
+        found = _distinct(p.get(key) for p in provenance)
+        if found:
+            versions.append(f"{key} {' / '.join(found)}")
+    statuses = [r["status"] for r in records]
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("ok", "failed", "skipped"))
+    seeds = sorted({r.get("seed") for r in records if r.get("seed") is not None}, key=_seed_key)
+    tests: dict[str, int] = {}
+    for analysis in analyses:
+        for test, n in analysis.tests_used.items():
+            tests[test] = tests.get(test, 0) + n
+    used = _join([f"{test} ×{n}" for test, n in sorted(tests.items())], "none (too few seeds)")
+
+    lines = [
+        f"# Leaderboard: {name}",
+        "",
+        f"Generated from `{RECORDS_FILE}` by `python -m bench report`; do not edit by hand.",
+        "",
+        f"- **Suite:** {name}" + (f" — {suite['description']}" if suite.get("description") else ""),
+        f"- **Dataset:** {_join(datasets)}",
+        f"- **Privacy target:** {_privacy_text(_section(suite, 'privacy'), records)}",
+        f"- **Hardware:** {_join(_distinct(r.get('device') for r in records))}",
+        f"- **Versions:** {_join(versions)}",
+        f"- **Commit:** {_join(_distinct(p.get('git_commit') for p in provenance))}",
+        f"- **Seeds:** {_join([str(s) for s in seeds], 'none')}",
+        f"- **Records:** {len(records)} ({counts})"
+        + (f"; {n_problems} problem(s) listed below" if n_problems else ""),
+        f"- **Baseline:** `{baseline}`; **α** = {_fmt_number(alpha)}",
+        "",
+        f"**Statistics** (α = {_fmt_number(alpha)}):",
+        "",
+        "- Accuracy: mean over seeds with a 95% Student-t interval; one seed gives no interval.",
+        "- Δ vs baseline (percentage points, 95% interval): paired t-test on the seeds both norms "
+        "ran when they share at least 2 (pairing by seed removes the variance a seed shares "
+        f"across norms), otherwise Welch's unpaired t-test. Tests used here: {used}.",
+        "- p (Holm): Holm-corrected across the comparisons with the baseline on each backbone; a "
+        "verdict of better or worse needs a corrected p ≤ α, otherwise no significant difference.",
+        "- Rank group 1: the best-mean norm and every norm not significantly different from it "
+        "(all pairwise tests of the backbone, Holm-corrected over all pairs because the best is "
+        "chosen after seeing the data), so it need not be contiguous in the table. Other norms: "
+        "their position by mean accuracy; —: not ranked (fewer than 2 seeds).",
+        "- Across backbones: average rank by mean accuracy and a Friedman test on a complete "
+        "norms × backbones table.",
+        "",
+    ]
+    return lines
+
+
+def _privacy_text(privacy: Mapping, records: Sequence[dict]) -> str:
+    """The privacy target from the suite, else the distinct values the records hold."""
+
+    def values(suite_key: str, record_key: str) -> list[str]:
+        if privacy.get(suite_key) is not None:
+            return _distinct([privacy[suite_key]])
+        return _distinct(r.get(record_key) for r in records)
+
+    def compact(text: str) -> str:
+        try:
+            return _fmt_number(float(text))
+        except ValueError:
+            return text
+
+    epsilons, deltas = values("epsilon", "epsilon_target"), values("delta", "delta")
+    if not epsilons and not deltas:
+        return "not recorded"
+    text = (
+        f"(ε = {_join([compact(e) for e in epsilons], '?')}, "
+        f"δ = {_join([compact(d) for d in deltas], '?')})"
+    )
+    accountants = values("accountant", "accountant")
+    return text + (f", accountant {_join(accountants)}" if accountants else "")
+
+
+def _summary_section(analyses: Mapping[str, stats.BackboneAnalysis]) -> list[str]:
+    """Average ranks across backbones and the Friedman test (or why it was not run)."""
+    means = {
+        backbone: {r.norm: r.accuracy.mean for r in analysis.results}
+        for backbone, analysis in analyses.items()
+        if analysis.results
+    }
+    lines = ["## Across backbones", ""]
+    if not means:
+        return [*lines, "No ok run on any backbone: nothing to rank.", ""]
+    ranks = stats.average_ranks(means)
+    rows = [
+        [_code(norm), f"{rank.rank:.2f}", str(rank.n_backbones)]
+        for norm, rank in sorted(ranks.items(), key=lambda item: (item[1].rank, item[0]))
+    ]
+    lines += [
+        "Rank by mean accuracy within each backbone (1 = most accurate; ties share the average "
+        "rank), averaged over the backbones where the norm has an ok run.",
+        "",
+        tabulate(
+            rows, ["norm", "average rank", "backbones"], tablefmt="github", disable_numparse=True
+        ),
+        "",
+    ]
+    result = stats.friedman(means)
+    if result.ran:
+        lines.append(
+            f"Friedman test (do the norms rank alike on every backbone?): "
+            f"χ² = {result.statistic:.2f}, p = {_fmt_pvalue(result.pvalue)}, "
+            f"over {len(result.norms)} norms ({', '.join(f'`{n}`' for n in result.norms)}) on "
+            f"{len(result.backbones)} backbones ({', '.join(f'`{b}`' for b in result.backbones)})."
+            " With few backbones the chi-square approximation is rough."
+        )
+    else:
+        lines.append(f"Friedman test not run: {result.reason}.")
+    return [*lines, ""]
+
+
+def _failed_section(not_ok: Sequence[dict]) -> list[str]:
+    lines = ["## Failed and skipped runs", ""]
+    if not not_ok:
+        return [*lines, "None.", ""]
+    rows = [
+        [
+            _code(r["backbone"]),
+            _code(r["norm"]),
+            _NA if r.get("seed") is None else str(r.get("seed")),
+            r["status"],
+            _cell_text(r.get("error") or "no reason recorded"),
+        ]
+        for r in sorted(
+            not_ok,
+            key=lambda r: (r["backbone"], r["norm"], _seed_key(r.get("seed")), r["run_key"]),
+        )
+    ]
+    table = tabulate(
+        rows,
+        ["backbone", "norm", "seed", "status", "reason"],
+        tablefmt="github",
+        disable_numparse=True,
+    )
+    return [*lines, table, ""]
+
+
+def _planned_cells(suite: Mapping) -> list[dict]:
+    """The grid cells listed in suite.json that are well-formed enough to report."""
+    cells = suite.get("cells")
+    if not isinstance(cells, list):
+        return []
+    return [c for c in cells if isinstance(c, Mapping) and isinstance(c.get("run_key"), str)]
+
+
+def _missing_section(planned: Sequence[Mapping], recorded_keys: set[str]) -> list[str]:
+    lines = ["## Missing cells", ""]
+    missing = [c for c in planned if c["run_key"] not in recorded_keys]
+    if not missing:
+        return [*lines, f"All {len(planned)} cells of `{SUITE_FILE}` have a record.", ""]
+    rows = [
+        [
+            _code(c.get("backbone")),
+            _code(c.get("norm")),
+            _cell_text(c.get("seed")),
+            _cell_text(c["run_key"]),
+        ]
+        for c in sorted(
+            missing,
+            key=lambda c: (
+                str(c.get("backbone")),
+                str(c.get("norm")),
+                _seed_key(c.get("seed")),
+                c["run_key"],
+            ),
+        )
+    ]
+    return [
+        *lines,
+        f"{len(missing)} of {len(planned)} cells of `{SUITE_FILE}` have no record (not run yet, "
+        "or the sweep was interrupted; re-running the suite resumes them).",
+        "",
+        tabulate(
+            rows, ["backbone", "norm", "seed", "run key"], tablefmt="github", disable_numparse=True
+        ),
+        "",
+    ]
+
+
+def render_leaderboard(
+    records: Sequence[dict],
+    problems: Sequence[str],
+    suite: Mapping,
+    *,
+    run_dir: Path,
+    baseline: str,
+    alpha: float,
+) -> str:
+    """The leaderboard's Markdown, from records already read.
+
+    Deterministic: the output depends only on the arguments, everything is sorted, and no clock
+    is read.
+
+    Args:
+        records: Records as returned by :func:`bench.records.read_records`.
+        problems: Messages about unusable lines of the records file.
+        suite: The resolved suite (``suite.json``), or an empty dict.
+        run_dir: The run directory (its name is the fallback suite name).
+        baseline: The baseline norm's spec string.
+        alpha: Family-wise significance level.
+
+    Returns:
+        The Markdown text, ending with a newline.
+    """
+    collected = _collect(records)
+    planned = _planned_cells(suite)
+    planned_norms: dict[str, set[str]] = {}
+    for c in planned:
+        if isinstance(c.get("backbone"), str) and isinstance(c.get("norm"), str):
+            planned_norms.setdefault(c["backbone"], set()).add(c["norm"])
+    body: list[str] = []
+    analyses: dict[str, stats.BackboneAnalysis] = {}
+    for backbone in sorted(set(collected.cells) | set(planned_norms)):
+        lines, analyses[backbone] = _backbone_section(
+            backbone,
+            collected.cells.get(backbone, {}),
+            planned_norms.get(backbone, ()),
+            baseline,
+            alpha,
+        )
+        body += lines
+    if not analyses:
+        body += ["No records yet.", ""]
+    body += _summary_section(analyses)
+
+    has_ok = any(a.results for a in analyses.values())
+    body += ["## Figures", ""]
+    if has_ok:
+        for name in figures.FIGURE_FILES:
+            body += [f"![{Path(name).stem.replace('_', ' ')}]({name})", ""]
+    else:
+        body += ["No figures: there is no ok run.", ""]
+
+    body += _failed_section(collected.not_ok)
+    if planned:
+        body += _missing_section(planned, {r["run_key"] for r in records})
+    all_problems = [*problems, *collected.problems]
+    if all_problems:
+        body += ["## Problems in the records", ""]
+        body += [f"- {_cell_text(p)}" for p in all_problems] + [""]
+
+    header = _header(
+        suite, records, len(all_problems), run_dir, baseline, alpha, list(analyses.values())
+    )
+    return "\n".join(header + body).rstrip("\n") + "\n"
+
+
+def figure_points(records: Sequence[dict]) -> list[figures.FigurePoint]:
+    """One figure point per (backbone, norm) with ok runs, sorted by backbone then norm."""
+    points = []
+    cells = _collect(records).cells
+    for backbone in sorted(cells):
+        for norm, cell in sorted(cells[backbone].items()):
+            if not cell.ok:
+                continue
+            acc = stats.mean_ci(list(cell.accuracy.values()), CONFIDENCE)
+            points.append(
+                figures.FigurePoint(
+                    backbone=backbone,
+                    norm=norm,
+                    acc_pct=100 * acc.mean,
+                    acc_half_width_pct=None if acc.half_width is None else 100 * acc.half_width,
+                    throughput_img_s=_cell_measurements(cell)["throughput"],
+                )
+            )
+    return points
+
+
+def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | None = None) -> Path:
+    """Write ``leaderboard.md`` and its figures into a run directory.
+
+    Reads ``run_dir/records.jsonl`` and, when present, ``run_dir/suite.json`` (the resolved
+    suite the runner writes: its name, description, data, privacy target, report settings and
+    the full grid of cells, used to list cells that have no record yet). Bad lines of the
+    records file are listed in the report, not raised. Same records give a byte-identical
+    Markdown file.
+
+    Args:
+        run_dir: Directory holding ``records.jsonl`` (``reports/<suite>``).
+        baseline: Baseline norm spec; default: the suite's ``report.baseline``, else
+            ``group_norm``.
+        alpha: Family-wise significance level; default: the suite's ``report.alpha``, else 0.05.
+
+    Returns:
+        The path of the leaderboard.
+
+    Raises:
+        RecordsError: When the records file is missing or unreadable, or suite.json is not
+            valid JSON.
+        ConfigError: When alpha is not in (0, 1).
+    """
+    run_dir = Path(run_dir)
+    records_path = run_dir / RECORDS_FILE
+    read = read_records(records_path)
+    suite = _load_suite(run_dir / SUITE_FILE)
+    resolved_alpha = _resolve_alpha(alpha, suite)
+    resolved_baseline = baseline or _section(suite, "report").get("baseline") or DEFAULT_BASELINE
+    # The leaderboard sits beside the records file, so the file's own name is the useful
+    # reference (and an absolute path would make the report depend on where it was built).
+    prefix = f"{records_path}:"
+    problems = [
+        RECORDS_FILE + ":" + p[len(prefix) :] if p.startswith(prefix) else p for p in read.problems
+    ]
+    text = render_leaderboard(
+        read.records,
+        problems,
+        suite,
+        run_dir=run_dir,
+        baseline=str(resolved_baseline),
+        alpha=resolved_alpha,
+    )
+    points = figure_points(read.records)
+    if points:
+        figures.write_figures(run_dir, points)
+    path = run_dir / LEADERBOARD_FILE
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,421 @@
+"""Tests of suite loading: every user mistake is a ConfigError that says where and what."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.config import (
+    Suite,
+    TrainingConfig,
+    cell_to_dict,
+    load_suite,
+    suite_to_dict,
+)
+from bench.errors import ConfigError
+
+SUITES = Path(__file__).resolve().parent.parent / "suites"
+DELETE = object()
+
+BASE = {
+    "name": "tiny",
+    "description": "a small valid suite",
+    "data": {"source": "synthetic", "num_train": 256, "num_test": 64},
+    "privacy": {"epsilon": 8.0, "delta": 1.0e-5},
+    "training": {"batch_size": 32, "steps": 5},
+    "grid": {"backbone": "resnet9", "norm": ["group_norm", "layer_norm"], "seed": [0, 1]},
+}
+
+
+def write_suite(tmp_path: Path, changes: dict | str | None = None, name="suite.yaml") -> Path:
+    """Write BASE with ``changes`` (dotted path -> value, or DELETE) applied, or raw YAML text."""
+    path = tmp_path / name
+    if isinstance(changes, str):
+        path.write_text(changes)
+        return path
+    raw = copy.deepcopy(BASE)
+    for dotted, value in (changes or {}).items():
+        parts = dotted.split(".")
+        if parts[0] == "grid" and len(parts) > 2:
+            parts = ["grid", ".".join(parts[1:])]
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if value is DELETE:
+            del node[parts[-1]]
+        else:
+            node[parts[-1]] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def make_image_folder(root: Path, per_class: int = 40) -> Path:
+    """Empty files with image names: enough for the cheap count done at load time."""
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                (folder / f"{i:03d}.png").touch()
+    return root
+
+
+# (changes, overrides, fragments the message must contain besides the file name)
+MALFORMED = [
+    pytest.param(
+        {"trainig": {"steps": 5}},
+        (),
+        ["trainig", "did you mean 'training'"],
+        id="unknown-top-level-key",
+    ),
+    pytest.param(
+        {"training.stepz": 5},
+        (),
+        ["training.stepz", "'stepz'", "did you mean 'steps'"],
+        id="unknown-nested-key",
+    ),
+    pytest.param(
+        {"training.batch_size": "big"},
+        (),
+        ["training.batch_size", "'big'", "an integer"],
+        id="string-for-integer",
+    ),
+    pytest.param(
+        {"training.steps": True},
+        (),
+        ["training.steps", "True", "an integer"],
+        id="bool-is-not-an-integer",
+    ),
+    pytest.param(
+        {"privacy.accountant": "rpd"},
+        (),
+        ["privacy.accountant", "'rpd'", "did you mean 'rdp'"],
+        id="unknown-choice",
+    ),
+    pytest.param({"privacy.epsilon": -1}, (), ["privacy.epsilon", "-1"], id="epsilon-negative"),
+    pytest.param({"privacy.epsilon": 0}, (), ["privacy.epsilon", "0"], id="epsilon-zero"),
+    pytest.param(
+        {"privacy.delta": 0.01}, (), ["privacy.delta", "0.01", "1/N"], id="delta-above-1-over-n"
+    ),
+    pytest.param(
+        {"grid.norm": ["group_norm", "layer_nrom"]},
+        (),
+        ["grid.norm[1]", "'layer_nrom'", "did you mean 'layer_norm'"],
+        id="unknown-norm",
+    ),
+    pytest.param(
+        {"grid.backbone": "resnet_9"},
+        (),
+        ["grid.backbone", "'resnet_9'", "did you mean 'resnet9'"],
+        id="unknown-backbone",
+    ),
+    pytest.param(
+        {"training.batch_size": 1000},
+        (),
+        ["training.batch_size", "1000", "256"],
+        id="batch-larger-than-dataset",
+    ),
+    pytest.param(
+        {"data.source": "imagefolder"},
+        (),
+        ["data.root", "required", "imagefolder"],
+        id="imagefolder-without-root",
+    ),
+    pytest.param(
+        {"data.source": "imagefolder", "data.root": "/nonexistent/images"},
+        (),
+        ["data.root", "/nonexistent/images", "does not exist"],
+        id="imagefolder-root-missing",
+    ),
+    pytest.param(
+        {"data.source": "cifar10", "data.root": "/nonexistent/cifar"},
+        (),
+        ["data.root", "/nonexistent/cifar", "download: true"],
+        id="cifar10-root-missing-without-download",
+    ),
+    pytest.param({"grid.seed": []}, (), ["grid.seed", "[]", "empty"], id="empty-grid-list"),
+    pytest.param(
+        {"grid.norm": ["group_norm", "group_norm[num_groups=16]"]},
+        (),
+        ["grid.norm[1]", "'group_norm[num_groups=16]'", "duplicate"],
+        id="duplicate-cells",
+    ),
+    pytest.param(
+        {"grid.norm": ["group_norm", "dp_batch_norm[stats=public]"]},
+        (),
+        ["grid.norm[1]", "dp_batch_norm", "public_split"],
+        id="public-norm-without-public-split",
+    ),
+    pytest.param(
+        {"training.epochs": 2},
+        (),
+        ["training.steps", "both are set", "5"],
+        id="steps-and-epochs-both",
+    ),
+    pytest.param(
+        {"training.steps": DELETE},
+        (),
+        ["training.steps", "neither is set"],
+        id="steps-and-epochs-neither",
+    ),
+    pytest.param(
+        {"training.augment": False, "training.augmult": 4},
+        (),
+        ["training.augmult", "4"],
+        id="augmult-without-augment",
+    ),
+    pytest.param({"training.ema": 1.5}, (), ["training.ema", "1.5"], id="ema-outside-unit"),
+    pytest.param({"training.lr": 0}, (), ["training.lr", "0"], id="lr-zero"),
+    pytest.param(
+        {"training.max_physical_batch": 0},
+        (),
+        ["training.max_physical_batch", "0"],
+        id="physical-batch-zero",
+    ),
+    pytest.param(
+        {"report": {"baseline": "group_nrm"}},
+        (),
+        ["report.baseline", "'group_nrm'", "did you mean 'group_norm'"],
+        id="unknown-baseline-norm",
+    ),
+    pytest.param(
+        {"privacy": 5}, (), ["privacy", "must be a mapping", "5"], id="section-not-mapping"
+    ),
+    pytest.param({"name": "My Suite"}, (), ["name", "'My Suite'"], id="name-not-snake-case"),
+    pytest.param({"name": DELETE}, (), ["name", "required"], id="missing-name"),
+    pytest.param({"grid": DELETE}, (), ["grid", "required"], id="missing-grid"),
+    pytest.param({"grid.seed": DELETE}, (), ["grid.seed", "required"], id="missing-grid-seed"),
+    pytest.param(
+        {"grid.training.lrr": [1.0, 2.0]},
+        (),
+        ["grid.training.lrr", "did you mean 'lr'"],
+        id="unknown-grid-key",
+    ),
+    pytest.param(
+        {"grid.training.lr": [1.0, "x"]},
+        (),
+        ["grid.training.lr[1]", "'x'"],
+        id="grid-value-wrong-type",
+    ),
+    pytest.param(
+        {"grid.training.lr": [1.0, -2.0]},
+        (),
+        ["grid.training.lr[1]", "-2.0"],
+        id="grid-value-impossible",
+    ),
+    pytest.param(
+        {},
+        ("training.stepz=3",),
+        ["training.stepz (from --set)", "did you mean 'steps'"],
+        id="override-unknown-key",
+    ),
+    pytest.param(
+        {},
+        ("training.lr=fast",),
+        ["training.lr (from --set)", "'fast'"],
+        id="override-wrong-type",
+    ),
+    pytest.param(
+        {},
+        ("grid.norm=[group_nrom]",),
+        ["grid.norm[0] (from --set)", "'group_nrom'"],
+        id="override-unknown-norm",
+    ),
+    pytest.param({}, ("training.steps",), ["--set", "'training.steps'"], id="override-no-equals"),
+    pytest.param(
+        "name: x\ngrid: [resnet9, group_norm\n",
+        (),
+        ["YAML syntax error", "line 3"],
+        id="yaml-syntax-error",
+    ),
+    pytest.param("- a\n- b\n", (), ["top level", "mapping", "'list'"], id="top-level-a-list"),
+]
+
+
+@pytest.mark.parametrize(("changes", "overrides", "fragments"), MALFORMED)
+def test_malformed_suite_is_a_config_error_naming_file_key_and_value(
+    tmp_path, changes, overrides, fragments
+):
+    path = write_suite(tmp_path, changes)
+    with pytest.raises(ConfigError) as info:
+        load_suite(path, overrides)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_imagefolder_root_without_train_folder_is_a_config_error(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    path = write_suite(tmp_path, {"data.source": "imagefolder", "data.root": str(root)})
+    with pytest.raises(ConfigError, match=r"data\.root.*train/"):
+        load_suite(path)
+
+
+def test_missing_suite_file_suggests_the_closest_suite():
+    with pytest.raises(ConfigError) as info:
+        load_suite(SUITES / "smok.yaml")
+    message = str(info.value)
+    assert "smok.yaml" in message
+    assert "did you mean 'smoke.yaml'" in message
+
+
+@pytest.mark.parametrize("path", sorted(SUITES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_suite_loads_and_expands(path):
+    suite = load_suite(path)
+    sizes = [len(values) for _, values in suite.grid]
+    assert len(suite.cells()) == math.prod(sizes)
+    assert suite.name == path.stem
+    json.dumps(suite_to_dict(suite))
+    json.dumps(cell_to_dict(suite.cells()[0]))
+
+
+def test_grid_expands_to_cartesian_product_in_documented_order(tmp_path):
+    path = write_suite(
+        tmp_path,
+        {
+            "grid.backbone": ["resnet9", "wrn16_4"],
+            "grid.seed": [1, 0],
+            "grid.training.lr": [2.0, 1],
+            "grid.privacy.epsilon": [4, 8],
+        },
+    )
+    suite = load_suite(path)
+    assert [key for key, _ in suite.grid] == [
+        "backbone",
+        "norm",
+        "seed",
+        "privacy.epsilon",
+        "training.lr",
+    ]
+    expected = list(
+        itertools.product(
+            ["resnet9", "wrn16_4"], ["group_norm", "layer_norm"], [1, 0], [4.0, 8.0], [2.0, 1.0]
+        )
+    )
+    got = [(c.backbone, c.norm, c.seed, c.privacy.epsilon, c.training.lr) for c in suite.cells()]
+    assert got == expected
+    cell = suite.cells()[0]
+    assert cell.overrides == {"privacy.epsilon": 4.0, "training.lr": 2.0}
+    assert suite.training.lr == 1.0  # the base config keeps its own value
+
+
+def _keys(suite: Suite) -> list[str]:
+    return [cell.run_key for cell in suite.cells()]
+
+
+def test_run_keys_are_stable_and_distinct(tmp_path):
+    path = write_suite(tmp_path)
+    first, second = _keys(load_suite(path)), _keys(load_suite(path))
+    assert first == second
+    assert len(set(first)) == len(first)
+    assert all(len(key) == 16 and int(key, 16) >= 0 for key in first)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "privacy.epsilon=4",
+        "privacy.delta=2e-5",
+        "privacy.max_grad_norm=2",
+        "training.lr=2",
+        "training.steps=6",
+        "training.augmult=2",
+        "training.ema=0.99",
+        "data.split_seed=1",
+        "data.num_train=200",
+        "data.normalize=false",
+        "grid.backbone=resnet18",
+    ],
+)
+def test_run_key_changes_with_any_result_changing_field(tmp_path, override):
+    path = write_suite(tmp_path)
+    base = load_suite(path)
+    changed = load_suite(path, [override])
+    assert not set(_keys(base)) & set(_keys(changed))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "description=reworded",
+        "name=renamed",
+        "report.alpha=0.01",
+        "report.baseline=layer_norm",
+        "data.dataset=renamed",
+        "grid.norm=['group_norm[num_groups=16]', layer_norm]",
+        "data.num_test=64",
+        "training.lr=1",
+        "privacy.delta=1e-5",
+    ],
+    ids=lambda o: o.split("=")[0],
+)
+def test_run_key_ignores_fields_and_spellings_that_do_not_change_the_result(tmp_path, override):
+    path = write_suite(tmp_path)
+    assert _keys(load_suite(path)) == _keys(load_suite(path, [override]))
+
+
+def test_overrides_apply_before_validation(tmp_path):
+    root = make_image_folder(tmp_path / "images")
+    path = write_suite(tmp_path)
+    suite = load_suite(
+        path,
+        [
+            "training.steps=100",
+            "grid.seed=[0,1,2]",
+            "grid.training.lr=[2.0,4.0]",
+            "data.source=imagefolder",
+            f"data.root={root}",
+            "data.num_train=null",
+        ],
+    )
+    assert suite.training.steps == 100
+    assert dict(suite.grid)["seed"] == (0, 1, 2)
+    assert dict(suite.grid)["training.lr"] == (2.0, 4.0)
+    assert suite.data.source == "imagefolder"
+    assert suite.data.dataset_name == "images"
+    assert len(suite.cells()) == 1 * 2 * 3 * 2
+    assert suite.overrides[0] == "training.steps=100"
+    again = suite.with_overrides(["training.steps=7"])
+    assert again.training.steps == 7
+    assert again.data.source == "imagefolder"
+
+
+def test_imagefolder_delta_is_checked_against_the_counted_files(tmp_path):
+    root = make_image_folder(tmp_path / "images", per_class=40)
+    path = write_suite(
+        tmp_path,
+        {
+            "data.source": "imagefolder",
+            "data.root": str(root),
+            "data.num_train": DELETE,
+            "privacy.delta": 0.02,
+        },
+    )
+    with pytest.raises(ConfigError, match=r"privacy\.delta.*N = 80"):
+        load_suite(path)
+
+
+def test_root_tilde_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_image_folder(tmp_path / "images")
+    path = write_suite(tmp_path, {"data.source": "imagefolder", "data.root": "~/images"})
+    assert load_suite(path).data.root == str(tmp_path / "images")
+
+
+def test_yaml_1_1_exponent_without_dot_reads_as_a_number(tmp_path):
+    path = write_suite(tmp_path, {"privacy.delta": "1e-5"})
+    assert load_suite(path).privacy.delta == 1e-5
+
+
+def test_epochs_convert_to_steps_rounding_up():
+    config = TrainingConfig(batch_size=256, epochs=2.5)
+    assert config.num_steps(1000) == 10  # ceil(2.5 * 1000 / 256) = ceil(9.77)
+    assert TrainingConfig(steps=7).num_steps(1000) == 7

@@ -1,0 +1,243 @@
+"""Tests of the leaderboard: golden file, determinism, edge cases, figures, torch-free imports."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import figures, report
+from bench.errors import ConfigError, RecordsError
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).parent.parent
+RENDER_FIGURES = figures.write_figures
+
+
+@pytest.fixture(autouse=True)
+def figure_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Record figure requests instead of drawing them (matplotlib is slow on 2 cores)."""
+    calls: list = []
+    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points: calls.append(points))
+    return calls
+
+
+def make_record(
+    backbone: str, norm: str, seed: int, acc: float | None, status: str = "ok", **extra: object
+) -> dict:
+    ok = status == "ok"
+    return {
+        "run_key": f"{backbone}|{norm}|{seed}",
+        "suite": "t",
+        "backbone": backbone,
+        "norm": norm,
+        "seed": seed,
+        "status": status,
+        "error": None if ok else f"{status} for a reason",
+        "test_acc": acc,
+        "throughput_img_s": 100.0 if ok else None,
+        "nonprivate_throughput_img_s": 400.0 if ok else None,
+        "peak_mem_bytes": 2**30 if ok else None,
+        "device": "cpu (2 threads)",
+        "epsilon_target": 8.0,
+        "epsilon_spent": 7.99 if ok else None,
+        "delta": 1e-5,
+        **extra,
+    }
+
+
+def write_run(run_dir: Path, records: list[dict], suite: dict | None = None) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r, sort_keys=True) for r in records]
+    (run_dir / "records.jsonl").write_text("\n".join(lines) + "\n")
+    if suite is not None:
+        (run_dir / "suite.json").write_text(json.dumps(suite))
+    return run_dir
+
+
+def table_row(text: str, backbone: str, norm: str) -> list[str]:
+    """The cells of ``norm``'s row in ``backbone``'s table."""
+    section = text.split(f"## Backbone `{backbone}`")[1].split("\n## ")[0]
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 1 and cells[1] == f"`{norm}`":
+            return cells
+    raise AssertionError(f"no row for {norm} on {backbone}")
+
+
+def grid(norm_accs: dict[str, list[float]], backbone: str = "resnet9") -> list[dict]:
+    return [
+        make_record(backbone, norm, seed, acc)
+        for norm, accs in norm_accs.items()
+        for seed, acc in enumerate(accs)
+    ]
+
+
+def test_golden_leaderboard_is_reproduced_byte_for_byte(tmp_path: Path, figure_calls: list) -> None:
+    """Regenerate with ``UPDATE_GOLDEN=1 pytest tests/test_report.py`` after a deliberate change."""
+    for name in ("records.jsonl", "suite.json"):
+        shutil.copy(GOLDEN / name, tmp_path / name)
+    text = report.write_report(tmp_path).read_text(encoding="utf-8")
+    golden = GOLDEN / "leaderboard.md"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+    assert len(figure_calls) == 1
+
+
+def test_report_does_not_depend_on_record_order(tmp_path: Path) -> None:
+    records = grid({"group_norm": [0.6, 0.61, 0.62], "layer_norm": [0.55, 0.57, 0.56]})
+    records += grid({"group_norm": [0.7, 0.72], "scale_norm": [0.71, 0.69]}, "wrn16_4")
+    records.append(make_record("wrn16_4", "kernel_norm", 0, None, "failed"))
+    first = report.write_report(write_run(tmp_path / "a", records)).read_text()
+    random.Random(3).shuffle(records)
+    second = report.write_report(write_run(tmp_path / "b", records)).read_text()
+    assert first == second
+
+
+def test_one_seed_cells_show_no_interval_and_are_not_tested(tmp_path: Path) -> None:
+    records = grid({"group_norm": [0.6], "layer_norm": [0.65]})
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    row = table_row(text, "resnet9", "layer_norm")
+    assert row[0] == "—"
+    assert row[2] == "65.00 (n=1, no CI)"
+    assert row[3] == "+5.00 (no CI, n<2)"
+    assert row[5] == "not tested (n<2)"
+    assert "Tests used here: none (too few seeds)." in text
+
+
+def test_norm_whose_runs_all_failed_is_listed_with_reasons_and_not_ranked(tmp_path: Path) -> None:
+    records = grid({"group_norm": [0.6, 0.61, 0.62], "layer_norm": [0.55, 0.57, 0.56]})
+    records += [make_record("resnet9", "kernel_norm", s, None, "failed") for s in range(3)]
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    row = table_row(text, "resnet9", "kernel_norm")
+    assert row[0] == "—" and row[2] == "no ok run (3 failed)"
+    failed = text.split("## Failed and skipped runs")[1]
+    assert failed.count("failed for a reason") == 3
+
+
+def test_missing_baseline_skips_comparisons_but_still_ranks(tmp_path: Path) -> None:
+    records = grid({"layer_norm": [0.55, 0.57, 0.56], "scale_norm": [0.6, 0.61, 0.6]})
+    text = report.write_report(write_run(tmp_path, records), baseline="group_norm").read_text()
+    assert "The baseline `group_norm` has no ok run on this backbone" in text
+    row = table_row(text, "resnet9", "layer_norm")
+    assert row[3] == "—" and row[5] == "not compared (no baseline runs)"
+    assert table_row(text, "resnet9", "scale_norm")[0] == "1"
+
+
+def test_single_backbone_says_why_friedman_was_not_run(tmp_path: Path) -> None:
+    records = grid({"group_norm": [0.6, 0.61], "layer_norm": [0.5, 0.52], "none": [0.3, 0.31]})
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    assert "Friedman test not run: needs >= 2 backbones with ok runs (have 1)." in text
+    assert "| `group_norm` | 1.00           | 1           |" in text
+
+
+def test_tied_accuracies_share_rank_one_with_no_significant_difference(tmp_path: Path) -> None:
+    records = grid({"group_norm": [0.6, 0.61, 0.62], "layer_norm": [0.6, 0.61, 0.62]})
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    row = table_row(text, "resnet9", "layer_norm")
+    assert row[0] == "1" and table_row(text, "resnet9", "group_norm")[0] == "1"
+    assert row[3] == "+0.00 [+0.00, +0.00]"
+    assert row[4] == "1.0000 (paired)"
+    assert row[5] == "no significant difference"
+
+
+def test_missing_cells_of_the_suite_grid_are_listed(tmp_path: Path) -> None:
+    records = grid({"group_norm": [0.6, 0.61]})
+    cells = [
+        {"run_key": f"resnet9|{n}|{s}", "backbone": "resnet9", "norm": n, "seed": s}
+        for n in ("group_norm", "layer_norm")
+        for s in range(2)
+    ]
+    text = report.write_report(write_run(tmp_path, records, {"cells": cells})).read_text()
+    assert "2 of 4 cells of `suite.json` have no record" in text
+    missing = text.split("## Missing cells")[1]
+    assert "| `resnet9`  | `layer_norm` | 1      | resnet9\\|layer_norm\\|1 |" in missing
+    assert table_row(text, "resnet9", "layer_norm")[2] == "no ok run (no record yet)"
+
+
+def test_bad_lines_are_listed_by_line_number_relative_to_the_run_dir(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path, grid({"group_norm": [0.6, 0.61]}))
+    with (run_dir / "records.jsonl").open("a") as f:
+        f.write('{"run_key": "x", "sta')
+    text = report.write_report(run_dir).read_text()
+    assert "- records.jsonl:3: truncated or invalid JSON (" in text
+    assert str(tmp_path) not in text
+
+
+def test_baseline_and_alpha_arguments_override_the_suite(tmp_path: Path) -> None:
+    records = grid({"group_norm": [0.6, 0.61, 0.62], "layer_norm": [0.55, 0.57, 0.56]})
+    run_dir = write_run(tmp_path, records, {"report": {"baseline": "layer_norm", "alpha": 0.1}})
+    from_suite = report.write_report(run_dir).read_text()
+    assert "**Baseline:** `layer_norm`; **α** = 0.1" in from_suite
+    overridden = report.write_report(run_dir, baseline="group_norm", alpha=0.01).read_text()
+    assert "**Baseline:** `group_norm`; **α** = 0.01" in overridden
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.5], ids=str)
+def test_alpha_outside_zero_one_is_a_config_error(tmp_path: Path, alpha: float) -> None:
+    run_dir = write_run(tmp_path, grid({"group_norm": [0.6]}))
+    with pytest.raises(ConfigError, match="alpha"):
+        report.write_report(run_dir, alpha=alpha)
+
+
+def test_epsilon_spent_above_target_is_flagged(tmp_path: Path) -> None:
+    records = grid({"group_norm": [0.6, 0.61]})
+    records[1]["epsilon_spent"] = 8.5
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    assert table_row(text, "resnet9", "group_norm")[9] == "8.50 (over target 8!)"
+
+
+def test_missing_records_file_raises_records_error(tmp_path: Path) -> None:
+    with pytest.raises(RecordsError, match=r"records\.jsonl"):
+        report.write_report(tmp_path)
+
+
+def test_no_ok_record_skips_figures_and_says_so(tmp_path: Path, figure_calls: list) -> None:
+    records = [make_record("resnet9", "group_norm", 0, None, "skipped")]
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    assert "No figures: there is no ok run." in text
+    assert "![" not in text
+    assert figure_calls == []
+
+
+def test_figures_are_written_as_png_and_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(figures, "write_figures", RENDER_FIGURES)
+    records = grid({"group_norm": [0.6, 0.61], "layer_norm": [0.55]})
+    records += grid({"group_norm": [0.7, 0.72]}, "wrn16_4")
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    for name in figures.FIGURE_FILES:
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert f"]({name})" in text
+
+
+MY_MODULES = ("bench/records.py", "bench/stats.py", "bench/report.py", "bench/figures.py")
+
+
+@pytest.mark.parametrize("module", MY_MODULES)
+def test_records_stats_and_report_modules_do_not_import_torch(module: str) -> None:
+    tree = ast.parse((REPO / module).read_text())
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for name in (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        )
+    }
+    assert "torch" not in imported
+
+
+def test_importing_the_report_does_not_load_torch() -> None:
+    code = "import sys, bench.report; sys.exit('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    assert subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO).returncode == 0

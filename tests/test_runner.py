@@ -1,0 +1,233 @@
+"""The runner: one record per cell, resumable after SIGKILL, failures recorded, clean stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import bench.engine
+from bench.cli import main
+from bench.config import load_suite
+from bench.records import read_records
+from bench.runner import run_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """\
+name: tiny
+description: a few seconds of DP-SGD on generated data
+data: {source: synthetic, num_train: 256, num_test: 64, image_size: 16, public_split: 32}
+privacy: {epsilon: 8.0, delta: 1.0e-3, accountant: rdp}
+training:
+  batch_size: 64
+  max_physical_batch: 32
+  steps: 3
+  lr: 1.0
+  crop_padding: 2
+  eval_batch_size: 64
+  throughput_warmup_steps: 1
+  throughput_steps: 1
+grid:
+  backbone: ["resnet9[width=0.125]"]
+  norm: [group_norm, layer_norm]
+  seed: [0, 1, 2]
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def keys_in_file(path: Path) -> list[str]:
+    return [json.loads(line)["run_key"] for line in path.read_text().splitlines()]
+
+
+def test_every_cell_gets_one_ok_record_that_spends_the_target_epsilon(tiny, tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", str(tiny), "--out", str(out), "--no-progress"]) == 0
+    read = read_records(out / "records.jsonl")
+    assert read.problems == []
+    assert sorted(r["run_key"] for r in read.records) == sorted(
+        c.run_key for c in load_suite(tiny).cells()
+    )
+    for r in read.records:
+        assert r["status"] == "ok"
+        assert 0.97 * r["epsilon_target"] <= r["epsilon_spent"] <= r["epsilon_target"]
+        assert r["steps_done"] == r["steps"] == 3
+        assert 0 <= r["test_acc"] <= 1 and r["throughput_img_s"] > 0
+        assert r["provenance"]["torch"] and r["grad_sample_paths"]
+    assert (out / "leaderboard.md").exists() and (out / "suite.json").exists()
+
+
+def test_sigkill_mid_sweep_then_rerun_completes_without_redoing_or_corrupting(tiny, tmp_path):
+    out = tmp_path / "out"
+    records = out / "records.jsonl"
+    cmd = [sys.executable, "-m", "bench", "run", str(tiny), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if records.exists() and len(records.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = records.read_text().splitlines()
+    assert 2 <= len(before) < 6, "the kill must land mid-sweep"
+    assert main(["run", str(tiny), "--out", str(out), "--no-progress"]) == 0
+    after = records.read_text().splitlines()
+    assert after[: len(before)] == before  # finished runs were neither redone nor rewritten
+    keys = keys_in_file(records)
+    assert len(keys) == len(set(keys)) == 6
+    assert read_records(records).problems == []
+
+
+def test_a_diverging_run_is_recorded_failed_and_the_sweep_goes_on(tiny, tmp_path):
+    out = tmp_path / "out"
+    args = [
+        "run",
+        str(tiny),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "grid.training.max_loss=[1.0e-6, 1.0e4]",
+        "--set",
+        "grid.seed=[0]",
+    ]
+    assert main(args) == 0
+    records = read_records(out / "records.jsonl").records
+    assert len(records) == 4
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) == 2 and all("diverged" in r["error"] for r in failed)
+    assert all(r["status"] == "ok" for r in records if r not in failed)
+    assert "diverged" in (out / "leaderboard.md").read_text()
+
+
+def test_a_crash_is_recorded_with_its_reason_and_the_sweep_goes_on(tiny, tmp_path, monkeypatch):
+    real = bench.engine.train_cell
+
+    def crash_on_layer_norm(cell, device, *, progress=None):
+        if cell.norm == "layer_norm":
+            raise RuntimeError("simulated CUDA error")
+        return real(cell, device, progress=progress)
+
+    monkeypatch.setattr(bench.engine, "train_cell", crash_on_layer_norm)
+    summary = run_suite(load_suite(tiny, ["grid.seed=[0]"]), out_dir=tmp_path / "o", progress=False)
+    assert summary.statuses == {"failed": 1, "ok": 1}
+    failed = [
+        r for r in read_records(tmp_path / "o" / "records.jsonl").records if r["status"] == "failed"
+    ]
+    assert failed[0]["error"] == "RuntimeError: simulated CUDA error"
+
+
+def test_ctrl_c_stops_cleanly_without_a_false_record(tiny, tmp_path, monkeypatch, capsys):
+    real, calls = bench.engine.train_cell, []
+
+    def interrupted_second(cell, device, *, progress=None):
+        calls.append(cell)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cell, device, progress=progress)
+
+    monkeypatch.setattr(bench.engine, "train_cell", interrupted_second)
+    out = tmp_path / "out"
+    assert main(["run", str(tiny), "--out", str(out), "--no-progress"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert keys_in_file(out / "records.jsonl") == [calls[0].run_key]
+
+
+def test_force_reruns_finished_cells_and_the_newest_record_wins(tiny, tmp_path):
+    out = tmp_path / "out"
+    args = ["run", str(tiny), "--out", str(out), "--no-progress", "--set", "grid.seed=[0]"]
+    assert main(args) == 0
+    assert main(args) == 0  # nothing to do: resumed
+    assert len(keys_in_file(out / "records.jsonl")) == 2
+    assert main([*args, "--force"]) == 0
+    assert len(keys_in_file(out / "records.jsonl")) == 4
+    assert len(read_records(out / "records.jsonl").records) == 2
+
+
+def test_dry_run_prints_the_noise_of_each_accountant_and_writes_nothing(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(tiny), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "sigma (prv)" in text and "sigma (rdp)" in text
+    assert text.count("resnet9[width=0.125]") == 6
+    assert not out.exists()
+
+
+BAD = {
+    "unknown key": (("training", "stepz"), 3, "training.stepz"),
+    "unknown norm": (("grid", "norm"), ["gruop_norm"], "did you mean 'group_norm'"),
+    "epsilon <= 0": (("privacy", "epsilon"), 0, "privacy.epsilon"),
+    "batch larger than the data": (("training", "batch_size"), 10_000, "training.batch_size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_suites_give_one_line_exit_2_and_run_nothing(case, tmp_path, capsys):
+    (section, key), value, expected = BAD[case]
+    raw = yaml.safe_load(TINY)
+    raw[section][key] = value
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert main(["run", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.yaml" in err[0] and expected in err[0]
+    assert not out.exists()
+
+
+def test_cli_errors_reach_the_shell_as_one_line_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", str(tmp_path / "nope.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "nope.yaml" in proc.stderr
+
+
+@pytest.mark.slow
+def test_slurm_path_runs_through_submitits_local_executor(tiny, tmp_path):
+    suite = load_suite(tiny, ["grid.seed=[0]"])
+    summary = run_suite(
+        suite,
+        out_dir=tmp_path / "o",
+        executor="slurm",
+        slurm={"cluster": "local", "timeout_min": 10},
+        progress=False,
+    )
+    assert summary.statuses == {"ok": 2}
+    assert len(read_records(tmp_path / "o" / "records.jsonl").records) == 2
+
+
+@pytest.mark.slow
+def test_parallel_local_workers_share_one_records_file(tiny, tmp_path):
+    summary = run_suite(load_suite(tiny), out_dir=tmp_path / "o", workers=2, progress=False)
+    assert summary.statuses == {"ok": 6}
+    keys = keys_in_file(tmp_path / "o" / "records.jsonl")
+    assert len(keys) == len(set(keys)) == 6
