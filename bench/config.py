@@ -186,7 +186,9 @@ class TrainingConfig:
         ema: Decay of the exponential moving average of the weights evaluated at the end
             (warm-up ``min(ema, (1 + t) / (10 + t))``); None evaluates the raw weights.
         precision: ``fp32`` or ``bf16`` autocast for forward and backward.
-        grad_sample_mode: Opacus per-sample-gradient mode: ``hooks``, ``functorch`` or ``ghost``.
+        grad_sample_mode: How per-sample gradients are clipped: ``hooks`` and ``functorch`` (Opacus'
+            per-sample-gradient paths) or ``bk`` (this project's book-keeping clipper, one backward
+            pass; see ``bench/bk.py``).
         eval_batch_size: Batch size for test-set evaluation.
         throughput_warmup_steps: Steps run before throughput is timed (excluded).
         throughput_steps: Steps timed for the steady-state throughput.
@@ -212,7 +214,7 @@ class TrainingConfig:
     augmult: int = 1
     ema: float | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
-    grad_sample_mode: Literal["hooks", "functorch", "ghost"] = "hooks"
+    grad_sample_mode: Literal["hooks", "functorch", "bk"] = "bk"
     eval_batch_size: int = 1024
     throughput_warmup_steps: int = 2
     throughput_steps: int = 5

@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
-from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -31,7 +29,7 @@ import norms
 from bench.backbones import create_backbone
 from bench.config import Cell, DataConfig, TrainingConfig, cell_to_dict
 from bench.data import Dataset, DeviceData, load_dataset
-from bench.errors import ConfigError, IncompatibleError
+from bench.errors import ConfigError
 from bench.measure import (
     StepTimer,
     peak_memory,
@@ -40,6 +38,7 @@ from bench.measure import (
     reset_peak_memory,
 )
 from bench.privacy import Calibration, calibrate_noise, epsilon
+from bench.steps import DPSGDStep, SGDStep, autocast, make_optimizer
 from norms.dp_batch_norm import calibrate as calibrate_frozen_stats
 from norms.dp_batch_norm import planned_charge
 
@@ -113,17 +112,23 @@ def build_model(cell: Cell, num_classes: int, device: torch.device) -> nn.Module
 
 
 def grad_sample_paths(model: nn.Module, mode: str) -> dict[str, str]:
-    """Which per-sample-gradient path each trainable layer type takes under Opacus.
+    """Which per-sample-gradient path each trainable layer type takes.
 
     ``opacus``: a sampler shipped by Opacus; ``custom``: registered by this project;
-    ``functorch``: Opacus' generic vmap path (no exact-type sampler, or forced).
+    ``functorch``: Opacus' generic vmap path (no exact-type sampler, or forced); under
+    ``bk``: ``bk`` (a book-keeping rule of `bench.bk`) or ``bk-fallback`` (that layer's
+    per-example gradients materialised through Opacus).
     """
+    from bench.bk import rule_for
+
     paths: dict[str, str] = {}
     for module in model.modules():
         if not any(p.requires_grad for p in module.parameters(recurse=False)):
             continue
         sampler = GradSampleModule.GRAD_SAMPLERS.get(type(module))
-        if mode == "functorch" or sampler is None:
+        if mode == "bk":
+            path = "bk" if rule_for(module) == "bk" else "bk-fallback"
+        elif mode == "functorch" or sampler is None:
             path = "functorch"
         else:
             path = "opacus" if sampler.__module__.startswith("opacus.") else "custom"
@@ -148,18 +153,6 @@ def lr_lambda(training: TrainingConfig, steps: int) -> Callable[[int], float]:
     return factor
 
 
-def make_optimizer(params, training: TrainingConfig) -> torch.optim.Optimizer:
-    if training.optimizer == "adam":
-        return torch.optim.Adam(params, lr=training.lr, weight_decay=training.weight_decay)
-    return torch.optim.SGD(
-        params,
-        lr=training.lr,
-        momentum=training.momentum,
-        nesterov=training.nesterov,
-        weight_decay=training.weight_decay,
-    )
-
-
 def ema_model(model: nn.Module, decay: float) -> AveragedModel:
     """EMA of the weights with De et al.'s warm-up: decay_t = min(decay, (1 + t) / (10 + t))."""
 
@@ -171,32 +164,32 @@ def ema_model(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, avg_fn=avg, use_buffers=True)
 
 
-class _Batches:
-    """One logical batch of examples, split into physical batches of K augmented views each."""
+class _Views:
+    """The logical batch of examples ``idx`` as K augmented views each, on the device."""
 
     def __init__(self, data: DeviceData, training: TrainingConfig, generator: torch.Generator):
         self.data, self.training, self.generator = data, training, generator
 
-    def physical(self, idx: torch.Tensor):
+    def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.training
-        for chunk in idx.split(t.max_physical_batch):
-            x_u8, y = self.data.train_x[chunk], self.data.train_y[chunk]
-            if t.augment:
-                views = self.data.augment(
-                    x_u8,
-                    views=t.augmult,
-                    padding=t.crop_padding,
-                    flip=True,
-                    generator=self.generator,
-                )
-            else:
-                views = self.data.prepare_eval(x_u8).unsqueeze(1)
-            k = views.shape[1]
-            yield views.flatten(0, 1), y.repeat_interleave(k), k
+        x_u8, y = self.data.train_x[idx], self.data.train_y[idx]
+        if t.augment:
+            x = self.data.augment(
+                x_u8, views=t.augmult, padding=t.crop_padding, flip=True, generator=self.generator
+            )
+        else:
+            x = self.data.prepare_eval(x_u8).unsqueeze(1)
+        return x, y
 
 
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def _optim_kwargs(training: TrainingConfig) -> dict[str, Any]:
+    return {
+        "optimizer": training.optimizer,
+        "lr": training.lr,
+        "momentum": training.momentum,
+        "nesterov": training.nesterov,
+        "weight_decay": training.weight_decay,
+    }
 
 
 def _check_loss(value: float, step: int, max_loss: float) -> None:
@@ -236,7 +229,7 @@ def evaluate(model: nn.Module, data: DeviceData, batch: int, precision: str) -> 
     model.eval()
     correct = 0
     for x, y in zip(data.test_x.split(batch), data.test_y.split(batch), strict=True):
-        with _autocast(data.device, precision):
+        with autocast(data.device, precision):
             correct += int((model(data.prepare_eval(x)).argmax(1) == y).sum())
     model.train()
     return correct / data.test_x.shape[0]
@@ -251,23 +244,23 @@ def nonprivate_throughput(
     gradients; the timer excludes the same warm-up.
     """
     model = copy.deepcopy(model).train()
-    opt = make_optimizer(model.parameters(), training)
+    step = SGDStep(
+        model,
+        make_optimizer(model.parameters(), **_optim_kwargs(training)),
+        max_physical_batch=training.max_physical_batch,
+        precision=training.precision,
+    )
     gen = data.generator(seed + 3)
-    batches = _Batches(data, training, gen)
+    views = _Views(data, training, gen)
     timer = StepTimer(data.device, training.throughput_warmup_steps)
     n = min(training.batch_size, data.num_private)
     reset_peak_memory(data.device)
     for _ in range(training.throughput_warmup_steps + training.throughput_steps):
         images: list[int] = []
         with timer.step(images):
-            idx = torch.randperm(data.num_private, generator=gen, device=data.device)[:n]
-            opt.zero_grad(set_to_none=True)
-            for x, y, _k in batches.physical(idx):
-                with _autocast(data.device, training.precision):
-                    loss = F.cross_entropy(model(x), y) * (x.shape[0] / (n * _k))
-                loss.backward()
-                images.append(x.shape[0])
-            opt.step()
+            x, y = views(torch.randperm(data.num_private, generator=gen, device=data.device)[:n])
+            step(x, y)
+            images.append(x.shape[0] * x.shape[1])
     return timer.throughput, peak_memory(data.device)
 
 
@@ -283,11 +276,6 @@ def train_cell(
     """
     started = time.perf_counter()
     training, privacy = cell.training, cell.privacy
-    if training.grad_sample_mode == "ghost":
-        raise IncompatibleError(
-            "grad_sample_mode=ghost is not supported by this engine yet "
-            "(augmentation multiplicity needs per-sample gradients)"
-        )
     torch.manual_seed(cell.seed)
     dataset = cached_dataset(cell.data)
     data = DeviceData(dataset, device, normalize=cell.data.normalize)
@@ -298,62 +286,42 @@ def train_cell(
     _calibrate_statistics(model, resolved, data, cell.seed, training.eval_batch_size)
     initial = copy.deepcopy(model)
 
-    gsm = GradSampleModule(
+    dp_step = DPSGDStep(
         model,
-        batch_first=True,
-        loss_reduction="mean",
-        force_functorch=training.grad_sample_mode == "functorch",
-    )
-    optimizer = DPOptimizer(
-        make_optimizer(gsm.parameters(), training),
+        make_optimizer(model.parameters(), **_optim_kwargs(training)),
         noise_multiplier=sigma,
         max_grad_norm=privacy.max_grad_norm,
         expected_batch_size=training.batch_size,
-        loss_reduction="mean",
+        max_physical_batch=training.max_physical_batch,
+        mode=training.grad_sample_mode,
+        precision=training.precision,
         generator=data.generator(cell.seed + 4),
     )
     # Opacus' accountant records every step the optimizer actually takes, with its (sigma, q).
     accountant = RDPAccountant()
-    optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
+    dp_step.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer.original_optimizer, lr_lambda(training, plan.steps)
+        dp_step.optimizer.original_optimizer, lr_lambda(training, plan.steps)
     )
     ema = ema_model(model, training.ema) if training.ema else None
-    params = [p for p in gsm.parameters() if p.requires_grad]
     gen = data.generator(cell.seed)
-    batches = _Batches(data, training, gen)
+    views = _Views(data, training, gen)
     timer = StepTimer(device, training.throughput_warmup_steps)
     reset_peak_memory(device)
     loss_value = float("nan")
-    gsm.train()
+    model.train()
     for step in range(plan.steps):
         images: list[int] = []
         with timer.step(images):
-            idx = data.poisson_batch(training.batch_size, gen)
-            chunks = list(batches.physical(idx)) if idx.numel() else []
-            if not chunks:  # an empty Poisson batch is still a (noise-only) DP-SGD step
-                optimizer.zero_grad(set_to_none=True)
-                for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
-                optimizer.step()
-            for i, (x, y, k) in enumerate(chunks):
-                optimizer.zero_grad(set_to_none=True)
-                with _autocast(device, training.precision):
-                    loss = F.cross_entropy(gsm(x), y)
-                loss.backward()
-                if k > 1:
-                    # The K views of an example share one clipped gradient: average the
-                    # per-view gradients (of a loss averaged over views) before clipping.
-                    for p in params:
-                        p.grad_sample = p.grad_sample.view(-1, k, *p.shape).mean(1)
-                optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
-                optimizer.step()
-                images.append(x.shape[0])
-                loss_value = float(loss.detach())
-                _check_loss(loss_value, step, training.max_loss)
+            x, y = views(data.poisson_batch(training.batch_size, gen))
+            loss = dp_step(x, y)
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
+            images.append(x.shape[0] * x.shape[1])
+        if x.shape[0]:
+            loss_value = loss
+            _check_loss(loss_value, step, training.max_loss)
         if progress is not None:
             progress(step + 1, plan.steps, loss_value)
     dp_peak = peak_memory(device)

@@ -1,0 +1,484 @@
+"""Book-keeping per-sample clipping (Bu et al. 2023): one backward pass, no per-sample gradients.
+
+Why this exists: Opacus' hooks path materialises every per-sample gradient (B x #params floats)
+and lets autograd compute the non-private weight gradients it then throws away; its ghost
+path avoids the first cost but runs two full backward passes and has no ghost norm for
+convolutions. Here one forward pass records each trainable layer's inputs, one
+``torch.autograd.grad`` call asks autograd only for the gradients of the layer *outputs*
+(so no weight gradient is ever computed by autograd), and then, per layer:
+
+1. each example's gradient norm is computed from (input, output gradient), either with the
+   ghost-norm identity ``||sum_s g_s a_s^T||^2 = sum((A A^T) * (G G^T))`` over the example's
+   positions s (cheap when few positions carry many channels, deep in a ResNet) or by
+   materialising that one layer's per-example gradients (cheap near the input), whichever costs
+   fewer multiply-adds;
+2. once every layer's norms are known, the clipping factors c_i are fixed and each layer's
+   clipped sum ``sum_i c_i grad_i`` is one ordinary weight-gradient computation with the output
+   gradients scaled by c_i (a single GEMM for a convolution).
+
+The K augmented views of an example form one privacy unit: its loss is the mean over the views,
+its gradient the sum of the per-view gradients of that loss, and its norm is taken over all K x T
+positions together. Layers without a dedicated rule fall back to Opacus' per-layer grad sampler
+(or its functorch path), materialised one layer at a time. Every rule is checked against the
+one-example oracle in ``tests/test_bk.py``. timm's weight-standardised convolution has its own
+closed-form rule (`_WSConvRule`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from opacus.grad_sample import GradSampleModule
+from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
+from timm.layers import ScaledStdConv2d
+from torch import nn
+
+from norms.dp_batch_norm import ChannelAffine
+from norms.kernel_norm import KNConvCore
+
+STRATEGIES = ("auto", "ghost", "materialise")
+
+
+def _per_example(t: torch.Tensor, n: int) -> torch.Tensor:
+    """(N*K, ...) -> (N, K, ...)."""
+    return t.reshape(n, -1, *t.shape[1:])
+
+
+def _positions(t: torch.Tensor, n: int) -> torch.Tensor:
+    """(N*K, C, L) -> (N, C, K*L): an example's K views as one sequence of positions."""
+    nk, c, length = t.shape
+    return t.view(n, nk // n, c, length).permute(0, 2, 1, 3).reshape(n, c, -1)
+
+
+def _sequence_norm_sq(
+    a: torch.Tensor, g: torch.Tensor, strategy: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Squared norms of ``G_i = g_i a_i^T`` for a (N, D, S), g (N, O, S), and G_i if it was built.
+
+    Ghost: N * S^2 * (D + O) multiply-adds; materialised: N * S * D * O. Materialising wins
+    where S is large and D * O small (early layers), so the kept G_i are the small ones.
+    """
+    if _use_ghost(a.shape[1], g.shape[1], a.shape[2], strategy):
+        return ((a.transpose(1, 2) @ a) * (g.transpose(1, 2) @ g)).sum(dim=(1, 2)), None
+    per_example = g @ a.transpose(1, 2)  # (N, O, D)
+    return per_example.square().sum(dim=(1, 2)), per_example
+
+
+def _use_ghost(d: int, o: int, s: int, strategy: str) -> bool:
+    """Ghost norms cost S^2 (D + O) per example, materialising S D O: take the cheaper."""
+    return strategy == "ghost" or (strategy == "auto" and s * (d + o) < d * o)
+
+
+def _conv_per_example(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-example weight gradients ``sum_s g_s a_s^T`` of a conv, shape (N, O, D).
+
+    With one view per example this is the weight gradient of a grouped convolution with the
+    batch as groups (oneDNN/cuDNN's own kernel, no unfolded copy of the input); with K views
+    the views' positions are unfolded and summed with one batched matmul.
+    """
+    nk, c = x.shape[:2]
+    o = g.shape[1]
+    kernel = tuple(layer.weight.shape[2:])
+    if nk == n:
+        w = torch.nn.grad.conv2d_weight(
+            x.reshape(1, nk * c, *x.shape[2:]),
+            (nk * o, c, *kernel),
+            g.reshape(1, nk * o, *g.shape[2:]),
+            stride=layer.stride,
+            padding=layer.padding,
+            groups=nk,
+        )
+        return w.view(n, o, -1)
+    a = _positions(F.unfold(x, kernel, padding=layer.padding, stride=layer.stride), n)
+    return _positions(g.flatten(2), n) @ a.transpose(1, 2)
+
+
+class _Rule:
+    """Per-layer rule: per-example squared gradient norm, and the clipped sum of gradients.
+
+    ``ctx`` is a per-layer scratch dict shared by the two calls of one step (e.g. per-example
+    gradients materialised for the norm and reused for the sum); ``output`` is the layer's
+    forward output.
+    """
+
+    def norm_sq(
+        self,
+        layer: nn.Module,
+        inputs: list[torch.Tensor],
+        g: torch.Tensor,
+        n: int,
+        strategy: str,
+        ctx: dict,
+        output: torch.Tensor,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def clipped_sum(
+        self,
+        layer: nn.Module,
+        inputs: list[torch.Tensor],
+        g: torch.Tensor,
+        coef: torch.Tensor,
+        ctx: dict,
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        """``sum_i c_i grad_i``; ``coef`` is per view (c_i repeated K times)."""
+        raise NotImplementedError
+
+
+class _ConvRule(_Rule):
+    """nn.Conv2d (groups=1, dilation=1)."""
+
+    @staticmethod
+    def _cols(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return F.unfold(x, layer.kernel_size, padding=layer.padding, stride=layer.stride)
+
+    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
+        x = inputs[0].to(g.dtype)
+        d, o = layer.weight[0].numel(), g.shape[1]
+        if _use_ghost(d, o, g[0, 0].numel() * (x.shape[0] // n), strategy):
+            a = _positions(self._cols(layer, x), n)  # (N, D, K*T)
+            total, _ = _sequence_norm_sq(a, _positions(g.flatten(2), n), "ghost")
+        else:
+            per_example = ctx["per_example"] = _conv_per_example(layer, x, g, n)
+            total = per_example.square().sum(dim=(1, 2))
+        if layer.bias is not None:
+            total = total + _per_example(g.sum(dim=(2, 3)), n).sum(1).square().sum(-1)
+        return total
+
+    @staticmethod
+    def _weight_sum(layer, x, gc, coef, ctx, n):
+        """sum_i c_i u_i for the conv weight: from kept per-example gradients, or one GEMM."""
+        kept = ctx.get("per_example")
+        if kept is not None:
+            c = coef.view(n, -1)[:, 0]
+            return torch.einsum("n,nod->od", c, kept).view(layer.weight.shape)
+        return torch.nn.grad.conv2d_weight(
+            x,
+            layer.weight.shape,
+            gc,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+        )
+
+    def clipped_sum(self, layer, inputs, g, coef, ctx):
+        x = inputs[0].to(g.dtype)
+        gc = g * coef.view(-1, 1, 1, 1)
+        n = ctx["n"]
+        out = {layer.weight: self._weight_sum(layer, x, gc, coef, ctx, n)}
+        if layer.bias is not None:
+            out[layer.bias] = gc.sum(dim=(0, 2, 3))
+        return out
+
+
+class _WSConvRule(_ConvRule):
+    """timm's ScaledStdConv2d: a conv with w_hat = alpha * z, z = (w - mean) / sqrt(var + eps),
+    alpha = gain * scale, per output channel o over its D = C_in * k * k weights.
+
+    With u the per-example gradient for w_hat_o, the gradient for w_o is
+    (alpha / s) (u - mean(u) - z mean(u z)) (the standardisation's backward), whose squared norm
+    is (alpha / s)^2 (|u|^2 - (1.u)^2 / D - (2 - r)(z.u)^2 / D) with r = |z|^2 / D, because z
+    sums to zero. |u|^2 takes the ghost-or-materialise route with g scaled by alpha / s;
+    1.u = sum_s g_s * (window sum of the input) and z.u = sum_s g_s * conv(x, z)_s are one box
+    filter and one convolution. The clipped sum is linear in u, so it is the clipped sum for
+    w_hat pulled back through timm's own standardisation by autograd.
+    """
+
+    @staticmethod
+    def _standardised(layer: ScaledStdConv2d, weight: torch.Tensor, gain: torch.Tensor):
+        flat = weight.reshape(1, layer.out_channels, -1)
+        return F.batch_norm(
+            flat,
+            None,
+            None,
+            weight=(gain * layer.scale).view(-1),
+            training=True,
+            momentum=0.0,
+            eps=layer.eps,
+        ).reshape_as(weight)
+
+    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
+        x = inputs[0].to(g.dtype)
+        w = layer.weight.detach().to(g.dtype)
+        d = w[0].numel()
+        flat = w.reshape(w.shape[0], -1)
+        var = flat.var(dim=1, unbiased=False)
+        z = (flat - flat.mean(dim=1, keepdim=True)) / torch.sqrt(var + layer.eps).unsqueeze(1)
+        r = z.square().mean(dim=1)
+        alpha_over_s = (
+            layer.gain.detach().view(-1).to(g.dtype) * layer.scale / torch.sqrt(var + layer.eps)
+        )
+        g_scaled = g * alpha_over_s.view(1, -1, 1, 1)
+        if _use_ghost(d, g.shape[1], g[0, 0].numel() * (x.shape[0] // n), strategy):
+            a = _positions(self._cols(layer, x), n)
+            u_sq, _ = _sequence_norm_sq(a, _positions(g_scaled.flatten(2), n), "ghost")
+        else:  # kept as gradients for w_hat (unscaled), reused by the clipped sum
+            per_example = ctx["per_example"] = _conv_per_example(layer, x, g, n)
+            u_sq = (per_example * alpha_over_s.view(1, -1, 1)).square().sum(dim=(1, 2))
+        window_sum = F.conv2d(
+            x.sum(1, keepdim=True),
+            torch.ones_like(w[:1, :1]),
+            stride=layer.stride,
+            padding=layer.padding,
+        )
+        one_u = _positions((g_scaled * window_sum).flatten(2), n).sum(-1)  # (N, O)
+        alpha = layer.gain.detach().view(-1).to(g.dtype) * layer.scale
+        if bool((alpha.abs() > 1e-4).all()):  # conv(x, z) from the layer's own output
+            bias = 0 if layer.bias is None else layer.bias.detach().to(g.dtype).view(1, -1, 1, 1)
+            z_x = (output.detach().to(g.dtype) - bias) / alpha.view(1, -1, 1, 1)
+        else:  # a gain near zero: recompute rather than divide by it
+            z_x = F.conv2d(x, z.view_as(w), stride=layer.stride, padding=layer.padding)
+        z_u = _positions((g_scaled * z_x).flatten(2), n).sum(-1)  # alpha/s-scaled z.u
+        total = u_sq - (one_u.square() + (2 - r) * z_u.square()).sum(-1) / d
+        # gain gradient: scale * z.u (undo the alpha / s scaling of z_u)
+        z_u_plain = _positions((g * z_x).flatten(2), n).sum(-1)
+        total = total + (layer.scale * z_u_plain).square().sum(-1)
+        if layer.bias is not None:
+            total = total + _positions(g.flatten(2), n).sum(-1).square().sum(-1)
+        return total
+
+    def clipped_sum(self, layer, inputs, g, coef, ctx):
+        x = inputs[0].to(g.dtype)
+        gc = g * coef.view(-1, 1, 1, 1)
+        u = self._weight_sum(layer, x, gc, coef, ctx, ctx["n"])
+        with torch.enable_grad():
+            weight = layer.weight.detach().to(g.dtype).requires_grad_(True)
+            gain = layer.gain.detach().to(g.dtype).requires_grad_(True)
+            w_hat = self._standardised(layer, weight, gain)
+            dw, dgain = torch.autograd.grad(w_hat, (weight, gain), grad_outputs=u)
+        out = {layer.weight: dw, layer.gain: dgain}
+        if layer.bias is not None:
+            out[layer.bias] = gc.sum(dim=(0, 2, 3))
+        return out
+
+
+class _KNConvRule(_ConvRule):
+    """KNConvCore: a conv over windows centred by their mean and scaled by 1/std."""
+
+    def _parts(self, layer: KNConvCore, inputs, g):
+        x, mu, inv_std = (t.to(g.dtype) for t in inputs)
+        return x, mu, g * inv_std
+
+    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
+        x, mu, gs_ = self._parts(layer, inputs, g)
+        d, o = layer.weight[0].numel(), g.shape[1]
+        if _use_ghost(d, o, g[0, 0].numel() * (x.shape[0] // n), strategy):
+            a = _positions(self._cols(layer, x) - mu.flatten(2), n)  # windows centred
+            total, _ = _sequence_norm_sq(a, _positions(gs_.flatten(2), n), "ghost")
+        else:  # sum_s g'_s (a_s - mu_s 1)^T: the conv's gradient minus a rank-one term
+            per_example = _conv_per_example(layer, x, gs_, n)
+            shift = _per_example((gs_ * mu).sum(dim=(2, 3)), n).sum(1)  # (N, O)
+            per_example = ctx["per_example"] = per_example - shift.unsqueeze(-1)
+            total = per_example.square().sum(dim=(1, 2))
+        if layer.bias is not None:
+            gb = _per_example(g.flatten(2), n)  # the bias sees g, not g * inv_std
+            total = total + gb.sum(dim=(1, 3)).square().sum(-1)
+        return total
+
+    def clipped_sum(self, layer, inputs, g, coef, ctx):
+        x, mu, gs_ = self._parts(layer, inputs, g)
+        gc = gs_ * coef.view(-1, 1, 1, 1)
+        if ctx.get("per_example") is not None:  # already centred: nothing to subtract
+            c = coef.view(ctx["n"], -1)[:, 0]
+            w = torch.einsum("n,nod->od", c, ctx["per_example"]).view(layer.weight.shape)
+        else:
+            w = torch.nn.grad.conv2d_weight(
+                x, layer.weight.shape, gc, stride=layer.stride, padding=layer.padding
+            )
+            w = w - (gc * mu).sum(dim=(0, 2, 3)).view(-1, 1, 1, 1)
+        out = {layer.weight: w}
+        if layer.bias is not None:
+            out[layer.bias] = (g * coef.view(-1, 1, 1, 1)).sum(dim=(0, 2, 3))
+        return out
+
+
+class _LinearRule(_Rule):
+    """nn.Linear on (N*K, D) inputs."""
+
+    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
+        a = _per_example(inputs[0].to(g.dtype), n).transpose(1, 2)  # (N, D, K)
+        gs = _per_example(g, n).transpose(1, 2)  # (N, O, K)
+        total, _ = _sequence_norm_sq(a, gs, strategy)
+        if layer.bias is not None:
+            total = total + gs.sum(-1).square().sum(-1)
+        return total
+
+    def clipped_sum(self, layer, inputs, g, coef, ctx):
+        gc = g * coef.view(-1, 1)
+        out = {layer.weight: gc.t() @ inputs[0].to(g.dtype)}
+        if layer.bias is not None:
+            out[layer.bias] = gc.sum(0)
+        return out
+
+
+class _AffineRule(_Rule):
+    """Per-channel affine layers whose per-view gradients are a few numbers per channel:
+    GroupNorm, LayerNorm and ChannelAffine. They are cheap to materialise."""
+
+    def per_view(self, layer, inputs, g) -> dict[nn.Parameter, torch.Tensor]:
+        x = inputs[0].to(g.dtype)
+        if isinstance(layer, nn.GroupNorm):
+            xh = F.group_norm(x, layer.num_groups, eps=layer.eps)
+            dims: tuple[int, ...] = tuple(range(2, x.dim()))
+        elif isinstance(layer, nn.LayerNorm):
+            xh = F.layer_norm(x, layer.normalized_shape, eps=layer.eps)
+            dims = tuple(range(1, x.dim() - len(layer.normalized_shape)))
+        else:  # ChannelAffine
+            xh, dims = x, (2, 3)
+        out = {}
+        if layer.weight is not None and layer.weight.requires_grad:
+            out[layer.weight] = (xh * g).sum(dim=dims) if dims else xh * g
+        if layer.bias is not None and layer.bias.requires_grad:
+            out[layer.bias] = g.sum(dim=dims) if dims else g
+        return out
+
+    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
+        grads = ctx["per_view"] = self.per_view(layer, inputs, g)
+        return sum(_per_example(v, n).sum(1).flatten(1).square().sum(1) for v in grads.values())
+
+    def clipped_sum(self, layer, inputs, g, coef, ctx):
+        return {p: torch.einsum("v,v...->...", coef, v) for p, v in ctx["per_view"].items()}
+
+
+class _FallbackRule(_Rule):
+    """Any other layer: Opacus' grad sampler for its exact type, or Opacus' functorch path,
+    one layer at a time (e.g. timm's weight-standardised convolutions)."""
+
+    def per_view(self, layer, inputs, g):
+        sampler = GradSampleModule.GRAD_SAMPLERS.get(type(layer))
+        if sampler is not None:
+            return sampler(layer, inputs, g)
+        return ft_compute_per_sample_gradient(layer, inputs, g)
+
+    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
+        grads = self.per_view(layer, inputs, g)
+        return sum(_per_example(v, n).sum(1).flatten(1).square().sum(1) for v in grads.values())
+
+    def clipped_sum(self, layer, inputs, g, coef, ctx):
+        # Recomputed rather than kept: a fallback layer may be large.
+        grads = self.per_view(layer, inputs, g)
+        return {p: torch.einsum("v,v...->...", coef.to(v.dtype), v) for p, v in grads.items()}
+
+
+_RULES: dict[type, _Rule] = {
+    nn.Conv2d: _ConvRule(),
+    ScaledStdConv2d: _WSConvRule(),
+    KNConvCore: _KNConvRule(),
+    nn.Linear: _LinearRule(),
+    nn.GroupNorm: _AffineRule(),
+    nn.LayerNorm: _AffineRule(),
+    ChannelAffine: _AffineRule(),
+}
+
+
+def rule_for(layer: nn.Module) -> str:
+    """The rule a layer takes: ``bk`` (a dedicated rule above) or ``fallback``."""
+    return "bk" if _usable(layer) else "fallback"
+
+
+def _usable(layer: nn.Module) -> bool:
+    rule = _RULES.get(type(layer))
+    if isinstance(rule, _ConvRule) and isinstance(layer, nn.Conv2d):
+        return (
+            layer.groups == 1
+            and tuple(layer.dilation) == (1, 1)
+            and isinstance(layer.padding, tuple)
+        )
+    return rule is not None
+
+
+class BookKeepingClipper:
+    """Clip per-example gradients of ``model`` to a norm bound and sum them, in one backward pass.
+
+    Args:
+        model: The model; its trainable layers are found once, by exact type.
+        strategy: ``auto`` picks ghost norms or materialisation per layer by cost; ``ghost`` and
+            ``materialise`` force one (for tests and benchmarks).
+    """
+
+    def __init__(self, model: nn.Module, strategy: str = "auto"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.model, self.strategy = model, strategy
+        self.layers = [
+            m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
+        ]
+        self.rules = {
+            id(m): (_RULES[type(m)] if _usable(m) else _FallbackRule()) for m in self.layers
+        }
+        self.last_norms: torch.Tensor | None = None
+
+    def _capture(self, store: list) -> list[torch.utils.hooks.RemovableHandle]:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            store.append((module, [t.detach() for t in inputs if torch.is_tensor(t)], output))
+
+        return [m.register_forward_hook(hook) for m in self.layers]
+
+    def accumulate(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        max_grad_norm: float,
+        views: int | None = None,
+        loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
+    ) -> float:
+        """Add ``sum_i clip(grad_i)`` for the examples of ``x`` to each parameter's
+        ``summed_grad``; returns the mean loss.
+
+        Args:
+            x: ``(N, K, C, H, W)`` views (or ``(N, C, H, W)`` for one view each).
+            y: ``(N,)`` labels.
+            max_grad_norm: The clipping bound C.
+        """
+        if x.dim() == 4:
+            x = x.unsqueeze(1)
+        n, k = x.shape[0], x.shape[1]
+        if n == 0:
+            return float("nan")
+        store: list = []
+        handles = self._capture(store)
+        try:
+            out = self.model(x.flatten(0, 1))
+        finally:
+            for h in handles:
+                h.remove()
+        seen = [m for m, _, _ in store]
+        if len({id(m) for m in seen}) != len(seen):
+            raise NotImplementedError("a layer ran twice in one forward pass (weight tying)")
+        per_view = loss_fn(out, y.repeat_interleave(k), reduction="none")
+        # Example i's loss is the mean over its K views; summing over examples makes each
+        # output gradient the gradient of one example's own loss.
+        loss = per_view.sum() / k
+        grads = torch.autograd.grad(loss, [o for _, _, o in store], allow_unused=True)
+        store, grads = (
+            zip(*[(s, g) for s, g in zip(store, grads, strict=True) if g is not None], strict=True)
+            if store
+            else ((), ())
+        )
+        # An N-vector: accumulating it in float64 costs nothing and keeps fp64 checks exact.
+        norm_sq = torch.zeros(n, device=x.device, dtype=torch.float64)
+        ctxs = [{"n": n} for _ in store]
+        for (layer, inputs, output), g, ctx in zip(store, grads, ctxs, strict=True):
+            norm_sq = (
+                norm_sq
+                + self.rules[id(layer)]
+                .norm_sq(layer, inputs, g.detach(), n, self.strategy, ctx, output)
+                .double()
+            )
+        norms = norm_sq.sqrt()
+        self.last_norms = norms
+        # Opacus' clipping factor, so both paths clip identically.
+        coef = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0).repeat_interleave(k)
+        for (layer, inputs, _), g, ctx in zip(store, grads, ctxs, strict=True):
+            g = g.detach()
+            for p, value in (
+                self.rules[id(layer)].clipped_sum(layer, inputs, g, coef.to(g.dtype), ctx).items()
+            ):
+                if getattr(p, "summed_grad", None) is None:
+                    p.summed_grad = torch.zeros_like(p)
+                p.summed_grad += value.to(p.dtype).view_as(p)
+        return float(per_view.detach().mean())

@@ -1,0 +1,193 @@
+"""One training step on a logical batch: DP-SGD (per-sample clipping and noise) or plain SGD.
+
+The engine and the perf checks call the same step objects, so a benchmark times exactly what
+a run does. A step takes the logical batch already on the device as views ``(B, K, C, H, W)``
+(K augmented views per example) with labels ``(B,)``, and splits it into physical batches of
+at most ``max_physical_batch`` examples to bound memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+#: Per-sample-gradient modes a DP step can use.
+MODES = ("hooks", "functorch", "bk")
+
+
+def make_optimizer(
+    params,
+    *,
+    optimizer: str = "sgd",
+    lr: float = 1.0,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
+    """The base optimiser (DP-SGD wraps it; its update rule is unchanged)."""
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+    )
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+class SGDStep:
+    """A non-private step: mean loss over every view of the logical batch, one update."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_physical_batch: int,
+        precision: str = "fp32",
+    ):
+        self.model, self.optimizer = model, optimizer
+        self.max_physical_batch, self.precision = max_physical_batch, precision
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        device = x.device
+        n, k = x.shape[0], x.shape[1]
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for xc, yc in zip(
+            x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True
+        ):
+            with autocast(device, self.precision):
+                loss = F.cross_entropy(self.model(xc.flatten(0, 1)), yc.repeat_interleave(k))
+            (loss * (xc.shape[0] / n)).backward()
+            total += float(loss.detach()) * xc.shape[0] / n
+        self.optimizer.step()
+        return total
+
+
+class DPSGDStep:
+    """A DP-SGD step with Opacus: per-sample gradients, clipping to C, Gaussian noise, update.
+
+    ``mode`` picks how per-sample gradients are obtained: ``hooks`` (Opacus' per-layer
+    samplers), ``functorch`` (Opacus' vmap path for every layer) or ``bk`` (this project's
+    book-keeping clipper, `bench.bk`: one backward pass, per-sample norms without
+    materialising conv gradients where that is cheaper, clipped sums as one GEMM per layer).
+
+    The K views of an example share one clipped gradient: the per-example loss is the mean
+    over its views, so its gradient is the mean of the per-view gradients, taken before
+    clipping. An empty logical batch is a noise-only step.
+
+    Attributes:
+        model: The wrapped model (use ``module`` for the plain one).
+        steps_taken: Noised updates made so far.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        max_physical_batch: int,
+        mode: str = "hooks",
+        precision: str = "fp32",
+        generator: torch.Generator | None = None,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode, self.precision = mode, precision
+        self.max_physical_batch = max_physical_batch
+        self.module = model
+        if mode == "bk":
+            from bench.bk import BookKeepingClipper
+
+            self.model = model
+            self.clipper = BookKeepingClipper(model)
+        else:
+            self.model = GradSampleModule(
+                model, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch"
+            )
+        self.optimizer = DPOptimizer(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=generator,
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.steps_taken = 0
+
+    def attach_step_hook(self, fn: Callable[[DPOptimizer], None]) -> None:
+        """Call ``fn`` after every noised update (an accountant's hook)."""
+        self.optimizer.attach_step_hook(fn)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        loss = self._bk_step(x, y) if self.mode == "bk" else self._opacus_step(x, y)
+        self.steps_taken += 1
+        return loss
+
+    def _noise_only(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+        self.optimizer.step()
+
+    def _opacus_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        if x.shape[0] == 0:
+            self._noise_only()
+            return math.nan
+        k = x.shape[1]
+        chunks = list(
+            zip(x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True)
+        )
+        total = 0.0
+        for i, (xc, yc) in enumerate(chunks):
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(x.device, self.precision):
+                loss = F.cross_entropy(self.model(xc.flatten(0, 1)), yc.repeat_interleave(k))
+            loss.backward()
+            if k > 1:
+                for p in self.params:
+                    p.grad_sample = p.grad_sample.view(-1, k, *p.shape).mean(1)
+            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+            self.optimizer.step()
+            total += float(loss.detach()) * xc.shape[0] / x.shape[0]
+        return total
+
+    def _bk_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Clipped sums from `BookKeepingClipper`, then DPOptimizer's noise and update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.summed_grad = torch.zeros_like(p)
+        total = 0.0
+        k = x.shape[1]
+        for xc, yc in zip(
+            x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True
+        ):
+            with autocast(x.device, self.precision):
+                loss = self.clipper.accumulate(
+                    xc, yc, max_grad_norm=self.optimizer.max_grad_norm, views=k
+                )
+            total += loss * xc.shape[0] / max(1, x.shape[0])
+        # DPOptimizer's own noise, scaling, accountant hook and update, from the clipped sums.
+        # An empty placeholder per-sample gradient tells Opacus this was one accumulation.
+        for p in self.params:
+            p.grad_sample = p.summed_grad.new_empty((0,))
+        self.optimizer.add_noise()
+        self.optimizer.scale_grad()
+        if self.optimizer.step_hook:
+            self.optimizer.step_hook(self.optimizer)
+        self.optimizer.original_optimizer.step()
+        for p in self.params:
+            p.grad_sample = None
+        return total if x.shape[0] else math.nan

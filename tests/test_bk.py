@@ -1,0 +1,91 @@
+"""The book-keeping clipper's clipped sums equal clipping one-example gradients, for every pair."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.backbones import create_backbone, list_backbones
+from bench.bk import BookKeepingClipper, rule_for
+from norms.dp_batch_norm import calibrate
+from tests.test_dp_guarantees import NORM_VARIANTS, SIZE, WIDTH
+
+
+def build(backbone: str, norm: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_backbone(backbone, norm=norm, width=WIDTH).double()
+    calibrate(
+        model,
+        lambda: [torch.randn(16, 3, SIZE, SIZE, dtype=torch.float64)],
+        generator=torch.Generator().manual_seed(0),
+    )
+    return model
+
+
+def oracle(model, x, y, clip):
+    """Each example alone (its K views, loss averaged over them), clipped, then summed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    norms = []
+    for xi, yi in zip(x, y, strict=True):
+        loss = F.cross_entropy(model(xi), yi.repeat(xi.shape[0]))
+        grads = torch.autograd.grad(loss, params)
+        norm = torch.sqrt(sum(g.square().sum() for g in grads))
+        norms.append(norm)
+        factor = (clip / (norm + 1e-6)).clamp(max=1.0)
+        total = [t + factor * g for t, g in zip(total, grads, strict=True)]
+    return total, torch.stack(norms)
+
+
+def bk(model, x, y, clip, strategy):
+    for p in model.parameters():
+        p.summed_grad = None
+    clipper = BookKeepingClipper(model, strategy=strategy)
+    clipper.accumulate(x, y, max_grad_norm=clip)
+    return [p.summed_grad for p in model.parameters() if p.requires_grad], clipper.last_norms
+
+
+CASES = [
+    pytest.param(b, n, k, s, id=f"{b}-{n}-K{k}-{s}")
+    for b in sorted(list_backbones())
+    for n in NORM_VARIANTS
+    for k, s in [(1, "auto"), (3, "ghost"), (2, "materialise")]
+]
+
+
+@pytest.mark.parametrize(("backbone", "norm", "views", "strategy"), CASES)
+def test_clipped_sums_equal_clipping_one_example_gradients(backbone, norm, views, strategy):
+    model = build(backbone, norm)
+    x = torch.randn(3, views, 3, SIZE, SIZE, dtype=torch.float64)
+    y = torch.tensor([1, 4, 7])
+    _, ref_norms = oracle(model, x, y, clip=1e9)
+    clip = float(ref_norms.median())  # some examples clipped, some not
+    ref, ref_norms = oracle(model, x, y, clip)
+    got, norms = bk(model, x, y, clip, strategy)
+    torch.testing.assert_close(norms.double(), ref_norms, atol=1e-8, rtol=1e-6)
+    for r, g in zip(ref, got, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-9, rtol=1e-6)
+
+
+def test_every_layer_of_every_pair_has_a_dedicated_rule():
+    for backbone in list_backbones():
+        for norm in NORM_VARIANTS:
+            model = create_backbone(backbone, norm=norm, width=WIDTH)
+            fallback = {
+                type(m).__name__
+                for m in model.modules()
+                if any(True for _ in m.parameters(recurse=False)) and rule_for(m) == "fallback"
+            }
+            assert not fallback, (backbone, norm, fallback)
+
+
+def test_an_empty_batch_adds_nothing():
+    model = build("resnet9", "group_norm")
+    clipper = BookKeepingClipper(model)
+    clipper.accumulate(
+        torch.zeros(0, 1, 3, SIZE, SIZE, dtype=torch.float64),
+        torch.zeros(0, dtype=torch.long),
+        max_grad_norm=1.0,
+    )
+    assert all(getattr(p, "summed_grad", None) is None for p in model.parameters())
