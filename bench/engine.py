@@ -5,8 +5,9 @@ benchmark needs three things that path does not give: Poisson sampling on the de
 q = B/N handed to the accountant (Opacus' DPDataLoader uses q = 1/len(loader) and a CPU
 loader), augmentation multiplicity (the K views of an example share one clipped gradient), and
 privacy costs other than DP-SGD composed into one budget. The parts that are Opacus' own are
-used as they are: `GradSampleModule` for per-sample gradients, `DPOptimizer` for clipping,
-noise and the update, and its accountants for the epsilon.
+used as they are: `DPOptimizer` for noise and the update, its accountants for the epsilon, and
+`GradSampleModule` for per-sample gradients in the ``hooks``/``functorch`` modes; the default
+``bk`` mode clips with `bench.bk` (one backward pass). The step itself is `bench.steps`.
 """
 
 from __future__ import annotations

@@ -70,6 +70,19 @@ def test_every_cell_gets_one_ok_record_that_spends_the_target_epsilon(tiny, tmp_
     assert (out / "leaderboard.md").exists() and (out / "suite.json").exists()
 
 
+def test_report_rebuilds_the_leaderboard_of_a_run_byte_for_byte(tiny, tmp_path):
+    out = tmp_path / "out"
+    assert (
+        main(["run", str(tiny), "--out", str(out), "--no-progress", "--set", "grid.seed=[0,1]"])
+        == 0
+    )
+    written = (out / "leaderboard.md").read_bytes()
+    (out / "leaderboard.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "leaderboard.md").read_bytes() == written
+    assert (out / "accuracy.png").exists() and (out / "accuracy_vs_throughput.png").exists()
+
+
 def test_sigkill_mid_sweep_then_rerun_completes_without_redoing_or_corrupting(tiny, tmp_path):
     out = tmp_path / "out"
     records = out / "records.jsonl"

@@ -1,0 +1,129 @@
+"""pytest-benchmark perf checks: DP and non-private steps, per-sample-gradient layers, data path.
+
+Run timed with ``pytest --benchmark-only tests/perf`` (a few minutes on 2 CPU cores); CI runs
+them once each with ``--benchmark-disable`` so they are checked, not timed. Each timed call
+synchronises the device before it returns; one warm-up round is excluded. On a GPU the same
+files take larger sizes. Throughput and peak memory go to ``extra_info``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import norms
+from bench.backbones import list_backbones
+from bench.measure import device_name, peak_memory, reset_peak_memory, resolve_device, synchronize
+from bench.perf import make_step, random_device_data
+from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference, knconv_grad_sample, window_stats
+
+DEVICE = resolve_device()
+ON_GPU = DEVICE.type == "cuda"
+BATCH = 256 if ON_GPU else 16
+WIDTH = 1.0 if ON_GPU else 0.25
+ROUNDS = 5 if ON_GPU else 2
+
+
+def _record(benchmark, images: int) -> None:
+    """Throughput (when timed) and peak device memory in the benchmark's extra_info."""
+    stats = getattr(benchmark, "stats", None)
+    mean = stats.stats.mean if stats is not None else None
+    benchmark.extra_info.update(
+        device=device_name(DEVICE),
+        images_per_call=images,
+        throughput_img_s=images / mean if mean else None,
+        peak_mem_bytes=peak_memory(DEVICE),
+    )
+
+
+STEP_KINDS = ["nonprivate", "dp", "dp-opacus-hooks"]
+
+
+@pytest.mark.parametrize("kind", STEP_KINDS)
+@pytest.mark.parametrize("norm", norms.list_norms())
+@pytest.mark.parametrize("backbone", list_backbones())
+def test_training_step(benchmark, backbone, norm, kind):
+    """One training step; the non-private step shares the group of its DP steps."""
+    benchmark.group = f"step {backbone} {norm} batch={BATCH} width={WIDTH}"
+    step, x, y = make_step(backbone, norm, kind, batch=BATCH, width=WIDTH, device=DEVICE)
+
+    def call():
+        step(x, y)
+        synchronize(DEVICE)
+
+    reset_peak_memory(DEVICE)
+    benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    _record(benchmark, BATCH)
+
+
+@pytest.mark.parametrize("path", ["fused", "unfold-reference"])
+def test_knconv2d_forward(benchmark, path):
+    """KNConv2d computed without unfolding against the unfold-normalise-convolve definition."""
+    benchmark.group = "knconv2d forward"
+    layer = KNConv2d(64, 64, 3, dropout=0.0).to(DEVICE)
+    x = torch.randn(BATCH, 64, 16, 16, device=DEVICE)
+    core = layer.core
+
+    def fused():
+        with torch.no_grad():
+            layer(x)
+        synchronize(DEVICE)
+
+    def reference():
+        with torch.no_grad():
+            knconv2d_unfold_reference(x, core.weight, core.bias, stride=1, padding=1, eps=layer.eps)
+        synchronize(DEVICE)
+
+    benchmark.pedantic(fused if path == "fused" else reference, rounds=ROUNDS, warmup_rounds=1)
+    _record(benchmark, BATCH)
+
+
+@pytest.mark.parametrize("path", ["custom-sampler", "functorch-reference"])
+def test_knconv2d_per_sample_gradients(benchmark, path):
+    """The registered KNConv sampler against Opacus' generic functorch path on the same layer."""
+    benchmark.group = "knconv2d per-sample gradients"
+    layer = KNConv2d(64, 64, 3, dropout=0.0).to(DEVICE)
+    x = torch.randn(BATCH, 64, 16, 16, device=DEVICE)
+    mu, inv_std = window_stats(x, 3, 1, 1, layer.eps)
+    g = torch.randn(BATCH, 64, 16, 16, device=DEVICE)
+    acts = [x, mu, inv_std]
+
+    def custom():
+        knconv_grad_sample(layer.core, acts, g)
+        synchronize(DEVICE)
+
+    core = layer.core
+    params = {k: v.detach() for k, v in core.named_parameters()}
+
+    def loss(p, xi, mi, si, gi):
+        out = torch.func.functional_call(core, p, (xi[None], mi[None], si[None]))
+        return (out * gi[None]).sum()
+
+    per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0, 0, 0))
+
+    def functorch():
+        per_example(params, x, mu, inv_std, g)
+        synchronize(DEVICE)
+
+    benchmark.pedantic(
+        custom if path == "custom-sampler" else functorch, rounds=ROUNDS, warmup_rounds=1
+    )
+    _record(benchmark, BATCH)
+
+
+@pytest.mark.parametrize("views", [1, 16])
+def test_device_data_path(benchmark, views):
+    """Poisson sampling and augmentation alone, on the device (CIFAR-sized set, 32x32)."""
+    benchmark.group = "data path (sampling + augmentation)"
+    n = 50_000 if ON_GPU else 10_000
+    data = random_device_data(n, DEVICE)
+    gen = data.generator(0)
+    batch = 4096 if ON_GPU else 512
+
+    def call():
+        idx = data.poisson_batch(batch, gen)
+        data.augment(data.train_x[idx], views=views, padding=4, flip=True, generator=gen)
+        synchronize(DEVICE)
+
+    benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=1)
+    _record(benchmark, batch * views)
