@@ -26,6 +26,7 @@ closed-form rule (`_WSConvRule`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -103,6 +104,14 @@ class _Rule:
     forward output.
     """
 
+    #: The rule needs the layer's forward output (timm's weight-standardised conv does).
+    needs_output = False
+
+    def releases(self, ctx: dict) -> bool:
+        """Whether, after `norm_sq`, the clipped sum needs neither the input nor the output
+        gradient (they are then dropped at once, in the middle of the backward pass)."""
+        return False
+
     def norm_sq(
         self,
         layer: nn.Module,
@@ -130,6 +139,9 @@ class _Rule:
 class _ConvRule(_Rule):
     """nn.Conv2d (groups=1, dilation=1)."""
 
+    def releases(self, ctx: dict) -> bool:
+        return ctx.get("per_example") is not None
+
     @staticmethod
     def _cols(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return F.unfold(x, layer.kernel_size, padding=layer.padding, stride=layer.stride)
@@ -144,16 +156,18 @@ class _ConvRule(_Rule):
             per_example = ctx["per_example"] = _conv_per_example(layer, x, g, n)
             total = per_example.square().sum(dim=(1, 2))
         if layer.bias is not None:
-            total = total + _per_example(g.sum(dim=(2, 3)), n).sum(1).square().sum(-1)
+            bias_per_view = ctx["bias_per_view"] = g.sum(dim=(2, 3))
+            total = total + _per_example(bias_per_view, n).sum(1).square().sum(-1)
         return total
 
     @staticmethod
-    def _weight_sum(layer, x, gc, coef, ctx, n):
+    def _weight_sum(layer, inputs, g, coef, ctx):
         """sum_i c_i u_i for the conv weight: from kept per-example gradients, or one GEMM."""
         kept = ctx.get("per_example")
         if kept is not None:
-            c = coef.view(n, -1)[:, 0]
-            return torch.einsum("n,nod->od", c, kept).view(layer.weight.shape)
+            c = coef.view(ctx["n"], -1)[:, 0]
+            return torch.einsum("n,nod->od", c.to(kept.dtype), kept).view(layer.weight.shape)
+        x, gc = inputs[0].to(g.dtype), g * coef.view(-1, 1, 1, 1)
         return torch.nn.grad.conv2d_weight(
             x,
             layer.weight.shape,
@@ -165,12 +179,9 @@ class _ConvRule(_Rule):
         )
 
     def clipped_sum(self, layer, inputs, g, coef, ctx):
-        x = inputs[0].to(g.dtype)
-        gc = g * coef.view(-1, 1, 1, 1)
-        n = ctx["n"]
-        out = {layer.weight: self._weight_sum(layer, x, gc, coef, ctx, n)}
+        out = {layer.weight: self._weight_sum(layer, inputs, g, coef, ctx)}
         if layer.bias is not None:
-            out[layer.bias] = gc.sum(dim=(0, 2, 3))
+            out[layer.bias] = coef @ ctx["bias_per_view"].to(coef.dtype)
         return out
 
 
@@ -186,6 +197,8 @@ class _WSConvRule(_ConvRule):
     filter and one convolution. The clipped sum is linear in u, so it is the clipped sum for
     w_hat pulled back through timm's own standardisation by autograd.
     """
+
+    needs_output = True
 
     @staticmethod
     def _standardised(layer: ScaledStdConv2d, weight: torch.Tensor, gain: torch.Tensor):
@@ -237,21 +250,20 @@ class _WSConvRule(_ConvRule):
         z_u_plain = _positions((g * z_x).flatten(2), n).sum(-1)
         total = total + (layer.scale * z_u_plain).square().sum(-1)
         if layer.bias is not None:
-            total = total + _positions(g.flatten(2), n).sum(-1).square().sum(-1)
+            bias_per_view = ctx["bias_per_view"] = g.sum(dim=(2, 3))
+            total = total + _per_example(bias_per_view, n).sum(1).square().sum(-1)
         return total
 
     def clipped_sum(self, layer, inputs, g, coef, ctx):
-        x = inputs[0].to(g.dtype)
-        gc = g * coef.view(-1, 1, 1, 1)
-        u = self._weight_sum(layer, x, gc, coef, ctx, ctx["n"])
+        u = self._weight_sum(layer, inputs, g, coef, ctx)
         with torch.enable_grad():
-            weight = layer.weight.detach().to(g.dtype).requires_grad_(True)
-            gain = layer.gain.detach().to(g.dtype).requires_grad_(True)
+            weight = layer.weight.detach().to(u.dtype).requires_grad_(True)
+            gain = layer.gain.detach().to(u.dtype).requires_grad_(True)
             w_hat = self._standardised(layer, weight, gain)
             dw, dgain = torch.autograd.grad(w_hat, (weight, gain), grad_outputs=u)
         out = {layer.weight: dw, layer.gain: dgain}
         if layer.bias is not None:
-            out[layer.bias] = gc.sum(dim=(0, 2, 3))
+            out[layer.bias] = coef @ ctx["bias_per_view"].to(coef.dtype)
         return out
 
 
@@ -273,25 +285,26 @@ class _KNConvRule(_ConvRule):
             shift = _per_example((gs_ * mu).sum(dim=(2, 3)), n).sum(1)  # (N, O)
             per_example = ctx["per_example"] = per_example - shift.unsqueeze(-1)
             total = per_example.square().sum(dim=(1, 2))
-        if layer.bias is not None:
-            gb = _per_example(g.flatten(2), n)  # the bias sees g, not g * inv_std
-            total = total + gb.sum(dim=(1, 3)).square().sum(-1)
+        if layer.bias is not None:  # the bias sees g, not g * inv_std
+            bias_per_view = ctx["bias_per_view"] = g.sum(dim=(2, 3))
+            total = total + _per_example(bias_per_view, n).sum(1).square().sum(-1)
         return total
 
     def clipped_sum(self, layer, inputs, g, coef, ctx):
-        x, mu, gs_ = self._parts(layer, inputs, g)
-        gc = gs_ * coef.view(-1, 1, 1, 1)
         if ctx.get("per_example") is not None:  # already centred: nothing to subtract
             c = coef.view(ctx["n"], -1)[:, 0]
-            w = torch.einsum("n,nod->od", c, ctx["per_example"]).view(layer.weight.shape)
+            kept = ctx["per_example"]
+            w = torch.einsum("n,nod->od", c.to(kept.dtype), kept).view(layer.weight.shape)
         else:
+            x, mu, gs_ = self._parts(layer, inputs, g)
+            gc = gs_ * coef.view(-1, 1, 1, 1)
             w = torch.nn.grad.conv2d_weight(
                 x, layer.weight.shape, gc, stride=layer.stride, padding=layer.padding
             )
             w = w - (gc * mu).sum(dim=(0, 2, 3)).view(-1, 1, 1, 1)
         out = {layer.weight: w}
         if layer.bias is not None:
-            out[layer.bias] = (g * coef.view(-1, 1, 1, 1)).sum(dim=(0, 2, 3))
+            out[layer.bias] = coef @ ctx["bias_per_view"].to(coef.dtype)
         return out
 
 
@@ -334,6 +347,9 @@ class _AffineRule(_Rule):
         if layer.bias is not None and layer.bias.requires_grad:
             out[layer.bias] = g.sum(dim=dims) if dims else g
         return out
+
+    def releases(self, ctx: dict) -> bool:
+        return True
 
     def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
         grads = ctx["per_view"] = self.per_view(layer, inputs, g)
@@ -411,12 +427,6 @@ class BookKeepingClipper:
         }
         self.last_norms: torch.Tensor | None = None
 
-    def _capture(self, store: list) -> list[torch.utils.hooks.RemovableHandle]:
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            store.append((module, [t.detach() for t in inputs if torch.is_tensor(t)], output))
-
-        return [m.register_forward_hook(hook) for m in self.layers]
-
     def accumulate(
         self,
         x: torch.Tensor,
@@ -439,45 +449,63 @@ class BookKeepingClipper:
         n, k = x.shape[0], x.shape[1]
         if n == 0:
             return float("nan")
-        store: list = []
-        handles = self._capture(store)
+        entries: list[dict] = []
+        parts: list[torch.Tensor] = []
+
+        def on_grad(entry: dict, g: torch.Tensor) -> None:
+            # Runs inside the backward pass, as soon as this layer's output gradient exists.
+            g = g.detach()
+            rule, ctx = self.rules[id(entry["layer"])], entry["ctx"]
+            parts.append(
+                rule.norm_sq(
+                    entry["layer"], entry["inputs"], g, n, self.strategy, ctx, entry["output"]
+                ).double()
+            )
+            entry["output"] = None
+            if rule.releases(ctx):  # early layers: their per-example gradients are all we need
+                entry["inputs"] = None
+            else:
+                entry["g"] = g
+
+        def on_forward(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if any(e["layer"] is module for e in entries):
+                raise NotImplementedError("a layer ran twice in one forward pass (weight tying)")
+            rule = self.rules[id(module)]
+            entry = {
+                "layer": module,
+                "inputs": [t.detach() for t in inputs if torch.is_tensor(t)],
+                "output": output.detach() if rule.needs_output else None,
+                "g": None,
+                "ctx": {"n": n},
+            }
+            entries.append(entry)
+            output.register_hook(functools.partial(on_grad, entry))
+
+        handles = [m.register_forward_hook(on_forward) for m in self.layers]
         try:
-            out = self.model(x.flatten(0, 1))
+            # Asking for the input's gradient drives the backward pass through every layer while
+            # autograd computes no parameter gradient at all.
+            x_in = x.flatten(0, 1).detach().requires_grad_(True)
+            out = self.model(x_in)
         finally:
             for h in handles:
                 h.remove()
-        seen = [m for m, _, _ in store]
-        if len({id(m) for m in seen}) != len(seen):
-            raise NotImplementedError("a layer ran twice in one forward pass (weight tying)")
         per_view = loss_fn(out, y.repeat_interleave(k), reduction="none")
         # Example i's loss is the mean over its K views; summing over examples makes each
         # output gradient the gradient of one example's own loss.
-        loss = per_view.sum() / k
-        grads = torch.autograd.grad(loss, [o for _, _, o in store], allow_unused=True)
-        store, grads = (
-            zip(*[(s, g) for s, g in zip(store, grads, strict=True) if g is not None], strict=True)
-            if store
-            else ((), ())
-        )
+        torch.autograd.grad(per_view.sum() / k, x_in)
         # An N-vector: accumulating it in float64 costs nothing and keeps fp64 checks exact.
-        norm_sq = torch.zeros(n, device=x.device, dtype=torch.float64)
-        ctxs = [{"n": n} for _ in store]
-        for (layer, inputs, output), g, ctx in zip(store, grads, ctxs, strict=True):
-            norm_sq = (
-                norm_sq
-                + self.rules[id(layer)]
-                .norm_sq(layer, inputs, g.detach(), n, self.strategy, ctx, output)
-                .double()
-            )
-        norms = norm_sq.sqrt()
+        norms = torch.stack(parts).sum(0).sqrt() if parts else torch.zeros(n, device=x.device)
         self.last_norms = norms
         # Opacus' clipping factor, so both paths clip identically.
         coef = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0).repeat_interleave(k)
-        for (layer, inputs, _), g, ctx in zip(store, grads, ctxs, strict=True):
-            g = g.detach()
-            for p, value in (
-                self.rules[id(layer)].clipped_sum(layer, inputs, g, coef.to(g.dtype), ctx).items()
-            ):
+        for entry in entries:
+            layer, g, ctx = entry["layer"], entry["g"], entry["ctx"]
+            if "n" in ctx and len(ctx) == 1 and g is None:
+                continue  # no gradient reached this layer
+            dtype = g.dtype if g is not None else next(layer.parameters()).dtype
+            sums = self.rules[id(layer)].clipped_sum(layer, entry["inputs"], g, coef.to(dtype), ctx)
+            for p, value in sums.items():
                 if getattr(p, "summed_grad", None) is None:
                     p.summed_grad = torch.zeros_like(p)
                 p.summed_grad += value.to(p.dtype).view_as(p)

@@ -344,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--reps", type=int, default=3)
     tab.add_argument("--backbones", default=",".join(list_backbones()))
     tab.add_argument("--norms", default=",".join(norms.list_norms()))
+    tab.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="which steps to time (nonprivate is always included)",
+    )
     opa.add_argument("--backbone", default="wrn16_4")
     opa.add_argument("--norm", default="group_norm")
     opa.add_argument("--steps", type=int, default=5)
@@ -364,10 +369,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     elif args.cmd == "table":
+        kinds = ("nonprivate", *[k for k in args.kinds.split(",") if k != "nonprivate"])
         print(
             table(
                 args.backbones.split(","),
                 args.norms.split(","),
+                kinds=kinds,
                 batch=args.batch,
                 width=args.width,
                 size=args.size,
