@@ -461,7 +461,7 @@ class BookKeepingClipper:
                     entry["layer"], entry["inputs"], g, n, self.strategy, ctx, entry["output"]
                 ).double()
             )
-            entry["output"] = None
+            entry["output"], entry["reached"] = None, True
             if rule.releases(ctx):  # early layers: their per-example gradients are all we need
                 entry["inputs"] = None
             else:
@@ -476,6 +476,7 @@ class BookKeepingClipper:
                 "inputs": [t.detach() for t in inputs if torch.is_tensor(t)],
                 "output": output.detach() if rule.needs_output else None,
                 "g": None,
+                "reached": False,
                 "ctx": {"n": n},
             }
             entries.append(entry)
@@ -501,8 +502,8 @@ class BookKeepingClipper:
         coef = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0).repeat_interleave(k)
         for entry in entries:
             layer, g, ctx = entry["layer"], entry["g"], entry["ctx"]
-            if "n" in ctx and len(ctx) == 1 and g is None:
-                continue  # no gradient reached this layer
+            if not entry["reached"]:
+                continue  # the loss does not depend on this layer
             dtype = g.dtype if g is not None else next(layer.parameters()).dtype
             sums = self.rules[id(layer)].clipped_sum(layer, entry["inputs"], g, coef.to(dtype), ctx)
             for p, value in sums.items():

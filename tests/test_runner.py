@@ -70,6 +70,33 @@ def test_every_cell_gets_one_ok_record_that_spends_the_target_epsilon(tiny, tmp_
     assert (out / "leaderboard.md").exists() and (out / "suite.json").exists()
 
 
+@pytest.mark.parametrize("mode", ["bk", "hooks", "functorch"])
+def test_every_grad_sample_mode_trains_with_views_and_spends_the_target(mode, tiny, tmp_path):
+    out = tmp_path / "out"
+    args = [
+        "run",
+        str(tiny),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "grid.seed=[0]",
+        "--set",
+        "grid.norm=[group_norm]",
+        "--set",
+        f"training.grad_sample_mode={mode}",
+        "--set",
+        "training.augmult=2",
+    ]
+    assert main(args) == 0
+    (record,) = read_records(out / "records.jsonl").records
+    assert record["status"] == "ok", record.get("error")
+    assert record["grad_sample_mode"] == mode and record["augmult"] == 2
+    assert 0.97 * 8 <= record["epsilon_spent"] <= 8
+    expected = {"bk": "bk", "hooks": "opacus", "functorch": "functorch"}[mode]
+    assert set(record["grad_sample_paths"].values()) == {expected}
+
+
 def test_report_rebuilds_the_leaderboard_of_a_run_byte_for_byte(tiny, tmp_path):
     out = tmp_path / "out"
     assert (
