@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel
 
 import norms
 from bench.backbones import create_backbone
-from bench.config import Cell, DataConfig, TrainingConfig, cell_to_dict
+from bench.config import Cell, DataConfig, TrainingConfig
 from bench.data import Dataset, DeviceData, load_dataset
 from bench.errors import ConfigError
 from bench.measure import (
@@ -268,7 +268,10 @@ def nonprivate_throughput(
 def train_cell(
     cell: Cell, device: torch.device, *, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Train one cell with DP-SGD and return its record fields (status ``ok``).
+    """Train one cell with DP-SGD and return its measured record fields (status ``ok``).
+
+    The cell's identity (run key, backbone, norm, seed, targets, config) is the runner's part
+    of the record (`bench.runner.run_cell`), written the same way whatever the outcome.
 
     Raises:
         IncompatibleError: The backbone refuses the norm (the runner records a skip).
@@ -342,16 +345,10 @@ def train_cell(
     dp_tput = timer.throughput
     norm_spec = norms.get_norm(resolved.name)
     return {
-        **{
-            k: v
-            for k, v in cell_to_dict(cell).items()
-            if k in ("run_key", "suite", "backbone", "norm", "seed", "overrides")
-        },
         "status": "ok",
         "error": None,
         "norm_name": resolved.name,
         "norm_params": dict(resolved.params),
-        "dataset": cell.data.dataset_name,
         "n_private": data.num_private,
         "n_test": int(data.test_x.shape[0]),
         "test_acc": test_acc,
@@ -371,10 +368,8 @@ def train_cell(
             "resident set so far"
         ),
         "device": provenance(device)["device_name"],
-        "epsilon_target": privacy.epsilon,
         "epsilon_spent": chosen.epsilon,
         "epsilon_spent_by_accountant": {a: r.epsilon for a, r in spent.items()},
-        "delta": privacy.delta,
         "accountant": chosen.accountant,
         "accountant_note": "; ".join(filter(None, [plan.calibration.note, chosen.note])),
         "noise_multiplier": sigma,
@@ -382,7 +377,6 @@ def train_cell(
         "steps": plan.steps,
         "steps_done": steps_done,
         "privacy_charges": list(plan.charges),
-        "max_grad_norm": privacy.max_grad_norm,
         "augmult": training.augmult,
         "grad_sample_mode": training.grad_sample_mode,
         "grad_sampler": norm_spec.grad_sampler,
@@ -390,5 +384,4 @@ def train_cell(
         "train_wall_s": train_s,
         "wall_s": time.perf_counter() - started,
         "provenance": provenance(device),
-        "config": cell_to_dict(cell),
     }
