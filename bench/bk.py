@@ -40,6 +40,7 @@ from norms.dp_batch_norm import ChannelAffine
 from norms.kernel_norm import KNConvCore
 
 STRATEGIES = ("auto", "ghost", "materialise")
+KEEP = ("auto", "per_example", "inputs")
 
 
 def _per_example(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -64,12 +65,53 @@ def _sequence_norm_sq(
     if _use_ghost(a.shape[1], g.shape[1], a.shape[2], strategy):
         return ((a.transpose(1, 2) @ a) * (g.transpose(1, 2) @ g)).sum(dim=(1, 2)), None
     per_example = g @ a.transpose(1, 2)  # (N, O, D)
-    return per_example.square().sum(dim=(1, 2)), per_example
+    return _row_norm_sq(per_example.flatten(1)), per_example
 
 
 def _use_ghost(d: int, o: int, s: int, strategy: str) -> bool:
     """Ghost norms cost S^2 (D + O) per example, materialising S D O: take the cheaper."""
     return strategy == "ghost" or (strategy == "auto" and s * (d + o) < d * o)
+
+
+#: Ghost norms and the affine layers' per-view gradients are computed over at most this many
+#: slices of the examples, so their temporaries (unfolded windows, S x S Gram matrices,
+#: normalised activations) take a fraction of the memory they would take for the whole batch.
+_SLICES = 8
+
+
+def _by_examples(n: int, fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn(*slices, examples)`` over slices of whole examples (all K views of each), joined
+    along the first dimension; each tensor is (N*K, ...)."""
+    k = tensors[0].shape[0] // n
+    step = -(-n // _SLICES)
+    return torch.cat(
+        [
+            fn(*(t[i * k : (i + step) * k] for t in tensors), min(step, n - i))
+            for i in range(0, n, step)
+        ]
+    )
+
+
+def _ghost_conv_norm_sq(layer: nn.Conv2d, n: int, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Ghost squared norms of a conv's per-example weight gradients for input x and output
+    gradient g, both (N*K, ...), a slice of examples at a time."""
+
+    def one(xs: torch.Tensor, gs: torch.Tensor, m: int) -> torch.Tensor:
+        a = _positions(_ConvRule._cols(layer, xs), m)  # (m, D, K*T)
+        return _sequence_norm_sq(a, _positions(gs.flatten(2), m), "ghost")[0]
+
+    return _by_examples(n, one, x, g)
+
+
+def _row_norm_sq(t: torch.Tensor) -> torch.Tensor:
+    """``(t ** 2).sum(-1)`` without a temporary the size of ``t``."""
+    return torch.linalg.vector_norm(t, dim=-1).square()
+
+
+def _row_dot(t: torch.Tensor, z: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """``(t * z).sum(-1)`` for t (N, O, D) and z (O, D), a few examples at a time so the
+    product never takes the memory of all of ``t``."""
+    return torch.cat([(part * z).sum(-1) for part in t.split(chunk)])
 
 
 def _conv_per_example(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
@@ -104,10 +146,12 @@ class _Rule:
     forward output.
     """
 
-    #: The rule needs the layer's forward output (timm's weight-standardised conv does).
-    needs_output = False
+    def needs_output(self, layer: nn.Module, output: torch.Tensor, n: int, strategy: str) -> bool:
+        """Whether `norm_sq` needs the layer's forward output (kept from the forward pass,
+        so only asked for where nothing cheaper will do)."""
+        return False
 
-    def releases(self, ctx: dict) -> bool:
+    def releases(self, ctx: dict, inputs: list[torch.Tensor], g: torch.Tensor) -> bool:
         """Whether, after `norm_sq`, the clipped sum needs neither the input nor the output
         gradient (they are then dropped at once, in the middle of the backward pass)."""
         return False
@@ -139,8 +183,18 @@ class _Rule:
 class _ConvRule(_Rule):
     """nn.Conv2d (groups=1, dilation=1)."""
 
-    def releases(self, ctx: dict) -> bool:
-        return ctx.get("per_example") is not None
+    def releases(self, ctx, inputs, g):
+        # Keep whichever is smaller until the clipped sum: the per-example gradients (the sum
+        # is then a cheap weighted reduction) or the input and output gradient (the sum is
+        # then one weight-gradient GEMM, the non-private step's own cost for this layer).
+        kept = ctx.get("per_example")
+        if kept is None:
+            return False
+        smaller = kept.numel() <= g.numel() + sum(t.numel() for t in inputs)
+        if ctx["keep"] == "inputs" or (ctx["keep"] == "auto" and not smaller):
+            ctx["per_example"] = None
+            return False
+        return True
 
     @staticmethod
     def _cols(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -150,11 +204,10 @@ class _ConvRule(_Rule):
         x = inputs[0].to(g.dtype)
         d, o = layer.weight[0].numel(), g.shape[1]
         if _use_ghost(d, o, g[0, 0].numel() * (x.shape[0] // n), strategy):
-            a = _positions(self._cols(layer, x), n)  # (N, D, K*T)
-            total, _ = _sequence_norm_sq(a, _positions(g.flatten(2), n), "ghost")
+            total = _ghost_conv_norm_sq(layer, n, x, g)
         else:
             per_example = ctx["per_example"] = _conv_per_example(layer, x, g, n)
-            total = per_example.square().sum(dim=(1, 2))
+            total = _row_norm_sq(per_example.flatten(1))
         if layer.bias is not None:
             bias_per_view = ctx["bias_per_view"] = g.sum(dim=(2, 3))
             total = total + _per_example(bias_per_view, n).sum(1).square().sum(-1)
@@ -198,7 +251,11 @@ class _WSConvRule(_ConvRule):
     w_hat pulled back through timm's own standardisation by autograd.
     """
 
-    needs_output = True
+    def needs_output(self, layer, output, n, strategy):
+        # Only the ghost route reads conv(x, z) off the output; the materialised route has
+        # every per-example gradient, from which 1.u and z.u are row sums.
+        d, s = layer.weight[0].numel(), output[0, 0].numel() * (output.shape[0] // n)
+        return _use_ghost(d, output.shape[1], s, strategy)
 
     @staticmethod
     def _standardised(layer: ScaledStdConv2d, weight: torch.Tensor, gain: torch.Tensor):
@@ -224,30 +281,31 @@ class _WSConvRule(_ConvRule):
         alpha_over_s = (
             layer.gain.detach().view(-1).to(g.dtype) * layer.scale / torch.sqrt(var + layer.eps)
         )
-        g_scaled = g * alpha_over_s.view(1, -1, 1, 1)
-        if _use_ghost(d, g.shape[1], g[0, 0].numel() * (x.shape[0] // n), strategy):
-            a = _positions(self._cols(layer, x), n)
-            u_sq, _ = _sequence_norm_sq(a, _positions(g_scaled.flatten(2), n), "ghost")
-        else:  # kept as gradients for w_hat (unscaled), reused by the clipped sum
+        if output is None:  # materialised: every term is a row reduction of u (unscaled)
             per_example = ctx["per_example"] = _conv_per_example(layer, x, g, n)
-            u_sq = (per_example * alpha_over_s.view(1, -1, 1)).square().sum(dim=(1, 2))
-        window_sum = F.conv2d(
-            x.sum(1, keepdim=True),
-            torch.ones_like(w[:1, :1]),
-            stride=layer.stride,
-            padding=layer.padding,
-        )
-        one_u = _positions((g_scaled * window_sum).flatten(2), n).sum(-1)  # (N, O)
-        alpha = layer.gain.detach().view(-1).to(g.dtype) * layer.scale
-        if bool((alpha.abs() > 1e-4).all()):  # conv(x, z) from the layer's own output
-            bias = 0 if layer.bias is None else layer.bias.detach().to(g.dtype).view(1, -1, 1, 1)
-            z_x = (output.detach().to(g.dtype) - bias) / alpha.view(1, -1, 1, 1)
-        else:  # a gain near zero: recompute rather than divide by it
-            z_x = F.conv2d(x, z.view_as(w), stride=layer.stride, padding=layer.padding)
-        z_u = _positions((g_scaled * z_x).flatten(2), n).sum(-1)  # alpha/s-scaled z.u
+            u_sq = (_row_norm_sq(per_example) * alpha_over_s.square()).sum(-1)
+            one_u = per_example.sum(-1) * alpha_over_s
+            z_u_plain = _row_dot(per_example, z)  # (N, O)
+        else:
+            g_scaled = g * alpha_over_s.view(1, -1, 1, 1)
+            u_sq = _ghost_conv_norm_sq(layer, n, x, g_scaled)
+            window_sum = F.conv2d(
+                x.sum(1, keepdim=True),
+                torch.ones_like(w[:1, :1]),
+                stride=layer.stride,
+                padding=layer.padding,
+            )
+            one_u = _positions((g_scaled * window_sum).flatten(2), n).sum(-1)  # (N, O)
+            alpha = layer.gain.detach().view(-1).to(g.dtype) * layer.scale
+            if bool((alpha.abs() > 1e-4).all()):  # conv(x, z) from the layer's own output
+                bias = 0 if layer.bias is None else layer.bias.detach().to(g.dtype).view(1, -1, 1, 1)
+                z_x = (output.to(g.dtype) - bias) / alpha.view(1, -1, 1, 1)
+            else:  # a gain near zero: recompute rather than divide by it
+                z_x = F.conv2d(x, z.view_as(w), stride=layer.stride, padding=layer.padding)
+            z_u_plain = _positions((g * z_x).flatten(2), n).sum(-1)
+        z_u = z_u_plain * alpha_over_s  # z.u for w_hat's gradient scaled by alpha / s
         total = u_sq - (one_u.square() + (2 - r) * z_u.square()).sum(-1) / d
-        # gain gradient: scale * z.u (undo the alpha / s scaling of z_u)
-        z_u_plain = _positions((g * z_x).flatten(2), n).sum(-1)
+        # gain gradient: scale * z.u of the unscaled u
         total = total + (layer.scale * z_u_plain).square().sum(-1)
         if layer.bias is not None:
             bias_per_view = ctx["bias_per_view"] = g.sum(dim=(2, 3))
@@ -278,13 +336,17 @@ class _KNConvRule(_ConvRule):
         x, mu, gs_ = self._parts(layer, inputs, g)
         d, o = layer.weight[0].numel(), g.shape[1]
         if _use_ghost(d, o, g[0, 0].numel() * (x.shape[0] // n), strategy):
-            a = _positions(self._cols(layer, x) - mu.flatten(2), n)  # windows centred
-            total, _ = _sequence_norm_sq(a, _positions(gs_.flatten(2), n), "ghost")
+
+            def centred(xs, ms, gs, m):  # windows centred on their mean
+                a = _positions(self._cols(layer, xs) - ms.flatten(2), m)
+                return _sequence_norm_sq(a, _positions(gs.flatten(2), m), "ghost")[0]
+
+            total = _by_examples(n, centred, x, mu, gs_)
         else:  # sum_s g'_s (a_s - mu_s 1)^T: the conv's gradient minus a rank-one term
             per_example = _conv_per_example(layer, x, gs_, n)
             shift = _per_example((gs_ * mu).sum(dim=(2, 3)), n).sum(1)  # (N, O)
-            per_example = ctx["per_example"] = per_example - shift.unsqueeze(-1)
-            total = per_example.square().sum(dim=(1, 2))
+            per_example = ctx["per_example"] = per_example.sub_(shift.unsqueeze(-1))
+            total = _row_norm_sq(per_example.flatten(1))
         if layer.bias is not None:  # the bias sees g, not g * inv_std
             bias_per_view = ctx["bias_per_view"] = g.sum(dim=(2, 3))
             total = total + _per_example(bias_per_view, n).sum(1).square().sum(-1)
@@ -348,11 +410,15 @@ class _AffineRule(_Rule):
             out[layer.bias] = g.sum(dim=dims) if dims else g
         return out
 
-    def releases(self, ctx: dict) -> bool:
+    def releases(self, ctx, inputs, g):
         return True
 
     def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
-        grads = ctx["per_view"] = self.per_view(layer, inputs, g)
+        rows = -(-g.shape[0] // _SLICES)  # the normalised input is recomputed a slice at a time
+        slices = [
+            self.per_view(layer, [x], gs) for x, gs in zip(inputs[0].split(rows), g.split(rows))
+        ]
+        grads = ctx["per_view"] = {p: torch.cat([v[p] for v in slices]) for p in slices[0]}
         return sum(_per_example(v, n).sum(1).flatten(1).square().sum(1) for v in grads.values())
 
     def clipped_sum(self, layer, inputs, g, coef, ctx):
@@ -413,12 +479,17 @@ class BookKeepingClipper:
         model: The model; its trainable layers are found once, by exact type.
         strategy: ``auto`` picks ghost norms or materialisation per layer by cost; ``ghost`` and
             ``materialise`` force one (for tests and benchmarks).
+        keep: What a conv layer whose per-example gradients were materialised keeps for its
+            clipped sum: ``auto`` the smaller of those gradients and its (input, output
+            gradient); ``per_example`` or ``inputs`` force one (for tests and benchmarks).
     """
 
-    def __init__(self, model: nn.Module, strategy: str = "auto"):
+    def __init__(self, model: nn.Module, strategy: str = "auto", keep: str = "auto"):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        self.model, self.strategy = model, strategy
+        if keep not in KEEP:
+            raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
+        self.model, self.strategy, self.keep = model, strategy, keep
         self.layers = [
             m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
         ]
@@ -462,7 +533,7 @@ class BookKeepingClipper:
                 ).double()
             )
             entry["output"], entry["reached"] = None, True
-            if rule.releases(ctx):  # early layers: their per-example gradients are all we need
+            if rule.releases(ctx, entry["inputs"], g):  # the kept gradients are all we need
                 entry["inputs"] = None
             else:
                 entry["g"] = g
@@ -474,10 +545,12 @@ class BookKeepingClipper:
             entry = {
                 "layer": module,
                 "inputs": [t.detach() for t in inputs if torch.is_tensor(t)],
-                "output": output.detach() if rule.needs_output else None,
+                "output": output.detach()
+                if rule.needs_output(module, output, n, self.strategy)
+                else None,
                 "g": None,
                 "reached": False,
-                "ctx": {"n": n},
+                "ctx": {"n": n, "keep": self.keep},
             }
             entries.append(entry)
             output.register_hook(functools.partial(on_grad, entry))
@@ -500,14 +573,20 @@ class BookKeepingClipper:
         self.last_norms = norms
         # Opacus' clipping factor, so both paths clip identically.
         coef = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0).repeat_interleave(k)
-        for entry in entries:
+        # Each layer's kept tensors are dropped as soon as its sum is taken.
+        while entries:
+            entry = entries.pop()
             layer, g, ctx = entry["layer"], entry["g"], entry["ctx"]
             if not entry["reached"]:
                 continue  # the loss does not depend on this layer
             dtype = g.dtype if g is not None else next(layer.parameters()).dtype
             sums = self.rules[id(layer)].clipped_sum(layer, entry["inputs"], g, coef.to(dtype), ctx)
+            del entry, g, ctx
             for p, value in sums.items():
+                value = value.to(p.dtype).view_as(p)
                 if getattr(p, "summed_grad", None) is None:
-                    p.summed_grad = torch.zeros_like(p)
-                p.summed_grad += value.to(p.dtype).view_as(p)
+                    p.summed_grad = value
+                else:
+                    p.summed_grad += value
+            del sums
         return float(per_view.detach().mean())

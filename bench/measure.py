@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,6 +94,54 @@ def peak_memory(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return None
+
+
+class TensorPeak(TorchDispatchMode):
+    """Peak bytes of tensor storage that code run inside this context allocated and still held.
+
+    The CPU has no allocator statistics, so this is the CPU's analogue of CUDA's
+    ``max_memory_allocated`` for one step: every operator's output whose storage is new (not a
+    view or in-place result of an input) is counted from its creation until its storage is
+    freed. Tensors that existed before (model, optimiser state, the batch) are not counted;
+    scratch memory a kernel frees before returning is not seen. Every operator goes through
+    Python while active, so time a step without it and measure its memory in a separate call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._held: dict[int, weakref.ref] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or key in given or key in self._held:
+                continue
+            self._held[key] = weakref.ref(storage, functools.partial(self._freed, key, nbytes))
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        return out
+
+    def _freed(self, key: int, nbytes: int, _ref: weakref.ref) -> None:
+        self.live -= nbytes
+        self._held.pop(key, None)
+
+
+def tensor_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak tensor bytes ``fn()`` allocated above what existed before it (see `TensorPeak`)."""
+    with TensorPeak() as tracker:
+        fn()
+    return tracker.peak
 
 
 def process_peak_rss() -> int:

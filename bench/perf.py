@@ -35,6 +35,7 @@ from bench.measure import (
     reset_peak_memory,
     resolve_device,
     synchronize,
+    tensor_peak_bytes,
 )
 from bench.steps import DPSGDStep, SGDStep, make_optimizer
 from norms.dp_batch_norm import calibrate
@@ -148,7 +149,13 @@ def measure_one(
         synchronize(device)
         times.append(time.perf_counter() - t0)
     peak = peak_memory(device)
-    step_mem = (peak - allocated_before) if peak is not None else process_peak_rss() - rss_before
+    rss_growth = process_peak_rss() - rss_before
+    if peak is not None:
+        step_mem = peak - allocated_before
+        mem_measure = "cuda max_memory_allocated above the memory allocated after setup"
+    else:  # one more, untimed step with every tensor allocation tracked
+        step_mem = tensor_peak_bytes(lambda: step(x, y))
+        mem_measure = "peak bytes of tensors the step allocated and held (bench.measure.TensorPeak)"
     return {
         "backbone": backbone,
         "norm": norm,
@@ -157,9 +164,10 @@ def measure_one(
         "width": width,
         "seconds": statistics.median(times),
         "mem_bytes": step_mem,
-        "mem_measure": "cuda max_memory_allocated above the memory allocated after setup"
-        if peak is not None
-        else "growth of the process's peak RSS over all steps, above the post-setup level",
+        "mem_measure": mem_measure,
+        # The process's peak RSS growth over the timed steps: allocator caching and
+        # fragmentation included, so noisier than mem_bytes.
+        "rss_bytes": rss_growth,
         "device": device_name(device),
     }
 
@@ -214,6 +222,7 @@ def table(
                     f"{r['seconds'] * 1000:.0f}",
                     f"{r['seconds'] / base['seconds']:.2f}",
                     f"{r['mem_bytes'] / max(base['mem_bytes'], 1):.2f}",
+                    f"{r['rss_bytes'] / max(base['rss_bytes'], 1):.2f}",
                 ]
             rows.append(row)
             print(
@@ -223,7 +232,7 @@ def table(
             )
     headers = ["backbone", "norm", "non-DP ms"]
     for k in kinds[1:]:
-        headers += [f"{k} ms", f"{k} time ratio", f"{k} mem ratio"]
+        headers += [f"{k} ms", f"{k} time ratio", f"{k} mem ratio", f"{k} host RSS ratio"]
     device = _subprocess(
         [
             backbones[0],
@@ -237,7 +246,9 @@ def table(
     )["device"]
     return (
         f"device: {device}; batch {batch}, width {width}, {size}x{size}, median of {reps} "
-        f"steps after {warmup} warm-up\n\n" + tabulate(rows, headers, tablefmt="github")
+        f"steps after {warmup} warm-up; mem: {base['mem_measure']}; host RSS: growth of the "
+        "process's peak resident set over the timed steps\n\n"
+        + tabulate(rows, headers, tablefmt="github")
     )
 
 

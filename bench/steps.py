@@ -167,8 +167,8 @@ class DPSGDStep:
     def _bk_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Clipped sums from `BookKeepingClipper`, then DPOptimizer's noise and update."""
         self.optimizer.zero_grad(set_to_none=True)
-        for p in self.params:
-            p.summed_grad = torch.zeros_like(p)
+        for p in self.params:  # allocated by the first accumulation, not before the backward
+            p.summed_grad = None
         total = 0.0
         k = x.shape[1]
         for xc, yc in zip(
@@ -182,12 +182,14 @@ class DPSGDStep:
         # DPOptimizer's own noise, scaling, accountant hook and update, from the clipped sums.
         # An empty placeholder per-sample gradient tells Opacus this was one accumulation.
         for p in self.params:
+            if p.summed_grad is None:  # an empty logical batch (or a layer the loss skips)
+                p.summed_grad = torch.zeros_like(p)
             p.grad_sample = p.summed_grad.new_empty((0,))
         self.optimizer.add_noise()
         self.optimizer.scale_grad()
         if self.optimizer.step_hook:
             self.optimizer.step_hook(self.optimizer)
         self.optimizer.original_optimizer.step()
-        for p in self.params:
-            p.grad_sample = None
+        for p in self.params:  # the noised gradient is in p.grad; the sums are spent
+            p.grad_sample = p.summed_grad = None
         return total if x.shape[0] else math.nan

@@ -38,31 +38,38 @@ def oracle(model, x, y, clip):
     return total, torch.stack(norms)
 
 
-def bk(model, x, y, clip, strategy):
+def bk(model, x, y, clip, strategy, keep="auto"):
     for p in model.parameters():
         p.summed_grad = None
-    clipper = BookKeepingClipper(model, strategy=strategy)
+    clipper = BookKeepingClipper(model, strategy=strategy, keep=keep)
     clipper.accumulate(x, y, max_grad_norm=clip)
     return [p.summed_grad for p in model.parameters() if p.requires_grad], clipper.last_norms
 
 
+# Materialised layers keep either their per-example gradients or their (input, output
+# gradient) for the clipped sum; both are checked by forcing each.
 CASES = [
-    pytest.param(b, n, k, s, id=f"{b}-{n}-K{k}-{s}")
+    pytest.param(b, n, k, s, keep, id=f"{b}-{n}-K{k}-{s}-{keep}")
     for b in sorted(list_backbones())
     for n in NORM_VARIANTS
-    for k, s in [(1, "auto"), (3, "ghost"), (2, "materialise")]
+    for k, s, keep in [
+        (1, "auto", "auto"),
+        (3, "ghost", "auto"),
+        (2, "materialise", "per_example"),
+        (1, "materialise", "inputs"),
+    ]
 ]
 
 
-@pytest.mark.parametrize(("backbone", "norm", "views", "strategy"), CASES)
-def test_clipped_sums_equal_clipping_one_example_gradients(backbone, norm, views, strategy):
+@pytest.mark.parametrize(("backbone", "norm", "views", "strategy", "keep"), CASES)
+def test_clipped_sums_equal_clipping_one_example_gradients(backbone, norm, views, strategy, keep):
     model = build(backbone, norm)
     x = torch.randn(3, views, 3, SIZE, SIZE, dtype=torch.float64)
     y = torch.tensor([1, 4, 7])
     _, ref_norms = oracle(model, x, y, clip=1e9)
     clip = float(ref_norms.median())  # some examples clipped, some not
     ref, ref_norms = oracle(model, x, y, clip)
-    got, norms = bk(model, x, y, clip, strategy)
+    got, norms = bk(model, x, y, clip, strategy, keep)
     torch.testing.assert_close(norms.double(), ref_norms, atol=1e-8, rtol=1e-6)
     for r, g in zip(ref, got, strict=True):
         torch.testing.assert_close(g, r, atol=1e-9, rtol=1e-6)

@@ -13,7 +13,14 @@ import torch
 
 import norms
 from bench.backbones import list_backbones
-from bench.measure import device_name, peak_memory, reset_peak_memory, resolve_device, synchronize
+from bench.measure import (
+    device_name,
+    peak_memory,
+    reset_peak_memory,
+    resolve_device,
+    synchronize,
+    tensor_peak_bytes,
+)
 from bench.perf import make_step, random_device_data
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference, knconv_grad_sample, window_stats
 
@@ -24,15 +31,22 @@ WIDTH = 1.0 if ON_GPU else 0.25
 ROUNDS = 5 if ON_GPU else 2
 
 
-def _record(benchmark, images: int) -> None:
-    """Throughput (when timed) and peak device memory in the benchmark's extra_info."""
+def _record(benchmark, images: int, call=None) -> None:
+    """Throughput (when timed) and peak memory in the benchmark's extra_info.
+
+    On a GPU the peak is CUDA's allocator peak over the timed calls; on the CPU, when ``call``
+    is given, it is the tensor peak of one more, untimed call (`bench.measure.TensorPeak`).
+    """
     stats = getattr(benchmark, "stats", None)
     mean = stats.stats.mean if stats is not None else None
+    peak = peak_memory(DEVICE)
+    if peak is None and call is not None:
+        peak = tensor_peak_bytes(call)
     benchmark.extra_info.update(
         device=device_name(DEVICE),
         images_per_call=images,
         throughput_img_s=images / mean if mean else None,
-        peak_mem_bytes=peak_memory(DEVICE),
+        peak_mem_bytes=peak,
     )
 
 
@@ -53,7 +67,8 @@ def test_training_step(benchmark, backbone, norm, kind):
 
     reset_peak_memory(DEVICE)
     benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    _record(benchmark, BATCH)
+    _record(benchmark, BATCH, call)
+    assert benchmark.extra_info["peak_mem_bytes"] > 0
 
 
 @pytest.mark.parametrize("path", ["fused", "unfold-reference"])
