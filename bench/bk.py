@@ -298,8 +298,10 @@ class _WSConvRule(_ConvRule):
             one_u = _positions((g_scaled * window_sum).flatten(2), n).sum(-1)  # (N, O)
             alpha = layer.gain.detach().view(-1).to(g.dtype) * layer.scale
             if bool((alpha.abs() > 1e-4).all()):  # conv(x, z) from the layer's own output
-                bias = 0 if layer.bias is None else layer.bias.detach().to(g.dtype).view(1, -1, 1, 1)
-                z_x = (output.to(g.dtype) - bias) / alpha.view(1, -1, 1, 1)
+                z_x = output.to(g.dtype)
+                if layer.bias is not None:
+                    z_x = z_x - layer.bias.detach().to(g.dtype).view(1, -1, 1, 1)
+                z_x = z_x / alpha.view(1, -1, 1, 1)
             else:  # a gain near zero: recompute rather than divide by it
                 z_x = F.conv2d(x, z.view_as(w), stride=layer.stride, padding=layer.padding)
             z_u_plain = _positions((g * z_x).flatten(2), n).sum(-1)
@@ -416,7 +418,8 @@ class _AffineRule(_Rule):
     def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
         rows = -(-g.shape[0] // _SLICES)  # the normalised input is recomputed a slice at a time
         slices = [
-            self.per_view(layer, [x], gs) for x, gs in zip(inputs[0].split(rows), g.split(rows))
+            self.per_view(layer, [x], gs)
+            for x, gs in zip(inputs[0].split(rows), g.split(rows), strict=True)
         ]
         grads = ctx["per_view"] = {p: torch.cat([v[p] for v in slices]) for p in slices[0]}
         return sum(_per_example(v, n).sum(1).flatten(1).square().sum(1) for v in grads.values())
