@@ -16,6 +16,12 @@ convolutions. Here one forward pass records each trainable layer's inputs, one
    clipped sum ``sum_i c_i grad_i`` is one ordinary weight-gradient computation with the output
    gradients scaled by c_i (a single GEMM for a convolution).
 
+Memory: between its norm and its sum a layer keeps only what the sum needs, its per-example
+gradients where they were materialised and are smaller than its (input, output gradient), else
+those two; ghost Gram products and normalised activations are built a slice of examples at a
+time; each layer's kept tensors are dropped as soon as its sum is taken. So the step's peak
+stays close to the non-private step's (autograd frees activations as the kept tensors grow).
+
 The K augmented views of an example form one privacy unit: its loss is the mean over the views,
 its gradient the sum of the per-view gradients of that loss, and its norm is taken over all K x T
 positions together. Layers without a dedicated rule fall back to Opacus' per-layer grad sampler
