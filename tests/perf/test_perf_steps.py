@@ -1,12 +1,15 @@
 """pytest-benchmark perf checks: DP and non-private steps, per-sample-gradient layers, data path.
 
 Run timed with ``pytest --benchmark-only tests/perf`` (a few minutes on 2 CPU cores); CI runs
-them once each with ``--benchmark-disable`` so they are checked, not timed. Each timed call
+them once each, at the smallest sizes, with ``--benchmark-disable`` so they are checked, not
+timed. Each timed call
 synchronises the device before it returns; one warm-up round is excluded. On a GPU the same
 files take larger sizes. Throughput and peak memory go to ``extra_info``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -26,9 +29,24 @@ from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference, knconv_grad_s
 
 DEVICE = resolve_device()
 ON_GPU = DEVICE.type == "cuda"
-BATCH = 256 if ON_GPU else 16
-WIDTH = 1.0 if ON_GPU else 0.25
-ROUNDS = 5 if ON_GPU else 2
+
+
+@dataclass(frozen=True)
+class Sizes:
+    batch: int
+    width: float
+    rounds: int
+
+
+@pytest.fixture(scope="session")
+def sizes(pytestconfig) -> Sizes:
+    """Timed: sizes whose ratios mean something (the whole CPU run takes a few minutes).
+    Untimed (``--benchmark-disable``, as in CI): the smallest sizes that still run every path."""
+    if ON_GPU:
+        return Sizes(batch=256, width=1.0, rounds=5)
+    if pytestconfig.getoption("benchmark_disable"):
+        return Sizes(batch=8, width=0.25, rounds=1)
+    return Sizes(batch=32, width=0.5, rounds=3)
 
 
 def _record(benchmark, images: int, call=None) -> None:
@@ -56,27 +74,29 @@ STEP_KINDS = ["nonprivate", "dp", "dp-opacus-hooks"]
 @pytest.mark.parametrize("kind", STEP_KINDS)
 @pytest.mark.parametrize("norm", norms.list_norms())
 @pytest.mark.parametrize("backbone", list_backbones())
-def test_training_step(benchmark, backbone, norm, kind):
+def test_training_step(benchmark, sizes, backbone, norm, kind):
     """One training step; the non-private step shares the group of its DP steps."""
-    benchmark.group = f"step {backbone} {norm} batch={BATCH} width={WIDTH}"
-    step, x, y = make_step(backbone, norm, kind, batch=BATCH, width=WIDTH, device=DEVICE)
+    benchmark.group = f"step {backbone} {norm} batch={sizes.batch} width={sizes.width}"
+    step, x, y = make_step(
+        backbone, norm, kind, batch=sizes.batch, width=sizes.width, device=DEVICE
+    )
 
     def call():
         step(x, y)
         synchronize(DEVICE)
 
     reset_peak_memory(DEVICE)
-    benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    _record(benchmark, BATCH, call)
+    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1, iterations=1)
+    _record(benchmark, sizes.batch, call)
     assert benchmark.extra_info["peak_mem_bytes"] > 0
 
 
 @pytest.mark.parametrize("path", ["fused", "unfold-reference"])
-def test_knconv2d_forward(benchmark, path):
+def test_knconv2d_forward(benchmark, sizes, path):
     """KNConv2d computed without unfolding against the unfold-normalise-convolve definition."""
     benchmark.group = "knconv2d forward"
     layer = KNConv2d(64, 64, 3, dropout=0.0).to(DEVICE)
-    x = torch.randn(BATCH, 64, 16, 16, device=DEVICE)
+    x = torch.randn(sizes.batch, 64, 16, 16, device=DEVICE)
     core = layer.core
 
     def fused():
@@ -89,18 +109,20 @@ def test_knconv2d_forward(benchmark, path):
             knconv2d_unfold_reference(x, core.weight, core.bias, stride=1, padding=1, eps=layer.eps)
         synchronize(DEVICE)
 
-    benchmark.pedantic(fused if path == "fused" else reference, rounds=ROUNDS, warmup_rounds=1)
-    _record(benchmark, BATCH)
+    benchmark.pedantic(
+        fused if path == "fused" else reference, rounds=sizes.rounds, warmup_rounds=1
+    )
+    _record(benchmark, sizes.batch)
 
 
 @pytest.mark.parametrize("path", ["custom-sampler", "functorch-reference"])
-def test_knconv2d_per_sample_gradients(benchmark, path):
+def test_knconv2d_per_sample_gradients(benchmark, sizes, path):
     """The registered KNConv sampler against Opacus' generic functorch path on the same layer."""
     benchmark.group = "knconv2d per-sample gradients"
     layer = KNConv2d(64, 64, 3, dropout=0.0).to(DEVICE)
-    x = torch.randn(BATCH, 64, 16, 16, device=DEVICE)
+    x = torch.randn(sizes.batch, 64, 16, 16, device=DEVICE)
     mu, inv_std = window_stats(x, 3, 1, 1, layer.eps)
-    g = torch.randn(BATCH, 64, 16, 16, device=DEVICE)
+    g = torch.randn(sizes.batch, 64, 16, 16, device=DEVICE)
     acts = [x, mu, inv_std]
 
     def custom():
@@ -121,13 +143,13 @@ def test_knconv2d_per_sample_gradients(benchmark, path):
         synchronize(DEVICE)
 
     benchmark.pedantic(
-        custom if path == "custom-sampler" else functorch, rounds=ROUNDS, warmup_rounds=1
+        custom if path == "custom-sampler" else functorch, rounds=sizes.rounds, warmup_rounds=1
     )
-    _record(benchmark, BATCH)
+    _record(benchmark, sizes.batch)
 
 
 @pytest.mark.parametrize("views", [1, 16])
-def test_device_data_path(benchmark, views):
+def test_device_data_path(benchmark, sizes, views):
     """Poisson sampling and augmentation alone, on the device (CIFAR-sized set, 32x32)."""
     benchmark.group = "data path (sampling + augmentation)"
     n = 50_000 if ON_GPU else 10_000
@@ -140,5 +162,5 @@ def test_device_data_path(benchmark, views):
         data.augment(data.train_x[idx], views=views, padding=4, flip=True, generator=gen)
         synchronize(DEVICE)
 
-    benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=1)
+    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
     _record(benchmark, batch * views)
