@@ -109,6 +109,27 @@ def _ghost_conv_norm_sq(layer: nn.Conv2d, n: int, x: torch.Tensor, g: torch.Tens
     return _by_examples(n, one, x, g)
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is in a narrower float type (bf16/fp16 under autocast)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _exact_arithmetic(t: torch.Tensor):
+    """Autocast off for the per-example norms and clipped sums.
+
+    Under bf16 autocast the forward and backward run in bf16, but the norms and the sums must
+    be computed from the same values to float32 precision: a norm rounded to bf16 (~0.4%)
+    would let an example's clipped contribution exceed C, i.e. break the sensitivity bound.
+    The rules upcast what they read (inputs, output gradients) to the output gradient's dtype,
+    which is at least float32 here.
+    """
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _row_norm_sq(t: torch.Tensor) -> torch.Tensor:
     """``(t ** 2).sum(-1)`` without a temporary the size of ``t``."""
     return torch.linalg.vector_norm(t, dim=-1).square()
@@ -196,7 +217,7 @@ class _ConvRule(_Rule):
         kept = ctx.get("per_example")
         if kept is None:
             return False
-        smaller = kept.numel() <= g.numel() + sum(t.numel() for t in inputs)
+        smaller = _nbytes(kept) <= _nbytes(g) + sum(_nbytes(t) for t in inputs)
         if ctx["keep"] == "inputs" or (ctx["keep"] == "auto" and not smaller):
             ctx["per_example"] = None
             return False
@@ -439,6 +460,7 @@ class _FallbackRule(_Rule):
     one layer at a time (e.g. timm's weight-standardised convolutions)."""
 
     def per_view(self, layer, inputs, g):
+        inputs = [t.to(g.dtype) if t.is_floating_point() else t for t in inputs]
         sampler = GradSampleModule.GRAD_SAMPLERS.get(type(layer))
         if sampler is not None:
             return sampler(layer, inputs, g)
@@ -536,11 +558,18 @@ class BookKeepingClipper:
             # Runs inside the backward pass, as soon as this layer's output gradient exists.
             g = g.detach()
             rule, ctx = self.rules[id(entry["layer"])], entry["ctx"]
-            parts.append(
-                rule.norm_sq(
-                    entry["layer"], entry["inputs"], g, n, self.strategy, ctx, entry["output"]
-                ).double()
-            )
+            with _exact_arithmetic(g):
+                parts.append(
+                    rule.norm_sq(
+                        entry["layer"],
+                        entry["inputs"],
+                        _at_least_fp32(g),
+                        n,
+                        self.strategy,
+                        ctx,
+                        entry["output"],
+                    ).double()
+                )
             entry["output"], entry["reached"] = None, True
             if rule.releases(ctx, entry["inputs"], g):  # the kept gradients are all we need
                 entry["inputs"] = None
@@ -588,8 +617,13 @@ class BookKeepingClipper:
             layer, g, ctx = entry["layer"], entry["g"], entry["ctx"]
             if not entry["reached"]:
                 continue  # the loss does not depend on this layer
+            if g is not None:
+                g = _at_least_fp32(g)
             dtype = g.dtype if g is not None else next(layer.parameters()).dtype
-            sums = self.rules[id(layer)].clipped_sum(layer, entry["inputs"], g, coef.to(dtype), ctx)
+            with _exact_arithmetic(coef):
+                sums = self.rules[id(layer)].clipped_sum(
+                    layer, entry["inputs"], g, coef.to(dtype), ctx
+                )
             del entry, g, ctx
             for p, value in sums.items():
                 value = value.to(p.dtype).view_as(p)
