@@ -156,9 +156,13 @@ class DPSGDStep:
             with autocast(x.device, self.precision):
                 loss = F.cross_entropy(self.model(xc.flatten(0, 1)), yc.repeat_interleave(k))
             loss.backward()
-            if k > 1:
-                for p in self.params:
-                    p.grad_sample = p.grad_sample.view(-1, k, *p.shape).mean(1)
+            for p in self.params:
+                gs = p.grad_sample
+                if k > 1:
+                    gs = gs.view(-1, k, *p.shape).mean(1)
+                # Opacus clips in the per-sample gradients' dtype; in bf16 the rounded norms
+                # and sums let a clipped gradient overshoot C (~0.3%), so clip in fp32.
+                p.grad_sample = gs.to(torch.promote_types(gs.dtype, torch.float32))
             self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
             self.optimizer.step()
             total += float(loss.detach()) * xc.shape[0] / x.shape[0]
