@@ -79,17 +79,28 @@ def _use_ghost(d: int, o: int, s: int, strategy: str) -> bool:
     return strategy == "ghost" or (strategy == "auto" and s * (d + o) < d * o)
 
 
-#: Ghost norms and the affine layers' per-view gradients are computed over at most this many
+#: Ghost norms and the affine layers' per-view gradients are computed over up to this many
 #: slices of the examples, so their temporaries (unfolded windows, S x S Gram matrices,
-#: normalised activations) take a fraction of the memory they would take for the whole batch.
+#: normalised activations) take a fraction of the memory they would take for the whole batch;
+#: temporaries under `_SLICE_BYTES` are not split, since a small slice costs more in overhead
+#: than it saves.
 _SLICES = 8
+_SLICE_BYTES = 4 * 2**20
 
 
-def _by_examples(n: int, fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+def _slices(temporary_bytes: int) -> int:
+    """How many slices to compute a temporary of this total size in."""
+    return max(1, min(_SLICES, -(-temporary_bytes // _SLICE_BYTES)))
+
+
+def _by_examples(
+    n: int, temporary_bytes: int, fn: Callable[..., torch.Tensor], *tensors: torch.Tensor
+) -> torch.Tensor:
     """``fn(*slices, examples)`` over slices of whole examples (all K views of each), joined
-    along the first dimension; each tensor is (N*K, ...)."""
+    along the first dimension; each tensor is (N*K, ...), and ``temporary_bytes`` what ``fn``
+    would allocate for the whole batch."""
     k = tensors[0].shape[0] // n
-    step = -(-n // _SLICES)
+    step = -(-n // _slices(temporary_bytes))
     return torch.cat(
         [
             fn(*(t[i * k : (i + step) * k] for t in tensors), min(step, n - i))
@@ -106,7 +117,8 @@ def _ghost_conv_norm_sq(layer: nn.Conv2d, n: int, x: torch.Tensor, g: torch.Tens
         a = _positions(_ConvRule._cols(layer, xs), m)  # (m, D, K*T)
         return _sequence_norm_sq(a, _positions(gs.flatten(2), m), "ghost")[0]
 
-    return _by_examples(n, one, x, g)
+    window = layer.weight[0, 0].numel()
+    return _by_examples(n, _nbytes(x) * window, one, x, g)
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -308,7 +320,8 @@ class _WSConvRule(_ConvRule):
         alpha_over_s = (
             layer.gain.detach().view(-1).to(g.dtype) * layer.scale / torch.sqrt(var + layer.eps)
         )
-        if output is None:  # materialised: every term is a row reduction of u (unscaled)
+        if not self.needs_output(layer, g, n, strategy):
+            # materialised: every term is a row reduction of u (unscaled)
             per_example = ctx["per_example"] = _conv_per_example(layer, x, g, n)
             u_sq = (_row_norm_sq(per_example) * alpha_over_s.square()).sum(-1)
             one_u = per_example.sum(-1) * alpha_over_s
@@ -324,12 +337,13 @@ class _WSConvRule(_ConvRule):
             )
             one_u = _positions((g_scaled * window_sum).flatten(2), n).sum(-1)  # (N, O)
             alpha = layer.gain.detach().view(-1).to(g.dtype) * layer.scale
-            if bool((alpha.abs() > 1e-4).all()):  # conv(x, z) from the layer's own output
+            if output is not None and bool((alpha.abs() > 1e-4).all()):
+                # conv(x, z) from the layer's own output
                 z_x = output.to(g.dtype)
                 if layer.bias is not None:
                     z_x = z_x - layer.bias.detach().to(g.dtype).view(1, -1, 1, 1)
                 z_x = z_x / alpha.view(1, -1, 1, 1)
-            else:  # a gain near zero: recompute rather than divide by it
+            else:  # no output, or a gain near zero: recompute rather than divide by it
                 z_x = F.conv2d(x, z.view_as(w), stride=layer.stride, padding=layer.padding)
             z_u_plain = _positions((g * z_x).flatten(2), n).sum(-1)
         z_u = z_u_plain * alpha_over_s  # z.u for w_hat's gradient scaled by alpha / s
@@ -370,7 +384,8 @@ class _KNConvRule(_ConvRule):
                 a = _positions(self._cols(layer, xs) - ms.flatten(2), m)
                 return _sequence_norm_sq(a, _positions(gs.flatten(2), m), "ghost")[0]
 
-            total = _by_examples(n, centred, x, mu, gs_)
+            window = layer.weight[0, 0].numel()
+            total = _by_examples(n, _nbytes(x) * window, centred, x, mu, gs_)
         else:  # sum_s g'_s (a_s - mu_s 1)^T: the conv's gradient minus a rank-one term
             per_example = _conv_per_example(layer, x, gs_, n)
             shift = _per_example((gs_ * mu).sum(dim=(2, 3)), n).sum(1)  # (N, O)
@@ -443,7 +458,8 @@ class _AffineRule(_Rule):
         return True
 
     def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
-        rows = -(-g.shape[0] // _SLICES)  # the normalised input is recomputed a slice at a time
+        # The normalised input is recomputed a slice at a time.
+        rows = -(-g.shape[0] // _slices(2 * _nbytes(g)))
         slices = [
             self.per_view(layer, [x], gs)
             for x, gs in zip(inputs[0].split(rows), g.split(rows), strict=True)
@@ -501,6 +517,28 @@ def _usable(layer: nn.Module) -> bool:
             and isinstance(layer.padding, tuple)
         )
     return rule is not None
+
+
+def layer_norms(
+    layer: nn.Module,
+    inputs: list[torch.Tensor],
+    grad_output: torch.Tensor,
+    *,
+    output: torch.Tensor | None = None,
+    strategy: str = "auto",
+) -> torch.Tensor:
+    """Per-example norms of one layer's parameter gradients, one view per example, by the rule
+    the clipper takes for it (ghost or materialised, as ``strategy`` says).
+
+    For benchmarks and tests of a single layer. ``output`` is the layer's forward output; timm's
+    weight-standardised conv reads it on the ghost route and recomputes it when it is missing.
+    """
+    rule = _RULES[type(layer)] if _usable(layer) else _FallbackRule()
+    n = grad_output.shape[0]
+    g = _at_least_fp32(grad_output.detach())
+    with _exact_arithmetic(g):
+        ctx = {"n": n, "keep": "auto"}
+        return rule.norm_sq(layer, list(inputs), g, n, strategy, ctx, output).sqrt()
 
 
 class BookKeepingClipper:

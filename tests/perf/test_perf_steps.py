@@ -13,9 +13,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from opacus.grad_sample import GradSampleModule
+from timm.layers import ScaledStdConv2d
+from torch import nn
 
 import norms
 from bench.backbones import list_backbones
+from bench.bk import layer_norms
 from bench.measure import (
     device_name,
     peak_memory,
@@ -25,6 +29,7 @@ from bench.measure import (
     tensor_peak_bytes,
 )
 from bench.perf import make_step, random_device_data
+from norms.dp_batch_norm import ChannelAffine
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference, knconv_grad_sample, window_stats
 
 DEVICE = resolve_device()
@@ -146,6 +151,75 @@ def test_knconv2d_per_sample_gradients(benchmark, sizes, path):
         custom if path == "custom-sampler" else functorch, rounds=sizes.rounds, warmup_rounds=1
     )
     _record(benchmark, sizes.batch)
+
+
+def _layer_case(name: str):
+    """A layer, its inputs and an output gradient: 64 channels at 16x16, as mid-network."""
+    torch.manual_seed(0)
+    layer = {
+        "conv2d": lambda: nn.Conv2d(64, 64, 3, padding=1, bias=False),
+        "ws_conv2d": lambda: ScaledStdConv2d(64, 64, 3, padding=1),
+        "knconv_core": lambda: KNConv2d(64, 64, 3, padding=1, dropout=0.0).core,
+        "group_norm": lambda: nn.GroupNorm(16, 64),
+        "channel_affine": lambda: ChannelAffine(64),
+    }[name]().to(DEVICE)
+    return layer
+
+
+PER_SAMPLE_PATHS = {
+    "conv2d": ["bk", "opacus", "functorch"],
+    "ws_conv2d": ["bk", "functorch"],  # Opacus has no sampler for timm's WS conv
+    "knconv_core": ["bk", "opacus", "functorch"],  # "opacus": the registered custom sampler
+    "group_norm": ["bk", "opacus", "functorch"],
+    "channel_affine": ["bk", "opacus", "functorch"],  # "opacus": the registered custom sampler
+}
+
+
+def _norms_from(grads: dict) -> torch.Tensor:
+    return torch.sqrt(sum(v.flatten(1).square().sum(1) for v in grads.values()))
+
+
+@pytest.mark.parametrize(
+    ("layer_name", "path"), [(k, p) for k, paths in PER_SAMPLE_PATHS.items() for p in paths]
+)
+def test_per_sample_gradient_norms(benchmark, sizes, layer_name, path):
+    """Per-example gradient norms of one layer: the book-keeping rule (`bench.bk.layer_norms`)
+    against the registered grad sampler (Opacus' own, or this project's for its custom layers)
+    and per-example autograd through torch.func; all must agree."""
+    benchmark.group = f"per-sample gradient norms: {layer_name} batch={sizes.batch}"
+    layer = _layer_case(layer_name)
+    x = torch.randn(sizes.batch, 64, 16, 16, device=DEVICE)
+    inputs = [x, *window_stats(x, 3, 1, 1, 1e-5)] if layer_name == "knconv_core" else [x]
+    with torch.no_grad():
+        output = layer(*inputs)
+    g = torch.randn_like(output)
+
+    def bk():
+        return layer_norms(layer, inputs, g, output=output)
+
+    def opacus():
+        return _norms_from(GradSampleModule.GRAD_SAMPLERS[type(layer)](layer, inputs, g))
+
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(p, gi, *xi):
+        out = torch.func.functional_call(layer, p, tuple(t[None] for t in xi))
+        return (out * gi[None]).sum()
+
+    per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, *[0] * len(inputs)))
+
+    def functorch():
+        return _norms_from(per_example(params, g, *inputs))
+
+    fn = {"bk": bk, "opacus": opacus, "functorch": functorch}[path]
+
+    def call():
+        fn()
+        synchronize(DEVICE)
+
+    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
+    _record(benchmark, sizes.batch)
+    torch.testing.assert_close(fn(), functorch(), rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("views", [1, 16])
