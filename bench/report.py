@@ -66,12 +66,22 @@ def _number(value: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _block(entry: Mapping) -> object:
+    """The table a record or planned cell belongs to: its backbone, plus the suite's extra grid
+    keys when it swept any (``resnet9 [training.lr=0.5]``), so each swept configuration gets
+    its own leaderboard instead of colliding with the others on (backbone, norm, seed)."""
+    backbone, overrides = entry.get("backbone"), entry.get("overrides")
+    if not isinstance(backbone, str) or not isinstance(overrides, Mapping) or not overrides:
+        return backbone
+    return f"{backbone} [{', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}]"
+
+
 def _collect(records: Sequence[dict]) -> _Collected:
     """Sort records into (backbone, norm) cells, noting records the tables cannot use."""
     out = _Collected()
     for record in records:
         key = record["run_key"]
-        backbone, norm = record.get("backbone"), record.get("norm")
+        backbone, norm = _block(record), record.get("norm")
         if not isinstance(backbone, str) or not isinstance(norm, str):
             out.problems.append(f"run {key}: no backbone/norm spec string; left out of the tables")
             continue
@@ -93,8 +103,8 @@ def _collect(records: Sequence[dict]) -> _Collected:
             continue
         seed = record.get("seed")
         if seed in cell.ok:
-            # Two configurations with one (backbone, norm, seed): records hold no field that
-            # tells them apart, so keep the newer and say so rather than average them.
+            # Two configurations with one (backbone, grid keys, norm, seed), e.g. records of an
+            # edited suite: keep the newer and say so rather than average them.
             out.problems.append(
                 f"runs {cell.ok[seed]['run_key']} and {key}: both ok for {backbone} / {norm} / "
                 f"seed {seed}; using the later one ({key})"
@@ -445,7 +455,7 @@ def _failed_section(not_ok: Sequence[dict]) -> list[str]:
         return [*lines, "None.", ""]
     rows = [
         [
-            _code(r["backbone"]),
+            _code(_block(r)),
             _code(r["norm"]),
             _NA if r.get("seed") is None else str(r.get("seed")),
             r["status"],
@@ -453,7 +463,7 @@ def _failed_section(not_ok: Sequence[dict]) -> list[str]:
         ]
         for r in sorted(
             not_ok,
-            key=lambda r: (r["backbone"], r["norm"], _seed_key(r.get("seed")), r["run_key"]),
+            key=lambda r: (str(_block(r)), r["norm"], _seed_key(r.get("seed")), r["run_key"]),
         )
     ]
     table = tabulate(
@@ -480,7 +490,7 @@ def _missing_section(planned: Sequence[Mapping], recorded_keys: set[str]) -> lis
         return [*lines, f"All {len(planned)} cells of `{SUITE_FILE}` have a record.", ""]
     rows = [
         [
-            _code(c.get("backbone")),
+            _code(_block(c)),
             _code(c.get("norm")),
             _cell_text(c.get("seed")),
             _cell_text(c["run_key"]),
@@ -488,7 +498,7 @@ def _missing_section(planned: Sequence[Mapping], recorded_keys: set[str]) -> lis
         for c in sorted(
             missing,
             key=lambda c: (
-                str(c.get("backbone")),
+                str(_block(c)),
                 str(c.get("norm")),
                 _seed_key(c.get("seed")),
                 c["run_key"],
@@ -537,7 +547,7 @@ def render_leaderboard(
     planned_norms: dict[str, set[str]] = {}
     for c in planned:
         if isinstance(c.get("backbone"), str) and isinstance(c.get("norm"), str):
-            planned_norms.setdefault(c["backbone"], set()).add(c["norm"])
+            planned_norms.setdefault(_block(c), set()).add(c["norm"])
     body: list[str] = []
     analyses: dict[str, stats.BackboneAnalysis] = {}
     for backbone in sorted(set(collected.cells) | set(planned_norms)):

@@ -241,3 +241,26 @@ def test_importing_the_report_does_not_load_torch() -> None:
     code = "import sys, bench.report; sys.exit('torch' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO).returncode == 0
+
+
+def test_swept_grid_keys_get_their_own_tables(tmp_path: Path) -> None:
+    """A suite sweeping training.lr has two ok runs per (backbone, norm, seed): each lr is its
+    own table, and neither run is dropped."""
+    records = [
+        make_record(
+            "resnet9",
+            norm,
+            seed,
+            acc + (0.1 if lr == 1.0 else 0.0),
+            overrides={"training.lr": lr},
+            run_key=f"{norm}|{seed}|{lr}",
+        )
+        for lr in (0.5, 1.0)
+        for norm, accs in {"group_norm": [0.50, 0.52], "scale_norm": [0.55, 0.56]}.items()
+        for seed, acc in enumerate(accs)
+    ]
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    assert "## Problems in the records" not in text
+    assert table_row(text, "resnet9 [training.lr=0.5]", "group_norm")[2].startswith("51.00 ±")
+    assert table_row(text, "resnet9 [training.lr=1.0]", "group_norm")[2].startswith("61.00 ±")
+    assert table_row(text, "resnet9 [training.lr=1.0]", "scale_norm")[2].startswith("65.50 ±")
