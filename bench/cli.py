@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import user_errors
+from bench.errors import PrivacyError, user_errors
 
 
 def _cmd_list(_args: argparse.Namespace) -> int:
@@ -26,7 +26,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from bench.dryrun import render_dry_run
 
-        print(render_dry_run(suite, out_dir / "records.jsonl"))
+        try:
+            text = render_dry_run(suite, out_dir / "records.jsonl")
+        except PrivacyError as err:
+            raise PrivacyError(f"{args.suite}: privacy: {err}") from None
+        print(text)
         return 0
     slurm = {
         k: v
@@ -49,6 +53,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             slurm=slurm,
             progress=not args.no_progress,
         )
+    except PrivacyError as err:
+        raise PrivacyError(f"{args.suite}: privacy: {err}") from None
     except KeyboardInterrupt:
         print(
             f"interrupted: finished cells are recorded in {out_dir / 'records.jsonl'}; "

@@ -23,6 +23,10 @@ History = Sequence[tuple[float, float, int]]
 ACCOUNTANTS = ("prv", "rdp")
 #: Calibrate to an epsilon in [target * (1 - TOLERANCE), target].
 TOLERANCE = 0.005
+#: Smallest noise multiplier calibrated to. Below it PRV takes minutes per evaluation and stops
+#: being monotone in sigma (an epsilon=1000 target gave 710 at sigma 0.097), and such a budget
+#: protects next to nothing, so the target is refused instead.
+SIGMA_FLOOR = 0.3
 
 
 @dataclass(frozen=True)
@@ -150,16 +154,31 @@ def _calibrate(
                 f"above the target {target_epsilon}; lower them (e.g. a larger "
                 f"dp_batch_norm noise_multiplier)"
             )
-    lo, hi = 0.1, 1.0
+    if accountant == "rdp":  # cheap at any sigma: bracket from 1 by doubling and halving
+        start, factor = 1.0, 2.0
+    else:
+        # PRV is slow far from the answer (minutes per evaluation at small sigma), and RDP's
+        # epsilon bounds the same run from above, so its sigma is a close upper guess: bracket
+        # PRV around it in small steps.
+        start = _calibrate(target_epsilon, delta, sample_rate, steps, extra, "rdp").noise_multiplier
+        factor = 1.25
+    lo, hi = max(start / factor, SIGMA_FLOOR), start
     while eps_at(hi) > target_epsilon:
-        lo, hi = hi, hi * 2
+        lo, hi = hi, hi * factor
         if hi > 1e4:
             raise PrivacyError(
                 f"no noise multiplier below 1e4 reaches epsilon={target_epsilon} "
                 f"with q={sample_rate:.4g}, {steps} steps"
             )
-    while eps_at(lo) <= target_epsilon and lo > 1e-3:
-        hi, lo = lo, lo / 2
+    while eps_at(lo) <= target_epsilon:
+        if lo <= SIGMA_FLOOR:
+            raise PrivacyError(
+                f"epsilon={target_epsilon} needs a noise multiplier below {SIGMA_FLOOR} "
+                f"(q={sample_rate:.4g}, {steps} steps), where the accountants are slow and "
+                "unreliable and the run is hardly private; allowed: an epsilon reached at "
+                f"noise multiplier >= {SIGMA_FLOOR}, or a non-private run"
+            )
+        hi, lo = lo, max(lo / factor, SIGMA_FLOOR)
     for _ in range(100):
         mid = (lo + hi) / 2
         eps_mid = eps_at(mid)

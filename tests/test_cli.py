@@ -37,3 +37,15 @@ def test_readme_test_command_is_the_one_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     command = re.search(r"^pytest .*$", ci, re.M).group(0)
     assert command in readme
+
+
+def test_an_unreachable_epsilon_is_one_line_naming_the_file_and_key(capsys, tmp_path):
+    suite = str(ROOT / "suites" / "smoke.yaml")
+    code = main(
+        ["run", suite, "--set", "privacy.epsilon=1000", "--dry-run", "--out", str(tmp_path)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"error: {suite}: privacy: epsilon=1000.0 needs a noise multiplier")
+    assert not any(tmp_path.iterdir())  # nothing written
