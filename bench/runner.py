@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import Cell, Suite, cell_to_dict, suite_to_dict
-from bench.errors import BenchError
+from bench.errors import BenchError, PrivacyError
 from bench.records import append_record, finished_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,6 +172,41 @@ def pending_cells(suite: Suite, records_path: Path, force: bool) -> tuple[list[C
     return (cells if force else [c for c in cells if c.run_key not in done]), already
 
 
+def preflight(cells: Sequence[Cell]) -> None:
+    """Calibrate every cell's noise before the first cell runs.
+
+    A budget no noise multiplier can meet, or a data folder that cannot be counted, then stops
+    the sweep before anything is written, instead of after the cells before it have run.
+    Seconds: the data is counted, not loaded, and calibrations are memoised across cells.
+
+    Raises:
+        PrivacyError: Naming the first cell that cannot be calibrated.
+    """
+    if not cells:
+        return
+    import torch
+
+    from bench.data import count_train_examples
+    from bench.engine import build_model, plan_privacy
+
+    sizes: dict = {}
+    by_arch: dict[tuple[str, str], list[Cell]] = {}
+    for cell in cells:
+        by_arch.setdefault((cell.backbone, cell.norm), []).append(cell)
+    for group in by_arch.values():
+        # The privacy charge of DP statistics depends on the architecture only: one model per
+        # (backbone, norm), dropped before the next is built.
+        model = build_model(group[0], 10, torch.device("cpu"))
+        for cell in group:
+            if cell.data not in sizes:
+                sizes[cell.data] = count_train_examples(cell.data) - cell.data.public_split
+            try:
+                plan_privacy(cell, sizes[cell.data], model)
+            except PrivacyError as err:
+                raise PrivacyError(f"{cell_label(cell)}: {err}") from None
+        del model
+
+
 def run_suite(
     suite: Suite,
     *,
@@ -197,9 +232,10 @@ def run_suite(
     """
     started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir else default_out_dir(suite)
-    write_suite_json(suite, out_dir)
     records_path = out_dir / "records.jsonl"
     todo, already = pending_cells(suite, records_path, force)
+    preflight(todo)
+    write_suite_json(suite, out_dir)
     statuses: list[str] = []
     if executor == "slurm":
         statuses = _run_slurm(todo, records_path, out_dir, slurm or {}, device)

@@ -271,3 +271,17 @@ def test_parallel_local_workers_share_one_records_file(tiny, tmp_path):
     assert summary.statuses == {"ok": 6}
     keys = keys_in_file(tmp_path / "o" / "records.jsonl")
     assert len(keys) == len(set(keys)) == 6
+
+
+def test_an_unreachable_epsilon_in_the_grid_stops_the_sweep_before_any_cell(tiny, tmp_path, capsys):
+    """The reachable cells are not run first: every cell is calibrated before the sweep."""
+    suite = yaml.safe_load(tiny.read_text())
+    suite["grid"]["privacy.epsilon"] = [8.0, 1000.0]
+    path = tmp_path / "eps.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "privacy.epsilon=1000.0" in err and "needs a noise multiplier below" in err
+    assert not out.exists()
