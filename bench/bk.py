@@ -284,10 +284,12 @@ class _WSConvRule(_ConvRule):
     With u the per-example gradient for w_hat_o, the gradient for w_o is
     (alpha / s) (u - mean(u) - z mean(u z)) (the standardisation's backward), whose squared norm
     is (alpha / s)^2 (|u|^2 - (1.u)^2 / D - (2 - r)(z.u)^2 / D) with r = |z|^2 / D, because z
-    sums to zero. |u|^2 takes the ghost-or-materialise route with g scaled by alpha / s;
-    1.u = sum_s g_s * (window sum of the input) and z.u = sum_s g_s * conv(x, z)_s are one box
-    filter and one convolution. The clipped sum is linear in u, so it is the clipped sum for
-    w_hat pulled back through timm's own standardisation by autograd.
+    sums to zero. Materialised, every term is a row reduction of the per-example u. On the
+    ghost route |u|^2 is a ghost norm with g scaled by alpha / s, 1.u = sum_s g_s * (window sum
+    of the input) is one box filter, and z.u = sum_s g_s * conv(x, z)_s reads conv(x, z) off
+    the layer's output (recomputed when the output is missing or a gain is near zero). The
+    clipped sum is linear in u, so it is the clipped sum for w_hat pulled back through timm's
+    own standardisation by autograd.
     """
 
     def needs_output(self, layer, output, n, strategy):
