@@ -66,3 +66,25 @@ def mixing_examples(model: nn.Module, x: torch.Tensor, j: int) -> list[str]:
         n for n in g1 if not torch.allclose(g1[n][keep], g2[n][keep], atol=1e-10, rtol=1e-8)
     ]
     return changed
+
+
+def per_example_grads(layer: nn.Module):
+    """Per-example parameter gradients of one layer by autograd through ``torch.func``.
+
+    Returns ``fn(g, *inputs) -> {name: (N, *param.shape)}``: example i's gradient of
+    ``(layer(inputs_i) * g_i).sum()``, i.e. what a grad sampler computes from the layer's
+    inputs and its output gradient ``g``. Built once, so a benchmark times only the call.
+    """
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(p, gi, xi):
+        out = torch.func.functional_call(layer, p, tuple(t[None] for t in xi))
+        return (out * gi[None]).sum()
+
+    vmapped = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
+    return lambda g, *inputs: vmapped(params, g, inputs)
+
+
+def norms_of(grads: dict) -> torch.Tensor:
+    """Per-example L2 norms over every tensor of a {name or param: (N, ...)} dict."""
+    return torch.sqrt(sum(v.flatten(1).square().sum(1) for v in grads.values()))

@@ -11,6 +11,7 @@ import bench.bk as bk_module
 from bench.backbones import create_backbone, list_backbones
 from bench.bk import BookKeepingClipper, layer_norms, rule_for
 from norms.dp_batch_norm import calibrate
+from tests.dp_oracles import norms_of, per_example_grads
 from tests.test_dp_guarantees import NORM_VARIANTS, SIZE, WIDTH
 
 
@@ -133,19 +134,6 @@ def test_bf16_autocast_keeps_each_clipped_contribution_within_the_bound(backbone
     assert min(ratios) >= 1 - 1e-3, ratios  # and clipping did take each to C
 
 
-def _per_example_norms(layer, inputs, g):
-    """Reference: per-example autograd through torch.func, float64."""
-    params = {k: v.detach() for k, v in layer.named_parameters()}
-
-    def loss(p, gi, *xi):
-        return (torch.func.functional_call(layer, p, tuple(t[None] for t in xi)) * gi[None]).sum()
-
-    grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, *[0] * len(inputs)))(
-        params, g, *inputs
-    )
-    return torch.sqrt(sum(v.flatten(1).square().sum(1) for v in grads.values()))
-
-
 @pytest.mark.parametrize("strategy", ["ghost", "materialise"])
 @pytest.mark.parametrize("with_output", [True, False])
 @pytest.mark.parametrize("gain", ["trained", "some zero"])
@@ -164,7 +152,7 @@ def test_ws_conv_norms_on_every_route(strategy, with_output, gain):
         out = layer(x)
     g = torch.randn_like(out)
     got = layer_norms(layer, [x], g, output=out if with_output else None, strategy=strategy)
-    torch.testing.assert_close(got, _per_example_norms(layer, [x], g), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got, norms_of(per_example_grads(layer)(g, x)), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from bench.measure import (
 from bench.perf import make_step, random_device_data
 from norms.dp_batch_norm import ChannelAffine
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference, knconv_grad_sample, window_stats
+from tests.dp_oracles import norms_of, per_example_grads
 
 DEVICE = resolve_device()
 ON_GPU = DEVICE.type == "cuda"
@@ -134,17 +135,10 @@ def test_knconv2d_per_sample_gradients(benchmark, sizes, path):
         knconv_grad_sample(layer.core, acts, g)
         synchronize(DEVICE)
 
-    core = layer.core
-    params = {k: v.detach() for k, v in core.named_parameters()}
-
-    def loss(p, xi, mi, si, gi):
-        out = torch.func.functional_call(core, p, (xi[None], mi[None], si[None]))
-        return (out * gi[None]).sum()
-
-    per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0, 0, 0))
+    per_example = per_example_grads(layer.core)
 
     def functorch():
-        per_example(params, x, mu, inv_std, g)
+        per_example(g, *acts)
         synchronize(DEVICE)
 
     benchmark.pedantic(
@@ -175,10 +169,6 @@ PER_SAMPLE_PATHS = {
 }
 
 
-def _norms_from(grads: dict) -> torch.Tensor:
-    return torch.sqrt(sum(v.flatten(1).square().sum(1) for v in grads.values()))
-
-
 @pytest.mark.parametrize(
     ("layer_name", "path"), [(k, p) for k, paths in PER_SAMPLE_PATHS.items() for p in paths]
 )
@@ -198,18 +188,12 @@ def test_per_sample_gradient_norms(benchmark, sizes, layer_name, path):
         return layer_norms(layer, inputs, g, output=output)
 
     def opacus():
-        return _norms_from(GradSampleModule.GRAD_SAMPLERS[type(layer)](layer, inputs, g))
+        return norms_of(GradSampleModule.GRAD_SAMPLERS[type(layer)](layer, inputs, g))
 
-    params = {k: v.detach() for k, v in layer.named_parameters()}
-
-    def loss(p, gi, *xi):
-        out = torch.func.functional_call(layer, p, tuple(t[None] for t in xi))
-        return (out * gi[None]).sum()
-
-    per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, *[0] * len(inputs)))
+    per_example = per_example_grads(layer)
 
     def functorch():
-        return _norms_from(per_example(params, g, *inputs))
+        return norms_of(per_example(g, *inputs))
 
     fn = {"bk": bk, "opacus": opacus, "functorch": functorch}[path]
 
