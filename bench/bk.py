@@ -147,10 +147,10 @@ def _row_norm_sq(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(t, dim=-1).square()
 
 
-def _row_dot(t: torch.Tensor, z: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """``(t * z).sum(-1)`` for t (N, O, D) and z (O, D), a few examples at a time so the
+def _row_dot(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``(t * z).sum(-1)`` for t (N, O, D) and z (O, D), a slice of examples at a time so the
     product never takes the memory of all of ``t``."""
-    return torch.cat([(part * z).sum(-1) for part in t.split(chunk)])
+    return _by_examples(t.shape[0], _nbytes(t), lambda part, _m: (part * z).sum(-1), t)
 
 
 def _conv_per_example(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
@@ -521,6 +521,10 @@ def _usable(layer: nn.Module) -> bool:
     return rule is not None
 
 
+def _rule(layer: nn.Module) -> _Rule:
+    return _RULES[type(layer)] if _usable(layer) else _FallbackRule()
+
+
 def layer_norms(
     layer: nn.Module,
     inputs: list[torch.Tensor],
@@ -535,7 +539,7 @@ def layer_norms(
     For benchmarks and tests of a single layer. ``output`` is the layer's forward output; timm's
     weight-standardised conv reads it on the ghost route and recomputes it when it is missing.
     """
-    rule = _RULES[type(layer)] if _usable(layer) else _FallbackRule()
+    rule = _rule(layer)
     n = grad_output.shape[0]
     g = _at_least_fp32(grad_output.detach())
     with _exact_arithmetic(g):
@@ -564,9 +568,7 @@ class BookKeepingClipper:
         self.layers = [
             m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
         ]
-        self.rules = {
-            id(m): (_RULES[type(m)] if _usable(m) else _FallbackRule()) for m in self.layers
-        }
+        self.rules = {id(m): _rule(m) for m in self.layers}
         self.last_norms: torch.Tensor | None = None
 
     def accumulate(
