@@ -49,6 +49,20 @@ def bk(model, x, y, clip, strategy, keep="auto"):
     return [p.summed_grad for p in model.parameters() if p.requires_grad], clipper.last_norms
 
 
+def assert_clipped_sums_match_the_oracle(model, views, strategy, keep="auto"):
+    """Three examples, the clip bound at their median norm (some clipped, some not): the
+    book-keeping norms and clipped sums equal the one-example oracle's."""
+    x = torch.randn(3, views, 3, SIZE, SIZE, dtype=torch.float64)
+    y = torch.tensor([1, 4, 7])
+    _, ref_norms = oracle(model, x, y, clip=1e9)
+    clip = float(ref_norms.median())
+    ref, ref_norms = oracle(model, x, y, clip)
+    got, norms = bk(model, x, y, clip, strategy, keep)
+    torch.testing.assert_close(norms.double(), ref_norms, atol=1e-8, rtol=1e-6)
+    for r, g in zip(ref, got, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-9, rtol=1e-6)
+
+
 # Materialised layers keep either their per-example gradients or their (input, output
 # gradient) for the clipped sum; both are checked by forcing each.
 CASES = [
@@ -66,16 +80,7 @@ CASES = [
 
 @pytest.mark.parametrize(("backbone", "norm", "views", "strategy", "keep"), CASES)
 def test_clipped_sums_equal_clipping_one_example_gradients(backbone, norm, views, strategy, keep):
-    model = build(backbone, norm)
-    x = torch.randn(3, views, 3, SIZE, SIZE, dtype=torch.float64)
-    y = torch.tensor([1, 4, 7])
-    _, ref_norms = oracle(model, x, y, clip=1e9)
-    clip = float(ref_norms.median())  # some examples clipped, some not
-    ref, ref_norms = oracle(model, x, y, clip)
-    got, norms = bk(model, x, y, clip, strategy, keep)
-    torch.testing.assert_close(norms.double(), ref_norms, atol=1e-8, rtol=1e-6)
-    for r, g in zip(ref, got, strict=True):
-        torch.testing.assert_close(g, r, atol=1e-9, rtol=1e-6)
+    assert_clipped_sums_match_the_oracle(build(backbone, norm), views, strategy, keep)
 
 
 def test_every_layer_of_every_pair_has_a_dedicated_rule():
@@ -170,13 +175,4 @@ def test_temporaries_split_by_examples_give_the_same_sums(
     """Full-size models split ghost and affine temporaries into slices of examples; the test
     models are too small to, so force it (every slice one example) and check against the oracle."""
     monkeypatch.setattr(bk_module, "_SLICE_BYTES", 1)
-    model = build(backbone, norm)
-    x = torch.randn(3, views, 3, SIZE, SIZE, dtype=torch.float64)
-    y = torch.tensor([2, 5, 8])
-    _, ref_norms = oracle(model, x, y, clip=1e9)
-    clip = float(ref_norms.median())
-    ref, ref_norms = oracle(model, x, y, clip)
-    got, norms = bk(model, x, y, clip, strategy)
-    torch.testing.assert_close(norms.double(), ref_norms, atol=1e-8, rtol=1e-6)
-    for r, g in zip(ref, got, strict=True):
-        torch.testing.assert_close(g, r, atol=1e-9, rtol=1e-6)
+    assert_clipped_sums_match_the_oracle(build(backbone, norm), views, strategy)

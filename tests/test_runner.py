@@ -202,8 +202,10 @@ def test_force_reruns_finished_cells_and_the_newest_record_wins(tiny, tmp_path):
     assert main(args) == 0  # nothing to do: resumed
     assert len(keys_in_file(out / "records.jsonl")) == 2
     assert main([*args, "--force"]) == 0
-    assert len(keys_in_file(out / "records.jsonl")) == 4
-    assert len(read_records(out / "records.jsonl").records) == 2
+    lines = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(lines) == 4
+    read = {r["run_key"]: r for r in read_records(out / "records.jsonl").records}
+    assert read == {r["run_key"]: r for r in lines[2:]}  # the forced re-runs, not the first
 
 
 def test_dry_run_prints_the_noise_of_each_accountant_and_writes_nothing(tiny, tmp_path, capsys):

@@ -175,7 +175,7 @@ PER_SAMPLE_PATHS = {
 def test_per_sample_gradient_norms(benchmark, sizes, layer_name, path):
     """Per-example gradient norms of one layer: the book-keeping rule (`bench.bk.layer_norms`)
     against the registered grad sampler (Opacus' own, or this project's for its custom layers)
-    and per-example autograd through torch.func; all must agree."""
+    and per-example autograd through torch.func; the first two must agree with the third."""
     benchmark.group = f"per-sample gradient norms: {layer_name} batch={sizes.batch}"
     layer = _layer_case(layer_name)
     x = torch.randn(sizes.batch, 64, 16, 16, device=DEVICE)
@@ -203,7 +203,8 @@ def test_per_sample_gradient_norms(benchmark, sizes, layer_name, path):
 
     benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
     _record(benchmark, sizes.batch)
-    torch.testing.assert_close(fn(), functorch(), rtol=1e-3, atol=1e-5)
+    if path != "functorch":
+        torch.testing.assert_close(fn(), functorch(), rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("views", [1, 16])
