@@ -18,6 +18,13 @@ def _cmd_list(_args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except PrivacyError as err:  # raised where the suite file is not known
+        raise PrivacyError(f"{args.suite}: privacy: {err}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from bench.config import load_suite
     from bench.runner import default_out_dir, run_suite
 
@@ -26,11 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from bench.dryrun import render_dry_run
 
-        try:
-            text = render_dry_run(suite, out_dir / "records.jsonl")
-        except PrivacyError as err:
-            raise PrivacyError(f"{args.suite}: privacy: {err}") from None
-        print(text)
+        print(render_dry_run(suite, out_dir / "records.jsonl"))
         return 0
     slurm = {
         k: v
@@ -53,8 +56,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             slurm=slurm,
             progress=not args.no_progress,
         )
-    except PrivacyError as err:
-        raise PrivacyError(f"{args.suite}: privacy: {err}") from None
     except KeyboardInterrupt:
         print(
             f"interrupted: finished cells are recorded in {out_dir / 'records.jsonl'}; "

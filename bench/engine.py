@@ -242,9 +242,9 @@ def nonprivate_throughput(
     """Images/s and peak memory of non-private SGD on the same model, measured the same way.
 
     Same expected batch (a fixed B), the same physical batches and augmentation, no per-sample
-    gradients; the timer excludes the same warm-up.
+    gradients; the timer excludes the same warm-up. Trains ``model`` in place: pass a copy.
     """
-    model = copy.deepcopy(model).train()
+    model.train()
     step = SGDStep(
         model,
         make_optimizer(model.parameters(), **_optim_kwargs(training)),
@@ -288,7 +288,8 @@ def train_cell(
     plan = plan_privacy(cell, data.num_private, model)
     sigma = plan.calibration.noise_multiplier
     _calibrate_statistics(model, resolved, data, cell.seed, training.eval_batch_size)
-    initial = copy.deepcopy(model)
+    # The untrained model for the non-private measurement, copied only when it is wanted.
+    initial = copy.deepcopy(model) if training.measure_nonprivate else None
 
     dp_step = DPSGDStep(
         model,
@@ -344,6 +345,7 @@ def train_cell(
     )
     dp_tput = timer.throughput
     norm_spec = norms.get_norm(resolved.name)
+    prov = provenance(device)  # runs git twice: once per cell
     return {
         "status": "ok",
         "error": None,
@@ -367,7 +369,7 @@ def train_cell(
             else "cpu: no per-run tensor peak; peak_rss_bytes is the process peak "
             "resident set so far"
         ),
-        "device": provenance(device)["device_name"],
+        "device": prov["device_name"],
         "epsilon_spent": chosen.epsilon,
         "epsilon_spent_by_accountant": {a: r.epsilon for a, r in spent.items()},
         "accountant": chosen.accountant,
@@ -383,5 +385,5 @@ def train_cell(
         "grad_sample_paths": grad_sample_paths(model, training.grad_sample_mode),
         "train_wall_s": train_s,
         "wall_s": time.perf_counter() - started,
-        "provenance": provenance(device),
+        "provenance": prov,
     }

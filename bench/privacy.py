@@ -191,7 +191,7 @@ def _calibrate(
     sigma = hi
     history = [*extra, (sigma, sample_rate, steps)]
     by_acc = {a: epsilon(history, delta, a).epsilon for a in ACCOUNTANTS}
-    final = epsilon(history, delta, used).epsilon
+    final = by_acc[used]
     return Calibration(
         noise_multiplier=sigma,
         sample_rate=sample_rate,

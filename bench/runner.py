@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import Cell, Suite, cell_to_dict, suite_to_dict
-from bench.errors import BenchError, PrivacyError
+from bench.errors import BenchError, IncompatibleError, PrivacyError
 from bench.records import append_record, finished_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,6 @@ def run_cell(
     import torch
 
     from bench.engine import Diverged, train_cell
-    from bench.errors import IncompatibleError
     from bench.measure import provenance, resolve_device
 
     dev = resolve_device(device)
@@ -196,7 +195,10 @@ def preflight(cells: Sequence[Cell]) -> None:
     for group in by_arch.values():
         # The privacy charge of DP statistics depends on the architecture only: one model per
         # (backbone, norm), dropped before the next is built.
-        model = build_model(group[0], 10, torch.device("cpu"))
+        try:
+            model = build_model(group[0], 10, torch.device("cpu"))
+        except IncompatibleError:
+            continue  # the cells run as refused and are recorded as skipped
         for cell in group:
             if cell.data not in sizes:
                 sizes[cell.data] = count_train_examples(cell.data) - cell.data.public_split

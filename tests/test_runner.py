@@ -287,3 +287,15 @@ def test_an_unreachable_epsilon_in_the_grid_stops_the_sweep_before_any_cell(tiny
     assert len(err.splitlines()) == 1
     assert "privacy.epsilon=1000.0" in err and "needs a noise multiplier below" in err
     assert not out.exists()
+
+
+def test_preflight_leaves_a_refused_pair_to_be_recorded_as_skipped(tiny, monkeypatch):
+    """A backbone that refuses a norm is a skipped record, not a sweep-stopping error."""
+    from bench.errors import IncompatibleError
+    from bench.runner import preflight
+
+    def refuse(*_args, **_kwargs):
+        raise IncompatibleError("this backbone refuses this norm")
+
+    monkeypatch.setattr(bench.engine, "build_model", refuse)
+    preflight(load_suite(tiny).cells())  # no error
