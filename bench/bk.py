@@ -24,16 +24,22 @@ stays close to the non-private step's (autograd frees activations as the kept te
 
 The K augmented views of an example form one privacy unit: its loss is the mean over the views,
 its gradient the sum of the per-view gradients of that loss, and its norm is taken over all K x T
-positions together. Layers without a dedicated rule fall back to Opacus' per-layer grad sampler
-(or its functorch path), materialised one layer at a time. Every rule is checked against the
-one-example oracle in ``tests/test_bk.py``. timm's weight-standardised convolution has its own
-closed-form rule (`_WSConvRule`).
+positions together.
+
+Each layer class has its own rule, looked up by exact class in the registry of
+`norms.clipping`: this module registers the rules of torch's and timm's layers (Conv2d, timm's
+weight-standardised conv, Linear, GroupNorm, LayerNorm); a norm registers the rules of its own
+layers in its own file. A class registered with `norms.clipping.register_clip_fallback` takes
+Opacus' per-layer grad sampler (or its functorch path), materialised one layer at a time; any
+other trainable layer without a rule is an error. Every rule is checked against the one-example
+oracle in ``tests/test_bk.py``.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,87 +48,28 @@ from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
 from timm.layers import ScaledStdConv2d
 from torch import nn
 
-from norms.dp_batch_norm import ChannelAffine
-from norms.kernel_norm import KNConvCore
-
-STRATEGIES = ("auto", "ghost", "materialise")
-KEEP = ("auto", "per_example", "inputs")
-
-
-def _per_example(t: torch.Tensor, n: int) -> torch.Tensor:
-    """(N*K, ...) -> (N, K, ...)."""
-    return t.reshape(n, -1, *t.shape[1:])
-
-
-def _positions(t: torch.Tensor, n: int) -> torch.Tensor:
-    """(N*K, C, L) -> (N, C, K*L): an example's K views as one sequence of positions."""
-    nk, c, length = t.shape
-    return t.view(n, nk // n, c, length).permute(0, 2, 1, 3).reshape(n, c, -1)
-
-
-def _sequence_norm_sq(
-    a: torch.Tensor, g: torch.Tensor, strategy: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Squared norms of ``G_i = g_i a_i^T`` for a (N, D, S), g (N, O, S), and G_i if it was built.
-
-    Ghost: N * S^2 * (D + O) multiply-adds; materialised: N * S * D * O. Materialising wins
-    where S is large and D * O small (early layers), so the kept G_i are the small ones.
-    """
-    if _use_ghost(a.shape[1], g.shape[1], a.shape[2], strategy):
-        return ((a.transpose(1, 2) @ a) * (g.transpose(1, 2) @ g)).sum(dim=(1, 2)), None
-    per_example = g @ a.transpose(1, 2)  # (N, O, D)
-    return _row_norm_sq(per_example.flatten(1)), per_example
-
-
-def _use_ghost(d: int, o: int, s: int, strategy: str) -> bool:
-    """Ghost norms cost S^2 (D + O) per example, materialising S D O: take the cheaper."""
-    return strategy == "ghost" or (strategy == "auto" and s * (d + o) < d * o)
-
-
-#: Ghost norms and the affine layers' per-view gradients are computed over up to this many
-#: slices of the examples, so their temporaries (unfolded windows, S x S Gram matrices,
-#: normalised activations) take a fraction of the memory they would take for the whole batch;
-#: temporaries under `_SLICE_BYTES` are not split, since a small slice costs more in overhead
-#: than it saves.
-_SLICES = 8
-_SLICE_BYTES = 4 * 2**20
-
-
-def _slices(temporary_bytes: int) -> int:
-    """How many slices to compute a temporary of this total size in."""
-    return max(1, min(_SLICES, -(-temporary_bytes // _SLICE_BYTES)))
-
-
-def _by_examples(
-    n: int, temporary_bytes: int, fn: Callable[..., torch.Tensor], *tensors: torch.Tensor
-) -> torch.Tensor:
-    """``fn(*slices, examples)`` over slices of whole examples (all K views of each), joined
-    along the first dimension; each tensor is (N*K, ...), and ``temporary_bytes`` what ``fn``
-    would allocate for the whole batch."""
-    k = tensors[0].shape[0] // n
-    step = -(-n // _slices(temporary_bytes))
-    return torch.cat(
-        [
-            fn(*(t[i * k : (i + step) * k] for t in tensors), min(step, n - i))
-            for i in range(0, n, step)
-        ]
-    )
-
-
-def _ghost_conv_norm_sq(layer: nn.Conv2d, n: int, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Ghost squared norms of a conv's per-example weight gradients for input x and output
-    gradient g, both (N*K, ...), a slice of examples at a time."""
-
-    def one(xs: torch.Tensor, gs: torch.Tensor, m: int) -> torch.Tensor:
-        a = _positions(_ConvRule._cols(layer, xs), m)  # (m, D, K*T)
-        return _sequence_norm_sq(a, _positions(gs.flatten(2), m), "ghost")[0]
-
-    window = layer.weight[0, 0].numel()
-    return _by_examples(n, _nbytes(x) * window, one, x, g)
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+from norms.clipping import (
+    KEEP,
+    STRATEGIES,
+    AffineRule,
+    ClipRule,
+    LayerState,
+    MaterialisableRule,
+    bias_norm_sq,
+    bias_sum,
+    clip_rule,
+    conv_per_example,
+    ghost_windows_norm_sq,
+    per_example,
+    positions,
+    register_clip_rule,
+    row_dot,
+    row_norm_sq,
+    sequence_norm_sq,
+    unfold,
+    use_ghost,
+    weighted_sum,
+)
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -142,123 +89,51 @@ def _exact_arithmetic(t: torch.Tensor):
     return torch.autocast(t.device.type, enabled=False)
 
 
-def _row_norm_sq(t: torch.Tensor) -> torch.Tensor:
-    """``(t ** 2).sum(-1)`` without a temporary the size of ``t``."""
-    return torch.linalg.vector_norm(t, dim=-1).square()
+def _conv_grads(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+    return conv_per_example(x, g, n, layer.kernel_size, layer.stride, layer.padding)
 
 
-def _row_dot(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``(t * z).sum(-1)`` for t (N, O, D) and z (O, D), a slice of examples at a time so the
-    product never takes the memory of all of ``t``."""
-    return _by_examples(t.shape[0], _nbytes(t), lambda part, _m: (part * z).sum(-1), t)
+def _ghost_conv_norm_sq(layer: nn.Conv2d, n: int, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Ghost squared norms of a conv's per-example weight gradients for input x and output
+    gradient g, both (N*K, ...), a slice of examples at a time."""
+    return ghost_windows_norm_sq(
+        n,
+        layer.kernel_size,
+        x,
+        g,
+        lambda xs: unfold(xs, layer.kernel_size, layer.padding, layer.stride),
+    )
 
 
-def _conv_per_example(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
-    """Per-example weight gradients ``sum_s g_s a_s^T`` of a conv, shape (N, O, D).
+@register_clip_rule(nn.Conv2d)
+class ConvRule(MaterialisableRule):
+    """nn.Conv2d (groups=1, dilation=1, numeric padding)."""
 
-    With one view per example this is the weight gradient of a grouped convolution with the
-    batch as groups (oneDNN/cuDNN's own kernel, no unfolded copy of the input); with K views
-    the views' positions are unfolded and summed with one batched matmul.
-    """
-    nk, c = x.shape[:2]
-    o = g.shape[1]
-    kernel = tuple(layer.weight.shape[2:])
-    if nk == n:
-        w = torch.nn.grad.conv2d_weight(
-            x.reshape(1, nk * c, *x.shape[2:]),
-            (nk * o, c, *kernel),
-            g.reshape(1, nk * o, *g.shape[2:]),
-            stride=layer.stride,
-            padding=layer.padding,
-            groups=nk,
-        )
-        return w.view(n, o, -1)
-    a = _positions(F.unfold(x, kernel, padding=layer.padding, stride=layer.stride), n)
-    return _positions(g.flatten(2), n) @ a.transpose(1, 2)
+    def check(self, layer):
+        if layer.groups != 1 or tuple(layer.dilation) != (1, 1):
+            return f"groups={layer.groups}, dilation={tuple(layer.dilation)}; needs 1 and (1, 1)"
+        if not isinstance(layer.padding, tuple):
+            return f"padding={layer.padding!r}; needs numeric padding"
+        return None
 
-
-class _Rule:
-    """Per-layer rule: per-example squared gradient norm, and the clipped sum of gradients.
-
-    ``ctx`` is a per-layer scratch dict shared by the two calls of one step (e.g. per-example
-    gradients materialised for the norm and reused for the sum); ``output`` is the layer's
-    forward output.
-    """
-
-    def needs_output(self, layer: nn.Module, output: torch.Tensor, n: int, strategy: str) -> bool:
-        """Whether `norm_sq` needs the layer's forward output (kept from the forward pass,
-        so only asked for where nothing cheaper will do)."""
-        return False
-
-    def releases(self, ctx: dict, inputs: list[torch.Tensor], g: torch.Tensor) -> bool:
-        """Whether, after `norm_sq`, the clipped sum needs neither the input nor the output
-        gradient (they are then dropped at once, in the middle of the backward pass)."""
-        return False
-
-    def norm_sq(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor],
-        g: torch.Tensor,
-        n: int,
-        strategy: str,
-        ctx: dict,
-        output: torch.Tensor,
-    ) -> torch.Tensor:
-        raise NotImplementedError
-
-    def clipped_sum(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor],
-        g: torch.Tensor,
-        coef: torch.Tensor,
-        ctx: dict,
-    ) -> dict[nn.Parameter, torch.Tensor]:
-        """``sum_i c_i grad_i``; ``coef`` is per view (c_i repeated K times)."""
-        raise NotImplementedError
-
-
-class _ConvRule(_Rule):
-    """nn.Conv2d (groups=1, dilation=1)."""
-
-    def releases(self, ctx, inputs, g):
-        # Keep whichever is smaller until the clipped sum: the per-example gradients (the sum
-        # is then a cheap weighted reduction) or the input and output gradient (the sum is
-        # then one weight-gradient GEMM, the non-private step's own cost for this layer).
-        kept = ctx.get("per_example")
-        if kept is None:
-            return False
-        smaller = _nbytes(kept) <= _nbytes(g) + sum(_nbytes(t) for t in inputs)
-        if ctx["keep"] == "inputs" or (ctx["keep"] == "auto" and not smaller):
-            ctx["per_example"] = None
-            return False
-        return True
-
-    @staticmethod
-    def _cols(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        return F.unfold(x, layer.kernel_size, padding=layer.padding, stride=layer.stride)
-
-    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
+        n = state.n
         x = inputs[0].to(g.dtype)
         d, o = layer.weight[0].numel(), g.shape[1]
-        if _use_ghost(d, o, g[0, 0].numel() * (x.shape[0] // n), strategy):
+        if use_ghost(d, o, g[0, 0].numel() * (x.shape[0] // n), strategy):
             total = _ghost_conv_norm_sq(layer, n, x, g)
         else:
-            per_example = ctx["per_example"] = _conv_per_example(layer, x, g, n)
-            total = _row_norm_sq(per_example.flatten(1))
+            state.per_example = _conv_grads(layer, x, g, n)
+            total = row_norm_sq(state.per_example.flatten(1))
         if layer.bias is not None:
-            bias_per_view = ctx["bias_per_view"] = g.sum(dim=(2, 3))
-            total = total + _per_example(bias_per_view, n).sum(1).square().sum(-1)
+            total = total + bias_norm_sq(state, g)
         return total
 
     @staticmethod
-    def _weight_sum(layer, inputs, g, coef, ctx):
+    def _weight_sum(layer, inputs, g, coef, state):
         """sum_i c_i u_i for the conv weight: from kept per-example gradients, or one GEMM."""
-        kept = ctx.get("per_example")
-        if kept is not None:
-            c = coef.view(ctx["n"], -1)[:, 0]
-            return torch.einsum("n,nod->od", c.to(kept.dtype), kept).view(layer.weight.shape)
+        if state.per_example is not None:
+            return weighted_sum(coef, state).view(layer.weight.shape)
         x, gc = inputs[0].to(g.dtype), g * coef.view(-1, 1, 1, 1)
         return torch.nn.grad.conv2d_weight(
             x,
@@ -270,14 +145,15 @@ class _ConvRule(_Rule):
             groups=layer.groups,
         )
 
-    def clipped_sum(self, layer, inputs, g, coef, ctx):
-        out = {layer.weight: self._weight_sum(layer, inputs, g, coef, ctx)}
+    def clipped_sum(self, layer, inputs, g, coef, state):
+        out = {layer.weight: self._weight_sum(layer, inputs, g, coef, state)}
         if layer.bias is not None:
-            out[layer.bias] = coef @ ctx["bias_per_view"].to(coef.dtype)
+            out[layer.bias] = bias_sum(coef, state)
         return out
 
 
-class _WSConvRule(_ConvRule):
+@register_clip_rule(ScaledStdConv2d)
+class WSConvRule(ConvRule):
     """timm's ScaledStdConv2d: a conv with w_hat = alpha * z, z = (w - mean) / sqrt(var + eps),
     alpha = gain * scale, per output channel o over its D = C_in * k * k weights.
 
@@ -296,7 +172,7 @@ class _WSConvRule(_ConvRule):
         # Only the ghost route reads conv(x, z) off the output; the materialised route has
         # every per-example gradient, from which 1.u and z.u are row sums.
         d, s = layer.weight[0].numel(), output[0, 0].numel() * (output.shape[0] // n)
-        return _use_ghost(d, output.shape[1], s, strategy)
+        return use_ghost(d, output.shape[1], s, strategy)
 
     @staticmethod
     def _standardised(layer: ScaledStdConv2d, weight: torch.Tensor, gain: torch.Tensor):
@@ -311,7 +187,8 @@ class _WSConvRule(_ConvRule):
             eps=layer.eps,
         ).reshape_as(weight)
 
-    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
+        n = state.n
         x = inputs[0].to(g.dtype)
         w = layer.weight.detach().to(g.dtype)
         d = w[0].numel()
@@ -324,10 +201,10 @@ class _WSConvRule(_ConvRule):
         )
         if not self.needs_output(layer, g, n, strategy):
             # materialised: every term is a row reduction of u (unscaled)
-            per_example = ctx["per_example"] = _conv_per_example(layer, x, g, n)
-            u_sq = (_row_norm_sq(per_example) * alpha_over_s.square()).sum(-1)
-            one_u = per_example.sum(-1) * alpha_over_s
-            z_u_plain = _row_dot(per_example, z)  # (N, O)
+            grads = state.per_example = _conv_grads(layer, x, g, n)
+            u_sq = (row_norm_sq(grads) * alpha_over_s.square()).sum(-1)
+            one_u = grads.sum(-1) * alpha_over_s
+            z_u_plain = row_dot(grads, z)  # (N, O)
         else:
             g_scaled = g * alpha_over_s.view(1, -1, 1, 1)
             u_sq = _ghost_conv_norm_sq(layer, n, x, g_scaled)
@@ -337,7 +214,7 @@ class _WSConvRule(_ConvRule):
                 stride=layer.stride,
                 padding=layer.padding,
             )
-            one_u = _positions((g_scaled * window_sum).flatten(2), n).sum(-1)  # (N, O)
+            one_u = positions((g_scaled * window_sum).flatten(2), n).sum(-1)  # (N, O)
             alpha = layer.gain.detach().view(-1).to(g.dtype) * layer.scale
             if output is not None and bool((alpha.abs() > 1e-4).all()):
                 # conv(x, z) from the layer's own output
@@ -347,18 +224,17 @@ class _WSConvRule(_ConvRule):
                 z_x = z_x / alpha.view(1, -1, 1, 1)
             else:  # no output, or a gain near zero: recompute rather than divide by it
                 z_x = F.conv2d(x, z.view_as(w), stride=layer.stride, padding=layer.padding)
-            z_u_plain = _positions((g * z_x).flatten(2), n).sum(-1)
+            z_u_plain = positions((g * z_x).flatten(2), n).sum(-1)
         z_u = z_u_plain * alpha_over_s  # z.u for w_hat's gradient scaled by alpha / s
         total = u_sq - (one_u.square() + (2 - r) * z_u.square()).sum(-1) / d
         # gain gradient: scale * z.u of the unscaled u
         total = total + (layer.scale * z_u_plain).square().sum(-1)
         if layer.bias is not None:
-            bias_per_view = ctx["bias_per_view"] = g.sum(dim=(2, 3))
-            total = total + _per_example(bias_per_view, n).sum(1).square().sum(-1)
+            total = total + bias_norm_sq(state, g)
         return total
 
-    def clipped_sum(self, layer, inputs, g, coef, ctx):
-        u = self._weight_sum(layer, inputs, g, coef, ctx)
+    def clipped_sum(self, layer, inputs, g, coef, state):
+        u = self._weight_sum(layer, inputs, g, coef, state)
         with torch.enable_grad():
             weight = layer.weight.detach().to(u.dtype).requires_grad_(True)
             gain = layer.gain.detach().to(u.dtype).requires_grad_(True)
@@ -366,68 +242,24 @@ class _WSConvRule(_ConvRule):
             dw, dgain = torch.autograd.grad(w_hat, (weight, gain), grad_outputs=u)
         out = {layer.weight: dw, layer.gain: dgain}
         if layer.bias is not None:
-            out[layer.bias] = coef @ ctx["bias_per_view"].to(coef.dtype)
+            out[layer.bias] = bias_sum(coef, state)
         return out
 
 
-class _KNConvRule(_ConvRule):
-    """KNConvCore: a conv over windows centred by their mean and scaled by 1/std."""
-
-    def _parts(self, layer: KNConvCore, inputs, g):
-        x, mu, inv_std = (t.to(g.dtype) for t in inputs)
-        return x, mu, g * inv_std
-
-    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
-        x, mu, gs_ = self._parts(layer, inputs, g)
-        d, o = layer.weight[0].numel(), g.shape[1]
-        if _use_ghost(d, o, g[0, 0].numel() * (x.shape[0] // n), strategy):
-
-            def centred(xs, ms, gs, m):  # windows centred on their mean
-                a = _positions(self._cols(layer, xs) - ms.flatten(2), m)
-                return _sequence_norm_sq(a, _positions(gs.flatten(2), m), "ghost")[0]
-
-            window = layer.weight[0, 0].numel()
-            total = _by_examples(n, _nbytes(x) * window, centred, x, mu, gs_)
-        else:  # sum_s g'_s (a_s - mu_s 1)^T: the conv's gradient minus a rank-one term
-            per_example = _conv_per_example(layer, x, gs_, n)
-            shift = _per_example((gs_ * mu).sum(dim=(2, 3)), n).sum(1)  # (N, O)
-            per_example = ctx["per_example"] = per_example.sub_(shift.unsqueeze(-1))
-            total = _row_norm_sq(per_example.flatten(1))
-        if layer.bias is not None:  # the bias sees g, not g * inv_std
-            bias_per_view = ctx["bias_per_view"] = g.sum(dim=(2, 3))
-            total = total + _per_example(bias_per_view, n).sum(1).square().sum(-1)
-        return total
-
-    def clipped_sum(self, layer, inputs, g, coef, ctx):
-        if ctx.get("per_example") is not None:  # already centred: nothing to subtract
-            c = coef.view(ctx["n"], -1)[:, 0]
-            kept = ctx["per_example"]
-            w = torch.einsum("n,nod->od", c.to(kept.dtype), kept).view(layer.weight.shape)
-        else:
-            x, mu, gs_ = self._parts(layer, inputs, g)
-            gc = gs_ * coef.view(-1, 1, 1, 1)
-            w = torch.nn.grad.conv2d_weight(
-                x, layer.weight.shape, gc, stride=layer.stride, padding=layer.padding
-            )
-            w = w - (gc * mu).sum(dim=(0, 2, 3)).view(-1, 1, 1, 1)
-        out = {layer.weight: w}
-        if layer.bias is not None:
-            out[layer.bias] = coef @ ctx["bias_per_view"].to(coef.dtype)
-        return out
-
-
-class _LinearRule(_Rule):
+@register_clip_rule(nn.Linear)
+class LinearRule(ClipRule):
     """nn.Linear on (N*K, D) inputs."""
 
-    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
-        a = _per_example(inputs[0].to(g.dtype), n).transpose(1, 2)  # (N, D, K)
-        gs = _per_example(g, n).transpose(1, 2)  # (N, O, K)
-        total, _ = _sequence_norm_sq(a, gs, strategy)
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
+        n = state.n
+        a = per_example(inputs[0].to(g.dtype), n).transpose(1, 2)  # (N, D, K)
+        gs = per_example(g, n).transpose(1, 2)  # (N, O, K)
+        total, _ = sequence_norm_sq(a, gs, strategy)
         if layer.bias is not None:
             total = total + gs.sum(-1).square().sum(-1)
         return total
 
-    def clipped_sum(self, layer, inputs, g, coef, ctx):
+    def clipped_sum(self, layer, inputs, g, coef, state):
         gc = g * coef.view(-1, 1)
         out = {layer.weight: gc.t() @ inputs[0].to(g.dtype)}
         if layer.bias is not None:
@@ -435,47 +267,26 @@ class _LinearRule(_Rule):
         return out
 
 
-class _AffineRule(_Rule):
-    """Per-channel affine layers whose per-view gradients are a few numbers per channel:
-    GroupNorm, LayerNorm and ChannelAffine. They are cheap to materialise."""
+@register_clip_rule(nn.GroupNorm)
+class GroupNormRule(AffineRule):
+    """nn.GroupNorm: the affine multiplies the group-normalised input."""
 
-    def per_view(self, layer, inputs, g) -> dict[nn.Parameter, torch.Tensor]:
-        x = inputs[0].to(g.dtype)
-        if isinstance(layer, nn.GroupNorm):
-            xh = F.group_norm(x, layer.num_groups, eps=layer.eps)
-            dims: tuple[int, ...] = tuple(range(2, x.dim()))
-        elif isinstance(layer, nn.LayerNorm):
-            xh = F.layer_norm(x, layer.normalized_shape, eps=layer.eps)
-            dims = tuple(range(1, x.dim() - len(layer.normalized_shape)))
-        else:  # ChannelAffine
-            xh, dims = x, (2, 3)
-        out = {}
-        if layer.weight is not None and layer.weight.requires_grad:
-            out[layer.weight] = (xh * g).sum(dim=dims) if dims else xh * g
-        if layer.bias is not None and layer.bias.requires_grad:
-            out[layer.bias] = g.sum(dim=dims) if dims else g
-        return out
-
-    def releases(self, ctx, inputs, g):
-        return True
-
-    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
-        # The normalised input is recomputed a slice at a time.
-        rows = -(-g.shape[0] // _slices(2 * _nbytes(g)))
-        slices = [
-            self.per_view(layer, [x], gs)
-            for x, gs in zip(inputs[0].split(rows), g.split(rows), strict=True)
-        ]
-        grads = ctx["per_view"] = {p: torch.cat([v[p] for v in slices]) for p in slices[0]}
-        return sum(_per_example(v, n).sum(1).flatten(1).square().sum(1) for v in grads.values())
-
-    def clipped_sum(self, layer, inputs, g, coef, ctx):
-        return {p: torch.einsum("v,v...->...", coef, v) for p, v in ctx["per_view"].items()}
+    def normalised(self, layer, x):
+        return F.group_norm(x, layer.num_groups, eps=layer.eps), tuple(range(2, x.dim()))
 
 
-class _FallbackRule(_Rule):
-    """Any other layer: Opacus' grad sampler for its exact type, or Opacus' functorch path,
-    one layer at a time (e.g. timm's weight-standardised convolutions)."""
+@register_clip_rule(nn.LayerNorm)
+class LayerNormRule(AffineRule):
+    """nn.LayerNorm: the affine multiplies the layer-normalised input."""
+
+    def normalised(self, layer, x):
+        dims = tuple(range(1, x.dim() - len(layer.normalized_shape)))
+        return F.layer_norm(x, layer.normalized_shape, eps=layer.eps), dims
+
+
+class FallbackRule(ClipRule):
+    """A class opted into the fallback: Opacus' grad sampler for its exact type, or Opacus'
+    functorch path, one layer at a time."""
 
     def per_view(self, layer, inputs, g):
         inputs = [t.to(g.dtype) if t.is_floating_point() else t for t in inputs]
@@ -484,45 +295,40 @@ class _FallbackRule(_Rule):
             return sampler(layer, inputs, g)
         return ft_compute_per_sample_gradient(layer, inputs, g)
 
-    def norm_sq(self, layer, inputs, g, n, strategy, ctx, output):
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
         grads = self.per_view(layer, inputs, g)
-        return sum(_per_example(v, n).sum(1).flatten(1).square().sum(1) for v in grads.values())
+        return sum(
+            per_example(v, state.n).sum(1).flatten(1).square().sum(1) for v in grads.values()
+        )
 
-    def clipped_sum(self, layer, inputs, g, coef, ctx):
+    def clipped_sum(self, layer, inputs, g, coef, state):
         # Recomputed rather than kept: a fallback layer may be large.
         grads = self.per_view(layer, inputs, g)
         return {p: torch.einsum("v,v...->...", coef.to(v.dtype), v) for p, v in grads.items()}
 
 
-_RULES: dict[type, _Rule] = {
-    nn.Conv2d: _ConvRule(),
-    ScaledStdConv2d: _WSConvRule(),
-    KNConvCore: _KNConvRule(),
-    nn.Linear: _LinearRule(),
-    nn.GroupNorm: _AffineRule(),
-    nn.LayerNorm: _AffineRule(),
-    ChannelAffine: _AffineRule(),
-}
+_FALLBACK = FallbackRule()
+
+
+def _rule(layer: nn.Module) -> ClipRule:
+    """The layer's registered rule, or the fallback for a class opted into it.
+
+    Raises:
+        norms.clipping.ClipRuleError: For a class with neither (names the class).
+    """
+    rule = clip_rule(layer)
+    return _FALLBACK if rule is None else rule
 
 
 def rule_for(layer: nn.Module) -> str:
-    """The rule a layer takes: ``bk`` (a dedicated rule above) or ``fallback``."""
-    return "bk" if _usable(layer) else "fallback"
+    """The rule a layer takes: ``bk`` (a registered rule) or ``fallback`` (a class opted into
+    the materialising fallback); raises `norms.clipping.ClipRuleError` for any other."""
+    return "fallback" if _rule(layer) is _FALLBACK else "bk"
 
 
-def _usable(layer: nn.Module) -> bool:
-    rule = _RULES.get(type(layer))
-    if isinstance(rule, _ConvRule) and isinstance(layer, nn.Conv2d):
-        return (
-            layer.groups == 1
-            and tuple(layer.dilation) == (1, 1)
-            and isinstance(layer.padding, tuple)
-        )
-    return rule is not None
-
-
-def _rule(layer: nn.Module) -> _Rule:
-    return _RULES[type(layer)] if _usable(layer) else _FallbackRule()
+def trainable_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules that own trainable parameters directly, in registration order."""
+    return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
 def layer_norms(
@@ -543,20 +349,36 @@ def layer_norms(
     n = grad_output.shape[0]
     g = _at_least_fp32(grad_output.detach())
     with _exact_arithmetic(g):
-        ctx = {"n": n, "keep": "auto"}
-        return rule.norm_sq(layer, list(inputs), g, n, strategy, ctx, output).sqrt()
+        state = LayerState(n=n)
+        return rule.norm_sq(layer, list(inputs), g, strategy, state, output).sqrt()
+
+
+@dataclass
+class _Entry:
+    """One layer's call in a forward pass: what its norm and its clipped sum read."""
+
+    layer: nn.Module
+    rule: ClipRule
+    inputs: list[torch.Tensor] | None
+    output: torch.Tensor | None
+    state: LayerState
+    g: torch.Tensor | None = None
+    reached: bool = field(default=False)
 
 
 class BookKeepingClipper:
     """Clip per-example gradients of ``model`` to a norm bound and sum them, in one backward pass.
 
     Args:
-        model: The model; its trainable layers are found once, by exact type.
+        model: The model; its trainable layers and their rules are found once, by exact class.
         strategy: ``auto`` picks ghost norms or materialisation per layer by cost; ``ghost`` and
             ``materialise`` force one (for tests and benchmarks).
         keep: What a conv layer whose per-example gradients were materialised keeps for its
             clipped sum: ``auto`` the smaller of those gradients and its (input, output
             gradient); ``per_example`` or ``inputs`` force one (for tests and benchmarks).
+
+    Raises:
+        norms.clipping.ClipRuleError: A trainable layer's class has no rule and no fallback.
     """
 
     def __init__(self, model: nn.Module, strategy: str = "auto", keep: str = "auto"):
@@ -565,11 +387,14 @@ class BookKeepingClipper:
         if keep not in KEEP:
             raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
         self.model, self.strategy, self.keep = model, strategy, keep
-        self.layers = [
-            m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
-        ]
+        self.layers = trainable_layers(model)
         self.rules = {id(m): _rule(m) for m in self.layers}
         self.last_norms: torch.Tensor | None = None
+
+    @property
+    def fallback_classes(self) -> list[str]:
+        """Names of the layer classes that take the materialising fallback."""
+        return sorted({type(m).__name__ for m in self.layers if self.rules[id(m)] is _FALLBACK})
 
     def accumulate(
         self,
@@ -593,45 +418,42 @@ class BookKeepingClipper:
         n, k = x.shape[0], x.shape[1]
         if n == 0:
             return float("nan")
-        entries: list[dict] = []
+        entries: list[_Entry] = []
         parts: list[torch.Tensor] = []
 
-        def on_grad(entry: dict, g: torch.Tensor) -> None:
+        def on_grad(entry: _Entry, g: torch.Tensor) -> None:
             # Runs inside the backward pass, as soon as this layer's output gradient exists.
             g = g.detach()
-            rule, ctx = self.rules[id(entry["layer"])], entry["ctx"]
             with _exact_arithmetic(g):
                 parts.append(
-                    rule.norm_sq(
-                        entry["layer"],
-                        entry["inputs"],
+                    entry.rule.norm_sq(
+                        entry.layer,
+                        entry.inputs,
                         _at_least_fp32(g),
-                        n,
                         self.strategy,
-                        ctx,
-                        entry["output"],
+                        entry.state,
+                        entry.output,
                     ).double()
                 )
-            entry["output"], entry["reached"] = None, True
-            if rule.releases(ctx, entry["inputs"], g):  # the kept gradients are all we need
-                entry["inputs"] = None
+            entry.output, entry.reached = None, True
+            if entry.rule.releases(entry.state, entry.inputs, g):  # the kept gradients suffice
+                entry.inputs = None
             else:
-                entry["g"] = g
+                entry.g = g
 
         def on_forward(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if any(e["layer"] is module for e in entries):
+            if any(e.layer is module for e in entries):
                 raise NotImplementedError("a layer ran twice in one forward pass (weight tying)")
             rule = self.rules[id(module)]
-            entry = {
-                "layer": module,
-                "inputs": [t.detach() for t in inputs if torch.is_tensor(t)],
-                "output": output.detach()
+            entry = _Entry(
+                layer=module,
+                rule=rule,
+                inputs=[t.detach() for t in inputs if torch.is_tensor(t)],
+                output=output.detach()
                 if rule.needs_output(module, output, n, self.strategy)
                 else None,
-                "g": None,
-                "reached": False,
-                "ctx": {"n": n, "keep": self.keep},
-            }
+                state=LayerState(n=n, keep=self.keep),
+            )
             entries.append(entry)
             output.register_hook(functools.partial(on_grad, entry))
 
@@ -656,22 +478,21 @@ class BookKeepingClipper:
         # Each layer's kept tensors are dropped as soon as its sum is taken.
         while entries:
             entry = entries.pop()
-            layer, g, ctx = entry["layer"], entry["g"], entry["ctx"]
-            if not entry["reached"]:
+            if not entry.reached:
                 continue  # the loss does not depend on this layer
-            if g is not None:
-                g = _at_least_fp32(g)
-            dtype = g.dtype if g is not None else next(layer.parameters()).dtype
+            g = None if entry.g is None else _at_least_fp32(entry.g)
+            dtype = g.dtype if g is not None else next(entry.layer.parameters()).dtype
             with _exact_arithmetic(coef):
-                sums = self.rules[id(layer)].clipped_sum(
-                    layer, entry["inputs"], g, coef.to(dtype), ctx
+                sums = entry.rule.clipped_sum(
+                    entry.layer, entry.inputs, g, coef.to(dtype), entry.state
                 )
-            del entry, g, ctx
+            layer = entry.layer
+            del entry, g
             for p, value in sums.items():
                 value = value.to(p.dtype).view_as(p)
                 if getattr(p, "summed_grad", None) is None:
                     p.summed_grad = value
                 else:
                     p.summed_grad += value
-            del sums
+            del sums, layer
         return float(per_view.detach().mean())

@@ -27,6 +27,7 @@ import torch
 from opacus.grad_sample import register_grad_sampler
 from torch import nn
 
+from norms.clipping import AffineRule, register_clip_rule
 from norms.errors import NormSpecError
 from norms.registry import register_norm
 
@@ -78,6 +79,14 @@ def channel_affine_grad_sample(
     if layer.bias.requires_grad:
         ret[layer.bias] = backprops.sum(dim=(2, 3))
     return ret
+
+
+@register_clip_rule(ChannelAffine)
+class ChannelAffineClipRule(AffineRule):
+    """Book-keeping rule of `ChannelAffine`: the weight multiplies the input itself."""
+
+    def normalised(self, layer, x):
+        return x, (2, 3)
 
 
 class FrozenStatsNorm(nn.Module):

@@ -7,6 +7,19 @@ import torch.nn.functional as F
 from opacus.grad_sample import register_grad_sampler
 from torch import nn
 
+from norms.clipping import (
+    MaterialisableRule,
+    bias_norm_sq,
+    bias_sum,
+    conv_per_example,
+    ghost_windows_norm_sq,
+    per_example,
+    register_clip_rule,
+    row_norm_sq,
+    unfold,
+    use_ghost,
+    weighted_sum,
+)
 from norms.registry import register_norm
 
 
@@ -111,6 +124,52 @@ def knconv_grad_sample(
     if layer.bias is not None and layer.bias.requires_grad:
         ret[layer.bias] = backprops.sum(dim=(2, 3))
     return ret
+
+
+@register_clip_rule(KNConvCore)
+class KNConvClipRule(MaterialisableRule):
+    """Book-keeping rule of KNConvCore: a conv over windows centred by their mean and scaled by
+    1/std, i.e. the conv rule with output gradient ``g * inv_std`` and centred windows."""
+
+    @staticmethod
+    def _parts(layer: KNConvCore, inputs, g):
+        x, mu, inv_std = (t.to(g.dtype) for t in inputs)
+        return x, mu, g * inv_std
+
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
+        n = state.n
+        x, mu, gs_ = self._parts(layer, inputs, g)
+        d, o = layer.weight[0].numel(), g.shape[1]
+        k = (layer.kernel_size, layer.kernel_size)
+        if use_ghost(d, o, g[0, 0].numel() * (x.shape[0] // n), strategy):
+
+            def centred(xs, ms):  # windows centred on their mean
+                return unfold(xs, k, layer.padding, layer.stride) - ms.flatten(2)
+
+            total = ghost_windows_norm_sq(n, k, x, gs_, centred, mu)
+        else:  # sum_s g'_s (a_s - mu_s 1)^T: the conv's gradient minus a rank-one term
+            grads = conv_per_example(x, gs_, n, k, layer.stride, layer.padding)
+            shift = per_example((gs_ * mu).sum(dim=(2, 3)), n).sum(1)  # (N, O)
+            state.per_example = grads.sub_(shift.unsqueeze(-1))
+            total = row_norm_sq(state.per_example.flatten(1))
+        if layer.bias is not None:  # the bias sees g, not g * inv_std
+            total = total + bias_norm_sq(state, g)
+        return total
+
+    def clipped_sum(self, layer, inputs, g, coef, state):
+        if state.per_example is not None:  # already centred: nothing to subtract
+            w = weighted_sum(coef, state).view(layer.weight.shape)
+        else:
+            x, mu, gs_ = self._parts(layer, inputs, g)
+            gc = gs_ * coef.view(-1, 1, 1, 1)
+            w = torch.nn.grad.conv2d_weight(
+                x, layer.weight.shape, gc, stride=layer.stride, padding=layer.padding
+            )
+            w = w - (gc * mu).sum(dim=(0, 2, 3)).view(-1, 1, 1, 1)
+        out = {layer.weight: w}
+        if layer.bias is not None:
+            out[layer.bias] = bias_sum(coef, state)
+        return out
 
 
 class KNConv2d(nn.Module):

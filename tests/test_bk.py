@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import ScaledStdConv2d
 
-import bench.bk as bk_module
+import norms.clipping as clipping_module
 from bench.backbones import create_backbone, list_backbones
 from bench.bk import BookKeepingClipper, layer_norms, rule_for
 from norms.dp_batch_norm import calibrate
@@ -174,5 +174,5 @@ def test_temporaries_split_by_examples_give_the_same_sums(
 ):
     """Full-size models split ghost and affine temporaries into slices of examples; the test
     models are too small to, so force it (every slice one example) and check against the oracle."""
-    monkeypatch.setattr(bk_module, "_SLICE_BYTES", 1)
+    monkeypatch.setattr(clipping_module, "SLICE_BYTES", 1)
     assert_clipped_sums_match_the_oracle(build(backbone, norm), views, strategy)
