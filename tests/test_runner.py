@@ -16,7 +16,7 @@ import yaml
 import bench.engine
 from bench.cli import main
 from bench.config import load_suite
-from bench.records import read_records
+from bench.results.records import read_records
 from bench.runner import run_suite
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from bench import stats
+from bench.results import stats
 
 A = [0.612, 0.605, 0.619, 0.598, 0.623]
 B = [0.601, 0.600, 0.611, 0.590, 0.612]

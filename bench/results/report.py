@@ -10,9 +10,10 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from bench import figures, stats
 from bench.errors import ConfigError, RecordsError
-from bench.records import read_records
+from bench.results import figures, stats
+from bench.results.record import Record
+from bench.results.records import read_records
 
 RECORDS_FILE = "records.jsonl"
 SUITE_FILE = "suite.json"
@@ -32,7 +33,7 @@ _MAX_REASON_CHARS = 300
 class _Cell:
     """The records of one (backbone, norm) pair, as the tables need them."""
 
-    ok: dict[object, dict] = field(default_factory=dict)  # seed -> ok record
+    ok: dict[object, Record] = field(default_factory=dict)  # seed -> ok record
     failed: int = 0
     skipped: int = 0
     invalid: int = 0  # ok records whose test_acc cannot be used
@@ -47,7 +48,7 @@ class _Collected:
     """Records sorted into cells, with everything the header and the lists need."""
 
     cells: dict[str, dict[str, _Cell]] = field(default_factory=dict)  # backbone -> norm -> cell
-    not_ok: list[dict] = field(default_factory=list)
+    not_ok: list[Record] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -56,14 +57,6 @@ def _seed_key(seed: object) -> tuple:
     if isinstance(seed, (int, float)) and not isinstance(seed, bool):
         return (0, seed, "")
     return (1, 0, "" if seed is None else str(seed))
-
-
-def _number(value: object) -> float | None:
-    """``value`` as a finite float, or None when it is missing or not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _block(entry: Mapping) -> object:
@@ -76,8 +69,11 @@ def _block(entry: Mapping) -> object:
     return f"{backbone} [{', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}]"
 
 
-def _collect(records: Sequence[dict]) -> _Collected:
-    """Sort records into (backbone, norm) cells, noting records the tables cannot use."""
+def _collect(records: Sequence[Record]) -> _Collected:
+    """Sort records into (backbone, norm) cells, noting records the tables cannot use.
+
+    Numeric fields are finite numbers or None here: :func:`read_records` refused the rest.
+    """
     out = _Collected()
     for record in records:
         key = record["run_key"]
@@ -93,7 +89,7 @@ def _collect(records: Sequence[dict]) -> _Collected:
             else:
                 cell.skipped += 1
             continue
-        acc = _number(record.get("test_acc"))
+        acc = record.get("test_acc")
         if acc is None or not 0.0 <= acc <= 1.0:
             out.problems.append(
                 f"run {key}: status ok but test_acc is {record.get('test_acc')!r} "
@@ -220,21 +216,20 @@ def _cell_measurements(cell: _Cell) -> dict[str, float | None]:
     """Throughput, DP/non-DP ratio, peak memory and epsilon spent of a cell's ok runs."""
     ratios = []
     for record in cell.ok.values():
-        dp = _number(record.get("throughput_img_s"))
-        plain = _number(record.get("nonprivate_throughput_img_s"))
+        dp, plain = record.get("throughput_img_s"), record.get("nonprivate_throughput_img_s")
         ratios.append(dp / plain if dp is not None and plain else None)
-    memory = [_number(r.get("peak_mem_bytes")) for r in cell.ok.values()]
-    epsilon = [_number(r.get("epsilon_spent")) for r in cell.ok.values()]
+    memory = [r.get("peak_mem_bytes") for r in cell.ok.values()]
+    epsilon = [r.get("epsilon_spent") for r in cell.ok.values()]
     over = [
         r["epsilon_target"]
         for r, spent in zip(cell.ok.values(), epsilon, strict=True)
         if spent is not None
-        and _number(r.get("epsilon_target")) is not None
+        and r.get("epsilon_target") is not None
         # Relative slack: accountants report epsilon through a numerical search.
         and spent > r["epsilon_target"] * (1 + 1e-6)
     ]
     return {
-        "throughput": _mean(_number(r.get("throughput_img_s")) for r in cell.ok.values()),
+        "throughput": _mean(r.get("throughput_img_s") for r in cell.ok.values()),
         "ratio": _mean(ratios),
         "memory": max((m for m in memory if m is not None), default=None),
         "epsilon": max((e for e in epsilon if e is not None), default=None),
@@ -325,7 +320,7 @@ def _backbone_section(
 
 def _header(
     suite: Mapping,
-    records: Sequence[dict],
+    records: Sequence[Record],
     n_problems: int,
     run_dir: Path,
     baseline: str,
@@ -386,7 +381,7 @@ def _header(
     return lines
 
 
-def _privacy_text(privacy: Mapping, records: Sequence[dict]) -> str:
+def _privacy_text(privacy: Mapping, records: Sequence[Record]) -> str:
     """The privacy target from the suite, else the distinct values the records hold."""
 
     def values(suite_key: str, record_key: str) -> list[str]:
@@ -449,7 +444,7 @@ def _summary_section(analyses: Mapping[str, stats.BackboneAnalysis]) -> list[str
     return [*lines, ""]
 
 
-def _failed_section(not_ok: Sequence[dict]) -> list[str]:
+def _failed_section(not_ok: Sequence[Record]) -> list[str]:
     lines = ["## Failed and skipped runs", ""]
     if not not_ok:
         return [*lines, "None.", ""]
@@ -518,7 +513,7 @@ def _missing_section(planned: Sequence[Mapping], recorded_keys: set[str]) -> lis
 
 
 def render_leaderboard(
-    records: Sequence[dict],
+    records: Sequence[Record],
     problems: Sequence[str],
     suite: Mapping,
     *,
@@ -532,7 +527,8 @@ def render_leaderboard(
     is read.
 
     Args:
-        records: Records as returned by :func:`bench.records.read_records`.
+        records: Records as returned by :func:`bench.results.records.read_records` (numeric
+            fields finite numbers or None).
         problems: Messages about unusable lines of the records file.
         suite: The resolved suite (``suite.json``), or an empty dict.
         run_dir: The run directory (its name is the fallback suite name).
@@ -585,7 +581,7 @@ def render_leaderboard(
     return "\n".join(header + body).rstrip("\n") + "\n"
 
 
-def figure_points(records: Sequence[dict]) -> list[figures.FigurePoint]:
+def figure_points(records: Sequence[Record]) -> list[figures.FigurePoint]:
     """One figure point per (backbone, norm) with ok runs, sorted by backbone then norm."""
     points = []
     cells = _collect(records).cells

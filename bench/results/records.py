@@ -12,17 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import RecordsError
+from bench.results.record import Record, check_record
 
 try:  # POSIX only; without it concurrent writers are not serialised (see append_record).
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
-
-#: The values ``status`` may take.
-STATUSES = ("ok", "failed", "skipped")
-
-#: Fields without which a line is not a usable record.
-REQUIRED_FIELDS = ("run_key", "status")
 
 
 @dataclass(frozen=True)
@@ -35,7 +30,7 @@ class RecordsRead:
         problems: One message per unusable line, ``"<path>:<line>: <what is wrong>"``.
     """
 
-    records: list[dict] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -136,26 +131,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _problem_with(record: object) -> str | None:
-    """Why a parsed line is not a usable record, or None when it is."""
-    if not isinstance(record, dict):
-        return f"not a JSON object (got {type(record).__name__})"
-    missing = [name for name in REQUIRED_FIELDS if name not in record]
-    if missing:
-        return f"missing required field(s): {', '.join(missing)}"
-    if not isinstance(record["run_key"], str) or not record["run_key"]:
-        return f"run_key must be a non-empty string (got {record['run_key']!r})"
-    if record["status"] not in STATUSES:
-        return f"status {record['status']!r} is not one of {', '.join(STATUSES)}"
-    return None
-
-
 def read_records(path: Path) -> RecordsRead:
     """Read a records file, reporting bad lines instead of failing on them.
 
-    A line that is not valid JSON (e.g. the last line of a file cut short), is not an object, or
-    lacks ``run_key``/``status`` becomes one problem naming the file and its 1-based line number;
-    every other record is still returned. Blank lines are ignored.
+    A line that is not valid JSON (e.g. the last line of a file cut short), or that
+    :func:`bench.results.record.check_record` refuses (not an object, no ``run_key``/``status``,
+    a non-number in a numeric field such as ``"test_acc": "0.5"``), becomes one problem naming
+    the file and its 1-based line number; every other record is still returned. Blank lines are
+    ignored. The records returned therefore hold a finite number or None in every field of
+    :data:`bench.results.record.NUMERIC_FIELDS` they have.
 
     When one run key has several records, the LAST one wins: ``--force`` re-runs append a newer
     record rather than rewriting the file, so the later line is the current result.
@@ -177,7 +161,7 @@ def read_records(path: Path) -> RecordsRead:
     except OSError as err:
         raise RecordsError(f"cannot read records file {path}: {err.strerror or err}") from None
 
-    by_key: dict[str, dict] = {}
+    by_key: dict[str, Record] = {}
     problems: list[str] = []
     lines = data.split(b"\n")
     for number, raw in enumerate(lines, start=1):
@@ -190,7 +174,7 @@ def read_records(path: Path) -> RecordsRead:
             kind = "truncated or invalid JSON" if number == len(lines) else "invalid JSON"
             problems.append(f"{path}:{number}: {kind} ({err})")
             continue
-        problem = _problem_with(record)
+        problem = check_record(record)
         if problem:
             problems.append(f"{path}:{number}: {problem}")
             continue

@@ -1,0 +1,171 @@
+"""The run record's schema: every field a record may hold, and what makes a parsed one usable."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TypedDict
+
+#: The values ``status`` may take.
+STATUSES = ("ok", "failed", "skipped")
+
+#: Fields without which a line is not a usable record.
+REQUIRED_FIELDS = ("run_key", "status")
+
+
+class Provenance(TypedDict, total=False):
+    """Where and with what a run was measured (``bench.measure.provenance``)."""
+
+    git_commit: str | None  # commit hash, "-dirty" when the work tree had uncommitted changes
+    torch: str  # torch.__version__
+    opacus: str | None  # installed version, None when not installed
+    timm: str | None  # installed version, None when not installed
+    python: str  # interpreter version, e.g. "3.11.9"
+    device_name: str  # e.g. "NVIDIA H100 80GB HBM3" or "cpu (2 threads)"
+    hostname: str  # machine the run ran on
+    slurm_job_id: str | None  # $SLURM_JOB_ID, None outside Slurm
+
+
+class PrivacyCharge(TypedDict, total=False):
+    """One privacy cost of a run besides the DP-SGD steps (e.g. DP normalisation statistics)."""
+
+    description: str  # what is charged, in words
+    noise_multiplier: float  # sigma of its Gaussian mechanism, in units of its sensitivity
+    sample_rate: float  # its sampling probability per release, in [0, 1]
+    steps: int  # how many times it is released
+
+
+class Record(TypedDict, total=False):
+    """One line of ``records.jsonl``: one run, whatever its outcome.
+
+    Every record holds the cell's identity (``bench.runner._base_record``), ``status`` and
+    ``error``; the measurements (``bench.engine.train_cell``) are present only when ``status`` is
+    ``ok``, and a failed or skipped record adds ``provenance``, ``device`` and ``wall_s``. A field
+    in :data:`NUMERIC_FIELDS` is a finite number or null (nan/inf are written as null). Names that
+    tools outside the project may rely on are listed in DESIGN.md ("Records"): add fields freely,
+    rename none.
+    """
+
+    # Identity of the run, written whatever the outcome.
+    run_key: str  # hash of the resolved cell config; unique per run, the resume key
+    suite: str  # suite name
+    backbone: str  # backbone spec string, e.g. "resnet9"
+    norm: str  # full norm spec string, e.g. "group_norm[num_groups=8]"
+    seed: int  # the run's seed (identifier, not a quantity)
+    overrides: dict[str, Any]  # swept grid keys beyond backbone/norm/seed: key path -> value
+    dataset: str  # dataset display name
+    config: dict[str, Any]  # the resolved cell (bench.config.cell_to_dict)
+    epsilon_target: float  # target epsilon of the (epsilon, delta) budget
+    delta: float  # target delta
+    max_grad_norm: float  # per-example clipping bound C (L2 norm of a gradient)
+
+    # Outcome.
+    status: str  # one of STATUSES: "ok", "failed" or "skipped"
+    error: str | None  # why the run failed or was skipped; None when ok
+    traceback: str  # last frames of the traceback of an unexpected exception (failed only)
+
+    # What was trained.
+    norm_name: str  # registry name of the norm, without parameters
+    norm_params: dict[str, Any]  # the norm's parameters as resolved
+    n_private: int  # N, private training examples (count)
+    n_test: int  # test examples evaluated (count)
+    augmult: int  # augmentation multiplicity K, views per example per step
+    grad_sample_mode: str  # per-sample clipping path: "bk", "hooks" or "functorch"
+    grad_sampler: str  # the norm's registered per-sample-gradient provider
+    grad_sample_paths: dict[str, str]  # trainable layer type -> path its per-sample grads took
+
+    # Accuracy.
+    test_acc: float | None  # top-1 accuracy on the whole test set, a fraction in [0, 1]
+    eval_weights: str  # weights evaluated: "ema" or "final"
+    final_train_loss: float | None  # training loss of the last non-empty logical batch
+
+    # Speed and memory.
+    throughput_img_s: float | None  # DP training images/s, views included, warm-up excluded
+    nonprivate_throughput_img_s: float | None  # same model's non-private images per second
+    dp_nonprivate_throughput_ratio: float | None  # throughput_img_s / nonprivate_throughput_img_s
+    throughput_timed_steps: int  # DP steps the throughput is measured over (count)
+    peak_mem_bytes: int | None  # peak device memory in DP training, bytes; None on the CPU
+    nonprivate_peak_mem_bytes: int | None  # peak device memory, non-private measurement, bytes
+    peak_rss_bytes: int  # peak resident set of the process so far, bytes (an upper bound)
+    memory_measure: str  # how peak_mem_bytes was measured, in words
+    device: str  # device the run was measured on (provenance device_name)
+
+    # Privacy.
+    accountant: str  # accountant the noise was calibrated with: "prv" or "rdp"
+    accountant_note: str  # why an accountant fell back, else ""
+    epsilon_spent: float | None  # epsilon spent by the whole run under `accountant`
+    epsilon_spent_by_accountant: dict[str, float | None]  # accountant -> epsilon spent
+    noise_multiplier: float | None  # DP-SGD sigma, noise std in units of max_grad_norm
+    sample_rate: float  # Poisson sampling rate q = B / N, in (0, 1]
+    steps: int  # DP-SGD steps planned (count)
+    steps_done: int  # DP-SGD steps the optimiser took, as the accountant saw them (count)
+    privacy_charges: list[PrivacyCharge]  # other privacy costs composed into epsilon_spent
+
+    # Time and provenance.
+    train_wall_s: float  # seconds from the start of the run to the end of training
+    wall_s: float  # seconds the whole run took, evaluation and measurements included
+    provenance: Provenance  # versions, commit and hardware
+
+
+#: The fields that must be finite numbers or null (bools are not numbers here).
+NUMERIC_FIELDS = (
+    "epsilon_target",
+    "delta",
+    "max_grad_norm",
+    "n_private",
+    "n_test",
+    "augmult",
+    "test_acc",
+    "final_train_loss",
+    "throughput_img_s",
+    "nonprivate_throughput_img_s",
+    "dp_nonprivate_throughput_ratio",
+    "throughput_timed_steps",
+    "peak_mem_bytes",
+    "nonprivate_peak_mem_bytes",
+    "peak_rss_bytes",
+    "epsilon_spent",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "steps_done",
+    "train_wall_s",
+    "wall_s",
+)
+
+
+def _is_finite_number(value: object) -> bool:
+    # bool is an int subclass; a true/false accuracy is a bug upstream, not a number.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value)
+
+
+def check_record(record: object) -> str | None:
+    """Why a parsed line of a records file is not a usable record, or None when it is.
+
+    A usable record is a JSON object with a non-empty string ``run_key``, a ``status`` in
+    :data:`STATUSES`, and a finite number or null in each of :data:`NUMERIC_FIELDS` it holds
+    (json reads ``NaN`` and ``Infinity``, which this project never writes). Other fields are not
+    checked: tools may add their own.
+
+    Args:
+        record: The parsed JSON value of one line.
+
+    Returns:
+        One message saying what is wrong, or None.
+    """
+    if not isinstance(record, dict):
+        return f"not a JSON object (got {type(record).__name__})"
+    missing = [name for name in REQUIRED_FIELDS if name not in record]
+    if missing:
+        return f"missing required field(s): {', '.join(missing)}"
+    if not isinstance(record["run_key"], str) or not record["run_key"]:
+        return f"run_key must be a non-empty string (got {record['run_key']!r})"
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r} is not one of {', '.join(STATUSES)}"
+    bad = [
+        f"{name} must be a finite number or null (got {record[name]!r})"
+        for name in NUMERIC_FIELDS
+        if record.get(name) is not None and not _is_finite_number(record[name])
+    ]
+    return "; ".join(bad) or None
