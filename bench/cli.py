@@ -25,7 +25,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.config import load_suite
+    from bench.loading import load_suite
     from bench.runner import default_out_dir, run_suite
 
     suite = load_suite(args.suite, args.set)

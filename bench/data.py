@@ -25,11 +25,14 @@ import torch.nn.functional as F
 
 from bench.config import DataConfig
 from bench.errors import DataError
+from bench.seeds import stream
 
 #: File suffixes an imagefolder source reads (what ``torchvision.io.decode_image`` decodes).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 #: Training examples in CIFAR-10.
 CIFAR10_NUM_TRAIN = 50_000
+#: Classes in CIFAR-10.
+CIFAR10_NUM_CLASSES = 10
 
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
 # Bump when the cache layout changes, so old files are ignored rather than misread.
@@ -135,6 +138,15 @@ def count_train_examples(cfg: DataConfig) -> int:
         available = sum(len(_image_files(root / "train" / c)) for c in classes)
     cap = cfg.train_size
     return available if cap is None else min(available, cap)
+
+
+def count_classes(cfg: DataConfig) -> int:
+    """Classes ``load_dataset`` will produce, without decoding (one directory listing)."""
+    if cfg.source == "synthetic":
+        return cfg.num_classes
+    if cfg.source == "cifar10":
+        return CIFAR10_NUM_CLASSES
+    return len(_class_names(_folder_root(cfg) / "train"))
 
 
 # --- sources ----------------------------------------------------------------------------------
@@ -373,8 +385,7 @@ def _write_cache(path: Path, blob: dict) -> None:
 
 def _generator(seed: int, purpose: str) -> torch.Generator:
     """A CPU generator for one purpose, so the public split does not move when a cap changes."""
-    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return stream(seed, purpose)
 
 
 def _subset(
@@ -427,9 +438,9 @@ class DeviceData:
         """N: the number of private training examples."""
         return self.train_x.shape[0]
 
-    def generator(self, seed: int) -> torch.Generator:
-        """A generator on this data's device, seeded with ``seed``."""
-        return torch.Generator(device=self.device).manual_seed(seed)
+    def generator(self, seed: int, purpose: str) -> torch.Generator:
+        """The run stream of ``purpose`` under run seed ``seed``, on this data's device."""
+        return stream(seed, purpose, self.device)
 
     def sample_rate(self, batch_size: int) -> float:
         """q = B / N: the Poisson sampling rate for an expected batch of ``batch_size``.

@@ -6,30 +6,22 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from bench.config import Cell, Suite
+from bench.config import Suite
+from bench.plan import CellPlan, plan_cells
 from bench.results.records import finished_keys
 
 
-def _privacy_rows(cell: Cell, n_private: int, model_cache: dict) -> list[str]:
-    import torch
-
-    from bench.engine import build_model, plan_privacy
-
-    key = (cell.backbone, cell.norm)
-    if key not in model_cache:  # the charge depends on the architecture only, never on data
-        model_cache[key] = build_model(cell, 10, torch.device("cpu"))
-    model = model_cache[key]
-    plans = {acc: plan_privacy(cell, n_private, model, accountant=acc) for acc in ("prv", "rdp")}
-    chosen = plans[cell.privacy.accountant].calibration
-    charges = (
-        "; ".join(f"{c['steps']}x sigma={c['noise_multiplier']}" for c in plans["prv"].charges)
-        or "-"
-    )
+def _privacy_cells(plan: CellPlan) -> list[str]:
+    if plan.skip_reason:
+        return [f"{plan.sample_rate:.5f}", str(plan.steps), "-", "-", "-", "skipped"]
+    prv, rdp = plan.calibrations["prv"], plan.calibrations["rdp"]
+    chosen = plan.calibration
+    charges = "; ".join(f"{c.steps}x sigma={c.noise_multiplier}" for c in plan.charges) or "-"
     return [
-        f"{plans['prv'].sample_rate:.5f}",
-        str(plans["prv"].steps),
-        f"{plans['prv'].calibration.noise_multiplier:.4f}",
-        f"{plans['rdp'].calibration.noise_multiplier:.4f}",
+        f"{plan.sample_rate:.5f}",
+        str(plan.steps),
+        f"{prv.noise_multiplier:.4f}",
+        f"{rdp.noise_multiplier:.4f}",
         f"{chosen.epsilon_by_accountant['prv']:.3f} / {chosen.epsilon_by_accountant['rdp']:.3f}",
         charges,
     ]
@@ -37,13 +29,10 @@ def _privacy_rows(cell: Cell, n_private: int, model_cache: dict) -> list[str]:
 
 def render_dry_run(suite: Suite, records_path: Path) -> str:
     """A table with one row per cell: what would run and at which noise multiplier."""
-    from bench.data import count_train_examples
-
     done = finished_keys(records_path)
-    rows, sizes, models = [], {}, {}
-    for cell in suite.cells():
-        if cell.data not in sizes:
-            sizes[cell.data] = count_train_examples(cell.data) - cell.data.public_split
+    rows = []
+    for plan in plan_cells(suite.cells(), accountants=("prv", "rdp")):
+        cell = plan.cell
         extras = ",".join(f"{k}={v}" for k, v in sorted(cell.overrides.items())) or "-"
         rows.append(
             [
@@ -52,8 +41,9 @@ def render_dry_run(suite: Suite, records_path: Path) -> str:
                 cell.norm,
                 cell.seed,
                 extras,
-                sizes[cell.data],
-                *_privacy_rows(cell, sizes[cell.data], models),
+                plan.n_private,
+                plan.num_classes,
+                *_privacy_cells(plan),
                 "yes" if cell.run_key in done else "no",
             ]
         )
@@ -71,6 +61,7 @@ def render_dry_run(suite: Suite, records_path: Path) -> str:
             "seed",
             "grid extras",
             "N",
+            "classes",
             "q",
             "steps",
             "sigma (prv)",

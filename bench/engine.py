@@ -27,10 +27,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 import norms
-from bench.backbones import create_backbone
 from bench.config import Cell, DataConfig, TrainingConfig
 from bench.data import Dataset, DeviceData, load_dataset
-from bench.errors import ConfigError
 from bench.measure import (
     StepTimer,
     peak_memory,
@@ -38,10 +36,11 @@ from bench.measure import (
     provenance,
     reset_peak_memory,
 )
-from bench.privacy import Calibration, calibrate_noise, epsilon
+from bench.plan import CellPlan, build_model, plan_cell
+from bench.privacy import epsilon
+from bench.seeds import seed_global
 from bench.steps import DPSGDStep, SGDStep, autocast, make_optimizer
-from norms.dp_batch_norm import calibrate as calibrate_frozen_stats
-from norms.dp_batch_norm import planned_charge
+from norms.lifecycle import RunData
 
 Progress = Callable[[int, int, float], None]
 
@@ -54,62 +53,6 @@ class Diverged(RuntimeError):
 def cached_dataset(cfg: DataConfig) -> Dataset:
     """`load_dataset`, decoded once per process for all the cells that share a data config."""
     return load_dataset(cfg)
-
-
-@dataclass(frozen=True)
-class PrivacyPlan:
-    """What a cell will spend, fixed before training.
-
-    Attributes:
-        n_private: N, the private training set size.
-        sample_rate: q = B / N.
-        steps: DP-SGD steps.
-        calibration: The noise calibration under the suite's accountant.
-        charges: Descriptions of the run's other privacy costs.
-    """
-
-    n_private: int
-    sample_rate: float
-    steps: int
-    calibration: Calibration
-    charges: tuple[dict[str, Any], ...]
-
-
-def plan_privacy(
-    cell: Cell, n_private: int, model: nn.Module, accountant: str | None = None
-) -> PrivacyPlan:
-    """Calibrate DP-SGD's noise so that the cell's whole run spends ``privacy.epsilon``."""
-    training, privacy = cell.training, cell.privacy
-    q = training.batch_size / n_private
-    steps = training.num_steps(n_private)
-    charge = planned_charge(model)
-    extra = [charge.history_entry()] if charge else []
-    calibration = calibrate_noise(
-        privacy.epsilon,
-        privacy.delta,
-        q,
-        steps,
-        extra=extra,
-        accountant=accountant or privacy.accountant,
-    )
-    charges = (
-        (
-            {
-                "description": charge.description,
-                "noise_multiplier": charge.noise_multiplier,
-                "sample_rate": charge.sample_rate,
-                "steps": charge.steps,
-            },
-        )
-        if charge
-        else ()
-    )
-    return PrivacyPlan(n_private, q, steps, calibration, charges)
-
-
-def build_model(cell: Cell, num_classes: int, device: torch.device) -> nn.Module:
-    """The cell's backbone with its norm, on ``device``."""
-    return create_backbone(cell.backbone, norm=cell.norm, num_classes=num_classes).to(device)
 
 
 def grad_sample_paths(model: nn.Module, mode: str) -> dict[str, str]:
@@ -198,32 +141,6 @@ def _check_loss(value: float, step: int, max_loss: float) -> None:
         raise Diverged(f"diverged: loss is {value:.4g} at step {step}")
 
 
-def _calibrate_statistics(
-    model: nn.Module, resolved: norms.ResolvedNorm, data: DeviceData, seed: int, batch: int
-) -> None:
-    """Fill dp_batch_norm statistics: from public examples, or with DP from a private subset."""
-    if resolved.needs_public_data:
-        if data.public_x is None:
-            raise ConfigError(
-                f"{resolved} needs public data but the suite declares none (set data.public_split)"
-            )
-        source = data.public_x
-    elif resolved.privacy_cost:
-        k = min(int(resolved.params["calib_examples"]), data.num_private)
-        # A random subset chosen without looking at the examples; its size is public.
-        pick = torch.randperm(
-            data.num_private, generator=data.generator(seed + 1), device=data.device
-        )[:k]
-        source = data.train_x[pick]
-    else:
-        return
-    calibrate_frozen_stats(
-        model,
-        lambda: (data.prepare_eval(x) for x in source.split(batch)),
-        generator=data.generator(seed + 2),
-    )
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceData, batch: int, precision: str) -> float:
     """Top-1 accuracy on the whole test set."""
@@ -251,7 +168,7 @@ def nonprivate_throughput(
         max_physical_batch=training.max_physical_batch,
         precision=training.precision,
     )
-    gen = data.generator(seed + 3)
+    gen = data.generator(seed, "nonprivate")
     views = _Views(data, training, gen)
     timer = StepTimer(data.device, training.throughput_warmup_steps)
     n = min(training.batch_size, data.num_private)
@@ -265,42 +182,56 @@ def nonprivate_throughput(
     return timer.throughput, peak_memory(data.device)
 
 
-def train_cell(
-    cell: Cell, device: torch.device, *, progress: Progress | None = None
-) -> dict[str, Any]:
-    """Train one cell with DP-SGD and return its measured record fields (status ``ok``).
+@dataclass
+class _Run:
+    """A cell set up for training: its data, model, plan and the objects the loop drives."""
 
-    The cell's identity (run key, backbone, norm, seed, targets, config) is the runner's part
-    of the record (`bench.runner.run_cell`), written the same way whatever the outcome.
+    cell: Cell
+    device: torch.device
+    data: DeviceData
+    norm: norms.ResolvedNorm
+    model: nn.Module
+    plan: CellPlan
+    initial: nn.Module | None
+    dp_step: DPSGDStep
+    accountant: RDPAccountant
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: AveragedModel | None
+    started: float
 
-    Raises:
-        IncompatibleError: The backbone refuses the norm (the runner records a skip).
-        Diverged: The loss became non-finite or exceeded ``max_loss``.
-        ConfigError: The cell cannot run as configured.
-    """
+
+def _setup(cell: Cell, device: torch.device) -> _Run:
+    """Data on the device, the model, its norm prepared, the privacy plan and the DP step."""
     started = time.perf_counter()
     training, privacy = cell.training, cell.privacy
-    torch.manual_seed(cell.seed)
     dataset = cached_dataset(cell.data)
     data = DeviceData(dataset, device, normalize=cell.data.normalize)
     resolved = norms.resolve_norm(cell.norm)
+    seed_global(cell.seed, "init")
     model = build_model(cell, dataset.num_classes, device)
-    plan = plan_privacy(cell, data.num_private, model)
-    sigma = plan.calibration.noise_multiplier
-    _calibrate_statistics(model, resolved, data, cell.seed, training.eval_batch_size)
+    plan = plan_cell(cell, model=model)
+    resolved.prepare(
+        model,
+        RunData(
+            private_x=data.train_x,
+            public_x=data.public_x,
+            to_input=data.prepare_eval,
+            batch_size=training.eval_batch_size,
+            generator=lambda purpose: data.generator(cell.seed, f"norm.{purpose}"),
+        ),
+    )
     # The untrained model for the non-private measurement, copied only when it is wanted.
     initial = copy.deepcopy(model) if training.measure_nonprivate else None
-
     dp_step = DPSGDStep(
         model,
         make_optimizer(model.parameters(), **_optim_kwargs(training)),
-        noise_multiplier=sigma,
+        noise_multiplier=plan.noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
         expected_batch_size=training.batch_size,
         max_physical_batch=training.max_physical_batch,
         mode=training.grad_sample_mode,
         precision=training.precision,
-        generator=data.generator(cell.seed + 4),
+        generator=data.generator(cell.seed, "noise"),
     )
     # Opacus' accountant records every step the optimizer actually takes, with its (sigma, q).
     accountant = RDPAccountant()
@@ -309,52 +240,102 @@ def train_cell(
         dp_step.optimizer.original_optimizer, lr_lambda(training, plan.steps)
     )
     ema = ema_model(model, training.ema) if training.ema else None
-    gen = data.generator(cell.seed)
-    views = _Views(data, training, gen)
-    timer = StepTimer(device, training.throughput_warmup_steps)
-    reset_peak_memory(device)
+    return _Run(
+        cell,
+        device,
+        data,
+        resolved,
+        model,
+        plan,
+        initial,
+        dp_step,
+        accountant,
+        scheduler,
+        ema,
+        started,
+    )
+
+
+def _train(run: _Run, progress: Progress | None) -> tuple[float, StepTimer]:
+    """The DP-SGD loop; returns the last non-empty step's loss and the step timer."""
+    training = run.cell.training
+    sampling = run.data.generator(run.cell.seed, "sampling")
+    views = _Views(run.data, training, run.data.generator(run.cell.seed, "augmentation"))
+    seed_global(run.cell.seed, "dropout")
+    timer = StepTimer(run.device, training.throughput_warmup_steps)
+    reset_peak_memory(run.device)
     loss_value = float("nan")
-    model.train()
-    for step in range(plan.steps):
+    run.model.train()
+    for step in range(run.plan.steps):
         images: list[int] = []
         with timer.step(images):
-            x, y = views(data.poisson_batch(training.batch_size, gen))
-            loss = dp_step(x, y)
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            x, y = views(run.data.poisson_batch(training.batch_size, sampling))
+            loss = run.dp_step(x, y)
+            run.scheduler.step()
+            if run.ema is not None:
+                run.ema.update_parameters(run.model)
             images.append(x.shape[0] * x.shape[1])
         if x.shape[0]:
             loss_value = loss
             _check_loss(loss_value, step, training.max_loss)
         if progress is not None:
-            progress(step + 1, plan.steps, loss_value)
-    dp_peak = peak_memory(device)
-    train_s = time.perf_counter() - started
+            progress(step + 1, run.plan.steps, loss_value)
+    return loss_value, timer
 
-    steps_done = sum(n for _s, _q, n in accountant.history)
-    history = [*plan.calibration.extra, *accountant.history]
-    spent = {acc: epsilon(history, privacy.delta, acc) for acc in ("prv", "rdp")}
-    chosen = spent[plan.calibration.accountant]
-    eval_model = ema.module if ema is not None else model
-    test_acc = evaluate(eval_model, data, training.eval_batch_size, training.precision)
+
+def _spent(run: _Run) -> dict[str, Any]:
+    """Epsilon spent under each accountant, from the steps taken and the charges made."""
+    history = [*run.plan.calibration.extra, *run.accountant.history]
+    spent = {acc: epsilon(history, run.cell.privacy.delta, acc) for acc in ("prv", "rdp")}
+    chosen = spent[run.plan.calibration.accountant]
+    return {
+        "epsilon_spent": chosen.epsilon,
+        "epsilon_spent_by_accountant": {a: r.epsilon for a, r in spent.items()},
+        "accountant": chosen.accountant,
+        "accountant_note": "; ".join(filter(None, [run.plan.calibration.note, chosen.note])),
+        "steps_done": sum(n for _s, _q, n in run.accountant.history),
+    }
+
+
+def train_cell(
+    cell: Cell, device: torch.device, *, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Train one cell with DP-SGD and return its measured record fields (status ``ok``).
+
+    The cell's identity (run key, backbone, norm, seed, targets, config) is the runner's part
+    of the record (`bench.runner.run_cell`), written the same way whatever the outcome. Every
+    random source draws from its own named stream of the cell's seed (`bench.seeds`).
+
+    Raises:
+        IncompatibleError: The backbone refuses the norm (the runner records a skip).
+        Diverged: The loss became non-finite or exceeded ``max_loss``.
+        ConfigError: The cell cannot run as configured.
+    """
+    run = _setup(cell, device)
+    training = cell.training
+    loss_value, timer = _train(run, progress)
+    dp_peak = peak_memory(device)
+    train_s = time.perf_counter() - run.started
+    spent = _spent(run)
+    eval_model = run.ema.module if run.ema is not None else run.model
+    test_acc = evaluate(eval_model, run.data, training.eval_batch_size, training.precision)
     np_tput, np_peak = (
-        nonprivate_throughput(initial, data, training, cell.seed)
-        if training.measure_nonprivate
+        nonprivate_throughput(run.initial, run.data, training, cell.seed)
+        if run.initial is not None
         else (None, None)
     )
     dp_tput = timer.throughput
-    norm_spec = norms.get_norm(resolved.name)
     prov = provenance(device)  # runs git twice: once per cell
+    clipper = getattr(run.dp_step, "clipper", None)
     return {
         "status": "ok",
         "error": None,
-        "norm_name": resolved.name,
-        "norm_params": dict(resolved.params),
-        "n_private": data.num_private,
-        "n_test": int(data.test_x.shape[0]),
+        "norm_name": run.norm.name,
+        "norm_params": dict(run.norm.params),
+        "n_private": run.data.num_private,
+        "n_test": int(run.data.test_x.shape[0]),
         "test_acc": test_acc,
-        "eval_weights": "ema" if ema is not None else "final",
+        "eval_weights": "ema" if run.ema is not None else "final",
         "final_train_loss": loss_value,
         "throughput_img_s": dp_tput,
         "nonprivate_throughput_img_s": np_tput,
@@ -370,20 +351,18 @@ def train_cell(
             "resident set so far"
         ),
         "device": prov["device_name"],
-        "epsilon_spent": chosen.epsilon,
-        "epsilon_spent_by_accountant": {a: r.epsilon for a, r in spent.items()},
-        "accountant": chosen.accountant,
-        "accountant_note": "; ".join(filter(None, [plan.calibration.note, chosen.note])),
-        "noise_multiplier": sigma,
-        "sample_rate": plan.sample_rate,
-        "steps": plan.steps,
-        "steps_done": steps_done,
-        "privacy_charges": list(plan.charges),
+        **spent,
+        "noise_multiplier": run.plan.noise_multiplier,
+        "sample_rate": run.plan.sample_rate,
+        "steps": run.plan.steps,
+        "privacy_charges": [c.as_record() for c in run.plan.charges],
         "augmult": training.augmult,
         "grad_sample_mode": training.grad_sample_mode,
-        "grad_sampler": norm_spec.grad_sampler,
-        "grad_sample_paths": grad_sample_paths(model, training.grad_sample_mode),
+        "grad_sampler": run.norm.spec.grad_sampler,
+        "grad_sample_paths": grad_sample_paths(run.model, training.grad_sample_mode),
+        "bk_fallback_classes": clipper.fallback_classes if clipper is not None else [],
+        "random_streams": "named: sha256(seed, purpose) per source (bench.seeds)",
         "train_wall_s": train_s,
-        "wall_s": time.perf_counter() - started,
+        "wall_s": time.perf_counter() - run.started,
         "provenance": prov,
     }

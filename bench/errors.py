@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
-
-
-def closest(name: str, choices: Iterable[str]) -> str | None:
-    """The valid name closest to ``name``, or None when nothing is close."""
-    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return matches[0] if matches else None
 
 
 class BenchError(Exception):
@@ -45,6 +38,10 @@ class ConfigError(BenchError):
         if allowed:
             text += f"; allowed: {allowed}"
         if choices is not None and isinstance(given, str):
+            # The one closest-name helper is the registry's; imported here, on the error path,
+            # because importing `norms` imports torch, which the report code never needs.
+            from norms.errors import closest
+
             hint = closest(given, choices)
             if hint:
                 text += f" (did you mean {hint!r}?)"

@@ -21,24 +21,13 @@ def _params(defaults, choices=None) -> str:
 
 
 def _dp_status(spec: norms.NormSpec) -> str:
-    resolved = spec.resolve()
-    variants = spec.choices.get("stats")
-    if variants:  # dp_batch_norm: the status depends on the variant
-        out = []
-        for v in variants:
-            r = spec.resolve({"stats": v})
-            out.append(
-                f"{v}: "
-                + (
-                    "budget-charged"
-                    if r.privacy_cost
-                    else "public data"
-                    if r.needs_public_data
-                    else "per-sample"
-                )
-            )
-        return "; ".join(out)
-    return "per-sample" if spec.dp_safe and not resolved.privacy_cost else "budget-charged"
+    """The norm's DP status; per value of a choice parameter where the values differ."""
+    default = spec.resolve().dp_status
+    for key, values in spec.choices.items():
+        statuses = {v: spec.resolve({key: v}).dp_status for v in values}
+        if len(set(statuses.values())) > 1:
+            return "; ".join(f"{key}={v}: {status}" for v, status in statuses.items())
+    return default
 
 
 def render_listing() -> str:

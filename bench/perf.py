@@ -38,7 +38,7 @@ from bench.measure import (
     tensor_peak_bytes,
 )
 from bench.steps import DPSGDStep, SGDStep, make_optimizer
-from norms.dp_batch_norm import calibrate
+from norms.lifecycle import synthetic_run_data
 
 KINDS = ("nonprivate", "dp", "dp-opacus-hooks")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -64,6 +64,12 @@ def random_device_data(n: int, device: torch.device) -> DeviceData:
     return DeviceData(dataset, device)
 
 
+def _prepare(model: torch.nn.Module, norm: str, size: int, device: torch.device) -> None:
+    """Run the norm's preparation hook (statistics) on random images: timing needs a prepared
+    model, not meaningful statistics."""
+    norms.resolve_norm(norm).prepare(model, synthetic_run_data((3, size, size), device=device))
+
+
 def make_step(
     backbone: str,
     norm: str,
@@ -83,11 +89,7 @@ def make_step(
     device = device or resolve_device()
     torch.manual_seed(0)
     model = create_backbone(backbone, norm=norm, width=width).to(device)
-    calibrate(
-        model,
-        lambda: [torch.randn(64, 3, size, size, device=device)],
-        generator=torch.Generator(device=device).manual_seed(0),
-    )
+    _prepare(model, norm, size, device)
     model.train()
     opt = make_optimizer(model.parameters(), lr=0.1)
     if kind == "nonprivate":
@@ -265,7 +267,7 @@ def opacus_tutorial_comparison(
     step, _, _ = make_step(backbone, norm, "dp", batch=batch, device=device)
     data = random_device_data(n, device)
     u8, labels = data.train_x.cpu(), data.train_y.cpu()
-    gen = data.generator(0)
+    gen = data.generator(0, "sampling")
 
     def engine_step() -> int:
         idx = data.poisson_batch(batch, gen)
@@ -294,7 +296,7 @@ def opacus_tutorial_comparison(
 
     torch.manual_seed(0)
     model = create_backbone(backbone, norm=norm).to(device)
-    calibrate(model, lambda: [torch.randn(64, 3, 32, 32, device=device)])
+    _prepare(model, norm, 32, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(Images(), batch_size=batch, num_workers=0)
     model, optimizer, loader = PrivacyEngine(accountant="rdp").make_private(

@@ -1,10 +1,10 @@
 """Privacy accounting: calibrate DP-SGD's noise so the whole run spends the target epsilon.
 
 Opacus' ``get_noise_multiplier`` calibrates a run made of DP-SGD steps alone. A run here may
-also release DP statistics (``dp_batch_norm[stats=private_dp]``), so the search below composes
-every cost of the run in one accountant history, ``[(sigma, q, steps), *extra charges]``, and
-bisects on the DP-SGD noise multiplier. The epsilon reported after a run is computed the same
-way from what the run actually did (steps taken, charges made).
+also release DP statistics (a norm that reads private data before training), so the search
+below composes every cost of the run in one accountant history, ``[(sigma, q, steps), *extra
+charges]``, and bisects on the DP-SGD noise multiplier. The epsilon reported after a run is
+computed the same way from what the run actually did (steps taken, charges made).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _calibrate(
             raise PrivacyError(
                 f"the run's other privacy costs alone spend epsilon={base:.3g}, "
                 f"above the target {target_epsilon}; lower them (e.g. a larger "
-                f"dp_batch_norm noise_multiplier)"
+                f"noise multiplier for the norm's statistics)"
             )
     if accountant == "rdp":  # cheap at any sigma: bracket from 1 by doubling and halving
         start, factor = 1.0, 2.0

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import Cell, Suite, cell_to_dict, suite_to_dict
-from bench.errors import BenchError, IncompatibleError, PrivacyError
+from bench.errors import BenchError, IncompatibleError
+from bench.plan import cell_label
 from bench.results.records import append_record, finished_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,11 +77,6 @@ def write_suite_json(suite: Suite, out_dir: Path) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def cell_label(cell: Cell) -> str:
-    extra = ",".join(f"{k}={v}" for k, v in sorted(cell.overrides.items()))
-    return f"{cell.backbone} {cell.norm} seed={cell.seed}" + (f" {extra}" if extra else "")
 
 
 def _base_record(cell: Cell) -> dict[str, Any]:
@@ -172,41 +168,20 @@ def pending_cells(suite: Suite, records_path: Path, force: bool) -> tuple[list[C
 
 
 def preflight(cells: Sequence[Cell]) -> None:
-    """Calibrate every cell's noise before the first cell runs.
+    """Plan and calibrate every cell before the first cell runs (`bench.plan.plan_cells`).
 
     A budget no noise multiplier can meet, or a data folder that cannot be counted, then stops
     the sweep before anything is written, instead of after the cells before it have run.
     Seconds: the data is counted, not loaded, and calibrations are memoised across cells.
+    Cells whose backbone refuses the norm pass: they run as refused and are recorded skipped.
 
     Raises:
         PrivacyError: Naming the first cell that cannot be calibrated.
     """
-    if not cells:
-        return
-    import torch
+    if cells:
+        from bench.plan import plan_cells  # torch: only when there is something to run
 
-    from bench.data import count_train_examples
-    from bench.engine import build_model, plan_privacy
-
-    sizes: dict = {}
-    by_arch: dict[tuple[str, str], list[Cell]] = {}
-    for cell in cells:
-        by_arch.setdefault((cell.backbone, cell.norm), []).append(cell)
-    for group in by_arch.values():
-        # The privacy charge of DP statistics depends on the architecture only: one model per
-        # (backbone, norm), dropped before the next is built.
-        try:
-            model = build_model(group[0], 10, torch.device("cpu"))
-        except IncompatibleError:
-            continue  # the cells run as refused and are recorded as skipped
-        for cell in group:
-            if cell.data not in sizes:
-                sizes[cell.data] = count_train_examples(cell.data) - cell.data.public_split
-            try:
-                plan_privacy(cell, sizes[cell.data], model)
-            except PrivacyError as err:
-                raise PrivacyError(f"{cell_label(cell)}: {err}") from None
-        del model
+        plan_cells(cells)
 
 
 def run_suite(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 from opacus.grad_sample import register_grad_sampler
@@ -29,30 +28,10 @@ from torch import nn
 
 from norms.clipping import AffineRule, register_clip_rule
 from norms.errors import NormSpecError
-from norms.registry import register_norm
+from norms.lifecycle import PrivacyCharge, RunData
+from norms.registry import ResolvedNorm, register_norm
 
 STATS_VARIANTS = ("public", "private_dp")
-
-
-@dataclass(frozen=True)
-class PrivacyCharge:
-    """A privacy cost that the accountant must be charged, in Opacus' history format.
-
-    Attributes:
-        noise_multiplier: Gaussian noise std divided by the L2 sensitivity.
-        sample_rate: Probability that an example takes part in one release (1.0: every one).
-        steps: How many such releases were made.
-        description: What was released, for the record.
-    """
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    description: str
-
-    def history_entry(self) -> tuple[float, float, int]:
-        """The ``(noise_multiplier, sample_rate, steps)`` triple Opacus accountants store."""
-        return (self.noise_multiplier, self.sample_rate, self.steps)
 
 
 class ChannelAffine(nn.Module):
@@ -153,6 +132,27 @@ class FrozenStatsNorm(nn.Module):
         return f"{self.num_channels}, stats={self.stats}{extra}"
 
 
+def _charge(model: nn.Module, norm: ResolvedNorm) -> PrivacyCharge | None:
+    return planned_charge(model)
+
+
+def _prepare(model: nn.Module, norm: ResolvedNorm, data: RunData) -> None:
+    """Fill the statistics: from the public examples, or with DP from a private subset."""
+    if norm.needs_public_data:
+        if data.public_x is None:
+            raise NormSpecError(
+                f"{norm} needs public data but the run has none (set data.public_split)"
+            )
+        source = data.public_x
+    else:
+        k = min(int(norm.params["calib_examples"]), data.num_private)
+        # A random subset chosen without looking at the examples; its size is public.
+        generator = data.generator("dp_batch_norm.calibration_subset")
+        pick = torch.randperm(data.num_private, generator=generator, device=generator.device)
+        source = data.private_x[pick[:k].to(data.private_x.device)]
+    calibrate(model, data.batches(source), generator=data.generator("dp_batch_norm.noise"))
+
+
 @register_norm(
     "dp_batch_norm",
     choices={"stats": STATS_VARIANTS},
@@ -160,6 +160,9 @@ class FrozenStatsNorm(nn.Module):
     needs_public_data=lambda p: p["stats"] == "public",
     privacy_cost=lambda p: p["stats"] == "private_dp",
     always_shown=("stats",),
+    prepare=_prepare,
+    charge=_charge,
+    test_variants=("stats=private_dp",),
 )
 def dp_batch_norm(
     num_channels: int,

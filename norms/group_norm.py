@@ -30,7 +30,7 @@ def num_groups_for(
     return groups
 
 
-@register_norm("group_norm", grad_sampler="opacus")
+@register_norm("group_norm", grad_sampler="opacus", test_variants=("group_size=8",))
 def group_norm(
     num_channels: int,
     *,

@@ -311,6 +311,7 @@ def _kn_conv(
     fused_conv_factory=_kn_conv,
     grad_sampler="custom",
     grad_sample_modes=("hooks",),
+    oracle_params={"dropout": 0.0, "head_dropout": 0.0},
 )
 def kernel_norm(
     num_channels: int,

@@ -26,7 +26,9 @@ class ChannelLayerNorm(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
 
-@register_norm("layer_norm", choices={"over": ("chw", "c")}, grad_sampler="opacus")
+@register_norm(
+    "layer_norm", choices={"over": ("chw", "c")}, grad_sampler="opacus", test_variants=("over=c",)
+)
 def layer_norm(
     num_channels: int, *, over: str = "chw", eps: float = 1e-5, device=None, dtype=None
 ) -> nn.Module:

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from norms.errors import DuplicateNormError, NormSpecError, UnknownNormError
+from norms.lifecycle import PrivacyCharge, RunData
 
 #: Per-sample-gradient paths a layer can take, as recorded in results.
 GRAD_SAMPLERS = ("opacus", "custom", "functorch", "none")
@@ -19,6 +20,8 @@ _SPEC_RE = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(?:\[(.*)\])?\s*$")
 _RESERVED = ("device", "dtype")
 
 BoolOrFn = bool | Callable[[Mapping[str, Any]], bool]
+PrepareHook = Callable[[nn.Module, "ResolvedNorm", RunData], None]
+ChargeHook = Callable[[nn.Module, "ResolvedNorm"], "PrivacyCharge | None"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,16 @@ class NormSpec:
             the flag exists so that a non-DP variant could never reach a DP leaderboard).
         always_shown: Parameters printed in the spec string even at their default, because a
             reader must see them (``dp_batch_norm[stats=public]``).
+        conv_bias: A convolution followed by this norm keeps its bias (true only where the
+            norm has no shift of its own to replace it, e.g. the identity).
+        prepare: ``prepare(model, norm, data)``: fills the norm's layers from
+            `norms.lifecycle.RunData` before training (statistics); None when nothing is read.
+        charge: ``charge(model, norm) -> PrivacyCharge | None``: the privacy cost ``prepare``
+            will spend, known before any data is read.
+        test_variants: Parameter settings (``"group_size=8"``) whose layers differ enough from
+            the default to be tested too; the tests take every norm and these from here.
+        oracle_params: Parameters that make the forward pass deterministic (no dropout), which
+            the per-sample-gradient oracles need.
     """
 
     name: str
@@ -62,27 +75,22 @@ class NormSpec:
     privacy_cost: BoolOrFn = False
     dp_safe: bool = True
     always_shown: tuple[str, ...] = ()
+    conv_bias: bool = False
+    prepare: PrepareHook | None = None
+    charge: ChargeHook | None = None
+    test_variants: tuple[str, ...] = ()
+    oracle_params: Mapping[str, Any] = field(default_factory=dict)
 
     def resolve(self, params: Mapping[str, Any] | None = None) -> ResolvedNorm:
-        """Check ``params`` against the factory's signature and return the concrete norm."""
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
-            raise NormSpecError(
-                f"norm {self.name!r} takes no parameter {unknown[0]!r}; its parameters: {allowed}"
-            )
-        full = dict(self.defaults)
-        for key, value in params.items():
-            full[key] = coerce_value(self.name, key, value, self.defaults[key])
-            if key in self.choices and full[key] not in self.choices[key]:
-                raise NormSpecError(
-                    f"norm {self.name!r}: {key}={full[key]!r} is not allowed; "
-                    f"allowed: {', '.join(map(str, self.choices[key]))}"
-                )
-        explicit = {
-            k: v for k, v in full.items() if v != self.defaults[k] or k in self.always_shown
-        }
+        """Check ``params`` against the factory's signature and return the concrete norm.
+
+        Raises:
+            NormSpecError: An unknown parameter, a value of the wrong type or one outside its
+                choices.
+        """
+        full, explicit = resolve_params(
+            "norm", self.name, self.defaults, params or {}, self.choices, self.always_shown
+        )
         return ResolvedNorm(spec=self, params=full, explicit=explicit)
 
 
@@ -118,6 +126,34 @@ class ResolvedNorm:
     def privacy_cost(self) -> bool:
         flag = self.spec.privacy_cost
         return bool(flag(self.params) if callable(flag) else flag)
+
+    @property
+    def conv_bias(self) -> bool:
+        return self.spec.conv_bias
+
+    @property
+    def dp_status(self) -> str:
+        """``budget-charged`` (reads private data, charged to the budget), ``public data``
+        (reads only public data) or ``per-sample`` (reads nothing across examples)."""
+        if not self.spec.dp_safe:
+            return "not DP"
+        if self.privacy_cost:
+            return "budget-charged"
+        return "public data" if self.needs_public_data else "per-sample"
+
+    def charge(self, model: nn.Module) -> PrivacyCharge | None:
+        """The privacy cost `prepare` will spend on ``model``, before any data is read."""
+        return self.spec.charge(model, self) if self.spec.charge else None
+
+    def prepare(self, model: nn.Module, data: RunData) -> None:
+        """Fill the norm's layers in ``model`` from ``data`` before training (a no-op for
+        norms that read no data)."""
+        if self.spec.prepare:
+            self.spec.prepare(model, self, data)
+
+    def variant(self, **params: Any) -> ResolvedNorm:
+        """This norm with some parameters changed."""
+        return self.spec.resolve({**self.explicit, **params})
 
     def layer(self, num_channels: int, *, device=None, dtype=None) -> nn.Module:
         """Build the norm for ``num_channels`` channels (the call shape timm's blocks use)."""
@@ -157,6 +193,11 @@ def register_norm(
     privacy_cost: BoolOrFn = False,
     dp_safe: bool = True,
     always_shown: tuple[str, ...] = (),
+    conv_bias: bool = False,
+    prepare: PrepareHook | None = None,
+    charge: ChargeHook | None = None,
+    test_variants: tuple[str, ...] = (),
+    oracle_params: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a norm factory under ``name``; see `NormSpec` for the meaning of each flag.
 
@@ -185,6 +226,11 @@ def register_norm(
             privacy_cost=privacy_cost,
             dp_safe=dp_safe,
             always_shown=tuple(always_shown),
+            conv_bias=conv_bias,
+            prepare=prepare,
+            charge=charge,
+            test_variants=tuple(test_variants),
+            oracle_params=dict(oracle_params or {}),
         )
         return factory
 
@@ -208,18 +254,19 @@ def list_norms() -> list[str]:
     return list(_REGISTRY)
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+def parse_spec(
+    spec: str, what: str = "norm", error: type[Exception] = NormSpecError
+) -> tuple[str, dict[str, str]]:
     """Split ``"group_norm[num_groups=8]"`` into ``("group_norm", {"num_groups": "8"})``.
 
-    Values stay strings here; `NormSpec.resolve` converts them to the parameter's type.
+    Values stay strings here; `resolve_params` converts them to the parameter's type. ``what``
+    names the kind of spec in messages (``norm``, ``backbone``) and ``error`` is raised.
     """
     if not isinstance(spec, str):
-        raise NormSpecError(
-            f"a norm spec must be a string such as 'group_norm[num_groups=8]', got {spec!r}"
-        )
+        raise error(f"a {what} spec must be a string such as 'name[key=value]', got {spec!r}")
     match = _SPEC_RE.match(spec)
     if not match:
-        raise NormSpecError(f"malformed norm spec {spec!r}; expected name or name[key=value,...]")
+        raise error(f"malformed {what} spec {spec!r}; expected name or name[key=value,...]")
     name, body = match.group(1), match.group(2)
     params: dict[str, str] = {}
     if body is not None and body.strip():
@@ -227,11 +274,47 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             key, sep, value = item.partition("=")
             key = key.strip()
             if not sep or not key or not value.strip():
-                raise NormSpecError(f"malformed parameter {item.strip()!r} in norm spec {spec!r}")
+                raise error(f"malformed parameter {item.strip()!r} in {what} spec {spec!r}")
             if key in params:
-                raise NormSpecError(f"parameter {key!r} given twice in norm spec {spec!r}")
+                raise error(f"parameter {key!r} given twice in {what} spec {spec!r}")
             params[key] = value.strip()
     return name, params
+
+
+def resolve_params(
+    what: str,
+    name: str,
+    defaults: Mapping[str, Any],
+    params: Mapping[str, Any],
+    choices: Mapping[str, tuple[Any, ...]] | None = None,
+    always_shown: tuple[str, ...] = (),
+    error: type[Exception] = NormSpecError,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check spec parameters against a factory's keyword defaults: the one rule norms and
+    backbones share.
+
+    Returns:
+        ``(full, explicit)``: every parameter with its value, and those that differ from the
+        default (or are always shown), which the canonical spec string prints.
+
+    Raises:
+        error: An unknown parameter, a value of the wrong type, or one outside its choices.
+    """
+    choices = choices or {}
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        allowed = ", ".join(sorted(defaults)) or "none"
+        raise error(f"{what} {name!r} takes no parameter {unknown[0]!r}; its parameters: {allowed}")
+    full = dict(defaults)
+    for key, value in params.items():
+        full[key] = coerce_value(name, key, value, defaults[key], what=what, error=error)
+        if key in choices and full[key] not in choices[key]:
+            raise error(
+                f"{what} {name!r}: {key}={full[key]!r} is not allowed; "
+                f"allowed: {', '.join(map(str, choices[key]))}"
+            )
+    explicit = {k: v for k, v in full.items() if v != defaults[k] or k in always_shown}
+    return full, explicit
 
 
 def format_spec(name: str, params: Mapping[str, Any]) -> str:
@@ -278,11 +361,19 @@ def _keyword_defaults(factory: Callable[..., nn.Module]) -> dict[str, Any]:
     return defaults
 
 
-def coerce_value(norm: str, key: str, value: Any, default: Any) -> Any:
+def coerce_value(
+    name: str,
+    key: str,
+    value: Any,
+    default: Any,
+    *,
+    what: str = "norm",
+    error: type[Exception] = NormSpecError,
+) -> Any:
     """Convert a spec value (often a string from YAML or the CLI) to the type of ``default``."""
     if not isinstance(value, str) or isinstance(default, str):
         if isinstance(default, bool) and not isinstance(value, bool):
-            raise NormSpecError(f"norm {norm!r}: {key} must be true or false, got {value!r}")
+            raise error(f"{what} {name!r}: {key} must be true or false, got {value!r}")
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value
@@ -302,7 +393,7 @@ def coerce_value(norm: str, key: str, value: Any, default: Any) -> Any:
             return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
     except ValueError:
         kind = "true or false" if isinstance(default, bool) else type(default).__name__
-        raise NormSpecError(f"norm {norm!r}: {key} must be {kind}, got {value!r}") from None
+        raise error(f"{what} {name!r}: {key} must be {kind}, got {value!r}") from None
     return text
 
 

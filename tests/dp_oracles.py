@@ -12,6 +12,10 @@ from opacus.utils.per_sample_gradients_utils import (
 )
 from torch import nn
 
+import norms
+from bench.backbones import create_backbone
+from norms.lifecycle import synthetic_run_data
+
 
 def grad_sample_mismatches(
     model: nn.Module, x: torch.Tensor, mode: str, *, atol: float = 1e-9, rtol: float = 1e-6
@@ -88,3 +92,33 @@ def per_example_grads(layer: nn.Module):
 def norms_of(grads: dict) -> torch.Tensor:
     """Per-example L2 norms over every tensor of a {name or param: (N, ...)} dict."""
     return torch.sqrt(sum(v.flatten(1).square().sum(1) for v in grads.values()))
+
+
+def norm_variants() -> list[str]:
+    """Every registered norm, then each declared test variant (`NormSpec.test_variants`), as
+    canonical spec strings: what the contract, oracle and book-keeping tests sweep."""
+    out = []
+    for name in norms.list_norms():
+        spec = norms.get_norm(name)
+        out.append(str(spec.resolve()))
+        out += [str(norms.resolve_norm(f"{name}[{v}]")) for v in spec.test_variants]
+    return out
+
+
+def oracle_variant(norm: str) -> str:
+    """``norm`` with its declared `NormSpec.oracle_params` (e.g. no dropout), so that two
+    forward passes agree, as the per-sample-gradient oracles need."""
+    resolved = norms.resolve_norm(norm)
+    return str(resolved.variant(**resolved.spec.oracle_params))
+
+
+def prepared_backbone(
+    backbone: str, norm: str, *, width: float, size: int, dtype=torch.float64, seed: int = 0
+) -> nn.Module:
+    """A small backbone with ``norm``, its preparation hook run on random inputs."""
+    torch.manual_seed(seed)
+    model = create_backbone(backbone, norm=norm, width=width).to(dtype)
+    norms.resolve_norm(norm).prepare(
+        model, synthetic_run_data((3, size, size), examples=16, dtype=dtype, seed=seed)
+    )
+    return model

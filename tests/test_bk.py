@@ -10,20 +10,12 @@ from timm.layers import ScaledStdConv2d
 import norms.clipping as clipping_module
 from bench.backbones import create_backbone, list_backbones
 from bench.bk import BookKeepingClipper, layer_norms, rule_for
-from norms.dp_batch_norm import calibrate
-from tests.dp_oracles import norms_of, per_example_grads
+from tests.dp_oracles import norms_of, per_example_grads, prepared_backbone
 from tests.test_dp_guarantees import NORM_VARIANTS, SIZE, WIDTH
 
 
 def build(backbone: str, norm: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create_backbone(backbone, norm=norm, width=WIDTH).double()
-    calibrate(
-        model,
-        lambda: [torch.randn(16, 3, SIZE, SIZE, dtype=torch.float64)],
-        generator=torch.Generator().manual_seed(0),
-    )
-    return model
+    return prepared_backbone(backbone, norm, width=WIDTH, size=SIZE)
 
 
 def oracle(model, x, y, clip):
@@ -117,12 +109,7 @@ def test_bf16_autocast_keeps_each_clipped_contribution_within_the_bound(backbone
     the sensitivity the accountant assumes.
     """
     torch.manual_seed(0)
-    model = create_backbone(backbone, norm=norm, width=0.25)
-    calibrate(
-        model,
-        lambda: [torch.randn(16, 3, 32, 32)],
-        generator=torch.Generator().manual_seed(0),
-    )
+    model = prepared_backbone(backbone, norm, width=0.25, size=32, dtype=torch.float32)
     clipper = BookKeepingClipper(model)
     clip = 1e-3  # far below every example's norm, so every example is clipped
     ratios = []

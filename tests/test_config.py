@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from bench.config import (
+    ReportConfig,
     Suite,
     TrainingConfig,
+    alpha_problem,
     cell_to_dict,
-    load_suite,
     suite_to_dict,
 )
 from bench.errors import ConfigError
+from bench.loading import load_suite, reload_with_overrides
 
-SUITES = Path(__file__).resolve().parent.parent / "suites"
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = ROOT / "suites"
 DELETE = object()
 
 BASE = {
@@ -383,7 +389,7 @@ def test_overrides_apply_before_validation(tmp_path):
     assert suite.data.dataset_name == "images"
     assert len(suite.cells()) == 1 * 2 * 3 * 2
     assert suite.overrides[0] == "training.steps=100"
-    again = suite.with_overrides(["training.steps=7"])
+    again = reload_with_overrides(suite, ["training.steps=7"])
     assert again.training.steps == 7
     assert again.data.source == "imagefolder"
 
@@ -419,3 +425,33 @@ def test_epochs_convert_to_steps_rounding_up():
     config = TrainingConfig(batch_size=256, epochs=2.5)
     assert config.num_steps(1000) == 10  # ceil(2.5 * 1000 / 256) = ceil(9.77)
     assert TrainingConfig(steps=7).num_steps(1000) == 7
+
+
+def test_a_suite_built_in_code_cannot_be_reloaded_with_overrides(tmp_path):
+    suite = load_suite(write_suite(tmp_path))
+    in_code = dataclasses.replace(suite, path=None)
+    with pytest.raises(ConfigError, match="built in code"):
+        reload_with_overrides(in_code, ["training.steps=7"])
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01, 0.499, 1e-9], ids=str)
+def test_alpha_in_zero_one_half_is_valid(alpha):
+    assert alpha_problem(alpha) is None
+    assert list(ReportConfig(alpha=alpha).problems()) == []
+
+
+@pytest.mark.parametrize(
+    "alpha", [0, 0.5, 0.7, 1, -0.1, math.nan, math.inf, True, "0.05", None], ids=repr
+)
+def test_alpha_outside_zero_one_half_or_not_a_number_is_a_problem(alpha):
+    assert alpha_problem(alpha)
+    assert [field for field, _, _ in ReportConfig(alpha=alpha).problems()] == ["alpha"]
+
+
+def test_importing_the_schema_loads_neither_yaml_nor_torch():
+    heavy = ("yaml", "torch", "norms", "bench.data", "bench.backbones", "bench.loading")
+    code = f"import sys, bench.config; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -46,7 +46,7 @@ def test_poisson_inclusion_is_independent_with_rate_q():
     data = DeviceData(random_dataset(200), "cpu")
     q, draws = 0.1, 3000
     assert data.sample_rate(20) == pytest.approx(q)
-    gen = data.generator(0)
+    gen = data.generator(0, "sampling")
     mask = torch.zeros(draws, 200)
     for i in range(draws):
         mask[i, data.poisson_batch(20, gen)] = 1
@@ -66,7 +66,7 @@ def test_poisson_inclusion_is_independent_with_rate_q():
 
 def test_poisson_batch_can_be_empty_and_flows_through_augmentation():
     data = DeviceData(random_dataset(1000), "cpu")
-    gen = data.generator(0)
+    gen = data.generator(0, "sampling")
     # q = 1/1000: a batch is empty with probability 0.999**1000 = 0.37.
     batches = [data.poisson_batch(1, gen) for _ in range(30)]
     empty = next(b for b in batches if b.numel() == 0)
@@ -79,7 +79,7 @@ def test_same_seed_gives_the_same_batches_and_augmentations():
     data = DeviceData(random_dataset(300), "cpu")
 
     def draw(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = data.generator(seed)
+        gen = data.generator(seed, "sampling")
         idx = data.poisson_batch(64, gen)
         return idx, data.augment(data.train_x[idx], views=3, padding=2, flip=True, generator=gen)
 
@@ -98,7 +98,9 @@ def test_same_seed_gives_the_same_batches_and_augmentations():
 def test_each_view_is_a_window_of_the_reflect_padded_image(padding, flip):
     data = DeviceData(random_dataset(6, size=8), "cpu", normalize=False)
     x = data.train_x
-    out = data.augment(x, views=8, padding=padding, flip=flip, generator=data.generator(1))
+    out = data.augment(
+        x, views=8, padding=padding, flip=flip, generator=data.generator(1, "sampling")
+    )
     assert out.shape == (6, 8, 3, 8, 8)
     assert out.dtype == torch.float32
     pixels = (out * 255).round()
@@ -117,7 +119,7 @@ def test_each_view_is_a_window_of_the_reflect_padded_image(padding, flip):
 def test_augment_without_crop_or_flip_is_normalisation_only():
     data = DeviceData(random_dataset(5), "cpu")
     x = data.train_x
-    out = data.augment(x, views=2, padding=0, flip=False, generator=data.generator(0))
+    out = data.augment(x, views=2, padding=0, flip=False, generator=data.generator(0, "sampling"))
     mean = torch.tensor((0.5, 0.4, 0.3)).view(3, 1, 1)
     std = torch.tensor((0.2, 0.25, 0.3)).view(3, 1, 1)
     expected = (x.float() / 255 - mean) / std

@@ -10,40 +10,31 @@ from torch import nn
 
 import norms
 from bench.backbones import create_backbone, list_backbones
-from norms.dp_batch_norm import calibrate
 from norms.kernel_norm import KNConvCore
-from tests.dp_oracles import grad_sample_mismatches, mixing_examples
+from tests.dp_oracles import (
+    grad_sample_mismatches,
+    mixing_examples,
+    norm_variants,
+    oracle_variant,
+    prepared_backbone,
+)
 
-#: Every registered norm, plus the variants whose layers differ (statistics dropout is switched
-#: off where the oracle needs determinism; the mixing test keeps it on).
-NORM_VARIANTS = [
-    "none",
-    "group_norm",
-    "group_norm[group_size=8]",
-    "layer_norm",
-    "layer_norm[over=c]",
-    "scale_norm",
-    "dp_batch_norm",
-    "dp_batch_norm[stats=private_dp]",
-    "kernel_norm[dropout=0.0,head_dropout=0.0]",
-]
+#: Every registered norm and the variants it declares, deterministic for the oracles (e.g.
+#: statistics dropout off); the mixing test sweeps `MIXING_VARIANTS`, dropout on.
+MIXING_VARIANTS = norm_variants()
+NORM_VARIANTS = [oracle_variant(v) for v in MIXING_VARIANTS]
 WIDTH, SIZE = 0.125, 16
 
 
-def test_variants_cover_every_registered_norm():
-    covered = {norms.resolve_norm(v).name for v in NORM_VARIANTS}
-    assert covered == set(norms.list_norms())
+def test_declared_test_variants_are_valid_and_differ_from_the_default():
+    for name in norms.list_norms():
+        spec = norms.get_norm(name)
+        for variant in spec.test_variants:
+            assert norms.resolve_norm(f"{name}[{variant}]") != spec.resolve(), (name, variant)
 
 
 def build(backbone: str, norm: str, dtype=torch.float64) -> nn.Module:
-    torch.manual_seed(0)
-    model = create_backbone(backbone, norm=norm, width=WIDTH).to(dtype)
-    calibrate(
-        model,
-        lambda: [torch.randn(16, 3, SIZE, SIZE, dtype=dtype)],
-        generator=torch.Generator().manual_seed(0),
-    )
-    return model
+    return prepared_backbone(backbone, norm, width=WIDTH, size=SIZE, dtype=dtype)
 
 
 CASES = [
@@ -62,7 +53,7 @@ def test_per_sample_gradients_equal_gradients_of_one_example_batches(backbone, n
 
 
 @pytest.mark.parametrize("backbone", sorted(list_backbones()))
-@pytest.mark.parametrize("norm", [*NORM_VARIANTS[:-1], "kernel_norm"])
+@pytest.mark.parametrize("norm", MIXING_VARIANTS)
 def test_changing_one_example_leaves_other_examples_untouched(backbone, norm):
     model = build(backbone, norm)
     x = torch.randn(4, 3, SIZE, SIZE, dtype=torch.float64)
@@ -93,7 +84,7 @@ def test_gradient_oracle_catches_a_wrong_grad_sampler(monkeypatch):
 
 
 @pytest.mark.parametrize("backbone", sorted(list_backbones()))
-@pytest.mark.parametrize("norm", [*NORM_VARIANTS[:-1], "kernel_norm"])
+@pytest.mark.parametrize("norm", MIXING_VARIANTS)
 def test_every_pair_survives_make_private_and_one_dp_step(backbone, norm):
     model = build(backbone, norm, dtype=torch.float32)
     x = torch.randn(8, 3, SIZE, SIZE)

@@ -177,8 +177,8 @@ def test_baseline_and_alpha_arguments_override_the_suite(tmp_path: Path) -> None
     assert "**Baseline:** `group_norm`; **α** = 0.01" in overridden
 
 
-@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.5], ids=str)
-def test_alpha_outside_zero_one_is_a_config_error(tmp_path: Path, alpha: float) -> None:
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.7, 1.0, -0.5, True], ids=str)
+def test_alpha_outside_zero_one_half_is_a_config_error(tmp_path: Path, alpha: float) -> None:
     run_dir = write_run(tmp_path, grid({"group_norm": [0.6]}))
     with pytest.raises(ConfigError, match="alpha"):
         report.write_report(run_dir, alpha=alpha)

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 import bench.engine
+import bench.plan
 from bench.cli import main
-from bench.config import load_suite
+from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.runner import run_suite
 
@@ -297,5 +298,5 @@ def test_preflight_leaves_a_refused_pair_to_be_recorded_as_skipped(tiny, monkeyp
     def refuse(*_args, **_kwargs):
         raise IncompatibleError("this backbone refuses this norm")
 
-    monkeypatch.setattr(bench.engine, "build_model", refuse)
+    monkeypatch.setattr(bench.plan, "build_model", refuse)
     preflight(load_suite(tiny).cells())  # no error

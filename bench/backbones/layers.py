@@ -85,8 +85,9 @@ class NormPlan:
         return self.norm.layer(channels) if self.norm.post_residual else None
 
     def _bias(self) -> bool:
-        # Without any norm after it a convolution keeps its bias; a norm's shift replaces it.
-        return self.norm.name == "none"
+        # A norm's shift replaces the bias of the convolution before it; a norm without one
+        # (the identity) says so and the convolution keeps its bias.
+        return self.norm.conv_bias
 
     def conv_norm(self, cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Module:
         """Conv -> Norm (post-norm blocks); one KNConv2d for KernelNorm."""

@@ -12,8 +12,8 @@ from torch import nn
 
 from bench.errors import BackboneError
 from norms import ResolvedNorm, format_spec, parse_spec, resolve_norm
-from norms.errors import NormSpecError, closest
-from norms.registry import coerce_value
+from norms.errors import closest
+from norms.registry import resolve_params
 
 DEFAULT_NORM = "group_norm[num_groups=16]"
 _COMMON = ("num_classes", "in_chans")
@@ -137,27 +137,14 @@ def get_backbone(name: str) -> BackboneSpec:
 
 def resolve_backbone(spec: str) -> ResolvedBackbone:
     """Resolve ``"wrn16_4[width=0.5]"`` to a `ResolvedBackbone` (errors are `BackboneError`)."""
-    try:
-        name, params = parse_spec(spec)
-    except NormSpecError as err:
-        raise BackboneError(str(err).replace("norm spec", "backbone spec")) from None
+    name, params = parse_spec(spec, "backbone", BackboneError)
     return _resolve(get_backbone(name), params)
 
 
 def _resolve(spec: BackboneSpec, params: Mapping[str, Any]) -> ResolvedBackbone:
-    unknown = sorted(set(params) - set(spec.defaults))
-    if unknown:
-        allowed = ", ".join(sorted(spec.defaults)) or "none"
-        raise BackboneError(
-            f"backbone {spec.name!r} takes no parameter {unknown[0]!r}; its parameters: {allowed}"
-        )
-    full = dict(spec.defaults)
-    try:
-        for key, value in params.items():
-            full[key] = coerce_value(spec.name, key, value, spec.defaults[key])
-    except NormSpecError as err:
-        raise BackboneError(str(err).replace("norm ", "backbone ", 1)) from None
-    explicit = {k: v for k, v in full.items() if v != spec.defaults[k]}
+    full, explicit = resolve_params(
+        "backbone", spec.name, spec.defaults, params, error=BackboneError
+    )
     return ResolvedBackbone(spec=spec, params=full, explicit=explicit)
 
 

@@ -72,6 +72,8 @@ class Record(TypedDict, total=False):
     grad_sample_mode: str  # per-sample clipping path: "bk", "hooks" or "functorch"
     grad_sampler: str  # the norm's registered per-sample-gradient provider
     grad_sample_paths: dict[str, str]  # trainable layer type -> path its per-sample grads took
+    bk_fallback_classes: list[str]  # layer classes the book-keeping clipper materialised via Opacus
+    random_streams: str  # how the run's random streams derive from its seed (bench.seeds)
 
     # Accuracy.
     test_acc: float | None  # top-1 accuracy on the whole test set, a fraction in [0, 1]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from bench.config import alpha_problem
 from bench.errors import ConfigError, RecordsError
 from bench.results import figures, stats
 from bench.results.record import Record
@@ -140,9 +141,13 @@ def _resolve_alpha(alpha: float | None, suite: Mapping) -> float:
         source = "report.alpha"
     if alpha is None:
         return DEFAULT_ALPHA
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+    problem = alpha_problem(alpha)
+    if problem is not None:
         raise ConfigError(
-            "invalid significance level", key=source, given=alpha, allowed="a number in (0, 1)"
+            f"invalid significance level: {problem}",
+            key=source,
+            given=alpha,
+            allowed="0 < alpha < 0.5",
         )
     return float(alpha)
 
@@ -623,7 +628,7 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
     Raises:
         RecordsError: When the records file is missing or unreadable, or suite.json is not
             valid JSON.
-        ConfigError: When alpha is not in (0, 1).
+        ConfigError: When alpha is not in (0, 0.5).
     """
     run_dir = Path(run_dir)
     records_path = run_dir / RECORDS_FILE

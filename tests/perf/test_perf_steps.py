@@ -213,7 +213,7 @@ def test_device_data_path(benchmark, sizes, views):
     benchmark.group = "data path (sampling + augmentation)"
     n = 50_000 if ON_GPU else 10_000
     data = random_device_data(n, DEVICE)
-    gen = data.generator(0)
+    gen = data.generator(0, "sampling")
     batch = 4096 if ON_GPU else 512
 
     def call():

@@ -1,0 +1,185 @@
+"""Planning: turn a suite's cells into what each run will be (N, q, steps, sigma, charges, classes).
+
+The one place a cell is sized and its privacy calibrated. Suite validation (`data_size`,
+`size_cell`), the runner's preflight (`plan_cells`), ``--dry-run`` and the engine itself
+(`plan_cell` on the model it trains) all read it, so what is checked, shown and run agree.
+Sizing reads no image: the data is counted, not decoded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from bench.config import Cell, DataConfig
+from bench.errors import IncompatibleError, PrivacyError
+
+if TYPE_CHECKING:
+    from bench.privacy import Calibration
+
+
+@dataclass(frozen=True)
+class DataSize:
+    """The sizes of a data config, counted without decoding.
+
+    Attributes:
+        n_train: Training examples, public split included.
+        n_public: Examples held out as public data.
+        num_classes: Number of classes.
+    """
+
+    n_train: int
+    n_public: int
+    num_classes: int
+
+    @property
+    def n_private(self) -> int:
+        """N: the private training set size."""
+        return self.n_train - self.n_public
+
+
+@functools.lru_cache(maxsize=64)
+def data_size(cfg: DataConfig) -> DataSize:
+    """Count ``cfg``'s examples and classes (an imagefolder costs one directory walk).
+
+    Raises:
+        DataError: When the data cannot be counted (names the path).
+    """
+    from bench.data import count_classes, count_train_examples  # torch: only when counting
+
+    return DataSize(count_train_examples(cfg), cfg.public_split, count_classes(cfg))
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """What one cell will run, fixed before training.
+
+    Attributes:
+        cell: The cell.
+        n_private: N, the private training set size.
+        num_classes: Classes of the data.
+        sample_rate: q = B / N.
+        steps: DP-SGD steps.
+        calibrations: The noise calibration under each accountant asked for.
+        charges: The run's other privacy costs (a norm's preparation), composed into the
+            calibration.
+        skip_reason: Why the backbone refuses the norm (the cell will be recorded as
+            skipped); None when it runs. A skipped cell has no calibration.
+    """
+
+    cell: Cell
+    n_private: int
+    num_classes: int
+    sample_rate: float
+    steps: int
+    calibrations: Mapping[str, Calibration] = field(default_factory=dict)
+    charges: tuple = ()
+    skip_reason: str | None = None
+
+    @property
+    def calibration(self) -> Calibration:
+        """The calibration under the suite's accountant (the one the run uses)."""
+        return self.calibrations[self.cell.privacy.accountant]
+
+    @property
+    def noise_multiplier(self) -> float:
+        return self.calibration.noise_multiplier
+
+
+def size_cell(cell: Cell, size: DataSize) -> tuple[float, int]:
+    """``(q, steps)`` of a cell on data of this size."""
+    n = size.n_private
+    return cell.training.batch_size / n, cell.training.num_steps(n)
+
+
+def plan_cell(
+    cell: Cell,
+    *,
+    model=None,
+    accountants: Sequence[str] | None = None,
+    size: DataSize | None = None,
+) -> CellPlan:
+    """Size a cell and calibrate DP-SGD's noise so that its whole run spends the target.
+
+    Args:
+        model: The cell's model; built on the CPU when not given (the privacy charge of a
+            norm's preparation depends on the architecture only, never on data).
+        accountants: Calibrate under each of these (default: the suite's accountant only).
+        size: The data's size (default: counted).
+
+    Raises:
+        PrivacyError: No noise multiplier meets the target.
+    """
+    import norms  # torch and Opacus: only when planning
+    from bench.privacy import calibrate_noise
+
+    size = size or data_size(cell.data)
+    q, steps = size_cell(cell, size)
+    base = {"cell": cell, "n_private": size.n_private, "num_classes": size.num_classes}
+    if model is None:
+        try:
+            model = build_model(cell, size.num_classes, "cpu")
+        except IncompatibleError as err:
+            return CellPlan(**base, sample_rate=q, steps=steps, skip_reason=str(err))
+    charge = norms.resolve_norm(cell.norm).charge(model)
+    charges = (charge,) if charge else ()
+    extra = [c.history_entry() for c in charges]
+    calibrations = {
+        acc: calibrate_noise(
+            cell.privacy.epsilon, cell.privacy.delta, q, steps, extra=extra, accountant=acc
+        )
+        for acc in (accountants or (cell.privacy.accountant,))
+    }
+    return CellPlan(**base, sample_rate=q, steps=steps, calibrations=calibrations, charges=charges)
+
+
+def plan_cells(cells: Iterable[Cell], accountants: Sequence[str] | None = None) -> list[CellPlan]:
+    """`plan_cell` for every cell, building one CPU model per (backbone, norm, classes) and
+    dropping it before the next (the calibrations themselves are memoised in
+    `bench.privacy`).
+
+    Raises:
+        PrivacyError: Naming the first cell whose target cannot be met.
+    """
+    plans: list[CellPlan] = []
+    models: dict[tuple, object] = {}
+    for cell in cells:
+        size = data_size(cell.data)
+        key = (cell.backbone, cell.norm, size.num_classes)
+        if key not in models:
+            models.clear()
+            try:
+                models[key] = build_model(cell, size.num_classes, "cpu")
+            except IncompatibleError as err:
+                models[key] = err
+        model = models[key]
+        if isinstance(model, IncompatibleError):
+            q, steps = size_cell(cell, size)
+            plans.append(
+                CellPlan(cell, size.n_private, size.num_classes, q, steps, skip_reason=str(model))
+            )
+            continue
+        try:
+            plans.append(plan_cell(cell, model=model, accountants=accountants, size=size))
+        except PrivacyError as err:
+            raise PrivacyError(f"{err} (cell {cell_label(cell)})") from None
+    return plans
+
+
+def build_model(cell: Cell, num_classes: int, device):
+    """The cell's backbone with its norm, on ``device``.
+
+    Raises:
+        IncompatibleError: The backbone refuses the norm.
+    """
+    from bench.backbones import create_backbone  # torch: only when building
+
+    return create_backbone(cell.backbone, norm=cell.norm, num_classes=num_classes).to(device)
+
+
+def cell_label(cell: Cell) -> str:
+    """``backbone norm seed=s extra=v`` for messages and progress output."""
+    extra = ",".join(f"{k}={v}" for k, v in sorted(cell.overrides.items()))
+    return f"{cell.backbone} {cell.norm} seed={cell.seed}" + (f" {extra}" if extra else "")
