@@ -351,7 +351,11 @@ def train_cell(
             "resident set so far"
         ),
         "device": prov["device_name"],
-        **spent,
+        "epsilon_spent": spent["epsilon_spent"],
+        "epsilon_spent_by_accountant": spent["epsilon_spent_by_accountant"],
+        "accountant": spent["accountant"],
+        "accountant_note": spent["accountant_note"],
+        "steps_done": spent["steps_done"],
         "noise_multiplier": run.plan.noise_multiplier,
         "sample_rate": run.plan.sample_rate,
         "steps": run.plan.steps,
