@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.config import DEFAULT_NORM
 from bench.errors import PrivacyError, user_errors
 
 
@@ -123,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_report = sub.add_parser("report", help="rebuild DIR/leaderboard.md from DIR/records.jsonl")
     p_report.add_argument("dir", help="a suite's output directory, e.g. reports/smoke")
-    p_report.add_argument("--baseline", help="baseline norm (default: the suite's, or group_norm)")
+    p_report.add_argument(
+        "--baseline", help=f"baseline norm (default: the suite's, or {DEFAULT_NORM})"
+    )
     p_report.add_argument("--alpha", type=float, help="significance level (default 0.05)")
     p_report.set_defaults(func=_cmd_report)
     return parser

@@ -20,6 +20,9 @@ from bench.errors import ConfigError
 TOP_LEVEL_KEYS = ("name", "description", "data", "privacy", "training", "grid", "report")
 #: Grid keys every suite sweeps; any other grid key is a dotted path such as ``training.lr``.
 GRID_REQUIRED = ("backbone", "norm", "seed")
+#: The norm every other is compared with unless a suite says otherwise, and the norm a backbone
+#: gets when none is named: GroupNorm, the DP-safe norm of De et al.'s and Klause et al.'s recipes.
+DEFAULT_NORM = "group_norm"
 
 # Fields that say where files live or how a dataset is labelled, not what is computed: moving the
 # cache or relabelling the dataset must not invalidate finished runs.
@@ -61,7 +64,7 @@ class DataConfig:
         image_size: Side of the synthetic images in pixels (ignored by the other sources).
         public_split: Training examples held out as public data: excluded from the private
             training set and read only by norms that need public data
-            (``dp_batch_norm[stats=public]``).
+            (e.g. a BatchNorm with public statistics).
         split_seed: Fixes the public split, any subset and the synthetic images; independent of
             the run seeds so that every norm and seed sees the same data.
         normalize: Standardise inputs with ``mean`` and ``std`` after scaling to [0, 1].
@@ -290,7 +293,7 @@ class ReportConfig:
         alpha: Family-wise significance level (Holm-corrected), in (0, 0.5).
     """
 
-    baseline: str = "group_norm"
+    baseline: str = DEFAULT_NORM
     alpha: float = 0.05
 
     def problems(self) -> Iterator[Problem]:

@@ -29,7 +29,7 @@ from bench.config import (
 )
 from bench.errors import BackboneError, BenchError, ConfigError
 from bench.plan import data_size
-from norms import resolve_norm
+from norms import load_plugins, resolve_norm
 from norms.errors import NormError
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -51,6 +51,7 @@ def load_suite(path: str | Path, overrides: Sequence[str] = ()) -> Suite:
             path, the value given, what is allowed and the closest valid name.
     """
     path = Path(path).expanduser()
+    load_plugins()  # other packages' norms, before any norm in the suite is resolved
     raw = _read_yaml(path)
     ctx = _Context(str(path))
     for item in overrides:

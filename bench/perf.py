@@ -27,6 +27,7 @@ import torch
 
 import norms
 from bench.backbones import create_backbone, list_backbones
+from bench.config import DEFAULT_NORM
 from bench.data import Dataset, DeviceData
 from bench.measure import (
     device_name,
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         help="which steps to time (nonprivate is always included)",
     )
     opa.add_argument("--backbone", default="wrn16_4")
-    opa.add_argument("--norm", default="group_norm")
+    opa.add_argument("--norm", default=DEFAULT_NORM)
     opa.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
     if args.cmd == "one":

@@ -37,5 +37,9 @@ class NormSpecError(NormError):
     """Raised when a spec string is malformed or names a parameter the norm does not take."""
 
 
+class NormPluginError(NormError):
+    """Raised when a package's ``dp_norm_bench.norms`` entry point fails to import."""
+
+
 class DuplicateNormError(NormError):
     """Raised when a second norm is registered under a name already taken."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from norms.errors import DuplicateNormError, NormSpecError, UnknownNormError
+from norms.errors import DuplicateNormError, NormPluginError, NormSpecError, UnknownNormError
 from norms.lifecycle import PrivacyCharge, RunData
 
 #: Per-sample-gradient paths a layer can take, as recorded in results.
@@ -237,12 +237,49 @@ def register_norm(
     return decorator
 
 
+#: The entry-point group through which other packages add norms: each entry point names a
+#: module (``my_package.my_norm``) that registers its norms with `register_norm` on import.
+ENTRY_POINT_GROUP = "dp_norm_bench.norms"
+_PLUGINS_LOADED: set[str] = set()
+
+
+def load_plugins() -> list[str]:
+    """Import every module declared in the `ENTRY_POINT_GROUP` of an installed distribution
+    that has not been imported yet; returns the entry points loaded now.
+
+    Called by `list_norms`, by `get_norm` before it reports a name as unknown, and by suite
+    loading before any suite is validated, so a plugin's norms are everywhere a built-in is.
+
+    Raises:
+        NormPluginError: An entry point fails to import (names it and the error).
+    """
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        key = f"{point.name}={point.value}"
+        if key in _PLUGINS_LOADED:
+            continue
+        _PLUGINS_LOADED.add(key)  # before loading: a plugin may look norms up as it loads
+        try:
+            point.load()
+        except Exception as err:
+            raise NormPluginError(
+                f"norm plugin {point.name!r} ({point.value}, entry point group "
+                f"{ENTRY_POINT_GROUP}) failed to import: {type(err).__name__}: {err}"
+            ) from err
+        loaded.append(point.name)
+    return loaded
+
+
 def get_norm(name: str) -> NormSpec:
-    """The spec registered under ``name``.
+    """The spec registered under ``name`` (by this package or by a plugin).
 
     Raises:
         UnknownNormError: Listing the registered names and the closest match.
     """
+    if name not in _REGISTRY:
+        load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -250,7 +287,8 @@ def get_norm(name: str) -> NormSpec:
 
 
 def list_norms() -> list[str]:
-    """Registered norm names, in registration order."""
+    """Registered norm names, built-in ones in registration order, then the plugins'."""
+    load_plugins()
     return list(_REGISTRY)
 
 

@@ -14,8 +14,9 @@ class KNResNet13(nn.Module):
     """12 normalising convolutions and a linear head.
 
     ``stem(64) -> block(64) -> [trans(c) + maxpool -> block(c)] for c in (128, 256, 256)``,
-    where a block is ``x + NC(Act(NC(Act(x))))`` and NC is a KNConv2d (for other norms:
-    Norm -> Conv, keeping the normalise-then-convolve order; the stem is Conv -> Norm).
+    where a block is ``x + NC(Act(NC(Act(x))))`` and NC is the norm's fused normalising
+    convolution (for other norms: Norm -> Conv, keeping the normalise-then-convolve order;
+    the stem is Conv -> Norm).
     Head: standalone norm (per-pixel KernelNorm, statistics dropout 0.5) -> Act ->
     AdaptiveAvgPool(2) -> Linear(4*256, classes).
     The paper gives widths 64-64-128-256-256 with max-pooling between stages; the exact
@@ -69,7 +70,7 @@ def knresnet13(
     width: float = 1.0,
     act_layer: str = "relu",
 ) -> KNResNet13:
-    """KNResNet-13 (Nasirigerdeh et al.), built for kernel_norm; other norms take Norm -> Conv."""
+    """KNResNet-13 (Nasirigerdeh et al.), built for KernelNorm; other norms take Norm -> Conv."""
     return KNResNet13(
         NormPlan(norm), num_classes=num_classes, in_chans=in_chans, width=width, act_layer=act_layer
     )

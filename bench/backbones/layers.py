@@ -90,14 +90,14 @@ class NormPlan:
         return self.norm.conv_bias
 
     def conv_norm(self, cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Module:
-        """Conv -> Norm (post-norm blocks); one KNConv2d for KernelNorm."""
+        """Conv -> Norm (post-norm blocks); the norm's fused convolution for a fused-conv norm."""
         if self.fused:
             return self.norm.fused_conv_layer(cin, cout, k, stride=stride)
         return nn.Sequential(self.conv(cin, cout, k, stride, bias=self._bias()), self.layer(cout))
 
     def norm_conv(self, cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Module:
-        """Norm -> Conv (pre-norm blocks); one KNConv2d for KernelNorm, which normalises its
-        input windows before convolving them."""
+        """Norm -> Conv (pre-norm blocks); the fused convolution of a fused-conv norm
+        (KernelNorm), which normalises its input windows before convolving them."""
         if self.fused:
             return self.norm.fused_conv_layer(cin, cout, k, stride=stride)
         return nn.Sequential(self.layer(cin), self.conv(cin, cout, k, stride, bias=True))

@@ -10,12 +10,12 @@ from typing import Any
 from timm.models import register_model
 from torch import nn
 
+from bench.config import DEFAULT_NORM
 from bench.errors import BackboneError
 from norms import ResolvedNorm, format_spec, parse_spec, resolve_norm
 from norms.errors import closest
 from norms.registry import resolve_params
 
-DEFAULT_NORM = "group_norm[num_groups=16]"
 _COMMON = ("num_classes", "in_chans")
 
 

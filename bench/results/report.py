@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from bench.config import alpha_problem
+from bench.config import DEFAULT_NORM, alpha_problem
 from bench.errors import ConfigError, RecordsError
 from bench.results import figures, stats
 from bench.results.record import Record
@@ -19,7 +19,6 @@ from bench.results.records import read_records
 RECORDS_FILE = "records.jsonl"
 SUITE_FILE = "suite.json"
 LEADERBOARD_FILE = "leaderboard.md"
-DEFAULT_BASELINE = "group_norm"
 DEFAULT_ALPHA = 0.05
 CONFIDENCE = 0.95
 
@@ -635,7 +634,7 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
     read = read_records(records_path)
     suite = _load_suite(run_dir / SUITE_FILE)
     resolved_alpha = _resolve_alpha(alpha, suite)
-    resolved_baseline = baseline or _section(suite, "report").get("baseline") or DEFAULT_BASELINE
+    resolved_baseline = baseline or _section(suite, "report").get("baseline") or DEFAULT_NORM
     # The leaderboard sits beside the records file, so the file's own name is the useful
     # reference (and an absolute path would make the report depend on where it was built).
     prefix = f"{records_path}:"
