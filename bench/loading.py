@@ -183,7 +183,7 @@ def _build_suite(raw: dict[str, Any], ctx: _Context, path: Path, overrides: tupl
     if not isinstance(description, str):
         raise ctx.error("description", "must be a string", given=description, allowed="text")
     sections = {s: _parse_section(s, raw.get(s), ctx) for s in SECTIONS}
-    baseline = _canonical_norm(sections["report"].baseline, "report.baseline", ctx)
+    baseline = _canonical_spec("norm", sections["report"].baseline, "report.baseline", ctx)
     sections["report"] = dataclasses.replace(sections["report"], baseline=baseline)
     grid = _parse_grid(raw["grid"], ctx)
     return Suite(
@@ -337,9 +337,9 @@ def _parse_grid_values(key: str, raw: Any, ctx: _Context) -> tuple[Any, ...]:
     for i, item in enumerate(items):
         ikey = f"{gkey}[{i}]" if swept else gkey
         if key == "backbone":
-            value = _canonical_backbone(item, ikey, ctx)
+            value = _canonical_spec("backbone", item, ikey, ctx)
         elif key == "norm":
-            value = _canonical_norm(item, ikey, ctx)
+            value = _canonical_spec("norm", item, ikey, ctx)
         elif key == "seed":
             if not isinstance(item, int) or isinstance(item, bool) or item < 0:
                 raise ctx.error(
@@ -366,31 +366,21 @@ def _is_tuple_hint(hint: Any) -> bool:
     return typing.get_origin(hint) is tuple
 
 
-def _canonical_norm(spec: Any, key: str, ctx: _Context) -> str:
-    if not isinstance(spec, str):
-        raise ctx.error(
-            key,
-            "must be a norm spec string",
-            given=spec,
-            allowed="e.g. group_norm or group_norm[num_groups=8]",
-        )
-    try:
-        return str(resolve_norm(spec))
-    except NormError as err:
-        raise ctx.error(key, str(err), given=spec) from None
+#: What a spec string names, how to resolve it, its errors and an example of the form.
+_SPEC_KINDS = {
+    "norm": (resolve_norm, NormError, "e.g. group_norm or group_norm[num_groups=8]"),
+    "backbone": (resolve_backbone, BackboneError, "e.g. wrn16_4 or wrn16_4[width=0.5]"),
+}
 
 
-def _canonical_backbone(spec: Any, key: str, ctx: _Context) -> str:
+def _canonical_spec(kind: str, spec: Any, key: str, ctx: _Context) -> str:
+    """The canonical spec string of a norm or backbone, or an error naming file and key."""
+    resolve, error, example = _SPEC_KINDS[kind]
     if not isinstance(spec, str):
-        raise ctx.error(
-            key,
-            "must be a backbone spec string",
-            given=spec,
-            allowed="e.g. wrn16_4 or wrn16_4[width=0.5]",
-        )
+        raise ctx.error(key, f"must be a {kind} spec string", given=spec, allowed=example)
     try:
-        return str(resolve_backbone(spec))
-    except BackboneError as err:
+        return str(resolve(spec))
+    except error as err:
         raise ctx.error(key, str(err), given=spec) from None
 
 
