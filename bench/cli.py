@@ -43,6 +43,8 @@ def _run(args: argparse.Namespace) -> int:
             "timeout_min": args.slurm_time_min,
             "gpus_per_node": args.slurm_gpus,
             "slurm_array_parallelism": args.slurm_parallel,
+            "cluster": args.slurm_cluster,
+            "step_s": args.slurm_step_s,
         }.items()
         if v is not None
     }
@@ -51,6 +53,7 @@ def _run(args: argparse.Namespace) -> int:
             suite,
             out_dir=out_dir,
             force=args.force,
+            retry_failed=args.retry_failed,
             device=args.device,
             executor=args.executor,
             workers=args.workers,
@@ -103,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", help="output directory (default reports/<suite name>)")
     p_run.add_argument("--force", action="store_true", help="re-run cells that have a record")
     p_run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also re-run cells whose record is failed (interrupted cells always re-run)",
+    )
+    p_run.add_argument(
         "--dry-run",
         action="store_true",
         help="print the grid and the calibrated noise per accountant; no training",
@@ -119,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--slurm-time-min", type=int)
     p_run.add_argument("--slurm-gpus", type=int, default=None)
     p_run.add_argument("--slurm-parallel", type=int, help="max array jobs running at once")
+    p_run.add_argument(
+        "--slurm-cluster",
+        choices=("slurm", "local", "debug"),
+        help="local or debug: emulate the cluster with submitit's executors on this machine "
+        "(to test a sweep's cluster path); default: SLURM, refused where it is absent",
+    )
+    p_run.add_argument(
+        "--slurm-step-s",
+        type=float,
+        help="seconds per DP step on the cluster's device, to size the time limit when "
+        "--slurm-time-min is not given (default: measured here)",
+    )
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_run.set_defaults(func=_cmd_run)
 

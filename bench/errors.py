@@ -57,6 +57,10 @@ class PrivacyError(BenchError):
     """Raised when a privacy target cannot be met (e.g. no noise multiplier reaches epsilon)."""
 
 
+class ExecutorError(BenchError):
+    """Raised when the chosen executor cannot run here (e.g. SLURM without a cluster)."""
+
+
 class IncompatibleError(BenchError):
     """Raised when a backbone refuses a norm; the runner records the cell as ``skipped``."""
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
-from bench.backbones import resolve_backbone
+from bench.backbones import create_backbone, resolve_backbone
 from bench.config import (
     GRID_REQUIRED,
     GRID_SECTIONS,
@@ -27,7 +28,7 @@ from bench.config import (
     DataConfig,
     Suite,
 )
-from bench.errors import BackboneError, BenchError, ConfigError
+from bench.errors import BackboneError, BenchError, ConfigError, IncompatibleError
 from bench.plan import data_size
 from norms import load_plugins, resolve_norm
 from norms.errors import NormError
@@ -421,6 +422,30 @@ def _check_cells(suite: Suite, ctx: _Context) -> None:
                 given=cell.norm,
                 allowed="data.public_split > 0 (examples held out of the private set)",
             )
+    _check_builds(suite, norm_key or "grid.norm[{}]", norm_index, ctx)
+
+
+def _check_builds(suite: Suite, key_form: str, norm_index: Mapping[str, int], ctx: _Context):
+    """Build every (backbone, norm) pair of the grid, on the meta device (no memory, no
+    compute), so that a norm parameter the norm refuses at some channel count the backbone
+    asks for (``group_norm[num_groups=7]``, ``kernel_norm[dropout=2]``) is refused now, with
+    its key, rather than in every run."""
+
+    grid = dict(suite.grid)
+    for backbone in grid["backbone"]:
+        for norm in grid["norm"]:
+            try:
+                with torch.device("meta"):
+                    create_backbone(backbone, norm=norm)
+            except IncompatibleError:
+                continue  # a refused pair runs as a skip with its reason
+            except (NormError, ValueError) as err:
+                raise ctx.error(
+                    key_form.format(norm_index[norm]),
+                    f"{backbone} cannot build this norm: {err}",
+                    given=norm,
+                    allowed="values the norm accepts at every channel count of the backbone",
+                ) from None
 
 
 def _train_examples(data: DataConfig, where, ctx: _Context) -> int:

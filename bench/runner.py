@@ -2,32 +2,42 @@
 
 Each cell's record is appended only when the cell has ended (``ok``, ``failed`` with the error,
 ``skipped`` with the reason), so a killed sweep leaves either a whole record or none for a cell,
-and re-running the same command resumes with the cells that have none. Executors:
+and re-running the same command resumes with the cells that have none. Two kinds of failure:
+one that belongs to the cell (divergence, out of memory, a crash) is ``failed`` and stays so
+(``retry_failed`` re-runs those); one of the infrastructure (a SLURM time limit or preemption
+that was not requeued, a worker process that died, a job that ended without a record) is
+``interrupted``, and a plain re-run runs the cell again. Executors:
 
 * ``local``: one process, cells in order; or ``workers`` processes (one per visible GPU by
   default when there are several), each taking every n-th cell.
 * ``slurm``: one submitit array job per cell; every job appends to the same records file
-  under a file lock. ``cluster="local"`` runs the same path with submitit's local executor.
+  under a file lock, and is checkpointable (a time limit or preemption requeues it).
+  ``cluster="local"`` runs the same path with submitit's local executor on this machine;
+  without it, a machine without SLURM is refused before anything is submitted.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from bench.config import Cell, Suite, cell_to_dict, suite_to_dict
-from bench.errors import BenchError, IncompatibleError
+from bench.errors import BenchError, ExecutorError, IncompatibleError
 from bench.plan import cell_label
-from bench.results.records import append_record, finished_keys
+from bench.results.record import FINAL_STATUSES
+from bench.results.records import append_record, finished_keys, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,17 +164,76 @@ def _worker(
     return [run_cell(c, records_path, device)["status"] for c in cells]
 
 
-def slurm_job(cell: Cell, records_path: str, device: str | None = None) -> str:
-    """Entry point of one submitit job (module level so that it pickles)."""
-    return run_cell(cell, Path(records_path), device)["status"]
+def record_interrupted(
+    cell: Cell, records_path: Path, reason: str, status: str = "interrupted"
+) -> dict[str, Any]:
+    """Append the record of a run that ended without recording itself: ``interrupted`` when
+    the infrastructure ended it, ``failed`` when it raised where no record could be written."""
+    record = {**_base_record(cell), "status": status, "error": reason, "wall_s": None}
+    append_record(records_path, record)
+    return record
 
 
-def pending_cells(suite: Suite, records_path: Path, force: bool) -> tuple[list[Cell], int]:
-    """The cells to run now, and how many of the grid already have a record."""
+def _without_final_record(cells: Sequence[Cell], records_path: Path) -> list[Cell]:
+    """The cells whose newest record is not one they ended on their own (none, or interrupted)."""
+    done = finished_keys(records_path) if records_path.exists() else set()
+    return [c for c in cells if c.run_key not in done]
+
+
+class SlurmCellJob:
+    """Entry point of one submitit job; checkpointable, so that a time limit or preemption
+    requeues the job instead of ending it (submitit calls `checkpoint` on the signal).
+
+    A module-level class so that it pickles. Until runs checkpoint themselves, a requeued job
+    starts its cell again from step 0.
+    """
+
+    def __call__(self, cell: Cell, records_path: str, device: str | None = None) -> str:
+        return run_cell(cell, Path(records_path), device)["status"]
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def pending_cells(
+    suite: Suite, records_path: Path, force: bool, retry_failed: bool = False
+) -> tuple[list[Cell], int]:
+    """The cells to run now, and how many of the grid already have a final record.
+
+    A cell runs when it has no record, when its newest record is ``interrupted``, with
+    ``retry_failed`` when it is ``failed``, and always with ``force``.
+    """
     cells = suite.cells()
-    done = finished_keys(records_path)
-    already = sum(c.run_key in done for c in cells)
+    statuses = tuple(s for s in FINAL_STATUSES if not (retry_failed and s == "failed"))
+    done = finished_keys(records_path, statuses)
+    already = sum(c.run_key in finished_keys(records_path) for c in cells)
     return (cells if force else [c for c in cells if c.run_key not in done]), already
+
+
+#: ``slurm.cluster`` values that emulate the cluster on this machine (submitit's executors).
+LOCAL_CLUSTERS = ("local", "debug")
+
+
+def check_executor(executor: str, slurm: dict[str, Any] | None) -> None:
+    """Refuse an executor that cannot run here, before anything is written or submitted.
+
+    Raises:
+        ExecutorError: ``slurm`` on a machine without SLURM (no ``sbatch``), unless
+            ``slurm["cluster"]`` asks for local emulation.
+    """
+    if executor != "slurm":
+        return
+    cluster = (slurm or {}).get("cluster")
+    if cluster in LOCAL_CLUSTERS:
+        return
+    if shutil.which("sbatch") is None:
+        raise ExecutorError(
+            "--executor slurm: SLURM is not available on this machine (no sbatch on PATH), "
+            "so nothing was submitted; to test a sweep's cluster path here, add "
+            "--slurm-cluster local"
+        )
 
 
 def preflight(cells: Sequence[Cell]) -> None:
@@ -189,6 +258,7 @@ def run_suite(
     *,
     out_dir: Path | None = None,
     force: bool = False,
+    retry_failed: bool = False,
     device: str | None = None,
     executor: str = "local",
     workers: int | None = None,
@@ -200,17 +270,22 @@ def run_suite(
 
     Args:
         out_dir: Records, suite.json and the leaderboard go here (default reports/<name>).
+        force: Re-run every cell, whatever its record.
+        retry_failed: Also re-run the cells whose newest record is ``failed``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``... (local executor, one worker).
         executor: ``local`` or ``slurm``.
         workers: Local worker processes; default one per visible GPU (one on the CPU).
-        slurm: submitit parameters (``cluster`` = ``local`` runs jobs as local processes).
+        slurm: submitit parameters (``cluster`` = ``local`` runs jobs as local processes;
+            ``step_s``, seconds per DP step on the cluster's device, sizes the time limit when
+            ``timeout_min`` is not given).
         progress: Show a progress bar with the current cell and an ETA.
         report: Write the leaderboard when the sweep ends.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir else default_out_dir(suite)
     records_path = out_dir / "records.jsonl"
-    todo, already = pending_cells(suite, records_path, force)
+    check_executor(executor, slurm)
+    todo, already = pending_cells(suite, records_path, force, retry_failed)
     preflight(todo)
     write_suite_json(suite, out_dir)
     statuses: list[str] = []
@@ -280,25 +355,80 @@ def _run_sequential(
 def _run_parallel(
     todo: Sequence[Cell], records_path: Path, n: int, device: str | None
 ) -> list[str]:
-    """One process per GPU (or per CPU worker), each running every n-th cell."""
+    """One process per GPU (or per CPU worker), each running every n-th cell. A worker that
+    dies leaves its unfinished cells recorded ``interrupted``."""
     import torch
 
     gpus = torch.cuda.is_available() and torch.cuda.device_count() >= n and device != "cpu"
     threads = None if gpus else max(1, (os.cpu_count() or 1) // n)
     print(f"running {len(todo)} cells on {n} {'GPU' if gpus else 'CPU'} workers", file=sys.stderr)
     ctx = get_context("spawn")
+    statuses: list[str] = []
     with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+        shares = [todo[i::n] for i in range(n)]
         futures = [
             pool.submit(
-                _worker,
-                todo[i::n],
-                records_path,
-                f"cuda:{i}" if gpus else (device or "cpu"),
-                threads,
+                _worker, share, records_path, f"cuda:{i}" if gpus else (device or "cpu"), threads
             )
-            for i in range(n)
+            for i, share in enumerate(shares)
         ]
-        return [s for f in futures for s in f.result()]
+        for share, future in zip(shares, futures, strict=True):
+            try:
+                statuses += future.result()
+            except BrokenProcessPool as err:
+                reason = f"the worker process died before this cell ended ({err})"
+                for cell in _without_final_record(share, records_path):
+                    statuses.append(record_interrupted(cell, records_path, reason)["status"])
+    return statuses
+
+
+def slurm_time_limit_min(cells: Sequence[Cell], step_s: float) -> int:
+    """A job's time limit from the longest cell's expected cost: steps x ``step_s`` with 50%
+    headroom, plus 10 minutes for setup, evaluation and the non-private measurement."""
+    longest = max(c.training.num_steps(_n_private(c)) for c in cells)
+    return math.ceil(1.5 * longest * step_s / 60) + 10
+
+
+def _n_private(cell: Cell) -> int:
+    from bench.plan import data_size
+
+    return data_size(cell.data).n_private
+
+
+def measure_step_s(cell: Cell, device: str | None = None, steps: int = 2) -> float:
+    """Seconds per DP-SGD step of ``cell``'s model at its batch, measured here on random data
+    (a logical batch of B examples with K views each, split into physical batches as in the
+    run). An upper bound for a faster cluster device; the estimate a time limit starts from."""
+    import torch
+
+    from bench.measure import resolve_device, synchronize
+    from bench.plan import build_model, data_size
+    from bench.steps import DPSGDStep, make_optimizer
+
+    dev = resolve_device(device)
+    size = data_size(cell.data)
+    t = cell.training
+    model = build_model(cell, size.num_classes, dev)
+    step = DPSGDStep(
+        model,
+        make_optimizer(model.parameters(), lr=t.lr),
+        noise_multiplier=1.0,
+        max_grad_norm=cell.privacy.max_grad_norm,
+        expected_batch_size=t.batch_size,
+        max_physical_batch=t.max_physical_batch,
+        mode=t.grad_sample_mode,
+        precision=t.precision,
+    )
+    side = cell.data.image_size if cell.data.source == "synthetic" else 32
+    x = torch.randn(t.batch_size, t.augmult, 3, side, side, device=dev)
+    y = torch.randint(0, size.num_classes, (t.batch_size,), device=dev)
+    step(x, y)  # warm-up
+    synchronize(dev)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(x, y)
+    synchronize(dev)
+    return (time.perf_counter() - started) / steps
 
 
 def _run_slurm(
@@ -308,27 +438,53 @@ def _run_slurm(
     params: dict[str, Any],
     device: str | None,
 ) -> list[str]:
-    """Submit one array job per cell with submitit and wait for them."""
+    """Submit one checkpointable array job per cell with submitit and wait for them.
+
+    A job that ends without a record of its own (a time limit or preemption that was not
+    requeued, a lost node) is recorded ``interrupted``; one whose cell raised is ``failed``.
+    """
     import submitit
 
     params = dict(params)
     cluster = params.pop("cluster", None)
-    executor = submitit.AutoExecutor(folder=out_dir / "submitit", cluster=cluster)
-    executor.update_parameters(name=f"dpnb-{out_dir.name}", **params)
+    step_s = params.pop("step_s", None)
     if not todo:
         return []
+    if "timeout_min" not in params:
+        source = "given" if step_s is not None else "measured here"
+        if step_s is None:
+            distinct = {(c.backbone, c.norm, c.training): c for c in todo}.values()
+            step_s = max(measure_step_s(c, device) for c in distinct)
+        params["timeout_min"] = slurm_time_limit_min(todo, step_s)
+        print(
+            f"time limit {params['timeout_min']} min per job, from {step_s:.3g} s per step "
+            f"({source}; --slurm-time-min overrides)",
+            file=sys.stderr,
+        )
+    executor = submitit.AutoExecutor(folder=out_dir / "submitit", cluster=cluster)
+    executor.update_parameters(name=f"dpnb-{out_dir.name}", **params)
+    job_fn = SlurmCellJob()
     jobs = executor.map_array(
-        slurm_job, list(todo), [str(records_path)] * len(todo), [device] * len(todo)
+        job_fn, list(todo), [str(records_path)] * len(todo), [device] * len(todo)
     )
     print(f"submitted {len(jobs)} jobs ({jobs[0].job_id.split('_')[0]}); waiting", file=sys.stderr)
     statuses = []
     for job, cell in zip(jobs, todo, strict=True):
         try:
             statuses.append(job.result())
-        except Exception as err:
-            statuses.append("failed")
-            print(
-                f"job {job.job_id} ({cell_label(cell)}) ended without a record: {err}",
-                file=sys.stderr,
-            )
+        except submitit.core.utils.FailedJobError as err:
+            reason = f"the job raised: {str(err).strip().splitlines()[-1]}"
+            statuses.append(_record_job_end(cell, records_path, "failed", reason))
+        except Exception as err:  # the job ended without finishing its cell
+            reason = f"job {job.job_id} ended without a record: {type(err).__name__}: {err}"
+            statuses.append(_record_job_end(cell, records_path, "interrupted", reason))
     return statuses
+
+
+def _record_job_end(cell: Cell, records_path: Path, status: str, reason: str) -> str:
+    """Record how a job ended when the job itself left no final record; print it."""
+    if not _without_final_record([cell], records_path):  # it recorded itself, then ended
+        newest = {r["run_key"]: r for r in read_records(records_path).records}
+        return newest[cell.run_key]["status"]
+    print(f"{status}: {cell_label(cell)}: {reason.splitlines()[0]}", file=sys.stderr)
+    return record_interrupted(cell, records_path, reason, status)["status"]

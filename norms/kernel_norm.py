@@ -20,7 +20,16 @@ from norms.clipping import (
     use_ghost,
     weighted_sum,
 )
+from norms.errors import NormSpecError
 from norms.registry import register_norm
+
+
+def _check_stats_params(dropout: float, eps: float, name: str = "dropout") -> None:
+    """Refuse at construction what F.dropout or the statistics would refuse mid-run."""
+    if not 0.0 <= dropout < 1.0:
+        raise NormSpecError(f"kernel_norm: {name}={dropout} is not a probability in [0, 1)")
+    if eps <= 0:
+        raise NormSpecError(f"kernel_norm: eps={eps} must be > 0")
 
 
 def _stats_input(x: torch.Tensor, p: float, active: bool) -> torch.Tensor:
@@ -202,6 +211,7 @@ class KNConv2d(nn.Module):
     ):
         super().__init__()
         padding = kernel_size // 2 if padding is None else padding
+        _check_stats_params(dropout, eps)
         self.dropout, self.eval_dropout, self.eps = dropout, eval_dropout, eps
         self.core = KNConvCore(
             in_channels,
@@ -242,6 +252,7 @@ class KernelNorm2d(nn.Module):
         eps: float = 1e-5,
     ):
         super().__init__()
+        _check_stats_params(dropout, eps, "head_dropout")
         self.dropout, self.eval_dropout, self.eps = dropout, eval_dropout, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,9 @@ import math
 from typing import Any, TypedDict
 
 #: The values ``status`` may take.
-STATUSES = ("ok", "failed", "skipped")
+STATUSES = ("ok", "failed", "skipped", "interrupted")
+#: Statuses a plain re-run of the suite does not run again: the cell itself decided them.
+FINAL_STATUSES = ("ok", "failed", "skipped")
 
 #: Fields without which a line is not a usable record.
 REQUIRED_FIELDS = ("run_key", "status")
@@ -59,7 +61,7 @@ class Record(TypedDict, total=False):
     max_grad_norm: float  # per-example clipping bound C (L2 norm of a gradient)
 
     # Outcome.
-    status: str  # one of STATUSES: "ok", "failed" or "skipped"
+    status: str  # one of STATUSES: "ok", "failed", "skipped", or "interrupted" (infrastructure)
     error: str | None  # why the run failed or was skipped; None when ok
     traceback: str  # last frames of the traceback of an unexpected exception (failed only)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import RecordsError
-from bench.results.record import Record, check_record
+from bench.results.record import FINAL_STATUSES, Record, check_record
 
 try:  # POSIX only; without it concurrent writers are not serialised (see append_record).
     import fcntl
@@ -184,11 +184,15 @@ def read_records(path: Path) -> RecordsRead:
     return RecordsRead(records=list(by_key.values()), problems=problems)
 
 
-def finished_keys(path: Path) -> set[str]:
-    """The run keys that already have a record of any status (what a resumed sweep skips).
+def finished_keys(path: Path, statuses: tuple[str, ...] = FINAL_STATUSES) -> set[str]:
+    """The run keys whose newest record has one of ``statuses`` (what a resumed sweep skips).
+
+    By default every status but ``interrupted``: a run the infrastructure ended (time limit,
+    preemption, lost worker) is run again by a plain re-run, one that ended on its own is not.
 
     Args:
         path: The records file; it need not exist yet.
+        statuses: The statuses that count as finished.
 
     Returns:
         The run keys; empty when the file does not exist.
@@ -196,4 +200,4 @@ def finished_keys(path: Path) -> set[str]:
     path = Path(path)
     if not path.exists():
         return set()
-    return {record["run_key"] for record in read_records(path).records}
+    return {r["run_key"] for r in read_records(path).records if r["status"] in statuses}

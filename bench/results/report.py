@@ -36,6 +36,7 @@ class _Cell:
     ok: dict[object, Record] = field(default_factory=dict)  # seed -> ok record
     failed: int = 0
     skipped: int = 0
+    interrupted: int = 0
     invalid: int = 0  # ok records whose test_acc cannot be used
 
     @property
@@ -86,6 +87,8 @@ def _collect(records: Sequence[Record]) -> _Collected:
             out.not_ok.append(record)
             if record["status"] == "failed":
                 cell.failed += 1
+            elif record["status"] == "interrupted":
+                cell.interrupted += 1
             else:
                 cell.skipped += 1
             continue
@@ -255,6 +258,7 @@ def _fmt_epsilon(spent: float | None, exceeded_target: float | None) -> str:
 def _no_ok_text(cell: _Cell | None) -> str:
     """What the accuracy column says for a norm with no usable ok run."""
     counts = [] if cell is None else [(cell.failed, "failed"), (cell.skipped, "skipped")]
+    counts += [] if cell is None else [(cell.interrupted, "interrupted")]
     counts += [] if cell is None else [(cell.invalid, "ok without a valid test_acc")]
     said = ", ".join(f"{n} {label}" for n, label in counts if n)
     return f"no ok run ({said or 'no record yet'})"
@@ -342,7 +346,8 @@ def _header(
         if found:
             versions.append(f"{key} {' / '.join(found)}")
     statuses = [r["status"] for r in records]
-    counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("ok", "failed", "skipped"))
+    shown = ("ok", "failed", "skipped", *(["interrupted"] if "interrupted" in statuses else []))
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in shown)
     seeds = sorted({r.get("seed") for r in records if r.get("seed") is not None}, key=_seed_key)
     tests: dict[str, int] = {}
     for analysis in analyses:
@@ -471,6 +476,13 @@ def _failed_section(not_ok: Sequence[Record]) -> list[str]:
         tablefmt="github",
         disable_numparse=True,
     )
+    if any(r["status"] == "interrupted" for r in not_ok):
+        lines += [
+            "`interrupted` runs ended by the infrastructure (a time limit, preemption, a lost "
+            "worker, a job that ended without a record), not by the cell: re-running the suite "
+            "runs them again. `failed` runs belong to the cell; `--retry-failed` re-runs them.",
+            "",
+        ]
     return [*lines, table, ""]
 
 
