@@ -54,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
             out_dir=out_dir,
             force=args.force,
             retry_failed=args.retry_failed,
+            allow_mixed_env=args.allow_mixed_env,
             device=args.device,
             executor=args.executor,
             workers=args.workers,
@@ -73,6 +74,14 @@ def _run(args: argparse.Namespace) -> int:
         f"recorded earlier) in {summary.wall_s:.1f} s; leaderboard: "
         f"{summary.out_dir / 'leaderboard.md'}"
     )
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from bench.environment import environment_from_records
+
+    env_path, constraints_path = environment_from_records(Path(args.dir))
+    print(f"wrote {env_path} and {constraints_path}")
     return 0
 
 
@@ -105,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument("--out", help="output directory (default reports/<suite name>)")
     p_run.add_argument("--force", action="store_true", help="re-run cells that have a record")
+    p_run.add_argument(
+        "--allow-mixed-env",
+        action="store_true",
+        help="append to records made under another software stack (the report lists stacks)",
+    )
     p_run.add_argument(
         "--retry-failed",
         action="store_true",
@@ -141,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_run.set_defaults(func=_cmd_run)
+
+    p_env = sub.add_parser(
+        "env", help="write DIR/environment.txt and DIR/constraints.txt from DIR/records.jsonl"
+    )
+    p_env.add_argument("dir", help="a suite's output directory, e.g. reports/smoke")
+    p_env.set_defaults(func=_cmd_env)
 
     p_report = sub.add_parser("report", help="rebuild DIR/leaderboard.md from DIR/records.jsonl")
     p_report.add_argument("dir", help="a suite's output directory, e.g. reports/smoke")

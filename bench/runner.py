@@ -259,6 +259,7 @@ def run_suite(
     out_dir: Path | None = None,
     force: bool = False,
     retry_failed: bool = False,
+    allow_mixed_env: bool = False,
     device: str | None = None,
     executor: str = "local",
     workers: int | None = None,
@@ -272,6 +273,8 @@ def run_suite(
         out_dir: Records, suite.json and the leaderboard go here (default reports/<name>).
         force: Re-run every cell, whatever its record.
         retry_failed: Also re-run the cells whose newest record is ``failed``.
+        allow_mixed_env: Append even when existing records were made under another software
+            stack (the report then lists the stacks); refused otherwise.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``... (local executor, one worker).
         executor: ``local`` or ``slurm``.
         workers: Local worker processes; default one per visible GPU (one on the CPU).
@@ -286,8 +289,19 @@ def run_suite(
     records_path = out_dir / "records.jsonl"
     check_executor(executor, slurm)
     todo, already = pending_cells(suite, records_path, force, retry_failed)
+    env = _check_environment(todo, records_path, allow_mixed_env)
     preflight(todo)
     write_suite_json(suite, out_dir)
+    if env is not None:
+        from bench.environment import write_environment
+
+        write_environment(
+            out_dir,
+            env,
+            f"captured when a sweep of suite {suite.name} started, "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+            reproduce_command(suite, out_dir),
+        )
     statuses: list[str] = []
     if executor == "slurm":
         statuses = _run_slurm(todo, records_path, out_dir, slurm or {}, device)
@@ -305,6 +319,37 @@ def run_suite(
     return SweepSummary(
         out_dir, len(suite.cells()), already, len(todo), counts, time.perf_counter() - started
     )
+
+
+def _check_environment(
+    todo: Sequence[Cell], records_path: Path, allow_mixed: bool
+) -> dict[str, Any] | None:
+    """This process's software environment, once it is known that appending its records will
+    not mix stacks (None when there is nothing to run)."""
+    if not todo:
+        return None
+    from bench.environment import capture, check_stack
+
+    env = capture()
+    existing = read_records(records_path).records if records_path.exists() else []
+    check_stack(existing, env, records_path, allow_mixed)
+    return env
+
+
+def reproduce_command(suite: Suite, out_dir: Path) -> str:
+    """The command that re-runs this sweep: the suite file, its overrides, the output folder."""
+    parts = ["python -m bench run", str(_relative(suite.path)) if suite.path else "<suite>"]
+    parts += [f"--set '{item}'" for item in suite.overrides]
+    parts += ["--out", str(_relative(out_dir))]
+    return " ".join(parts)
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it."""
+    try:
+        return Path(path).resolve().relative_to(REPO)
+    except ValueError:
+        return Path(path)
 
 
 def _visible_gpus() -> int:

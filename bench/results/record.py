@@ -19,8 +19,14 @@ class Provenance(TypedDict, total=False):
 
     git_commit: str | None  # commit hash, "-dirty" when the work tree had uncommitted changes
     torch: str  # torch.__version__
+    torchvision: str | None  # installed version, None when not installed
     opacus: str | None  # installed version, None when not installed
     timm: str | None  # installed version, None when not installed
+    numpy: str | None  # installed version
+    scipy: str | None  # installed version
+    pillow: str | None  # installed version
+    cuda: str | None  # torch.version.cuda: the CUDA torch was built with (None: CPU build)
+    cudnn: str | None  # cuDNN version where a GPU is present, else None
     python: str  # interpreter version, e.g. "3.11.9"
     device_name: str  # e.g. "NVIDIA H100 80GB HBM3" or "cpu (2 threads)"
     hostname: str  # machine the run ran on

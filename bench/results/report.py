@@ -15,6 +15,7 @@ from bench.errors import ConfigError, RecordsError
 from bench.results import figures, stats
 from bench.results.record import Record
 from bench.results.records import read_records
+from bench.results.stacks import stack_text, stacks
 
 RECORDS_FILE = "records.jsonl"
 SUITE_FILE = "suite.json"
@@ -23,7 +24,7 @@ DEFAULT_ALPHA = 0.05
 CONFIDENCE = 0.95
 
 #: Provenance keys shown in the header, in this order.
-VERSION_KEYS = ("torch", "opacus", "timm", "python")
+VERSION_KEYS = ("torch", "opacus", "timm", "cuda", "python")
 
 _NA = "—"
 _MAX_REASON_CHARS = 300
@@ -364,7 +365,7 @@ def _header(
         f"- **Dataset:** {_join(datasets)}",
         f"- **Privacy target:** {_privacy_text(_section(suite, 'privacy'), records)}",
         f"- **Hardware:** {_join(_distinct(r.get('device') for r in records))}",
-        f"- **Versions:** {_join(versions)}",
+        f"- **Versions:** {_join(versions)}" + _mixed_note(records),
         f"- **Commit:** {_join(_distinct(p.get('git_commit') for p in provenance))}",
         f"- **Seeds:** {_join([str(s) for s in seeds], 'none')}",
         f"- **Records:** {len(records)} ({counts})"
@@ -451,6 +452,41 @@ def _summary_section(analyses: Mapping[str, stats.BackboneAnalysis]) -> list[str
     else:
         lines.append(f"Friedman test not run: {result.reason}.")
     return [*lines, ""]
+
+
+def _mixed_note(records: Sequence[Record]) -> str:
+    n = len(stacks(records))
+    return f" (**{n} software stacks**: see below)" if n > 1 else ""
+
+
+def _stacks_section(records: Sequence[Record]) -> list[str]:
+    """Which records came from which software stack, when there is more than one (a sweep
+    resumed under ``--allow-mixed-env``): a confound the statistics cannot see."""
+    groups = stacks(records)
+    if len(groups) < 2:
+        return []
+    rows = [
+        [
+            stack_text(stack),
+            str(len(group)),
+            _cell_text(
+                ", ".join(
+                    sorted(f"{_block(r)} {r.get('norm')} seed={r.get('seed')}" for r in group)
+                )
+            ),
+        ]
+        for stack, group in sorted(groups.items(), key=lambda item: -len(item[1]))
+    ]
+    table = tabulate(rows, ["stack", "records", "runs"], tablefmt="github", disable_numparse=True)
+    return [
+        "## Software stacks",
+        "",
+        "These records were made under more than one software stack; differences between "
+        "norms may partly be differences between stacks.",
+        "",
+        table,
+        "",
+    ]
 
 
 def _failed_section(not_ok: Sequence[Record]) -> list[str]:
@@ -584,6 +620,7 @@ def render_leaderboard(
         body += ["No figures: there is no ok run.", ""]
 
     body += _failed_section(collected.not_ok)
+    body += _stacks_section(records)
     if planned:
         body += _missing_section(planned, {r["run_key"] for r in records})
     all_problems = [*problems, *collected.problems]
