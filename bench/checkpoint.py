@@ -1,0 +1,123 @@
+"""Mid-run checkpoints: written atomically, tied to the cell's config, loaded only when valid.
+
+A checkpoint holds everything the rest of a run depends on, so that a run resumed from it ends
+with the record an uninterrupted run would have had: the model, the optimiser (momentum), the
+EMA weights, the learning-rate schedule, the step, every random stream's state, the
+accountant's history and the loss and clipping accumulators. It lives at
+``<out>/checkpoints/<run_key>/checkpoint.pt`` and is written to a temporary file, fsynced and
+renamed over the previous one, so a kill at any point leaves the previous checkpoint or the new
+one. It is read with ``torch.load(weights_only=True)``: nothing in it can run code.
+
+A checkpoint that is truncated, unreadable, or made by a different configuration (its hash of
+the resolved cell differs) is never used; the run starts from step 0 and says why in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Bump when the layout of the saved state changes, so old checkpoints are refused, not misread.
+FORMAT = 1
+FILE = "checkpoint.pt"
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 of a resolved cell config (the record's ``config``), as JSON with sorted keys."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checkpoint_path(directory: Path, run_key: str) -> Path:
+    return Path(directory) / run_key / FILE
+
+
+def save(path: Path, state: Mapping[str, Any], cfg_hash: str) -> None:
+    """Write ``state`` atomically (temporary file in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "config_hash": cfg_hash, "state": dict(state)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What `load` found: the state to resume from, or None with the reason it was refused."""
+
+    state: dict[str, Any] | None
+    reason: str | None = None
+
+
+def load(path: Path, cfg_hash: str, device: torch.device | str = "cpu") -> Loaded:
+    """The checkpoint at ``path`` when it is whole, readable and made by this config."""
+    if not path.exists():
+        return Loaded(None, None)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # truncated, corrupt, or holding objects weights_only refuses
+        return Loaded(
+            None, f"checkpoint {path} is unreadable ({type(err).__name__}); starting over"
+        )
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        return Loaded(None, f"checkpoint {path} has another format; starting over")
+    if payload.get("config_hash") != cfg_hash:
+        return Loaded(None, f"checkpoint {path} was made by another configuration; starting over")
+    return Loaded(payload["state"], None)
+
+
+def remove(path: Path) -> None:
+    """Delete a finished run's checkpoint (and its folder when it is left empty)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+def generator_states(generators: Mapping[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    """Each named generator's state, as CPU byte tensors (what ``weights_only`` loads)."""
+    return {name: g.get_state() for name, g in generators.items()}
+
+
+def restore_generators(
+    generators: Mapping[str, torch.Generator], states: Mapping[str, torch.Tensor]
+) -> None:
+    for name, g in generators.items():
+        g.set_state(states[name].cpu())
+
+
+def global_rng_state() -> dict[str, Any]:
+    """torch's global CPU and CUDA generator states (dropout and anything else unseeded)."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_global_rng(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

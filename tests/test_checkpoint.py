@@ -1,0 +1,48 @@
+"""Checkpoint files: atomic, tied to their config, refused when truncated, corrupt or foreign."""
+
+from __future__ import annotations
+
+import torch
+
+from bench import checkpoint
+
+
+def test_round_trip_and_refusals(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    torch.rand(4, generator=g)
+    state = {"step": 7, "w": torch.arange(3.0), "rng": checkpoint.generator_states({"s": g})}
+    path = checkpoint.checkpoint_path(tmp_path, "abc")
+    checkpoint.save(path, state, "hash-1")
+    loaded = checkpoint.load(path, "hash-1")
+    assert loaded.reason is None and loaded.state["step"] == 7
+    assert torch.equal(loaded.state["w"], torch.arange(3.0))
+    h = torch.Generator()
+    checkpoint.restore_generators({"s": h}, loaded.state["rng"])
+    assert torch.equal(torch.rand(5, generator=h), torch.rand(5, generator=g))
+    assert not list(path.parent.glob(".checkpoint.*"))  # no temporary file left behind
+
+    other = checkpoint.load(path, "hash-2")
+    assert other.state is None and "another configuration" in other.reason
+    path.write_bytes(path.read_bytes()[:50])  # truncated by a kill mid-copy
+    cut = checkpoint.load(path, "hash-1")
+    assert cut.state is None and "unreadable" in cut.reason
+    assert checkpoint.load(tmp_path / "missing.pt", "hash-1") == checkpoint.Loaded(None, None)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_a_checkpoint_holding_code_is_refused_not_run(tmp_path, capsys):
+    path = tmp_path / "k" / checkpoint.FILE
+    path.parent.mkdir()
+    torch.save({"format": checkpoint.FORMAT, "config_hash": "h", "state": _Evil()}, path)
+    loaded = checkpoint.load(path, "h")
+    assert loaded.state is None and "unreadable" in loaded.reason
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_config_hash_is_order_independent():
+    assert checkpoint.config_hash({"a": 1, "b": [2]}) == checkpoint.config_hash({"b": [2], "a": 1})
+    assert checkpoint.config_hash({"a": 1}) != checkpoint.config_hash({"a": 2})
