@@ -53,6 +53,7 @@ from norms.clipping import (
     STRATEGIES,
     AffineRule,
     ClipRule,
+    ClipRuleError,
     LayerState,
     MaterialisableRule,
     bias_norm_sq,
@@ -331,6 +332,54 @@ def trainable_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
+def _trainable(module: nn.Module, recurse: bool) -> list[nn.Parameter]:
+    return [p for p in module.parameters(recurse=recurse) if p.requires_grad]
+
+
+def check_coverage(model: nn.Module) -> None:
+    """Refuse a model whose trainable parameters the clipper would not clip exactly once.
+
+    Every trainable parameter must be owned by exactly one layer, and that layer's rule (or
+    its fallback) computes it alone: a parameter shared by two layers would have its norms
+    added in quadrature but its sums added linearly (up to sqrt(2) C); a layer with parameters
+    of its own *and* children with parameters would have the children's gradients counted by
+    both (the fallback differentiates everything below the layer).
+
+    Raises:
+        norms.clipping.ClipRuleError: Naming the parameter or layer and why.
+    """
+    owners: dict[int, list[str]] = {}
+    seen: dict[int, set[int]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(module) in seen.setdefault(id(p), set()):
+                continue
+            seen[id(p)].add(id(module))
+            owners.setdefault(id(p), []).append(f"{name or type(model).__name__}.{pname}")
+    for names in owners.values():
+        if len(names) > 1:
+            raise ClipRuleError(
+                f"parameter {names[0]} is shared with {', '.join(names[1:])}; the book-keeping "
+                "clipper needs each trainable parameter owned by exactly one layer (a shared "
+                "one would be clipped as two); untie it or use grad_sample_mode hooks"
+            )
+    for name, module in model.named_modules():
+        if not _trainable(module, recurse=False):
+            continue
+        nested = [
+            f"{name}.{child}" if name else child
+            for child, sub in module.named_children()
+            if _trainable(sub, recurse=True)
+        ]
+        if nested:
+            raise ClipRuleError(
+                f"layer {name or type(model).__name__} ({type(module).__qualname__}) has "
+                f"trainable parameters of its own and children with trainable parameters "
+                f"({', '.join(nested)}), whose gradients its rule would count again; move its "
+                "own parameters into a child module"
+            )
+
+
 def layer_norms(
     layer: nn.Module,
     inputs: list[torch.Tensor],
@@ -378,7 +427,8 @@ class BookKeepingClipper:
             gradient); ``per_example`` or ``inputs`` force one (for tests and benchmarks).
 
     Raises:
-        norms.clipping.ClipRuleError: A trainable layer's class has no rule and no fallback.
+        norms.clipping.ClipRuleError: A trainable layer's class has no rule and no fallback, or
+            the model's parameters would not each be clipped exactly once (`check_coverage`).
     """
 
     def __init__(self, model: nn.Module, strategy: str = "auto", keep: str = "auto"):
@@ -387,14 +437,41 @@ class BookKeepingClipper:
         if keep not in KEEP:
             raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
         self.model, self.strategy, self.keep = model, strategy, keep
+        check_coverage(model)
         self.layers = trainable_layers(model)
         self.rules = {id(m): _rule(m) for m in self.layers}
+        names = {id(m): name for name, m in model.named_modules()}
+        self.names = {id(m): names[id(m)] or type(m).__name__ for m in self.layers}
+        self.owned = {id(m): {id(p) for p in _trainable(m, recurse=False)} for m in self.layers}
+        self.reached: set[int] = set()
         self.last_norms: torch.Tensor | None = None
 
     @property
     def fallback_classes(self) -> list[str]:
         """Names of the layer classes that take the materialising fallback."""
         return sorted({type(m).__name__ for m in self.layers if self.rules[id(m)] is _FALLBACK})
+
+    @property
+    def unreached_layers(self) -> list[str]:
+        """Names of the trainable layers no backward pass has reached so far: their parameters
+        got noise only (the loss never depended on them, e.g. a layer outside the forward)."""
+        return [self.names[id(m)] for m in self.layers if id(m) not in self.reached]
+
+    def _check_inputs(self, module: nn.Module, rule: ClipRule, args: tuple, kwargs: dict) -> None:
+        if any(torch.is_tensor(v) for v in kwargs.values()):
+            raise ClipRuleError(
+                f"layer {self.names[id(module)]} ({type(module).__qualname__}) was called with "
+                "tensor keyword arguments, which the book-keeping clipper does not see; pass "
+                "them positionally"
+            )
+        tensors = sum(torch.is_tensor(t) for t in args)
+        if rule is _FALLBACK and tensors > 1 and type(module) not in GradSampleModule.GRAD_SAMPLERS:
+            raise ClipRuleError(
+                f"layer {self.names[id(module)]} ({type(module).__qualname__}) takes {tensors} "
+                "tensor inputs, but Opacus' functorch fallback differentiates it with respect "
+                "to its first input only; register a clipping rule (or an Opacus grad sampler) "
+                "for the class"
+            )
 
     def accumulate(
         self,
@@ -441,10 +518,11 @@ class BookKeepingClipper:
             else:
                 entry.g = g
 
-        def on_forward(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        def on_forward(module: nn.Module, inputs: tuple, kwargs: dict, output: torch.Tensor):
             if any(e.layer is module for e in entries):
                 raise NotImplementedError("a layer ran twice in one forward pass (weight tying)")
             rule = self.rules[id(module)]
+            self._check_inputs(module, rule, inputs, kwargs)
             entry = _Entry(
                 layer=module,
                 rule=rule,
@@ -457,7 +535,7 @@ class BookKeepingClipper:
             entries.append(entry)
             output.register_hook(functools.partial(on_grad, entry))
 
-        handles = [m.register_forward_hook(on_forward) for m in self.layers]
+        handles = [m.register_forward_hook(on_forward, with_kwargs=True) for m in self.layers]
         try:
             # Asking for the input's gradient drives the backward pass through every layer while
             # autograd computes no parameter gradient at all.
@@ -487,6 +565,15 @@ class BookKeepingClipper:
                     entry.layer, entry.inputs, g, coef.to(dtype), entry.state
                 )
             layer = entry.layer
+            self.reached.add(id(layer))
+            missing = self.owned[id(layer)] - {id(p) for p in sums}
+            if missing:
+                names = [n for n, p in layer.named_parameters(recurse=False) if id(p) in missing]
+                raise ClipRuleError(
+                    f"the clipping rule of {self.names[id(layer)]} ({type(layer).__qualname__}) "
+                    f"returned no clipped sum for its parameter(s) {', '.join(names)}, which "
+                    "would get noise only; the rule must cover every trainable parameter"
+                )
             del entry, g
             for p, value in sums.items():
                 value = value.to(p.dtype).view_as(p)

@@ -27,6 +27,11 @@ DEFAULT_NORM = "group_norm"
 # Fields that say where files live or how a dataset is labelled, not what is computed: moving the
 # cache or relabelling the dataset must not invalidate finished runs.
 _NOT_IN_RUN_KEY = ("cache_dir", "download", "dataset")
+#: Per section, fields that never change what a run computes (they add diagnostics).
+_DIAGNOSTIC_FIELDS = {"training": ("log_private_loss",)}
+#: Per section, fields added after records were published, with their defaults: they enter the
+#: run key only when set to something else, so every published run key stays valid.
+_IN_RUN_KEY_WHEN_SET = {"privacy": {"secure_noise": False}}
 
 Problem = tuple[str, str, str]  # (field, what is wrong, what is allowed)
 
@@ -149,14 +154,23 @@ class PrivacyConfig:
         epsilon: Target epsilon; the noise multiplier is calibrated so that the run spends it.
         delta: Target delta; must be below 1/N (N private training examples), since a larger
             delta allows mechanisms that publish a whole example.
-        accountant: ``prv`` (tight, the default) or ``rdp``; the other is reported too.
+        accountant: ``prv`` (tight, the default) or ``rdp``; the other is reported too. A run
+            is calibrated and reported under one accountant: if PRV cannot answer, under RDP
+            throughout (the record says so).
         max_grad_norm: Per-example gradient clipping bound C.
+        secure_noise: Draw the secret randomness of the run, DP-SGD's noise, its Poisson
+            sampling and a norm's DP statistics, from the operating system's entropy
+            (``os.urandom``) rather than from the run seed, with Opacus' secure-mode noise
+            (against floating-point attacks): publishing the seed then publishes none of it.
+            The run is not reproducible. False (the default): every stream follows the seed,
+            so anyone with the seed and the data can recompute the noise.
     """
 
     epsilon: float = 8.0
     delta: float = 1e-5
     accountant: Literal["prv", "rdp"] = "prv"
     max_grad_norm: float = 1.0
+    secure_noise: bool = False
 
     def problems(self) -> Iterator[Problem]:
         """Impossible values, as ``(field, message, allowed)``; types are checked by the loader."""
@@ -203,7 +217,13 @@ class TrainingConfig:
         throughput_warmup_steps: Steps run before throughput is timed (excluded).
         throughput_steps: Steps timed for the steady-state throughput.
         measure_nonprivate: Also time the same model without DP for the DP/non-DP ratio.
-        max_loss: A training loss above this, or not finite, marks the run as diverged.
+        max_loss: A training loss above this, or not finite, stops the run as diverged. The
+            stop reads the un-noised loss of private batches, so whether and when a run stops
+            is a data-dependent decision that the privacy accounting does not cover; a stopped
+            run publishes no model and no accuracy, and its record says ``diverged``.
+        log_private_loss: Put the un-noised training loss of the last private batch into the
+            record (``final_train_loss``) and the divergence message. It is not DP: records
+            say so in ``nonprivate_diagnostics``. Off by default; it never changes the run.
     """
 
     batch_size: int = 256
@@ -230,6 +250,7 @@ class TrainingConfig:
     throughput_steps: int = 5
     measure_nonprivate: bool = True
     max_loss: float = 1e4
+    log_private_loss: bool = False
 
     def num_steps(self, n_private: int) -> int:
         """The number of DP-SGD steps for a private training set of ``n_private`` examples."""
@@ -355,8 +376,8 @@ class Cell:
             "norm": self.norm,
             "seed": self.seed,
             "data": data,
-            "privacy": dataclasses.asdict(self.privacy),
-            "training": dataclasses.asdict(self.training),
+            "privacy": _key_section("privacy", self.privacy),
+            "training": _key_section("training", self.training),
         }
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -423,12 +444,15 @@ def suite_to_dict(suite: Suite) -> dict[str, Any]:
     return {
         "name": suite.name,
         "description": suite.description,
-        "path": None if suite.path is None else str(suite.path),
-        "overrides": list(suite.overrides),
-        "data": _data_to_dict(suite.data),
+        "path": None if suite.path is None else public_path(str(suite.path)),
+        "overrides": [_public_set(item) for item in suite.overrides],
+        "data": _public_data_dict(suite.data),
         "privacy": dataclasses.asdict(suite.privacy),
         "training": _jsonable(dataclasses.asdict(suite.training)),
-        "grid": {key: _jsonable(list(values)) for key, values in suite.grid},
+        "grid": {
+            key: [_public_value(key, v) for v in _jsonable(list(values))]
+            for key, values in suite.grid
+        },
         "report": dataclasses.asdict(suite.report),
     }
 
@@ -441,8 +465,8 @@ def cell_to_dict(cell: Cell) -> dict[str, Any]:
         "backbone": cell.backbone,
         "norm": cell.norm,
         "seed": cell.seed,
-        "overrides": _jsonable(dict(cell.overrides)),
-        "data": _data_to_dict(cell.data),
+        "overrides": {k: _public_value(k, v) for k, v in _jsonable(dict(cell.overrides)).items()},
+        "data": _public_data_dict(cell.data),
         "privacy": dataclasses.asdict(cell.privacy),
         "training": _jsonable(dataclasses.asdict(cell.training)),
     }
@@ -455,6 +479,61 @@ def _at_least(config: Any, names: Sequence[str], low: int) -> Iterator[Problem]:
     for name in names:
         if getattr(config, name) < low:
             yield name, f"must be at least {low}", f"an integer >= {low}"
+
+
+def _key_section(section: str, config: Any) -> dict[str, Any]:
+    """A config section as the run key hashes it: without `_DIAGNOSTIC_FIELDS`, and without
+    `_IN_RUN_KEY_WHEN_SET` fields at their defaults."""
+    out = dataclasses.asdict(config)
+    for name in _DIAGNOSTIC_FIELDS.get(section, ()):
+        out.pop(name)
+    for name, default in _IN_RUN_KEY_WHEN_SET.get(section, {}).items():
+        if out[name] == default:
+            out.pop(name)
+    return out
+
+
+def public_path(path: str | None) -> str | None:
+    """A path as a published record or report may show it: relative to the home directory
+    (``~/data/x``) or to the current directory (``data/x``), else only its last component
+    (``…/x``), so that no absolute path of the machine that made it is published."""
+    if path is None or not os.path.isabs(path):
+        return path
+    path = os.path.normpath(path)
+    for base, prefix in ((os.path.expanduser("~"), "~"), (os.getcwd(), "")):
+        base = os.path.normpath(base)
+        if base != os.sep and (path == base or path.startswith(base + os.sep)):
+            rel = os.path.relpath(path, base)
+            if not prefix:
+                return rel
+            return prefix if rel == "." else f"{prefix}/{rel}"
+    return "…/" + os.path.basename(path)
+
+
+def _public_data_dict(data: DataConfig) -> dict[str, Any]:
+    """`_data_to_dict` with its paths made public (`public_path`), for records and reports."""
+    out = _data_to_dict(data)
+    for name in ("root", "cache_dir"):
+        out[name] = public_path(out[name])
+    return out
+
+
+_PATH_KEYS = ("data.root", "data.cache_dir")
+
+
+def _public_value(key: str, value: Any) -> Any:
+    """A grid value, with a data path made public."""
+    if key in _PATH_KEYS and isinstance(value, str):
+        return public_path(os.path.expanduser(value))
+    return value
+
+
+def _public_set(item: str) -> str:
+    """A ``--set key=value`` string, with a data path made public."""
+    key, sep, value = item.partition("=")
+    if sep and key.strip() in _PATH_KEYS:
+        return f"{key}={public_path(os.path.expanduser(value.strip()))}"
+    return item
 
 
 def _data_to_dict(data: DataConfig) -> dict[str, Any]:

@@ -72,6 +72,19 @@ class Dataset:
     classes: tuple[str, ...] = ()
 
 
+def dataset_checksum(dataset: Dataset) -> str:
+    """SHA-256 of the decoded arrays a run reads (private, public and test images and labels,
+    with their shapes), so that a record names its data without naming a path on the machine
+    that made it: two copies of a dataset that decode to the same tensors share the checksum."""
+    digest = hashlib.sha256()
+    for name in ("train_x", "train_y", "public_x", "public_y", "test_x", "test_y"):
+        tensor = getattr(dataset, name)
+        digest.update(f"{name}:{None if tensor is None else tuple(tensor.shape)};".encode())
+        if tensor is not None:
+            digest.update(tensor.contiguous().numpy())
+    return digest.hexdigest()
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Decode the source named by ``cfg``, take the subsets and the public split.
 

@@ -11,6 +11,10 @@ from bench.plan import CellPlan, plan_cells
 from bench.results.records import finished_keys
 
 
+def _eps(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _privacy_cells(plan: CellPlan) -> list[str]:
     if plan.skip_reason:
         return [f"{plan.sample_rate:.5f}", str(plan.steps), "-", "-", "-", "skipped"]
@@ -22,7 +26,7 @@ def _privacy_cells(plan: CellPlan) -> list[str]:
         str(plan.steps),
         f"{prv.noise_multiplier:.4f}",
         f"{rdp.noise_multiplier:.4f}",
-        f"{chosen.epsilon_by_accountant['prv']:.3f} / {chosen.epsilon_by_accountant['rdp']:.3f}",
+        " / ".join(_eps(chosen.epsilon_by_accountant.get(a)) for a in ("prv", "rdp")),
         charges,
     ]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -24,21 +25,14 @@ import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 import norms
 from bench.config import Cell, DataConfig, TrainingConfig
-from bench.data import Dataset, DeviceData, load_dataset
-from bench.measure import (
-    StepTimer,
-    peak_memory,
-    process_peak_rss,
-    provenance,
-    reset_peak_memory,
-)
-from bench.plan import CellPlan, build_model, plan_cell
+from bench.data import Dataset, DeviceData, dataset_checksum, load_dataset
+from bench.measure import StepMemory, StepTimer, process_peak_rss, provenance
+from bench.plan import CellPlan, build_model, check_grad_sample_mode, plan_cell
 from bench.privacy import epsilon
-from bench.seeds import seed_global
+from bench.seeds import run_stream, seed_global
 from bench.steps import DPSGDStep, SGDStep, autocast, make_optimizer
 from norms.lifecycle import RunData
 
@@ -46,13 +40,38 @@ Progress = Callable[[int, int, float], None]
 
 
 class Diverged(RuntimeError):
-    """Raised when the training loss is not finite or exceeds ``training.max_loss``."""
+    """Raised when the training loss is not finite or exceeds ``training.max_loss``.
+
+    The message names the step and the threshold, never the private loss itself unless
+    ``training.log_private_loss`` is on. The stop is a data-dependent decision (it reads
+    un-noised private losses) that the accounting does not cover; the runner records such a
+    run ``failed`` with ``diverged: true`` and publishes no model or accuracy for it.
+
+    Attributes:
+        step: The step at which the loss crossed the threshold.
+    """
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 @functools.lru_cache(maxsize=4)
 def cached_dataset(cfg: DataConfig) -> Dataset:
     """`load_dataset`, decoded once per process for all the cells that share a data config."""
     return load_dataset(cfg)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_checksum(cfg: DataConfig) -> str:
+    """`bench.data.dataset_checksum` of `cached_dataset`, hashed once per process."""
+    return dataset_checksum(cached_dataset(cfg))
+
+
+def grad_sampler(mode: str) -> str:
+    """What computed the clipped per-example gradients: ``bk`` (`bench.bk`'s book-keeping
+    clipper) or ``opacus`` (Opacus' GradSampleModule, ``hooks`` or ``functorch``)."""
+    return "bk" if mode == "bk" else "opacus"
 
 
 def grad_sample_paths(model: nn.Module, mode: str) -> dict[str, str]:
@@ -97,15 +116,51 @@ def lr_lambda(training: TrainingConfig, steps: int) -> Callable[[int], float]:
     return factor
 
 
-def ema_model(model: nn.Module, decay: float) -> AveragedModel:
-    """EMA of the weights with De et al.'s warm-up: decay_t = min(decay, (1 + t) / (10 + t))."""
+class EMA:
+    """EMA of the weights with De et al.'s warm-up: decay_t = min(decay, (1 + t) / (10 + t)).
 
-    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor):
-        t = float(num_averaged)
-        mu = min(decay, (1 + t) / (10 + t))
-        return averaged * mu + current * (1 - mu)
+    The first update copies the model; update t >= 1 moves every floating-point parameter and
+    buffer towards the model's by 1 - decay_t (other buffers are copied). The decay is computed
+    on the host from a Python count and all tensors move in one ``torch._foreach_lerp_``, so an
+    update only queues device work: torch's ``AveragedModel`` read its step count off the
+    device once per parameter, a synchronisation per parameter inside the timed step.
 
-    return AveragedModel(model, avg_fn=avg, use_buffers=True)
+    Attributes:
+        module: The averaged copy of the model (evaluate it).
+        updates: Updates made so far.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @staticmethod
+    def _tensors(model: nn.Module) -> list[torch.Tensor]:
+        return [*model.parameters(), *model.buffers()]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Average ``model``'s current weights in (the same architecture as `module`)."""
+        pairs = list(zip(self._tensors(self.module), self._tensors(model), strict=True))
+        floats = [(a, c.detach()) for a, c in pairs if a.is_floating_point()]
+        others = [(a, c.detach()) for a, c in pairs if not a.is_floating_point()]
+        if self.updates == 0:
+            torch._foreach_copy_([a for a, _ in pairs], [c.detach() for _, c in pairs])
+        else:
+            t = self.updates
+            mu = min(self.decay, (1 + t) / (10 + t))
+            if floats:
+                torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - mu)
+            if others:
+                torch._foreach_copy_([a for a, _ in others], [c for _, c in others])
+        self.updates += 1
+
+
+def ema_model(model: nn.Module, decay: float) -> EMA:
+    """The EMA of ``model``'s weights (see `EMA`)."""
+    return EMA(model, decay)
 
 
 class _Views:
@@ -136,9 +191,19 @@ def _optim_kwargs(training: TrainingConfig) -> dict[str, Any]:
     }
 
 
-def _check_loss(value: float, step: int, max_loss: float) -> None:
-    if not math.isfinite(value) or value > max_loss:
-        raise Diverged(f"diverged: loss is {value:.4g} at step {step}")
+def _check_loss(value: float, step: int, training: TrainingConfig) -> None:
+    """Stop a diverged run; the message carries the private loss only when it is logged."""
+    if not math.isfinite(value) or value > training.max_loss:
+        shown = (
+            f" (loss {value:.4g}: a non-private diagnostic, training.log_private_loss)"
+            if training.log_private_loss
+            else ""
+        )
+        raise Diverged(
+            f"diverged: the training loss was not finite or above training.max_loss="
+            f"{training.max_loss:g} at step {step}{shown}",
+            step,
+        )
 
 
 @torch.no_grad()
@@ -153,33 +218,90 @@ def evaluate(model: nn.Module, data: DeviceData, batch: int, precision: str) -> 
     return correct / data.test_x.shape[0]
 
 
+def _after_update(
+    scheduler: torch.optim.lr_scheduler.LRScheduler, ema: EMA | None, model: nn.Module
+) -> None:
+    """What follows the update in every timed step, DP or not: the schedule and the EMA."""
+    scheduler.step()
+    if ema is not None:
+        ema.update(model)
+
+
+@dataclass(frozen=True)
+class NonPrivateMeasure:
+    """The non-private reference of a run.
+
+    Attributes:
+        throughput: Images/s over the timed steps (None when none was timed).
+        relative_se: Relative standard error of ``throughput`` (`StepTimer.relative_se`).
+        timed_steps: Steps timed.
+        peak_bytes: The steps' own peak device memory above what was held before them.
+        peak_abs_bytes: The allocator's whole peak during them.
+    """
+
+    throughput: float | None
+    relative_se: float | None
+    timed_steps: int
+    peak_bytes: int | None
+    peak_abs_bytes: int | None
+
+
 def nonprivate_throughput(
-    model: nn.Module, data: DeviceData, training: TrainingConfig, seed: int
-) -> tuple[float | None, int | None]:
-    """Images/s and peak memory of non-private SGD on the same model, measured the same way.
+    model: nn.Module,
+    data: DeviceData,
+    training: TrainingConfig,
+    seed: int,
+    *,
+    steps: int,
+    match_relative_se: float | None = None,
+    max_timed_steps: int | None = None,
+) -> NonPrivateMeasure:
+    """Images/s and memory of non-private SGD on the same model, over the same kind of step.
 
     Same expected batch (a fixed B), the same physical batches and augmentation, no per-sample
-    gradients; the timer excludes the same warm-up. Trains ``model`` in place: pass a copy.
+    gradients; each timed step holds what a DP step holds apart from privacy: sampling the
+    batch, augmentation, forward, backward, the update, the learning-rate schedule (of a run of
+    ``steps`` steps) and, when ``training.ema`` is set, the EMA update; the same warm-up is
+    excluded. At least ``training.throughput_steps`` steps are timed, then more until the
+    relative standard error of the throughput is no larger than ``match_relative_se`` (the DP
+    side's), up to ``max_timed_steps`` (the DP side's count). Trains ``model`` in place: pass
+    a copy, and free the DP model first so that the memory figures are this step's alone.
     """
     model.train()
+    optimizer = make_optimizer(model.parameters(), **_optim_kwargs(training))
     step = SGDStep(
         model,
-        make_optimizer(model.parameters(), **_optim_kwargs(training)),
+        optimizer,
         max_physical_batch=training.max_physical_batch,
         precision=training.precision,
     )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(training, steps))
+    ema = ema_model(model, training.ema) if training.ema else None
     gen = data.generator(seed, "nonprivate")
     views = _Views(data, training, gen)
     timer = StepTimer(data.device, training.throughput_warmup_steps)
     n = min(training.batch_size, data.num_private)
-    reset_peak_memory(data.device)
-    for _ in range(training.throughput_warmup_steps + training.throughput_steps):
+    most = max(training.throughput_steps, max_timed_steps or 0)
+    memory = StepMemory(data.device).start()
+
+    def more() -> bool:
+        if timer.steps < training.throughput_steps:
+            return True
+        if timer.steps >= most or match_relative_se is None:
+            return False
+        se = timer.relative_se
+        return se is None or se > match_relative_se
+
+    while timer.steps < training.throughput_steps or more():
         images: list[int] = []
         with timer.step(images):
             x, y = views(torch.randperm(data.num_private, generator=gen, device=data.device)[:n])
             step(x, y)
+            _after_update(scheduler, ema, model)
             images.append(x.shape[0] * x.shape[1])
-    return timer.throughput, peak_memory(data.device)
+    return NonPrivateMeasure(
+        timer.throughput, timer.relative_se, timer.steps, memory.above, memory.absolute
+    )
 
 
 @dataclass
@@ -196,14 +318,31 @@ class _Run:
     dp_step: DPSGDStep
     accountant: RDPAccountant
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    ema: AveragedModel | None
+    ema: EMA | None
     started: float
+
+    def stream(self, purpose: str) -> torch.Generator:
+        """This run's generator for ``purpose`` (`bench.seeds.run_stream`)."""
+        return _stream(self.cell, self.data, purpose)
+
+
+def _stream(cell: Cell, data: DeviceData, purpose: str) -> torch.Generator:
+    """The seeded stream of ``purpose`` (`DeviceData.generator`), or under
+    ``privacy.secure_noise`` an unpredictable one for the secret purposes."""
+    if cell.privacy.secure_noise:
+        return run_stream(cell.seed, purpose, data.device, secure=True)
+    return data.generator(cell.seed, purpose)
 
 
 def _setup(cell: Cell, device: torch.device) -> _Run:
-    """Data on the device, the model, its norm prepared, the privacy plan and the DP step."""
+    """Data on the device, the model, its norm prepared, the privacy plan and the DP step.
+
+    Raises:
+        ConfigError: The norm does not declare the cell's grad-sample mode.
+    """
     started = time.perf_counter()
     training, privacy = cell.training, cell.privacy
+    check_grad_sample_mode(cell)
     dataset = cached_dataset(cell.data)
     data = DeviceData(dataset, device, normalize=cell.data.normalize)
     resolved = norms.resolve_norm(cell.norm)
@@ -217,7 +356,7 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
             public_x=data.public_x,
             to_input=data.prepare_eval,
             batch_size=training.eval_batch_size,
-            generator=lambda purpose: data.generator(cell.seed, f"norm.{purpose}"),
+            generator=lambda purpose: _stream(cell, data, f"norm.{purpose}"),
         ),
     )
     # The untrained model for the non-private measurement, copied only when it is wanted.
@@ -231,7 +370,8 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
         max_physical_batch=training.max_physical_batch,
         mode=training.grad_sample_mode,
         precision=training.precision,
-        generator=data.generator(cell.seed, "noise"),
+        generator=_stream(cell, data, "noise"),
+        secure_mode=privacy.secure_noise,
     )
     # Opacus' accountant records every step the optimizer actually takes, with its (sigma, q).
     accountant = RDPAccountant()
@@ -256,14 +396,24 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
     )
 
 
-def _train(run: _Run, progress: Progress | None) -> tuple[float, StepTimer]:
-    """The DP-SGD loop; returns the last non-empty step's loss and the step timer."""
+@dataclass(frozen=True)
+class _Trained:
+    """What the DP-SGD loop measured."""
+
+    loss: float
+    timer: StepTimer
+    peak_bytes: int | None
+    peak_abs_bytes: int | None
+
+
+def _train(run: _Run, progress: Progress | None) -> _Trained:
+    """The DP-SGD loop: the last non-empty step's loss, the step timer and the steps' memory."""
     training = run.cell.training
-    sampling = run.data.generator(run.cell.seed, "sampling")
-    views = _Views(run.data, training, run.data.generator(run.cell.seed, "augmentation"))
+    sampling = run.stream("sampling")
+    views = _Views(run.data, training, run.stream("augmentation"))
     seed_global(run.cell.seed, "dropout")
     timer = StepTimer(run.device, training.throughput_warmup_steps)
-    reset_peak_memory(run.device)
+    memory = StepMemory(run.device).start()
     loss_value = float("nan")
     run.model.train()
     for step in range(run.plan.steps):
@@ -271,30 +421,65 @@ def _train(run: _Run, progress: Progress | None) -> tuple[float, StepTimer]:
         with timer.step(images):
             x, y = views(run.data.poisson_batch(training.batch_size, sampling))
             loss = run.dp_step(x, y)
-            run.scheduler.step()
-            if run.ema is not None:
-                run.ema.update_parameters(run.model)
+            _after_update(run.scheduler, run.ema, run.model)
             images.append(x.shape[0] * x.shape[1])
         if x.shape[0]:
             loss_value = loss
-            _check_loss(loss_value, step, training.max_loss)
+            _check_loss(loss_value, step, training)
         if progress is not None:
+            # The live view on the operator's terminal; it never reaches a record.
             progress(step + 1, run.plan.steps, loss_value)
-    return loss_value, timer
+    return _Trained(loss_value, timer, memory.above, memory.absolute)
+
+
+def _merged(history) -> list[tuple[float, float, int]]:
+    """An accountant history with consecutive equal (sigma, q) entries summed."""
+    out: list[tuple[float, float, int]] = []
+    for sigma, q, n in history:
+        if n <= 0:
+            continue
+        if out and out[-1][:2] == (float(sigma), float(q)):
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + int(n))
+        else:
+            out.append((float(sigma), float(q), int(n)))
+    return out
 
 
 def _spent(run: _Run) -> dict[str, Any]:
-    """Epsilon spent under each accountant, from the steps taken and the charges made."""
-    history = [*run.plan.calibration.extra, *run.accountant.history]
-    spent = {acc: epsilon(history, run.cell.privacy.delta, acc) for acc in ("prv", "rdp")}
-    chosen = spent[run.plan.calibration.accountant]
+    """Epsilon spent, from the steps taken and the charges made, under the one accountant the
+    noise was calibrated with (`bench.privacy.Calibration.accountant`), the other beside it."""
+    cal = run.plan.calibration
+    history = _merged([*cal.extra, *run.accountant.history])
+    delta = run.cell.privacy.delta
+    if history == _merged(cal.history()):  # the run did what was planned
+        by_acc = dict(cal.epsilon_by_accountant)
+    else:
+        results = {a: epsilon(history, delta, a) for a in ("prv", "rdp")}
+        by_acc = {a: r.epsilon if r.accountant == a else None for a, r in results.items()}
+    accountant, note = cal.accountant, cal.note
+    if by_acc.get(accountant) is None:
+        # PRV answered for the planned history but not for the one run: the RDP bound holds.
+        accountant = "rdp"
+        note = "; ".join(filter(None, [note, "PRV failed on the steps taken; reported with RDP"]))
     return {
-        "epsilon_spent": chosen.epsilon,
-        "epsilon_spent_by_accountant": {a: r.epsilon for a, r in spent.items()},
-        "accountant": chosen.accountant,
-        "accountant_note": "; ".join(filter(None, [run.plan.calibration.note, chosen.note])),
+        "epsilon_spent": by_acc[accountant],
+        "epsilon_spent_by_accountant": by_acc,
+        "accountant": accountant,
+        "accountant_requested": run.cell.privacy.accountant,
+        "accountant_note": note,
         "steps_done": sum(n for _s, _q, n in run.accountant.history),
     }
+
+
+def _release(run: _Run) -> None:
+    """Drop the DP model, its per-example machinery, its gradients and its EMA, so that the
+    non-private reference runs with only the data and its own model on the device."""
+    for p in run.model.parameters():
+        p.grad = None
+    run.model = run.dp_step = run.ema = run.scheduler = None  # type: ignore[assignment]
+    gc.collect()
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def train_cell(
@@ -304,7 +489,12 @@ def train_cell(
 
     The cell's identity (run key, backbone, norm, seed, targets, config) is the runner's part
     of the record (`bench.runner.run_cell`), written the same way whatever the outcome. Every
-    random source draws from its own named stream of the cell's seed (`bench.seeds`).
+    random source draws from its own named stream of the cell's seed (`bench.seeds`), or, for
+    the secret ones under ``privacy.secure_noise``, from the operating system's entropy.
+
+    What leaves the run is DP or public: the test accuracy, the noise and privacy figures,
+    timings and memory; the un-noised loss of private batches only with
+    ``training.log_private_loss``, listed in ``nonprivate_diagnostics``.
 
     Raises:
         IncompatibleError: The backbone refuses the norm (the runner records a skip).
@@ -313,59 +503,102 @@ def train_cell(
     """
     run = _setup(cell, device)
     training = cell.training
-    loss_value, timer = _train(run, progress)
-    dp_peak = peak_memory(device)
+    trained = _train(run, progress)
+    timer = trained.timer
     train_s = time.perf_counter() - run.started
     spent = _spent(run)
     eval_model = run.ema.module if run.ema is not None else run.model
     test_acc = evaluate(eval_model, run.data, training.eval_batch_size, training.precision)
-    np_tput, np_peak = (
-        nonprivate_throughput(run.initial, run.data, training, cell.seed)
-        if run.initial is not None
-        else (None, None)
-    )
-    dp_tput = timer.throughput
-    prov = provenance(device)  # runs git twice: once per cell
+    del eval_model
+    paths = grad_sample_paths(run.model, training.grad_sample_mode)
     clipper = getattr(run.dp_step, "clipper", None)
+    fallback = clipper.fallback_classes if clipper is not None else []
+    unreached = clipper.unreached_layers if clipper is not None else []
+    del clipper
+    initial, data = run.initial, run.data
+    _release(run)
+    nonprivate = (
+        nonprivate_throughput(
+            initial,
+            data,
+            training,
+            cell.seed,
+            steps=run.plan.steps,
+            match_relative_se=timer.relative_se,
+            max_timed_steps=timer.steps,
+        )
+        if initial is not None
+        else None
+    )
+    del initial
+    dp_tput = timer.throughput
+    np_tput = nonprivate.throughput if nonprivate is not None else None
+    prov = provenance(device)  # runs git twice: once per cell
+    log_loss = training.log_private_loss
     return {
         "status": "ok",
         "error": None,
         "norm_name": run.norm.name,
         "norm_params": dict(run.norm.params),
-        "n_private": run.data.num_private,
-        "n_test": int(run.data.test_x.shape[0]),
+        "n_private": data.num_private,
+        "n_test": int(data.test_x.shape[0]),
+        "num_classes": run.plan.num_classes,
+        "dataset_sha256": cached_checksum(cell.data),
         "test_acc": test_acc,
-        "eval_weights": "ema" if run.ema is not None else "final",
-        "final_train_loss": loss_value,
+        "eval_weights": "ema" if training.ema else "final",
+        "final_train_loss": trained.loss if log_loss else None,
+        "nonprivate_diagnostics": ["final_train_loss"] if log_loss else [],
         "throughput_img_s": dp_tput,
+        "throughput_rel_se": timer.relative_se,
         "nonprivate_throughput_img_s": np_tput,
+        "nonprivate_throughput_rel_se": nonprivate.relative_se if nonprivate else None,
+        "nonprivate_timed_steps": nonprivate.timed_steps if nonprivate else None,
         "dp_nonprivate_throughput_ratio": (dp_tput / np_tput) if dp_tput and np_tput else None,
         "throughput_timed_steps": timer.steps,
-        "peak_mem_bytes": dp_peak,
-        "nonprivate_peak_mem_bytes": np_peak,
+        "peak_mem_bytes": trained.peak_bytes,
+        "peak_mem_abs_bytes": trained.peak_abs_bytes,
+        "nonprivate_peak_mem_bytes": nonprivate.peak_bytes if nonprivate else None,
+        "nonprivate_peak_mem_abs_bytes": nonprivate.peak_abs_bytes if nonprivate else None,
         "peak_rss_bytes": process_peak_rss(),
         "memory_measure": (
-            "torch.cuda.max_memory_allocated during DP training"
+            "torch.cuda.max_memory_allocated over the training steps, minus what was allocated "
+            "before the first (data, model, EMA); *_abs_bytes: the whole peak"
             if device.type == "cuda"
             else "cpu: no per-run tensor peak; peak_rss_bytes is the process peak "
             "resident set so far"
+        ),
+        "nonprivate_measure": (
+            "same step as DP (sampling a batch of B, augmentation, forward, backward, update, "
+            "lr schedule" + (", EMA" if training.ema else "") + ") without per-example "
+            "clipping or noise, after the DP model, its gradients and its EMA were freed"
         ),
         "device": prov["device_name"],
         "epsilon_spent": spent["epsilon_spent"],
         "epsilon_spent_by_accountant": spent["epsilon_spent_by_accountant"],
         "accountant": spent["accountant"],
+        "accountant_requested": spent["accountant_requested"],
         "accountant_note": spent["accountant_note"],
         "steps_done": spent["steps_done"],
         "noise_multiplier": run.plan.noise_multiplier,
         "sample_rate": run.plan.sample_rate,
         "steps": run.plan.steps,
         "privacy_charges": [c.as_record() for c in run.plan.charges],
+        "secure_noise": cell.privacy.secure_noise,
         "augmult": training.augmult,
         "grad_sample_mode": training.grad_sample_mode,
-        "grad_sampler": run.norm.spec.grad_sampler,
-        "grad_sample_paths": grad_sample_paths(run.model, training.grad_sample_mode),
-        "bk_fallback_classes": clipper.fallback_classes if clipper is not None else [],
-        "random_streams": "named: sha256(seed, purpose) per source (bench.seeds)",
+        "grad_sampler": grad_sampler(training.grad_sample_mode),
+        "norm_grad_sampler": run.norm.spec.grad_sampler,
+        "grad_sample_paths": paths,
+        "bk_fallback_classes": fallback,
+        "bk_unreached_layers": unreached,
+        "random_streams": (
+            "named: sha256(seed, purpose) per source (bench.seeds)"
+            + (
+                "; sampling, noise and norm streams from os.urandom"
+                if cell.privacy.secure_noise
+                else ""
+            )
+        ),
         "train_wall_s": train_s,
         "wall_s": time.perf_counter() - run.started,
         "provenance": prov,

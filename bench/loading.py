@@ -29,7 +29,7 @@ from bench.config import (
     Suite,
 )
 from bench.errors import BackboneError, BenchError, ConfigError, IncompatibleError
-from bench.plan import data_size
+from bench.plan import data_size, grad_sample_mode_problem
 from norms import load_plugins, resolve_norm
 from norms.errors import NormError
 
@@ -422,13 +422,21 @@ def _check_cells(suite: Suite, ctx: _Context) -> None:
                 given=cell.norm,
                 allowed="data.public_split > 0 (examples held out of the private set)",
             )
+        mode_problem = grad_sample_mode_problem(cell.norm, cell.training.grad_sample_mode)
+        if mode_problem:
+            raise ctx.error(
+                where("training", "grad_sample_mode"),
+                mode_problem[0],
+                given=cell.training.grad_sample_mode,
+                allowed=mode_problem[1],
+            )
     _check_builds(suite, norm_key or "grid.norm[{}]", norm_index, ctx)
 
 
 def _check_builds(suite: Suite, key_form: str, norm_index: Mapping[str, int], ctx: _Context):
     """Build every (backbone, norm) pair of the grid, on the meta device (no memory, no
     compute), so that a norm parameter the norm refuses at some channel count the backbone
-    asks for (``group_norm[num_groups=7]``, ``kernel_norm[dropout=2]``) is refused now, with
+    asks for (``group_norm[num_groups=7]``, a dropout of 2) is refused now, with
     its key, rather than in every run."""
 
     grid = dict(suite.grid)

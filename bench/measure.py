@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
 import resource
@@ -60,6 +61,7 @@ class StepTimer:
     seconds: float = 0.0
     steps: int = 0
     _seen: int = field(default=0, repr=False)
+    _per_step: list[tuple[int, float]] = field(default_factory=list, repr=False)
 
     @contextmanager
     def step(self, images: list[int]) -> Iterator[None]:
@@ -74,11 +76,59 @@ class StepTimer:
             self.images += sum(images)
             self.seconds += elapsed
             self.steps += 1
+            self._per_step.append((sum(images), elapsed))
 
     @property
     def throughput(self) -> float | None:
         """Images per second over the timed steps, None when no step was timed."""
         return self.images / self.seconds if self.seconds > 0 else None
+
+    @property
+    def relative_se(self) -> float | None:
+        """Relative standard error of `throughput` (a ratio of sums, by the delta method):
+        sqrt(sum r_i^2 / (n (n - 1))) / mean(t) / R with r_i = images_i - R t_i; None with
+        fewer than two timed steps. Step-to-step jitter and, on the DP side, the Poisson
+        batch size both enter it."""
+        n, rate = len(self._per_step), self.throughput
+        if n < 2 or not rate:
+            return None
+        residuals = math.fsum((i - rate * t) ** 2 for i, t in self._per_step)
+        return math.sqrt(residuals / (n * (n - 1))) / (self.seconds / n) / rate
+
+
+def allocated_memory(device: torch.device) -> int | None:
+    """Bytes held by live tensors on a CUDA device now; None on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return None
+
+
+@dataclass
+class StepMemory:
+    """Peak device memory of the steps run since `start`, above what was held at `start`.
+
+    Started after the dataset, the model, its EMA and the optimiser are on the device and
+    before the first step, so `above` is the steps' own peak (activations, gradients, per-example
+    quantities, optimiser state created by the first step) and `absolute` the allocator's
+    whole peak. Both None on the CPU, which keeps no allocator statistics.
+    """
+
+    device: torch.device
+    baseline: int | None = None
+
+    def start(self) -> StepMemory:
+        reset_peak_memory(self.device)
+        self.baseline = allocated_memory(self.device)
+        return self
+
+    @property
+    def absolute(self) -> int | None:
+        return peak_memory(self.device)
+
+    @property
+    def above(self) -> int | None:
+        peak = self.absolute
+        return None if peak is None or self.baseline is None else peak - self.baseline
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bench.config import Cell, DataConfig
-from bench.errors import IncompatibleError, PrivacyError
+from bench.errors import ConfigError, IncompatibleError, PrivacyError
 
 if TYPE_CHECKING:
     from bench.privacy import Calibration
@@ -115,6 +115,7 @@ def plan_cell(
     import norms  # torch and Opacus: only when planning
     from bench.privacy import calibrate_noise
 
+    check_grad_sample_mode(cell)
     size = size or data_size(cell.data)
     q, steps = size_cell(cell, size)
     base = {"cell": cell, "n_private": size.n_private, "num_classes": size.num_classes}
@@ -123,7 +124,7 @@ def plan_cell(
             model = build_model(cell, size.num_classes, "cpu")
         except IncompatibleError as err:
             return CellPlan(**base, sample_rate=q, steps=steps, skip_reason=str(err))
-    charge = norms.resolve_norm(cell.norm).charge(model)
+    charge = norms.resolve_norm(cell.norm).charge(model, size.n_private)
     charges = (charge,) if charge else ()
     extra = [c.history_entry() for c in charges]
     calibrations = {
@@ -146,6 +147,7 @@ def plan_cells(cells: Iterable[Cell], accountants: Sequence[str] | None = None) 
     plans: list[CellPlan] = []
     models: dict[tuple, object] = {}
     for cell in cells:
+        check_grad_sample_mode(cell)
         size = data_size(cell.data)
         key = (cell.backbone, cell.norm, size.num_classes)
         if key not in models:
@@ -166,6 +168,48 @@ def plan_cells(cells: Iterable[Cell], accountants: Sequence[str] | None = None) 
         except PrivacyError as err:
             raise PrivacyError(f"{err} (cell {cell_label(cell)})") from None
     return plans
+
+
+#: The grad-sample mode every norm may run in: the book-keeping clipper itself refuses, before
+#: the first step, any trainable layer that has no rule (or opted-in fallback).
+OPEN_MODE = "bk"
+
+
+def grad_sample_mode_problem(norm: str, mode: str) -> tuple[str, str] | None:
+    """Why ``norm`` may not run in grad-sample ``mode`` and the modes it may, or None.
+
+    An Opacus mode (``hooks``, ``functorch``) must be one the norm declares on `register_norm`
+    (``grad_sample_modes``: the modes its per-sample gradients were proven in against the
+    oracle); ``bk`` is open to every norm (`OPEN_MODE`).
+    """
+    import norms  # torch: only when checking
+
+    declared = norms.resolve_norm(norm).spec.grad_sample_modes
+    if mode == OPEN_MODE or mode in declared:
+        return None
+    reason = (
+        f"norm {norm} does not declare grad-sample mode {mode!r} (its per-sample gradients "
+        f"are proven against the oracle in {', '.join(declared) or 'no Opacus mode'} only)"
+    )
+    return reason, ", ".join([OPEN_MODE, *declared])
+
+
+def check_grad_sample_mode(cell: Cell) -> None:
+    """Refuse a cell whose norm does not declare its grad-sample mode.
+
+    Raises:
+        ConfigError: Naming the norm, the mode and the modes allowed.
+    """
+    mode = cell.training.grad_sample_mode
+    problem = grad_sample_mode_problem(cell.norm, mode)
+    if problem:
+        reason, allowed = problem
+        raise ConfigError(
+            f"{reason} (cell {cell_label(cell)})",
+            key="training.grad_sample_mode",
+            given=mode,
+            allowed=allowed,
+        )
 
 
 def build_model(cell: Cell, num_classes: int, device):

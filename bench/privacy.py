@@ -9,10 +9,11 @@ computed the same way from what the run actually did (steps taken, charges made)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -79,10 +80,12 @@ class Calibration:
         sample_rate: Poisson sampling rate q = B / N.
         steps: DP-SGD steps.
         extra: Other charges of the run (e.g. DP statistics) as history entries.
-        accountant: The accountant used for calibration (after any fallback).
+        accountant: The one accountant the whole search used, and the run reports under:
+            the requested one, or ``rdp`` when PRV failed anywhere during the search.
         epsilon: Epsilon of the full planned history under that accountant.
         epsilon_by_accountant: The same history under every accountant, for reporting.
-        note: Fallback notes, else empty.
+        note: Why the accountant differs from the requested one, else empty.
+        requested: The accountant the suite asked for.
     """
 
     noise_multiplier: float
@@ -91,8 +94,9 @@ class Calibration:
     extra: tuple[tuple[float, float, int], ...]
     accountant: str
     epsilon: float
-    epsilon_by_accountant: dict[str, float] = field(default_factory=dict)
+    epsilon_by_accountant: dict[str, float | None] = field(default_factory=dict)
     note: str = ""
+    requested: str = ""
 
     def history(self, steps_done: int | None = None) -> list[tuple[float, float, int]]:
         """The accountant history after ``steps_done`` DP-SGD steps (all planned by default)."""
@@ -136,18 +140,53 @@ def _calibrate(
         raise PrivacyError(
             f"sample rate must be in (0, 1] and steps >= 1, got q={sample_rate}, steps={steps}"
         )
-    used, notes = accountant, set()
 
     def eps_at(sigma: float) -> float:
-        nonlocal used
         result = epsilon([*extra, (sigma, sample_rate, steps)], delta, accountant)
-        if result.note:
-            used = result.accountant
-            notes.add(result.note.split(";")[0] + "; calibrated with RDP")
+        if result.accountant != accountant:
+            raise _AccountantFailed(result.note)
         return result.epsilon
 
+    if accountant != "rdp":
+        # One accountant per run: if PRV cannot answer anywhere on the way, the whole search
+        # is redone with RDP (a sigma accepted on PRV's value would exceed the target under
+        # RDP), and the run reports under RDP too.
+        try:
+            return _search(target_epsilon, delta, sample_rate, steps, extra, accountant, eps_at)
+        except _AccountantFailed as failed:
+            rdp = _calibrate(target_epsilon, delta, sample_rate, steps, extra, "rdp")
+            reason = str(failed).split(";")[0]
+            return dataclasses.replace(
+                rdp, note=f"{reason}; calibrated and reported with RDP", requested=accountant
+            )
+    return _search(target_epsilon, delta, sample_rate, steps, extra, accountant, eps_at)
+
+
+def _only(history: History, delta: float, accountant: str) -> float | None:
+    """Epsilon under exactly this accountant, or None where it cannot answer (no fallback)."""
+    result = epsilon(history, delta, accountant)
+    return result.epsilon if result.accountant == accountant else None
+
+
+class _AccountantFailed(Exception):
+    """PRV could not answer during a calibration (the message says why)."""
+
+
+def _search(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    extra: tuple[tuple[float, float, int], ...],
+    accountant: str,
+    eps_at: Callable[[float], float],
+) -> Calibration:
+    """Bracket and bisect sigma under one accountant (``eps_at`` raises if it falls back)."""
     if extra:
-        base = epsilon(extra, delta, accountant).epsilon
+        alone = epsilon(extra, delta, accountant)
+        if alone.accountant != accountant:
+            raise _AccountantFailed(alone.note)
+        base = alone.epsilon
         if base >= target_epsilon:
             raise PrivacyError(
                 f"the run's other privacy costs alone spend epsilon={base:.3g}, "
@@ -190,15 +229,15 @@ def _calibrate(
                 break
     sigma = hi
     history = [*extra, (sigma, sample_rate, steps)]
-    by_acc = {a: epsilon(history, delta, a).epsilon for a in ACCOUNTANTS}
-    final = by_acc[used]
+    final = eps_at(sigma)
+    by_acc = {a: final if a == accountant else _only(history, delta, a) for a in ACCOUNTANTS}
     return Calibration(
         noise_multiplier=sigma,
         sample_rate=sample_rate,
         steps=steps,
         extra=extra,
-        accountant=used,
+        accountant=accountant,
         epsilon=final,
         epsilon_by_accountant=by_acc,
-        note="; ".join(sorted(notes)),
+        requested=accountant,
     )

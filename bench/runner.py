@@ -136,7 +136,7 @@ def run_cell(
     except torch.cuda.OutOfMemoryError as err:
         record = {**base, "status": "failed", "error": f"out of memory: {err}".splitlines()[0]}
     except Diverged as err:
-        record = {**base, "status": "failed", "error": str(err)}
+        record = {**base, "status": "failed", "error": str(err), "diverged": True}
     except Exception as err:
         record = {
             **base,

@@ -8,6 +8,7 @@ hash of (seed, purpose): distinct purposes and distinct seeds give unrelated str
 from __future__ import annotations
 
 import hashlib
+import os
 
 import torch
 
@@ -38,3 +39,31 @@ def seed_global(seed: int, purpose: str) -> None:
     """Seed torch's global generators (CPU and every CUDA device) with a named stream, for
     randomness that takes no generator argument (parameter init, ``F.dropout``)."""
     torch.manual_seed(stream_seed(seed, purpose))
+
+
+#: Streams that ``privacy.secure_noise`` takes off the seed: knowing them would undo the noise
+#: (DP-SGD's, a norm's DP statistics') or reveal which examples a step or a calibration read,
+#: which amplification by subsampling assumes secret. Initialisation, augmentation, dropout
+#: and the non-private timing stay on the seed.
+SECRET_STREAMS = ("sampling", "noise", "norm")
+
+
+def secure_seed() -> int:
+    """A 63-bit seed from the operating system's entropy (``os.urandom``), never from a run seed."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+def run_stream(
+    seed: int, purpose: str, device: torch.device | str = "cpu", *, secure: bool = False
+) -> torch.Generator:
+    """The generator of a run's stream: `stream`, or, for a `SECRET_STREAMS` purpose (or one
+    under it, ``norm.x``) when ``secure``, a generator seeded by `secure_seed`.
+
+    A secure generator is torch's Mersenne Twister (or Philox on CUDA) with an unpredictable
+    seed: the seed and the records reveal nothing of it, but it is not a cryptographic
+    generator (torchcsprng is not a dependency), so an adversary who saw enough of its raw
+    outputs could in principle recover its state; the run publishes none of them.
+    """
+    if secure and purpose.split(".")[0] in SECRET_STREAMS:
+        return torch.Generator(device=device).manual_seed(secure_seed())
+    return stream(seed, purpose, device)

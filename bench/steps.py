@@ -80,6 +80,9 @@ class DPSGDStep:
     book-keeping clipper, `bench.bk`: one backward pass, per-sample norms without
     materialising conv gradients where that is cheaper, clipped sums as one GEMM per layer).
 
+    ``secure_mode`` turns on Opacus' secure-mode noise; pass it with an unpredictable
+    ``generator`` (`bench.seeds.run_stream` with ``secure=True``).
+
     The K views of an example share one clipped gradient: the per-example loss is the mean
     over its views, so its gradient is the mean of the per-view gradients, taken before
     clipping. An empty logical batch is a noise-only step.
@@ -101,6 +104,7 @@ class DPSGDStep:
         mode: str = "hooks",
         precision: str = "fp32",
         generator: torch.Generator | None = None,
+        secure_mode: bool = False,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -123,6 +127,9 @@ class DPSGDStep:
             expected_batch_size=expected_batch_size,
             loss_reduction="mean",
             generator=generator,
+            # Opacus' secure mode: each noise draw is a sum of Gaussians, against attacks on
+            # the floating-point representation of one sample.
+            secure_mode=secure_mode,
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_taken = 0

@@ -6,11 +6,16 @@ the statistics are computed once, before training, and then frozen:
 
 * ``stats=public``: from data the suite declares public (excluded from the private set);
   no privacy cost.
-* ``stats=private_dp``: from the private data with the Gaussian mechanism: each example's
-  per-channel (mean, second moment) vector is clipped in L2 norm and Gaussian noise is added to
-  the sum, once per layer. The cost is returned as a `PrivacyCharge` that the run composes with
-  DP-SGD's in the accountant (Tramer & Boneh's normalisation of ScatterNet features does the
-  same).
+* ``stats=private_dp``: from the private data with the subsampled Gaussian mechanism: for each
+  layer, a Poisson subsample of the private set (each example independently, with probability
+  q = k/N for k = min(calib_examples, N)) is drawn afresh, each sampled example's per-channel
+  (mean, second moment) vector is clipped in L2 norm, Gaussian noise is added to the sum, and
+  the sum is divided by the *expected* count k (public), never by the realised one. Adding or
+  removing one example then changes one release by at most the clip bound, if it is sampled,
+  which is exactly the mechanism DP-SGD's accountant analyses: the cost is the `PrivacyCharge`
+  (sigma, q, one release per layer), composed with DP-SGD's in the accountant (Tramer &
+  Boneh's normalisation of ScatterNet features does the same). A fixed-size random subset
+  would not match that charge: adding one example could push another out, a substitution.
 
 Layers are calibrated one after the other in forward order, each with every earlier layer
 already frozen, so each layer's statistics describe the inputs it will see.
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from opacus.grad_sample import register_grad_sampler
@@ -81,8 +86,9 @@ class FrozenStatsNorm(nn.Module):
             (mean, second moment) vector: the vector is clipped to L2 norm
             ``clip * sqrt(2 * num_channels)``.
         noise_multiplier: For ``private_dp``, noise std over the L2 sensitivity, per layer.
-        calib_examples: How many examples (chosen at random, independent of their values) the
-            statistics are computed from.
+        calib_examples: k, the expected number of private examples each layer's statistics are
+            computed from: each layer reads its own Poisson subsample at rate k/N (all N when
+            k >= N), and divides by k.
     """
 
     def __init__(
@@ -132,25 +138,71 @@ class FrozenStatsNorm(nn.Module):
         return f"{self.num_channels}, stats={self.stats}{extra}"
 
 
-def _charge(model: nn.Module, norm: ResolvedNorm) -> PrivacyCharge | None:
-    return planned_charge(model)
+def _charge(model: nn.Module, norm: ResolvedNorm, n_private: int) -> PrivacyCharge | None:
+    return planned_charge(model, sample_rate=calibration_rate(norm, n_private))
+
+
+def calibration_rate(norm: ResolvedNorm, n_private: int) -> float:
+    """q = k / N: the Poisson rate at which each layer samples the private set (1: all of it)."""
+    return min(int(norm.params["calib_examples"]), n_private) / n_private
+
+
+class PoissonSubsets:
+    """The calibration input batches of a ``private_dp`` model: one fresh Poisson subsample of
+    the private set per call (that is, per layer), each from its own named random stream.
+
+    Each example joins call j's subsample independently with probability ``sample_rate``,
+    decided by the j-th stream alone, so the coins of the other examples do not depend on
+    whether one example is present (the coupling the add/remove analysis assumes).
+    """
+
+    def __init__(self, data: RunData, sample_rate: float, purpose: str):
+        self.data, self.sample_rate, self.purpose = data, sample_rate, purpose
+        self.calls = 0
+
+    def __call__(self) -> Iterator[torch.Tensor]:
+        generator = self.data.generator(f"{self.purpose}.{self.calls}")
+        self.calls += 1
+        n = self.data.num_private
+        coins = torch.rand(n, generator=generator, device=generator.device)
+        picked = torch.nonzero(coins < self.sample_rate, as_tuple=True)[0]
+        return self.data.batches(self.data.private_x[picked.to(self.data.private_x.device)])()
 
 
 def _prepare(model: nn.Module, norm: ResolvedNorm, data: RunData) -> None:
-    """Fill the statistics: from the public examples, or with DP from a private subset."""
+    """Fill the statistics: from the public examples, or with DP from Poisson subsamples."""
     if norm.needs_public_data:
         if data.public_x is None:
             raise NormSpecError(
                 f"{norm} needs public data but the run has none (set data.public_split)"
             )
-        source = data.public_x
-    else:
-        k = min(int(norm.params["calib_examples"]), data.num_private)
-        # A random subset chosen without looking at the examples; its size is public.
-        generator = data.generator("dp_batch_norm.calibration_subset")
-        pick = torch.randperm(data.num_private, generator=generator, device=generator.device)
-        source = data.private_x[pick[:k].to(data.private_x.device)]
-    calibrate(model, data.batches(source), generator=data.generator("dp_batch_norm.noise"))
+        calibrate(model, data.batches(data.public_x))
+        return
+    # N is public, as for DP-SGD's q = B / N: the rate and the divisor are fixed before any
+    # example is read, and `_charge` charges this same rate.
+    q = calibration_rate(norm, data.num_private)
+    calibrate_private(model, data, sample_rate=q, expected_count=q * data.num_private)
+
+
+def calibrate_private(
+    model: nn.Module, data: RunData, *, sample_rate: float, expected_count: float
+) -> PrivacyCharge | None:
+    """The ``private_dp`` mechanism: each layer's noisy clipped moment sum over its own Poisson
+    subsample of ``data.private_x`` at ``sample_rate``, divided by ``expected_count``.
+
+    Returns:
+        Its charge: (noise multiplier, ``sample_rate``, one release per layer).
+    """
+    return calibrate(
+        model,
+        PoissonSubsets(data, sample_rate, "dp_batch_norm.calibration_subset"),
+        generator=data.generator("dp_batch_norm.noise"),
+        expected_count=expected_count,
+        # One example fixes the order the layers are reached in (the architecture's, not the
+        # data's); no statistic reads it.
+        example=data.to_input(data.private_x[:1]),
+        sample_rate=sample_rate,
+    )
 
 
 @register_norm(
@@ -177,8 +229,9 @@ def dp_batch_norm(
 ) -> FrozenStatsNorm:
     """BatchNorm with frozen statistics from public data (``public``) or from DP estimates.
 
-    ``private_dp`` charges one Gaussian mechanism (``noise_multiplier``, every example) per
-    layer to the run's accountant; DP-SGD's noise is then calibrated for the remaining budget.
+    ``private_dp`` charges one subsampled Gaussian mechanism (``noise_multiplier``, Poisson
+    rate ``calib_examples / N``) per layer to the run's accountant; DP-SGD's noise is then
+    calibrated for the remaining budget.
     """
     return FrozenStatsNorm(
         num_channels,
@@ -248,11 +301,13 @@ def gaussian_sum(
     return total + noise.to(total.device) * (noise_multiplier * max_norm)
 
 
-def planned_charge(model: nn.Module) -> PrivacyCharge | None:
+def planned_charge(model: nn.Module, sample_rate: float = 1.0) -> PrivacyCharge | None:
     """The privacy charge `calibrate` will make on ``model``, known before any data is read.
 
     DP-SGD's noise is calibrated for the budget that remains after this charge, so it must be
-    known up front; it depends only on the layers' configuration, never on the data.
+    known up front; it depends only on the layers' configuration and on the sampling rate of
+    the calibration examples (``k / N``; 1 when every private example is read), never on the
+    data.
     """
     layers = frozen_stats_layers(model)
     private = [layer for layer in layers if layer.stats == "private_dp"]
@@ -261,12 +316,15 @@ def planned_charge(model: nn.Module) -> PrivacyCharge | None:
     sigma = private[0].noise_multiplier
     if any(layer.noise_multiplier != sigma for layer in private) or len(private) != len(layers):
         raise NormSpecError("dp_batch_norm layers of one model must share stats and noise")
+    if not 0 < sample_rate <= 1:
+        raise NormSpecError(f"dp_batch_norm: sampling rate must be in (0, 1], got {sample_rate}")
     return PrivacyCharge(
         noise_multiplier=sigma,
-        sample_rate=1.0,
+        sample_rate=sample_rate,
         steps=len(private),
         description=f"dp_batch_norm statistics: {len(private)} Gaussian releases "
-        f"(noise multiplier {sigma}) of clipped per-example channel moments",
+        f"(noise multiplier {sigma}, Poisson rate {sample_rate:.4g}) of clipped per-example "
+        "channel moments",
     )
 
 
@@ -276,15 +334,25 @@ def calibrate(
     batches: Callable[[], Iterable[torch.Tensor]],
     *,
     generator: torch.Generator | None = None,
+    expected_count: float | None = None,
+    example: torch.Tensor | None = None,
+    sample_rate: float = 1.0,
 ) -> PrivacyCharge | None:
     """Fill and freeze the statistics of every `FrozenStatsNorm` layer of ``model``.
 
     Args:
         model: The model; its other layers are used as they are (eval mode is set meanwhile).
-        batches: Called once per layer; returns the calibration inputs as batches. For
-            ``public`` layers these must be public examples only; for ``private_dp`` layers a
-            random subset of ``calib_examples`` private examples chosen without looking at them.
+        batches: Called once per layer; returns that layer's calibration inputs as batches.
+            For ``public`` layers these must be public examples only; for ``private_dp``
+            layers either every private example (``sample_rate`` 1) or a fresh Poisson
+            subsample at ``sample_rate`` per call (`PoissonSubsets`), which may be empty.
         generator: Source of the Gaussian noise for ``private_dp`` layers.
+        expected_count: For ``private_dp``: the public count the noisy sums are divided by
+            (``sample_rate * N``); None divides by the count read, which is only private-safe
+            when every example is read and N is public.
+        example: An input whose forward pass fixes the order the layers are reached in;
+            default: the first example of the first call of ``batches``.
+        sample_rate: The rate the ``private_dp`` examples were sampled at, for the charge.
 
     Returns:
         The privacy cost to charge (``private_dp``), or None when nothing private was read.
@@ -294,10 +362,12 @@ def calibrate(
     was_training = model.training
     model.eval()
     try:
-        first = next(iter(batches()), None)
-        if first is None:
-            raise NormSpecError("dp_batch_norm calibration received no examples")
-        layers = frozen_stats_layers(model, first[:1])
+        if example is None:
+            first = next(iter(batches()), None)
+            if first is None:
+                raise NormSpecError("dp_batch_norm calibration received no examples")
+            example = first[:1]
+        layers = frozen_stats_layers(model, example[:1])
     finally:
         model.train(was_training)
     variants = {layer.stats for layer in layers}
@@ -307,10 +377,10 @@ def calibrate(
     model.eval()
     try:
         for layer in layers:
-            _calibrate_layer(model, layer, batches, generator)
+            _calibrate_layer(model, layer, batches, generator, expected_count)
     finally:
         model.train(was_training)
-    return planned_charge(model)
+    return planned_charge(model, sample_rate)
 
 
 def _calibrate_layer(
@@ -318,6 +388,7 @@ def _calibrate_layer(
     layer: FrozenStatsNorm,
     batches: Callable[[], Iterable[torch.Tensor]],
     generator: torch.Generator | None,
+    expected_count: float | None,
 ) -> None:
     captured: list[torch.Tensor] = []
 
@@ -328,21 +399,30 @@ def _calibrate_layer(
     handle = layer.register_forward_pre_hook(hook)
     try:
         for batch in batches():
+            if batch.shape[0] == 0:
+                continue
             with contextlib.suppress(_StopForward):
                 model(batch)
     finally:
         handle.remove()
-    if not captured:
+    private = layer.stats == "private_dp"
+    if not captured and not (private and expected_count is not None):
         raise NormSpecError("dp_batch_norm calibration received no examples")
-    moments = torch.cat(captured)
-    n = moments.shape[0]
-    if layer.stats == "public":
-        total = moments.sum(dim=0)
-    else:
+    # A Poisson subsample may be empty: the release is then noise alone.
+    moments = (
+        torch.cat(captured)
+        if captured
+        else torch.zeros(0, 2 * layer.num_channels, dtype=torch.float64, device=layer.mean.device)
+    )
+    if private:
         max_norm = layer.clip * math.sqrt(2 * layer.num_channels)
         total = gaussian_sum(moments, max_norm, layer.noise_multiplier, generator)
-    # The number of calibration examples is fixed by the configuration, not by the data.
-    mean, second = (total / n).split(layer.num_channels)
+    else:
+        total = moments.sum(dim=0)
+    # Private sums are divided by the expected count, which the configuration fixes: the
+    # realised count of a Poisson subsample depends on the data and is not released.
+    count = expected_count if private and expected_count is not None else moments.shape[0]
+    mean, second = (total / count).split(layer.num_channels)
     var = (second - mean.square()).clamp_min(0.0)
     layer.mean.copy_(mean.to(layer.mean.dtype))
     layer.var.copy_(var.to(layer.var.dtype))

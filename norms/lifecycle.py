@@ -3,9 +3,9 @@
 A norm whose layers read data before training (statistics from public data, or from private
 data with a DP mechanism) registers two hooks with `norms.register_norm`:
 
-* ``charge(model, norm) -> PrivacyCharge | None``: the privacy cost its preparation will
-  spend, known from the configuration alone before any data is read (DP-SGD's noise is
-  calibrated for what remains of the budget);
+* ``charge(model, norm, n_private) -> PrivacyCharge | None``: the privacy cost its
+  preparation will spend, known from the configuration and the private set's size alone
+  before any data is read (DP-SGD's noise is calibrated for what remains of the budget);
 * ``prepare(model, norm, data) -> None``: fill the layers' state from `RunData`.
 
 The run calls them generically (`ResolvedNorm.charge`, `ResolvedNorm.prepare`); it never names

@@ -21,7 +21,7 @@ _RESERVED = ("device", "dtype")
 
 BoolOrFn = bool | Callable[[Mapping[str, Any]], bool]
 PrepareHook = Callable[[nn.Module, "ResolvedNorm", RunData], None]
-ChargeHook = Callable[[nn.Module, "ResolvedNorm"], "PrivacyCharge | None"]
+ChargeHook = Callable[[nn.Module, "ResolvedNorm", int], "PrivacyCharge | None"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,10 @@ class NormSpec:
         grad_sampler: Which per-sample-gradient path Opacus takes for this norm's parameters:
             ``opacus`` (a sampler shipped by Opacus), ``custom`` (registered by this project),
             ``functorch`` (Opacus' generic vmap path) or ``none`` (no trainable parameters).
-        grad_sample_modes: Opacus ``grad_sample_mode`` values proven against the oracle.
+        grad_sample_modes: Opacus ``grad_sample_mode`` values proven against the oracle; a run
+            in another Opacus mode is refused. The book-keeping mode ``bk`` is open to every
+            norm: its clipper refuses any trainable layer without a rule (or an opted-in
+            fallback) before the first step.
         needs_public_data: Whether building the norm's statistics reads public data.
         privacy_cost: Whether building the norm's statistics spends privacy budget, which the
             accountant must be charged.
@@ -53,8 +56,9 @@ class NormSpec:
             norm has no shift of its own to replace it, e.g. the identity).
         prepare: ``prepare(model, norm, data)``: fills the norm's layers from
             `norms.lifecycle.RunData` before training (statistics); None when nothing is read.
-        charge: ``charge(model, norm) -> PrivacyCharge | None``: the privacy cost ``prepare``
-            will spend, known before any data is read.
+        charge: ``charge(model, norm, n_private) -> PrivacyCharge | None``: the privacy cost
+            ``prepare`` will spend on a private set of ``n_private`` examples, known before any
+            data is read.
         test_variants: Parameter settings (``"group_size=8"``) whose layers differ enough from
             the default to be tested too; the tests take every norm and these from here.
         oracle_params: Parameters that make the forward pass deterministic (no dropout), which
@@ -141,9 +145,10 @@ class ResolvedNorm:
             return "budget-charged"
         return "public data" if self.needs_public_data else "per-sample"
 
-    def charge(self, model: nn.Module) -> PrivacyCharge | None:
-        """The privacy cost `prepare` will spend on ``model``, before any data is read."""
-        return self.spec.charge(model, self) if self.spec.charge else None
+    def charge(self, model: nn.Module, n_private: int) -> PrivacyCharge | None:
+        """The privacy cost `prepare` will spend on ``model`` with ``n_private`` private
+        examples (a sampling rate may depend on N, which is public), before any data is read."""
+        return self.spec.charge(model, self, n_private) if self.spec.charge else None
 
     def prepare(self, model: nn.Module, data: RunData) -> None:
         """Fill the norm's layers in ``model`` from ``data`` before training (a no-op for

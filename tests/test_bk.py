@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from timm.layers import ScaledStdConv2d
+from torch import nn
 
 import norms.clipping as clipping_module
 from bench.backbones import create_backbone, list_backbones
@@ -163,3 +164,104 @@ def test_temporaries_split_by_examples_give_the_same_sums(
     models are too small to, so force it (every slice one example) and check against the oracle."""
     monkeypatch.setattr(clipping_module, "SLICE_BYTES", 1)
     assert_clipped_sums_match_the_oracle(build(backbone, norm), views, strategy)
+
+
+class _TwoInputs(nn.Module):
+    """A layer whose output depends on two tensor inputs; opted into the fallback, which
+    differentiates it through functorch with respect to its first input only."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(4))
+
+    def forward(self, x, y):
+        return x * self.weight + y * self.weight
+
+
+class _ParentWithOwnWeight(nn.Module):
+    """Owns a parameter and has a child with parameters: the child would be counted twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(4))
+        self.inner = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.inner(x) * self.scale
+
+
+class _HalfRule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(4))
+        self.b = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return x * self.a + self.b
+
+
+clipping_module.register_clip_fallback(_TwoInputs, _ParentWithOwnWeight)
+
+
+@clipping_module.register_clip_rule(_HalfRule)
+class _HalfRuleClip(clipping_module.ClipRule):
+    """A faulty rule: norms and sums for ``a`` only, so ``b`` would silently get noise only."""
+
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
+        state.per_view = {layer.a: inputs[0] * g}
+        return state.per_view[layer.a].square().sum(1)
+
+    def clipped_sum(self, layer, inputs, g, coef, state):
+        return {layer.a: coef @ state.per_view[layer.a]}
+
+
+class _Head(nn.Module):
+    """Flattens an image batch to 4 features, runs ``body``, classifies."""
+
+    def __init__(self, body: nn.Module, call=lambda body, h: body(h)):
+        super().__init__()
+        self.body, self.call, self.out = body, call, nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = x.flatten(1)[:, :4]
+        return self.out(self.call(self.body, h))
+
+
+def accumulate(model: nn.Module) -> BookKeepingClipper:
+    clipper = BookKeepingClipper(model)
+    clipper.accumulate(torch.randn(5, 1, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1]), max_grad_norm=1)
+    return clipper
+
+
+def test_a_parameter_shared_by_two_layers_is_refused_naming_it():
+    """Shared: its norms would add in quadrature but its sums linearly (up to sqrt(2) C)."""
+    first, second = nn.Linear(4, 4), nn.Linear(4, 4)
+    second.weight = first.weight
+    model = _Head(nn.Sequential(first, second))
+    with pytest.raises(clipping_module.ClipRuleError, match=r"body\.0\.weight is shared with"):
+        BookKeepingClipper(model)
+
+
+def test_a_layer_with_own_parameters_and_parameterised_children_is_refused():
+    with pytest.raises(clipping_module.ClipRuleError, match="children with trainable parameters"):
+        BookKeepingClipper(_Head(_ParentWithOwnWeight()))
+
+
+def test_a_fallback_layer_with_two_tensor_inputs_is_refused():
+    model = _Head(_TwoInputs(), call=lambda body, h: body(h, h.flip(1)))
+    with pytest.raises(clipping_module.ClipRuleError, match="takes 2 tensor inputs"):
+        accumulate(model)
+
+
+def test_a_rule_that_leaves_a_parameter_without_a_clipped_sum_is_refused():
+    with pytest.raises(clipping_module.ClipRuleError, match=r"parameter\(s\) b"):
+        accumulate(_Head(_HalfRule()))
+
+
+def test_a_layer_the_backward_pass_never_reaches_is_reported():
+    """A trainable layer outside the loss gets noise only and never trains: it is named."""
+    model = _Head(nn.Linear(4, 4))
+    model.unused = nn.Linear(4, 4)
+    clipper = accumulate(model)
+    assert clipper.unreached_layers == ["unused"]
+    assert BookKeepingClipper(model).unreached_layers == ["body", "out", "unused"]  # no step yet

@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,15 @@ import pytest
 import yaml
 
 from bench.config import (
+    Cell,
+    DataConfig,
+    PrivacyConfig,
     ReportConfig,
     Suite,
     TrainingConfig,
     alpha_problem,
     cell_to_dict,
+    public_path,
     suite_to_dict,
 )
 from bench.errors import ConfigError
@@ -335,6 +340,7 @@ def test_run_keys_are_stable_and_distinct(tmp_path):
         "training.steps=6",
         "training.augmult=2",
         "training.ema=0.99",
+        "privacy.secure_noise=true",
         "data.split_seed=1",
         "data.num_train=200",
         "data.normalize=false",
@@ -360,6 +366,7 @@ def test_run_key_changes_with_any_result_changing_field(tmp_path, override):
         "data.num_test=64",
         "training.lr=1",
         "privacy.delta=1e-5",
+        "training.log_private_loss=true",
     ],
     ids=lambda o: o.split("=")[0],
 )
@@ -455,3 +462,54 @@ def test_importing_the_schema_loads_neither_yaml_nor_torch():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def _cell_from_record(record: dict) -> Cell:
+    """The cell a record was made from, rebuilt from the config it stores."""
+    config = record["config"]
+    data = {k: v for k, v in config["data"].items() if k not in ("num_train", "num_test")}
+    data.update(num_train=None, num_test=None, mean=tuple(data["mean"]), std=tuple(data["std"]))
+    for name in ("num_train", "num_test"):
+        # The stored sizes have per-source defaults filled in; the synthetic defaults are None.
+        stored = config["data"][name]
+        default = getattr(DataConfig(source=data["source"]), f"{name[4:]}_size")
+        data[name] = None if stored == default else stored
+    training = {**config["training"], "lr_milestones": tuple(config["training"]["lr_milestones"])}
+    return Cell(
+        suite=record["suite"],
+        backbone=record["backbone"],
+        norm=record["norm"],
+        seed=record["seed"],
+        overrides=record["overrides"],
+        data=DataConfig(**{k: v for k, v in data.items() if k != "dataset" or v != "synthetic"}),
+        privacy=PrivacyConfig(**config["privacy"]),
+        training=TrainingConfig(**training),
+    )
+
+
+def test_published_records_keep_their_run_keys():
+    """Config fields added since (``privacy.secure_noise`` at its default, the diagnostic
+    ``training.log_private_loss``) and public paths in records must not move a published key,
+    or a resumed sweep would redo every finished run."""
+    checked = 0
+    for path in sorted((ROOT / "reports").glob("*/records.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            root = record["config"]["data"].get("root")
+            if isinstance(root, str) and not os.path.isabs(root):
+                continue  # a home-relative root hashes as expanded on the machine that ran it
+            assert _cell_from_record(record).run_key == record["run_key"], (path, record["norm"])
+            checked += 1
+    assert checked >= 10
+
+
+def test_public_paths_are_home_or_directory_relative_and_never_absolute(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert public_path(str(tmp_path / "home" / "data" / "x")) == "~/data/x"
+    assert public_path(str(tmp_path / "work" / "y")) == "work/y"
+    assert public_path("/elsewhere/z") == "…/z"
+    assert public_path("relative/w") == "relative/w"
+    cell = load_suite(write_suite(tmp_path, {"data.cache_dir": "~/cache"})).cells()[0]
+    assert cell_to_dict(cell)["data"]["cache_dir"] == "~/cache"
+    assert cell.data.cache_dir == str(tmp_path / "home" / "cache")  # the run itself sees it all

@@ -11,15 +11,19 @@ from hypothesis import strategies as st
 from scipy import stats
 from torch import nn
 
+import norms
 from bench.backbones import create_backbone
+from bench.seeds import stream
 from norms.dp_batch_norm import (
     FrozenStatsNorm,
     calibrate,
+    calibrate_private,
     clip_rows,
     frozen_stats_layers,
     gaussian_sum,
     per_example_moments,
 )
+from norms.lifecycle import RunData
 
 
 def model_with(norm: str) -> nn.Module:
@@ -108,3 +112,82 @@ def test_private_dp_statistics_estimate_the_true_moments():
     true = per_example_moments(x).mean(0)
     noise_std = 5.0 * 3.0 * math.sqrt(6) / 2000
     assert (layer.mean - true[:3]).abs().max() < 5 * noise_std
+
+
+def run_data(x: torch.Tensor, seed: int) -> RunData:
+    """The private set ``x`` with this seed's named streams (as a run gives them)."""
+    return RunData(
+        private_x=x,
+        public_x=None,
+        to_input=lambda t: t,
+        batch_size=16,
+        generator=lambda purpose: stream(seed, f"norm.{purpose}"),
+    )
+
+
+def released_sum(x: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:
+    """A one-layer model's released (mean, second moment) vector times the public divisor k,
+    i.e. the noisy clipped sum, and the layer's L2 bound on one example's contribution.
+
+    The rate q = 0.9 and k = 45 are fixed (from a public N = 50), as the neighbouring relation
+    of the accountant has them; `_prepare` derives both from N the same way for every run."""
+    layer = FrozenStatsNorm(3, stats="private_dp", clip=0.1, noise_multiplier=0.001).double()
+    charge = calibrate_private(
+        nn.Sequential(layer), run_data(x, seed), sample_rate=0.9, expected_count=45
+    )
+    assert charge.history_entry() == (0.001, 0.9, 1)
+    released = torch.cat([layer.mean, layer.var + layer.mean.square()]) * 45
+    return released, layer.clip * math.sqrt(2 * 3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_private_dp_release_moves_by_at_most_the_clip_when_one_example_is_added(seed):
+    """Add/remove neighbours (the relation the accountant assumes), with k close to N and a small
+    clip: identical examples of mean -0.5 and one of mean +0.5, each clipped to the bound, so
+    that a fixed-size subset, where adding the odd one out pushes another example out (a
+    substitution), would move a release by about 1.8x the bound. The noise is the same stream
+    on both sides, so it cancels in the difference."""
+    base = torch.full((50, 3, 4, 4), -0.5, dtype=torch.float64)
+    odd = torch.full((1, 3, 4, 4), 0.5, dtype=torch.float64)
+    without, bound = released_sum(base, seed)
+    with_odd, _ = released_sum(torch.cat([base, odd]), seed)
+    assert (with_odd - without).norm() <= bound * (1 + 1e-6)
+
+
+def test_the_add_remove_check_sees_the_odd_example_when_it_is_sampled():
+    """The check above is not vacuous: for most seeds the odd example is sampled and moves the
+    release by nearly the whole bound."""
+    base = torch.full((50, 3, 4, 4), -0.5, dtype=torch.float64)
+    odd = torch.full((1, 3, 4, 4), 0.5, dtype=torch.float64)
+    moved = []
+    for seed in range(6):
+        without, bound = released_sum(base, seed)
+        moved.append(float((released_sum(torch.cat([base, odd]), seed)[0] - without).norm()))
+    assert sum(m > 0.9 * bound for m in moved) >= 3
+
+
+def test_private_dp_charge_is_its_noise_at_the_poisson_rate_k_over_n_once_per_layer():
+    norm = norms.resolve_norm("dp_batch_norm[calib_examples=100,stats=private_dp]")
+    model = create_backbone("resnet9", norm=str(norm), width=0.125)
+    layers = len(frozen_stats_layers(model))
+    charge = norm.charge(model, 1000)
+    assert (charge.noise_multiplier, charge.sample_rate, charge.steps) == (50.0, 0.1, layers)
+    assert norm.charge(model, 60).sample_rate == 1.0  # k >= N: every example, every layer
+
+
+def test_private_dp_divides_by_the_public_expected_count_not_the_sampled_one():
+    """The size of a Poisson sample depends on the data; only k is public. With identical
+    examples (no clipping, next to no noise) the released mean is then (sampled count / k) times
+    the examples' mean: it varies with the sample, which dividing by the sampled count would hide
+    (and an empty sample would make a division by zero)."""
+    norm = norms.resolve_norm(
+        "dp_batch_norm[calib_examples=20,clip=100.0,noise_multiplier=1e-06,stats=private_dp]"
+    )
+    x = torch.full((40, 3, 4, 4), 0.5, dtype=torch.float64)
+    counts = []
+    for seed in range(6):
+        layer = FrozenStatsNorm(3, stats="private_dp", clip=100.0, noise_multiplier=1e-6).double()
+        norm.prepare(nn.Sequential(layer), run_data(x, seed))
+        counts.append(float(layer.mean[0]) * 20 / 0.5)
+    assert all(abs(c - round(c)) < 0.05 for c in counts), counts
+    assert len({round(c) for c in counts}) > 1, counts  # Binomial(40, 1/2) sample sizes

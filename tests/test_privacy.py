@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import bench.privacy
 from bench.errors import PrivacyError
 from bench.privacy import SIGMA_FLOOR, TOLERANCE, calibrate_noise, epsilon
 
@@ -48,3 +49,30 @@ def test_a_target_needing_less_noise_than_the_floor_is_refused(accountant):
     # longer monotone in sigma; the floor refuses it after evaluations near sigma >= 0.3 only.
     with pytest.raises(PrivacyError, match=f"below {SIGMA_FLOOR}"):
         calibrate_noise(1000.0, 1e-5, 0.1333, 30, accountant=accountant)
+
+
+def test_prv_failing_mid_search_gives_a_run_calibrated_and_reported_under_rdp_alone(monkeypatch):
+    """PRV answers for large sigma and fails below a threshold inside the search's bracket: a
+    search that swapped accountants per evaluation could accept a sigma on PRV's value whose
+    RDP epsilon (what the run would then report) is above the target."""
+    target, q, steps = 8.0, 0.1333, 30
+    rdp_sigma = calibrate_noise(target, 1e-5, q, steps, accountant="rdp").noise_multiplier
+    prv_sigma = calibrate_noise(target, 1e-5, q, steps, accountant="prv").noise_multiplier
+    threshold = 0.5 * (prv_sigma + rdp_sigma)  # PRV fails below it, answers above it
+    real = bench.privacy.PRVAccountant.get_epsilon
+
+    def flaky(self, delta, **kwargs):
+        if min(s for s, _q, _n in self.history) < threshold:
+            raise RuntimeError("simulated PRV domain error")
+        return real(self, delta, **kwargs)
+
+    monkeypatch.setattr(bench.privacy.PRVAccountant, "get_epsilon", flaky)
+    bench.privacy._calibrate.cache_clear()
+    try:
+        cal = calibrate_noise(target, 1e-5, q, steps, accountant="prv")
+    finally:
+        bench.privacy._calibrate.cache_clear()
+    assert cal.accountant == "rdp" and cal.requested == "prv"
+    assert "calibrated and reported with RDP" in cal.note
+    assert cal.epsilon == epsilon(cal.history(), 1e-5, "rdp").epsilon <= target
+    assert cal.noise_multiplier == pytest.approx(rdp_sigma)

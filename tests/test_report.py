@@ -68,6 +68,16 @@ def table_row(text: str, backbone: str, norm: str) -> list[str]:
     raise AssertionError(f"no row for {norm} on {backbone}")
 
 
+def column(text: str, backbone: str, norm: str, header: str) -> str:
+    """The cell of ``norm``'s row in ``backbone``'s table under the column whose name starts
+    with ``header``."""
+    section = text.split(f"## Backbone `{backbone}`")[1]
+    first_line = next(line for line in section.splitlines() if line.startswith("|"))
+    names = [c.strip() for c in first_line.strip("|").split("|")]
+    index = next(i for i, name in enumerate(names) if name.startswith(header))
+    return table_row(text, backbone, norm)[index]
+
+
 def grid(norm_accs: dict[str, list[float]], backbone: str = "resnet9") -> list[dict]:
     return [
         make_record(backbone, norm, seed, acc)
@@ -125,7 +135,7 @@ def test_missing_baseline_skips_comparisons_but_still_ranks(tmp_path: Path) -> N
     assert "The baseline `group_norm` has no ok run on this backbone" in text
     row = table_row(text, "resnet9", "layer_norm")
     assert row[3] == "—" and row[5] == "not compared (no baseline runs)"
-    assert table_row(text, "resnet9", "scale_norm")[0] == "1"
+    assert table_row(text, "resnet9", "scale_norm")[0] == "a"
 
 
 def test_single_backbone_says_why_friedman_was_not_run(tmp_path: Path) -> None:
@@ -139,7 +149,7 @@ def test_tied_accuracies_share_rank_one_with_no_significant_difference(tmp_path:
     records = grid({"group_norm": [0.6, 0.61, 0.62], "layer_norm": [0.6, 0.61, 0.62]})
     text = report.write_report(write_run(tmp_path, records)).read_text()
     row = table_row(text, "resnet9", "layer_norm")
-    assert row[0] == "1" and table_row(text, "resnet9", "group_norm")[0] == "1"
+    assert row[0] == "a" and table_row(text, "resnet9", "group_norm")[0] == "a"
     assert row[3] == "+0.00 [+0.00, +0.00]"
     assert row[4] == "1.0000 (paired)"
     assert row[5] == "no significant difference"
@@ -188,7 +198,7 @@ def test_epsilon_spent_above_target_is_flagged(tmp_path: Path) -> None:
     records = grid({"group_norm": [0.6, 0.61]})
     records[1]["epsilon_spent"] = 8.5
     text = report.write_report(write_run(tmp_path, records)).read_text()
-    assert table_row(text, "resnet9", "group_norm")[9] == "8.50 (over target 8!)"
+    assert column(text, "resnet9", "group_norm", "ε spent") == "8.50 (over target 8!)"
 
 
 def test_missing_records_file_raises_records_error(tmp_path: Path) -> None:
@@ -237,3 +247,132 @@ def test_swept_grid_keys_get_their_own_tables(tmp_path: Path) -> None:
     assert table_row(text, "resnet9 [training.lr=0.5]", "group_norm")[2].startswith("51.00 ±")
     assert table_row(text, "resnet9 [training.lr=1.0]", "group_norm")[2].startswith("61.00 ±")
     assert table_row(text, "resnet9 [training.lr=1.0]", "scale_norm")[2].startswith("65.50 ±")
+
+
+def test_no_significant_difference_comes_with_the_difference_that_could_not_be_seen(
+    tmp_path: Path,
+) -> None:
+    records = grid(
+        {
+            "group_norm": [0.60, 0.62, 0.61, 0.63],
+            "layer_norm": [0.605, 0.615, 0.62, 0.625],
+            "scale_norm": [0.62, 0.63, 0.625, 0.645],
+        }
+    )
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    assert table_row(text, "resnet9", "layer_norm")[5] == "no significant difference"
+    detectable = column(text, "resnet9", "layer_norm", "detectable Δ")
+    assert float(detectable) > 0
+    assert column(text, "resnet9", "group_norm", "detectable Δ") == "—"
+    assert "at α/m = 0.05/2 = 0.025" in text
+    assert "**differences below " in text and " pp could not be seen**" in text
+    assert "Seeing 1 pp with 80% power would need " in text
+
+
+def swept(key: str, accs_by_value: dict, wall_s: dict | None = None) -> list[dict]:
+    """Records of one backbone sweeping ``key``: ``accs_by_value[value][norm]`` per seed."""
+    return [
+        make_record(
+            "resnet9",
+            norm,
+            seed,
+            acc,
+            overrides={key: value},
+            run_key=f"{norm}|{seed}|{value}",
+            wall_s=(wall_s or {}).get(value, 10.0),
+        )
+        for value, norms in accs_by_value.items()
+        for norm, accs in norms.items()
+        for seed, acc in enumerate(accs)
+    ]
+
+
+NORM_ACCS = {
+    "group_norm": [0.60, 0.61, 0.60],
+    "layer_norm": [0.55, 0.56, 0.55],
+    "scale_norm": [0.65, 0.64, 0.66],
+    "none": [0.40, 0.41, 0.40],
+}
+
+
+def agreement_row(text: str) -> list[str]:
+    section = text.split("## Rank agreement across swept values")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) == 1
+    return [c.strip() for c in rows[0].strip().strip("|").split("|")]
+
+
+def test_a_swept_budget_gets_kendall_tau_with_the_cheaper_setting_first(tmp_path: Path) -> None:
+    dearer = {n: [a + 0.1 for a in accs] for n, accs in NORM_ACCS.items()}
+    records = swept("training.steps", {400: dearer, 100: NORM_ACCS}, wall_s={100: 12.0, 400: 48.0})
+    row = agreement_row(report.write_report(write_run(tmp_path, records)).read_text())
+    assert row[:5] == ["`resnet9`", "`training.steps`", "100 → 400", "12 → 48", "4"]
+    assert row[5] == "+1.00 [+1.00, +1.00]"
+    assert row[6] == "The cheaper setting's ranking predicts the dearer one's (interval above 0)."
+
+
+def test_a_reversed_ranking_reads_as_reversed_and_dearer_by_wall_time(tmp_path: Path) -> None:
+    reversed_accs = {n: [1.0 - a for a in accs] for n, accs in NORM_ACCS.items()}
+    # The larger width ran faster here: "cheaper" follows the wall-clock time, not the value.
+    records = swept(
+        "backbone_width", {0.5: NORM_ACCS, 1.0: reversed_accs}, wall_s={0.5: 30.0, 1.0: 10.0}
+    )
+    row = agreement_row(report.write_report(write_run(tmp_path, records)).read_text())
+    assert row[2] == "1.0 → 0.5"
+    assert row[5].startswith("-1.00")
+    assert "is reversed in the dearer one's (interval below 0)" in row[6]
+
+
+def test_a_sweep_with_two_norms_says_why_tau_was_not_computed(tmp_path: Path) -> None:
+    two = {n: NORM_ACCS[n] for n in ("group_norm", "layer_norm")}
+    records = swept("training.lr", {0.5: two, 1.0: two})
+    row = agreement_row(report.write_report(write_run(tmp_path, records)).read_text())
+    assert row[3] == "10 → 10 (similar)"
+    assert row[6] == "Not computed: needs >= 3 norms with ok runs at both values (have 2)."
+
+
+def test_a_swept_epsilon_gives_a_privacy_utility_table_and_figure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    curves: list = []
+    monkeypatch.setattr(figures, "write_privacy_utility", lambda d, points: curves.append(points))
+    low = {n: [a - 0.1 for a in accs] for n, accs in NORM_ACCS.items()}
+    low["none"] = [0.3]  # one seed: no interval
+    records = swept("privacy.epsilon", {8.0: NORM_ACCS, 1.0: low})
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    section = text.split("## Privacy–utility")[1].split("\n## ")[0]
+    assert f"![privacy-utility]({figures.PRIVACY_UTILITY_PNG})" in section
+    assert "| norm         | ε = 1              | ε = 8              |" in section
+    assert "| `scale_norm` | 55.00 ± 2.48 (n=3) | 65.00 ± 2.48 (n=3) |" in section
+    assert "| `none`       | 30.00 (n=1)        | 40.33 ± 1.43 (n=3) |" in section
+    [points] = curves
+    assert {(p.norm, p.epsilon) for p in points} == {(n, e) for n in NORM_ACCS for e in (1.0, 8.0)}
+    assert (
+        "## Privacy–utility"
+        not in report.write_report(write_run(tmp_path / "plain", grid(NORM_ACCS))).read_text()
+    )
+
+
+LONG_NORM = "dp_batch_norm[momentum=0.9,stats=private_dp,stats_epsilon_fraction=0.05]"
+LONG_BACKBONE = "resnet9[width=0.125] [data.augmult=16, privacy.epsilon=8, training.steps=1600]"
+
+
+def test_every_figure_keeps_its_labels_inside_the_image() -> None:
+    points = [
+        figures.FigurePoint(LONG_BACKBONE, LONG_NORM, 44.0, 5.0, 1500.0),
+        figures.FigurePoint(LONG_BACKBONE, "none", 52.0, None, 1900.0),
+        figures.FigurePoint("wrn16_4", "group_norm", 60.0, 2.0, 800.0),
+    ]
+    curve = [
+        figures.CurvePoint(panel, norm, eps, 40.0 + eps, None if norm == "none" else 1.5)
+        for panel in ("resnet9", LONG_BACKBONE, "wrn16_4")
+        for norm in (LONG_NORM, "group_norm", "none")
+        for eps in (1.0, 2.0, 8.0)
+    ]
+    drawn = {
+        "accuracy": figures.accuracy_figure(points),
+        "throughput": figures.throughput_figure(points),
+        "privacy-utility": figures.privacy_utility_figure(curve),
+    }
+    for name, fig in drawn.items():
+        assert figures.overflow_in(fig) == 0.0, name

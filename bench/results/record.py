@@ -69,6 +69,7 @@ class Record(TypedDict, total=False):
     # Outcome.
     status: str  # one of STATUSES: "ok", "failed", "skipped", or "interrupted" (infrastructure)
     error: str | None  # why the run failed or was skipped; None when ok
+    diverged: bool  # failed: the loss crossed training.max_loss (a data-dependent stop)
     traceback: str  # last frames of the traceback of an unexpected exception (failed only)
 
     # What was trained.
@@ -76,32 +77,45 @@ class Record(TypedDict, total=False):
     norm_params: dict[str, Any]  # the norm's parameters as resolved
     n_private: int  # N, private training examples (count)
     n_test: int  # test examples evaluated (count)
+    num_classes: int  # classes of the data (chance accuracy is 1 / num_classes)
+    dataset_sha256: str  # SHA-256 of the decoded arrays the run read (bench.data.dataset_checksum)
     augmult: int  # augmentation multiplicity K, views per example per step
     grad_sample_mode: str  # per-sample clipping path: "bk", "hooks" or "functorch"
-    grad_sampler: str  # the norm's registered per-sample-gradient provider
+    grad_sampler: str  # what clipped the per-example gradients: "bk" or "opacus"
+    norm_grad_sampler: str  # the norm's registered per-sample-gradient provider under Opacus
     grad_sample_paths: dict[str, str]  # trainable layer type -> path its per-sample grads took
     bk_fallback_classes: list[str]  # layer classes the book-keeping clipper materialised via Opacus
+    bk_unreached_layers: list[str]  # trainable layers no backward pass reached (noise only)
     random_streams: str  # how the run's random streams derive from its seed (bench.seeds)
 
     # Accuracy.
     test_acc: float | None  # top-1 accuracy on the whole test set, a fraction in [0, 1]
     eval_weights: str  # weights evaluated: "ema" or "final"
-    final_train_loss: float | None  # training loss of the last non-empty logical batch
+    final_train_loss: float | None  # un-noised loss of the last private batch; null unless logged
+    nonprivate_diagnostics: list[str]  # fields holding non-DP values (training.log_private_loss)
 
     # Speed and memory.
     throughput_img_s: float | None  # DP training images/s, views included, warm-up excluded
     nonprivate_throughput_img_s: float | None  # same model's non-private images per second
     dp_nonprivate_throughput_ratio: float | None  # throughput_img_s / nonprivate_throughput_img_s
     throughput_timed_steps: int  # DP steps the throughput is measured over (count)
-    peak_mem_bytes: int | None  # peak device memory in DP training, bytes; None on the CPU
-    nonprivate_peak_mem_bytes: int | None  # peak device memory, non-private measurement, bytes
+    throughput_rel_se: float | None  # relative standard error of throughput_img_s (fraction)
+    nonprivate_throughput_rel_se: float | None  # the same for nonprivate_throughput_img_s
+    nonprivate_timed_steps: int | None  # non-private steps timed (count)
+    nonprivate_measure: str  # what the non-private step holds and when it ran, in words
+    peak_mem_bytes: int | None  # DP steps' own device peak above data+model+EMA, bytes; None on CPU
+    peak_mem_abs_bytes: int | None  # whole device peak during the DP steps, bytes; None on CPU
+    nonprivate_peak_mem_bytes: int | None  # non-private steps' own peak above data+model, bytes
+    nonprivate_peak_mem_abs_bytes: int | None  # whole device peak, non-private steps, bytes
     peak_rss_bytes: int  # peak resident set of the process so far, bytes (an upper bound)
     memory_measure: str  # how peak_mem_bytes was measured, in words
     device: str  # device the run was measured on (provenance device_name)
 
     # Privacy.
-    accountant: str  # accountant the noise was calibrated with: "prv" or "rdp"
-    accountant_note: str  # why an accountant fell back, else ""
+    accountant: str  # the one accountant the noise was calibrated and epsilon reported with
+    accountant_requested: str  # the suite's privacy.accountant ("prv" or "rdp")
+    accountant_note: str  # why accountant differs from accountant_requested, else ""
+    secure_noise: bool  # secret streams from os.urandom (privacy.secure_noise), not the seed
     epsilon_spent: float | None  # epsilon spent by the whole run under `accountant`
     epsilon_spent_by_accountant: dict[str, float | None]  # accountant -> epsilon spent
     noise_multiplier: float | None  # DP-SGD sigma, noise std in units of max_grad_norm
@@ -131,7 +145,13 @@ NUMERIC_FIELDS = (
     "dp_nonprivate_throughput_ratio",
     "throughput_timed_steps",
     "peak_mem_bytes",
+    "peak_mem_abs_bytes",
     "nonprivate_peak_mem_bytes",
+    "nonprivate_peak_mem_abs_bytes",
+    "throughput_rel_se",
+    "nonprivate_throughput_rel_se",
+    "nonprivate_timed_steps",
+    "num_classes",
     "peak_rss_bytes",
     "epsilon_spent",
     "noise_multiplier",

@@ -12,7 +12,7 @@ from tabulate import tabulate
 
 from bench.config import DEFAULT_NORM, alpha_problem
 from bench.errors import ConfigError, RecordsError
-from bench.results import figures, stats
+from bench.results import figures, stats, sweeps
 from bench.results.record import Record
 from bench.results.records import read_records
 from bench.results.stacks import stack_text, stacks
@@ -39,6 +39,7 @@ class _Cell:
     skipped: int = 0
     interrupted: int = 0
     invalid: int = 0  # ok records whose test_acc cannot be used
+    failed_records: list[Record] = field(default_factory=list)
 
     @property
     def accuracy(self) -> dict[object, float]:
@@ -88,6 +89,7 @@ def _collect(records: Sequence[Record]) -> _Collected:
             out.not_ok.append(record)
             if record["status"] == "failed":
                 cell.failed += 1
+                cell.failed_records.append(record)
             elif record["status"] == "interrupted":
                 cell.interrupted += 1
             else:
@@ -265,6 +267,113 @@ def _no_ok_text(cell: _Cell | None) -> str:
     return f"no ok run ({said or 'no record yet'})"
 
 
+def _power_text(analysis: stats.BackboneAnalysis) -> str:
+    """The backbone's power line: the smallest difference its verdicts could see, and the seeds
+    that 1 pp would need."""
+    power = analysis.power
+    if power is None:
+        if any(r.detectable is not None for r in analysis.results):
+            return (
+                "**Power:** no paired comparison with the baseline, so no pooled estimate; each "
+                "row's detectable Δ comes from its own (Welch) test."
+            )
+        return "**Power:** not estimated: no comparison with the baseline was tested."
+    seeds = (
+        f"more than {stats.MAX_SEEDS}"
+        if power.seeds_for_one_pp is None
+        else str(power.seeds_for_one_pp)
+    )
+    detectable = f"{100 * power.detectable:.2f} pp"
+    return (
+        f"**Power** (paired t-test, two-sided, at α/m = {_fmt_number(analysis.alpha)}/{power.m} "
+        f"= {power.level:.4g}: Holm's first step, so a lower bound on the verdicts' power): with "
+        f"the pooled SD of the paired differences with the baseline, {100 * power.sd:.2f} pp "
+        f"({power.sd_df} df), {power.n} seeds find a difference of {detectable} with "
+        f"{power.power:.0%} power, so **differences below {detectable} could not be seen** and "
+        f"'no significant difference' does not rule them out. Seeing 1 pp with {power.power:.0%} "
+        f"power would need {seeds} seeds."
+    )
+
+
+def _chance(records: Iterable[Record]) -> float | None:
+    """Chance accuracy, 1 / classes, of the data these records ran on: from a record's
+    ``num_classes``, else from its config (synthetic data or CIFAR-10); None when unknown."""
+    records = list(records)
+    for record in records:
+        classes = record.get("num_classes")
+        if isinstance(classes, int) and not isinstance(classes, bool) and classes >= 2:
+            return 1 / classes
+    for record in records:
+        config = record.get("config")
+        data = config.get("data") if isinstance(config, Mapping) else None
+        if not isinstance(data, Mapping):
+            continue
+        if data.get("source") == "cifar10":
+            return 0.1
+        classes = data.get("num_classes")
+        if data.get("source") == "synthetic" and isinstance(classes, int) and classes >= 2:
+            return 1 / classes
+    return None
+
+
+def _ranks(values: Mapping[str, float]) -> dict[str, float]:
+    """Rank 1 = largest value; tied values share the average of their ranks."""
+    ordered = sorted(values.items(), key=lambda item: -item[1])
+    ranks: dict[str, float] = {}
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1][1] == ordered[i][1]:
+            j += 1
+        for norm, _ in ordered[i : j + 1]:
+            ranks[norm] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _survivorship_lines(norms: Mapping[str, _Cell]) -> list[str]:
+    """The table of ok / attempted runs per norm and the ranking with failed runs counted at
+    chance accuracy, beside the ok-only mean."""
+    attempted = {n: c for n, c in norms.items() if c.ok or c.failed}
+    if not attempted:
+        return []
+    chance = _chance([r for c in norms.values() for r in (*c.ok.values(), *c.failed_records)])
+    imputed: dict[str, float] = {}
+    for norm, cell in attempted.items():
+        if chance is not None or not cell.failed:
+            scores = [*cell.accuracy.values(), *[chance or 0.0] * cell.failed]
+            imputed[norm] = math.fsum(scores) / len(scores)
+    ranks = _ranks(imputed)
+    rows = []
+    for norm in sorted(attempted, key=lambda n: (ranks.get(n, math.inf), n)):
+        cell = attempted[norm]
+        ok_mean = _mean(cell.accuracy.values())
+        rows.append(
+            [
+                _code(norm),
+                f"{len(cell.ok)} / {len(cell.ok) + cell.failed}",
+                _NA if ok_mean is None else _fmt_pct(ok_mean),
+                _NA if norm not in imputed else _fmt_pct(imputed[norm]),
+                _NA if norm not in ranks else f"{ranks[norm]:g}",
+            ]
+        )
+    unknown = "chance unknown: no record names the classes"
+    chance_text = unknown if chance is None else f"{_fmt_pct(chance)} %"
+    headers = [
+        "norm",
+        "ok / attempted",
+        "accuracy % (ok runs)",
+        "accuracy % (failed at chance)",
+        "rank (failed at chance)",
+    ]
+    return [
+        f"Failed runs counted at chance accuracy ({chance_text}):",
+        "",
+        tabulate(rows, headers, tablefmt="github", disable_numparse=True),
+        "",
+    ]
+
+
 def _backbone_section(
     backbone: str,
     norms: Mapping[str, _Cell],
@@ -279,16 +388,17 @@ def _backbone_section(
     if not analysis.has_baseline:
         lines += [
             f"The baseline `{baseline}` has no ok run on this backbone, so no norm is compared "
-            "with it here (verdicts say so); rank groups do not depend on it.",
+            "with it here (verdicts say so); the letters do not depend on it.",
             "",
         ]
     headers = [
-        "rank group",
+        "letters",
         "norm",
         "accuracy % (mean ± 95% CI, n)",
         "Δ vs baseline (pp, 95% CI)",
         "p (Holm)",
         "verdict",
+        "detectable Δ (pp, 80% power)",
         "throughput (img/s)",
         "DP/non-DP throughput",
         "peak memory (MiB)",
@@ -301,12 +411,15 @@ def _backbone_section(
         comparison = result.vs_baseline
         rows.append(
             [
-                _NA if result.rank_group is None else str(result.rank_group),
+                result.letters or _NA,
                 _code(result.norm),
                 _fmt_accuracy(result.accuracy),
                 _fmt_delta(comparison),
                 _fmt_p(result.p_holm, comparison.test if comparison else None),
                 result.verdict,
+                _fmt_optional(
+                    None if result.detectable is None else 100 * result.detectable, ".2f"
+                ),
                 _fmt_optional(measured["throughput"], ".1f"),
                 _fmt_optional(measured["ratio"], ".2f"),
                 _fmt_optional(
@@ -319,11 +432,13 @@ def _backbone_section(
     for norm in sorted((set(norms) | set(planned_norms)) - ranked):
         rows.append([_NA, _code(norm), _no_ok_text(norms.get(norm)), *[_NA] * (len(headers) - 3)])
     lines += [tabulate(rows, headers, tablefmt="github", disable_numparse=True), ""]
+    lines += [_power_text(analysis), ""]
     if any(r.accuracy.n == 1 for r in analysis.results):
         lines += [
             "Cells with one seed (n=1) have no interval, are not tested and not ranked (—).",
             "",
         ]
+    lines += _survivorship_lines(norms)
     return lines, analysis
 
 
@@ -380,12 +495,33 @@ def _header(
         f"across norms), otherwise Welch's unpaired t-test. Tests used here: {used}.",
         "- p (Holm): Holm-corrected across the comparisons with the baseline on each backbone; a "
         "verdict of better or worse needs a corrected p ≤ α, otherwise no significant difference.",
-        "- Rank group 1: the best-mean norm and every norm not significantly different from it "
-        "(all pairwise tests of the backbone, Holm-corrected over all pairs because the best is "
-        "chosen after seeing the data), so it need not be contiguous in the table. Other norms: "
-        "their position by mean accuracy; —: not ranked (fewer than 2 seeds).",
+        "- Letters (compact letter display): every pair of norms with at least 2 seeds on the "
+        "backbone is tested as above and the p-values are Holm-corrected over all pairs of the "
+        "backbone; norms sharing a letter are not significantly different, norms with no letter "
+        "in common are. Each letter is a maximal set of mutually non-different norms (Piepho's "
+        "insert-absorb algorithm), lettered in order of mean accuracy (the best norm is in a). "
+        "Not being different is not transitive: a ~ b and b ~ c with a ≁ c reads a, ab, b. —: "
+        "not tested (fewer than 2 seeds).",
+        "- Detectable Δ (80% power): the smallest true difference from the baseline that the "
+        "row's test finds with 80% probability, given its observed standard error: the "
+        "noncentrality at which a noncentral t (the test's df) exceeds the two-sided critical "
+        "value with probability 0.8, times the standard error. The level is α/m, m the number "
+        "of baseline comparisons tested on the backbone: Holm's first threshold, which the "
+        "verdict must pass when a single norm differs, so the verdicts' power is at least this. "
+        "The power line under each table does the same with the pooled SD of the paired "
+        "differences, and gives the seeds a 1 pp difference would need. The SDs are estimated "
+        "from few seeds: read these figures as indicative.",
+        "- Rank agreement (when the grid sweeps an extra key): Kendall's τ-b between the norms' "
+        "rankings by mean accuracy at two values of the key, with a 95% percentile bootstrap "
+        f"interval over seeds ({stats.BOOTSTRAP_RESAMPLES} resamples, each (value, norm) cell's "
+        "seeds redrawn with replacement independently, fixed generator seed).",
         "- Across backbones: average rank by mean accuracy and a Friedman test on a complete "
         "norms × backbones table.",
+        "- Failed runs (survivorship): the tests and letters above use ok runs only, so a norm "
+        "whose seeds fail (a diverged loss, a crash) would look as good as its survivors. Under "
+        "each table, ok / attempted counts every run that started (ok or failed; skipped and "
+        "interrupted ones did not decide their outcome), and the norms are ranked again with "
+        "each failed run counted at chance accuracy (1 / classes), beside the ok-only mean.",
         "",
     ]
     return lines
@@ -610,6 +746,8 @@ def render_leaderboard(
     if not analyses:
         body += ["No records yet.", ""]
     body += _summary_section(analyses)
+    body += sweeps.rank_agreement_section(_ok_runs(collected))
+    body += sweeps.privacy_utility_section(_ok_runs(collected))
 
     has_ok = any(a.results for a in analyses.values())
     body += ["## Figures", ""]
@@ -632,6 +770,14 @@ def render_leaderboard(
         suite, records, len(all_problems), run_dir, baseline, alpha, list(analyses.values())
     )
     return "\n".join(header + body).rstrip("\n") + "\n"
+
+
+def _ok_runs(collected: _Collected) -> dict[str, dict[str, dict[object, Record]]]:
+    """The usable ok records by table, norm and seed, for the sections across swept values."""
+    return {
+        block: {norm: dict(cell.ok) for norm, cell in norms.items() if cell.ok}
+        for block, norms in collected.cells.items()
+    }
 
 
 def figure_points(records: Sequence[Record]) -> list[figures.FigurePoint]:
@@ -701,6 +847,9 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
     points = figure_points(read.records)
     if points:
         figures.write_figures(run_dir, points)
+    curve = sweeps.curve_points(_ok_runs(_collect(read.records)))
+    if curve:
+        figures.write_privacy_utility(run_dir, curve)
     path = run_dir / LEADERBOARD_FILE
     path.write_text(text, encoding="utf-8")
     return path

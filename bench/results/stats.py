@@ -1,4 +1,4 @@
-"""Statistics over seeds: intervals, tests against the baseline, Holm, rank groups, Friedman.
+"""Statistics over seeds: intervals, tests, Holm, letter displays, power, rank agreement, Friedman.
 
 Every function here works on plain numbers (one accuracy per seed) and never imports torch.
 Shared assumptions, stated once:
@@ -15,12 +15,14 @@ Shared assumptions, stated once:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as sps
 
 #: Names of the tests, as they appear in results and reports.
@@ -81,6 +83,10 @@ class Comparison:
         test: ``PAIRED``, ``WELCH`` or None when not tested.
         n: Pairs used by the paired test, else the smaller of the two sample sizes.
         reason: Why no test was done, else None.
+        se: Standard error of ``diff`` (sd of the differences / sqrt(n) for the paired test, the
+            Welch standard error otherwise); None when not tested.
+        df: Degrees of freedom of the test (n - 1, or Welch-Satterthwaite); None when not tested
+            or when the spread is zero.
     """
 
     diff: float | None
@@ -89,6 +95,8 @@ class Comparison:
     test: str | None
     n: int
     reason: str | None = None
+    se: float | None = None
+    df: float | None = None
 
     @property
     def tested(self) -> bool:
@@ -174,10 +182,11 @@ def compare(values: Seeds, reference: Seeds, confidence: float = 0.95) -> Compar
         diff = float(d.mean())
         sd = float(d.std(ddof=1))
         if sd < _ZERO_SD:
-            return Comparison(diff, 0.0, _degenerate_p(diff), PAIRED, n)
+            return Comparison(diff, 0.0, _degenerate_p(diff), PAIRED, n, se=0.0)
         pvalue = float(sps.ttest_rel(x, y).pvalue)
-        half_width = _t_quantile(confidence, n - 1) * sd / math.sqrt(n)
-        return Comparison(diff, half_width, pvalue, PAIRED, n)
+        se = sd / math.sqrt(n)
+        half_width = _t_quantile(confidence, n - 1) * se
+        return Comparison(diff, half_width, pvalue, PAIRED, n, se=se, df=float(n - 1))
 
     x, y = _values(values), _values(reference)
     diff = float(x.mean() - y.mean()) if x.size and y.size else None
@@ -187,11 +196,11 @@ def compare(values: Seeds, reference: Seeds, confidence: float = 0.95) -> Compar
     var_x, var_y = float(x.var(ddof=1)), float(y.var(ddof=1))
     se2 = var_x / x.size + var_y / y.size
     if math.sqrt(se2) < _ZERO_SD:
-        return Comparison(diff, 0.0, _degenerate_p(diff), WELCH, n)
+        return Comparison(diff, 0.0, _degenerate_p(diff), WELCH, n, se=0.0)
     pvalue = float(sps.ttest_ind(x, y, equal_var=False).pvalue)
     df = se2**2 / ((var_x / x.size) ** 2 / (x.size - 1) + (var_y / y.size) ** 2 / (y.size - 1))
     half_width = _t_quantile(confidence, df) * math.sqrt(se2)
-    return Comparison(diff, half_width, pvalue, WELCH, n)
+    return Comparison(diff, half_width, pvalue, WELCH, n, se=math.sqrt(se2), df=float(df))
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
@@ -247,56 +256,258 @@ def _by_mean(acc_by_norm: Mapping[str, Seeds]) -> list[str]:
     return sorted(means, key=lambda norm: (-means[norm], norm))
 
 
-def rank_groups(
+def _letter(index: int) -> str:
+    """The index-th letter of a display: a-z, then A-Z, then numbered (more than 52 groups)."""
+    if index < 26:
+        return chr(ord("a") + index)
+    if index < 52:
+        return chr(ord("A") + index - 26)
+    return f"({index + 1})"
+
+
+def compact_letters(order: Sequence[str], different: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """A compact letter display: two names share a letter iff their pair is not in ``different``.
+
+    Piepho's insert-absorb algorithm (J. Comput. Graph. Stat. 13, 2004): start from one group
+    holding every name; for each significant pair (i, j), split each group holding both into a
+    copy without i and a copy without j; then drop every group contained in another. Splitting
+    separates only the pair (i, j), so a non-significant pair always stays together somewhere,
+    and the surviving groups are the maximal sets of mutually non-different names. Groups are
+    lettered in ``order`` (best mean first): the group holding the earliest name gets ``a``;
+    among groups with the same earliest name, the one whose next name comes first, and so on.
+
+    Args:
+        order: The names, best mean first.
+        different: Pairs of names that differ significantly (either order).
+
+    Returns:
+        Each name's letters, in alphabetical order (``"ab"``).
+    """
+    position = {name: i for i, name in enumerate(order)}
+    groups: set[frozenset[int]] = {frozenset(range(len(order)))}
+    for a, b in sorted({tuple(sorted((position[a], position[b]))) for a, b in different}):
+        split: set[frozenset[int]] = set()
+        for group in groups:
+            if a in group and b in group:
+                split |= {group - {a}, group - {b}}
+            else:
+                split.add(group)
+        groups = {g for g in split if g and not any(g < h for h in split)}
+    lettered = sorted(groups, key=sorted)
+    return {
+        name: "".join(_letter(k) for k, group in enumerate(lettered) if position[name] in group)
+        for name in order
+    }
+
+
+def letter_display(
     acc_by_norm: Mapping[str, Seeds], alpha: float = 0.05, confidence: float = 0.95
-) -> dict[str, int | None]:
-    """Rank groups: the norms not significantly different from the best share rank 1.
+) -> dict[str, str | None]:
+    """Compact letter display of a backbone: norms sharing a letter are not significantly different.
 
     The rule:
 
     1. Only norms with at least 2 seeds can be tested; the others get None ("not ranked").
-    2. The best norm is the testable one with the highest mean accuracy (ties: first by name).
-    3. Every pair of testable norms is compared with :func:`compare`, and the p-values are
-       Holm-corrected across ALL pairs. The best norm is picked after seeing the data, so testing
-       only "each norm vs the best" would test the largest observed gaps and inflate false
-       "worse than best" findings; correcting over all pairs keeps the family-wise error at
-       alpha whichever norm turns out best.
-    4. Rank 1: the best norm and each testable norm whose corrected p against it is > alpha.
-    5. Any other testable norm gets its 1-based position in the order of mean accuracy (over all
-       norms with values, as in the leaderboard table), e.g. 1, 1, 3, 4.
+    2. Every pair of testable norms is compared with :func:`compare` (paired t-test on shared
+       seeds, else Welch), and the p-values are Holm-corrected across ALL pairs of the backbone:
+       the family is every pairwise statement the display makes, so the chance of any false
+       "differs" anywhere in the display is at most alpha.
+    3. Pairs with a corrected p <= alpha are "different"; :func:`compact_letters` turns them into
+       letters, assigned in order of mean accuracy (the best norm's first group is ``a``).
 
-    Rank 1 is a statement about each norm against the best; it need not be contiguous in mean
-    order (a noisier norm can share rank 1 while a steadier one with a higher mean does not).
+    Non-significance is not transitive: with a ~ b and b ~ c but a !~ c, a is "a", b "ab", c "b".
 
     Args:
         acc_by_norm: Accuracy per seed for each norm of one backbone.
         alpha: Family-wise significance level.
-        confidence: Confidence level of the intervals (does not affect the groups).
+        confidence: Confidence level of the intervals (does not affect the letters).
 
     Returns:
-        The rank group of each norm that has values; None for norms that could not be tested.
+        The letters of each norm that has values; None for norms that could not be tested.
     """
     order = _by_mean(acc_by_norm)
     testable = [norm for norm in order if len(acc_by_norm[norm]) >= 2]
-    groups: dict[str, int | None] = dict.fromkeys(order)
+    letters: dict[str, str | None] = dict.fromkeys(order)
     if not testable:
-        return groups
-    best = testable[0]
+        return letters
     pairs = list(combinations(testable, 2))
-    raw = [compare(acc_by_norm[a], acc_by_norm[b], confidence) for a, b in pairs]
-    adjusted = holm([c.pvalue for c in raw])
-    p_vs_best = {
-        (b if a == best else a): p
-        for (a, b), p in zip(pairs, adjusted, strict=True)
-        if best in (a, b)
-    }
-    for position, norm in enumerate(order, start=1):
-        if norm not in testable:
-            continue
-        p = p_vs_best.get(norm)
-        tied = norm == best or p is None or p > alpha
-        groups[norm] = 1 if tied else position
-    return groups
+    raw = [compare(acc_by_norm[a], acc_by_norm[b], confidence).pvalue for a, b in pairs]
+    different = [
+        pair for pair, p in zip(pairs, holm(raw), strict=True) if p is not None and p <= alpha
+    ]
+    letters.update(compact_letters(testable, different))
+    return letters
+
+
+#: Power at which detectable differences are reported.
+POWER = 0.8
+#: The difference (a fraction: 1 percentage point) for which the seeds needed are reported.
+ONE_PP = 0.01
+#: The most seeds :func:`seeds_needed` looks at; beyond it the answer is None.
+MAX_SEEDS = 10_000
+
+
+def t_test_power(noncentrality: float, df: float, level: float) -> float:
+    """Power of a two-sided t-test at ``level``: ``P(|T| > t(1 - level/2, df))``, T ~ t'(df, nc).
+
+    The statistic of a t-test whose true difference is d, with standard error se, is noncentral
+    t with ``nc = d / se`` (exact for the paired test; for Welch's, with the variances taken as
+    known). The lower tail is computed as ``nct.sf(tc, df, -nc)``: ``nct.cdf(-tc, df, nc)``
+    returns nan far in the tail for small df.
+
+    Args:
+        noncentrality: The noncentrality parameter d / se.
+        df: Degrees of freedom of the test.
+        level: Two-sided significance level of the single test.
+
+    Returns:
+        The probability that the test rejects.
+    """
+    critical = float(sps.t.ppf(1.0 - level / 2.0, df))
+    return float(sps.nct.sf(critical, df, noncentrality) + sps.nct.sf(critical, df, -noncentrality))
+
+
+def detectable_difference(
+    se: float | None, df: float | None, level: float, power: float = POWER
+) -> float | None:
+    """Smallest true difference a two-sided t-test at ``level`` finds with probability ``power``.
+
+    Solves ``t_test_power(d / se, df, level) = power`` for d (Brent's method on the
+    noncentrality, which the power increases with). The standard error is the one observed, so
+    the answer is an estimate: with few seeds the observed spread is itself uncertain.
+
+    Args:
+        se: Standard error of the difference (as the comparison estimated it); None: not tested.
+        df: Degrees of freedom of the test; None only when ``se`` is None or 0.
+        level: Two-sided level of the single test (the verdicts use alpha / m, see
+            :func:`analyse_backbone`).
+        power: Target power, in (level, 1).
+
+    Returns:
+        The difference, in the units of the data (a fraction); 0 when ``se`` is 0 (zero spread:
+        any non-zero difference gives p = 0); None when ``se`` is None.
+    """
+    if se is None:
+        return None
+    if se < _ZERO_SD or df is None:
+        return 0.0
+    return _noncentrality_for_power(float(df), level, power) * se
+
+
+@functools.lru_cache(maxsize=1024)
+def _noncentrality_for_power(df: float, level: float, power: float) -> float:
+    """The noncentrality at which the two-sided t-test at ``level`` has power ``power``.
+
+    Cached: it depends on the design only, and a report or a simulation asks for the same few.
+    """
+    high = 1.0
+    while t_test_power(high, df, level) < power:
+        high *= 2.0
+    return float(
+        optimize.brentq(lambda x: t_test_power(x, df, level) - power, 0.0, high, xtol=1e-10)
+    )
+
+
+def paired_power(diff: float, sd: float, n: int, level: float) -> float:
+    """Power of the paired t-test at ``level`` with n pairs of mean ``diff`` and sd ``sd``."""
+    if sd < _ZERO_SD:
+        return 1.0 if abs(diff) >= _ZERO_SD else level
+    return t_test_power(diff * math.sqrt(n) / sd, n - 1, level)
+
+
+def seeds_needed(
+    diff: float, sd: float, level: float, power: float = POWER, max_seeds: int = MAX_SEEDS
+) -> int | None:
+    """Fewest seeds (pairs) with which the paired t-test at ``level`` finds ``diff`` at ``power``.
+
+    The power of the paired test grows with n (larger noncentrality and smaller critical value),
+    so the answer is found by doubling then bisecting on n >= 2.
+
+    Args:
+        diff: The true difference to detect (a fraction).
+        sd: Standard deviation of the paired differences (a fraction).
+        level: Two-sided level of the single test.
+        power: Target power.
+        max_seeds: Largest n considered.
+
+    Returns:
+        The smallest n >= 2 reaching ``power``, or None when ``max_seeds`` do not.
+    """
+    if paired_power(diff, sd, max_seeds, level) < power:
+        return None
+    low, high = 1, 2  # invariant: power(low) < target (n = 1 gives no test), power(high) >= it
+    while paired_power(diff, sd, high, level) < power:
+        low, high = high, min(2 * high, max_seeds)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if paired_power(diff, sd, middle, level) >= power:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+@dataclass(frozen=True)
+class Power:
+    """What the verdicts of one backbone could have seen, from the paired comparisons' spread.
+
+    Attributes:
+        level: Two-sided level of each test, ``alpha / m``: the threshold of Holm's first step.
+            Holm rejects every hypothesis that Bonferroni at alpha / m rejects, so the power at
+            this level is a lower bound on the verdicts' power (and equals it when one norm
+            differs and the others do not).
+        m: Number of tested comparisons with the baseline (the Holm family).
+        n: Seeds (pairs) the power is computed at: the most any paired comparison had.
+        sd: Pooled standard deviation of the paired differences (a fraction):
+            ``sqrt(sum((n_i - 1) * sd_i**2) / sum(n_i - 1))`` over the paired comparisons.
+        sd_df: Degrees of freedom behind ``sd``, ``sum(n_i - 1)``.
+        detectable: Smallest difference (a fraction) found with probability ``power`` at n pairs.
+        seeds_for_one_pp: Fewest seeds that find a 1 pp difference with probability ``power``;
+            None beyond ``MAX_SEEDS``.
+        power: The target power.
+    """
+
+    level: float
+    m: int
+    n: int
+    sd: float
+    sd_df: int
+    detectable: float
+    seeds_for_one_pp: int | None
+    power: float = POWER
+
+
+def backbone_power(tested: Sequence[Comparison], alpha: float) -> Power | None:
+    """The power statement of one backbone, from its comparisons with the baseline.
+
+    The spread is pooled over the paired comparisons (Welch comparisons have no paired spread);
+    the comparisons share the baseline's runs, so the pooled sd is a summary of the typical
+    spread, not an estimate from independent samples. Each norm's own detectable difference is
+    in :attr:`NormResult.detectable`.
+
+    Args:
+        tested: The tested comparisons with the baseline (the Holm family).
+        alpha: Family-wise significance level.
+
+    Returns:
+        The power, or None when no comparison was paired.
+    """
+    paired = [c for c in tested if c.test == PAIRED and c.se is not None]
+    if not paired:
+        return None
+    level = alpha / len(tested)
+    sd_df = sum(c.n - 1 for c in paired)
+    sd = math.sqrt(math.fsum((c.n - 1) * c.n * c.se**2 for c in paired) / sd_df)
+    n = max(c.n for c in paired)
+    return Power(
+        level=level,
+        m=len(tested),
+        n=n,
+        sd=sd,
+        sd_df=sd_df,
+        detectable=float(detectable_difference(sd / math.sqrt(n), n - 1, level) or 0.0),
+        seeds_for_one_pp=seeds_needed(ONE_PP, sd, level),
+    )
 
 
 @dataclass(frozen=True)
@@ -311,7 +522,10 @@ class NormResult:
         p_holm: Holm-corrected p-value of that comparison, or None.
         verdict: ``BASELINE``, ``BETTER``, ``WORSE``, ``NO_DIFFERENCE``, ``NOT_TESTED`` or
             ``NO_BASELINE``.
-        rank_group: See :func:`rank_groups`; None when not ranked.
+        letters: See :func:`letter_display`; None when not ranked.
+        detectable: Smallest difference from the baseline (as a fraction) this comparison would
+            find with 80% power at the verdicts' level (:func:`detectable_difference` on its own
+            standard error and degrees of freedom); None when not tested.
     """
 
     norm: str
@@ -319,7 +533,8 @@ class NormResult:
     vs_baseline: Comparison | None
     p_holm: float | None
     verdict: str
-    rank_group: int | None
+    letters: str | None
+    detectable: float | None = None
 
 
 @dataclass(frozen=True)
@@ -331,12 +546,15 @@ class BackboneAnalysis:
         has_baseline: Whether the baseline has at least one value on this backbone.
         alpha: Family-wise significance level used.
         results: One entry per norm with values, best mean first (ties by name).
+        power: The backbone's power statement (see :func:`backbone_power`), None without a
+            paired comparison with the baseline.
     """
 
     baseline: str
     has_baseline: bool
     alpha: float
     results: tuple[NormResult, ...]
+    power: Power | None = None
 
     @property
     def tests_used(self) -> dict[str, int]:
@@ -357,8 +575,11 @@ def analyse_backbone(
     """The leaderboard statistics of one backbone.
 
     Each norm other than the baseline is compared with the baseline (:func:`compare`); the
-    p-values of those comparisons form one Holm family. Rank groups come from
-    :func:`rank_groups`. Norms with no values are left out (the caller lists them as failed).
+    p-values of those comparisons form one Holm family. Letters come from
+    :func:`letter_display`; the power of the verdicts from :func:`detectable_difference` (per
+    norm) and :func:`backbone_power` (pooled), both at the level alpha / m that Holm's first
+    step uses for the m tested comparisons. Norms with no values are left out (the caller lists
+    them as failed).
 
     Args:
         acc_by_norm: Accuracy per seed for each norm of the backbone.
@@ -380,7 +601,9 @@ def analyse_backbone(
     }
     raw = [c.pvalue if c is not None else None for c in comparisons.values()]
     adjusted = dict(zip(others, holm(raw), strict=True))
-    groups = rank_groups(acc_by_norm, alpha, confidence)
+    letters = letter_display(acc_by_norm, alpha, confidence)
+    tested = [c for c in comparisons.values() if c is not None and c.tested]
+    level = alpha / len(tested) if tested else alpha
     results = []
     for norm in order:
         comparison = comparisons.get(norm)
@@ -397,10 +620,15 @@ def analyse_backbone(
                 vs_baseline=comparison,
                 p_holm=adjusted.get(norm),
                 verdict=label,
-                rank_group=groups[norm],
+                letters=letters[norm],
+                detectable=None
+                if comparison is None or not comparison.tested
+                else detectable_difference(comparison.se, comparison.df, level),
             )
         )
-    return BackboneAnalysis(baseline, has_baseline, alpha, tuple(results))
+    return BackboneAnalysis(
+        baseline, has_baseline, alpha, tuple(results), backbone_power(tested, alpha)
+    )
 
 
 @dataclass(frozen=True)
@@ -513,3 +741,121 @@ def friedman(means: Mapping[str, Mapping[str, float]]) -> FriedmanResult:
     return FriedmanResult(
         float(result.statistic), float(result.pvalue), tuple(use_norms), tuple(use_blocks)
     )
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """Kendall's tau-b between two settings' norm rankings, with a bootstrap interval.
+
+    Attributes:
+        tau: Kendall's tau-b between the norms' mean accuracies in the two settings (1: same
+            order, -1: reversed); None when not computed or undefined (all means tie).
+        low: Lower end of the percentile bootstrap interval, or None.
+        high: Upper end, or None.
+        norms: The norms ranked (those with ok runs in both settings), sorted by name.
+        n_resamples: Bootstrap resamples drawn.
+        confidence: Confidence level of the interval.
+        reason: Why tau was not computed, else None.
+    """
+
+    tau: float | None
+    low: float | None
+    high: float | None
+    norms: tuple[str, ...]
+    n_resamples: int
+    confidence: float
+    reason: str | None = None
+
+
+#: Resamples of the rank-agreement bootstrap, and the seed of its generator (fixed, so the same
+#: records give the same report).
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b between the last axes of ``x`` and ``y``, vectorised over the others.
+
+    ``sum(sign(x_i - x_j) * sign(y_i - y_j)) / sqrt(sum|sign(x_i - x_j)| * sum|sign(y_i - y_j)|)``
+    over pairs i < j: concordant minus discordant pairs over the geometric mean of the pairs
+    untied in each, which is tau-b (``scipy.stats.kendalltau``'s default). nan where either
+    side is all ties.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    i, j = np.triu_indices(x.shape[-1], 1)
+    sx, sy = np.sign(x[..., i] - x[..., j]), np.sign(y[..., i] - y[..., j])
+    denominator = np.sqrt(np.abs(sx).sum(-1) * np.abs(sy).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (sx * sy).sum(-1) / denominator, np.nan)
+
+
+def rank_agreement(
+    first: Mapping[str, Seeds],
+    second: Mapping[str, Seeds],
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> RankAgreement:
+    """Kendall's tau-b between the norm rankings of two settings, with a bootstrap interval.
+
+    The point estimate is tau-b between the norms' mean accuracies in the two settings. The
+    interval is a percentile bootstrap over seeds, stratified by cell: each resample redraws,
+    with replacement, each (setting, norm) cell's seeds to that cell's own count, independently
+    of the other cells, recomputes the means and tau-b; the interval is the
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of the resampled taus
+    (resamples where tau is undefined are dropped). Draws are made with
+    ``numpy.random.default_rng(seed)``: for the first setting, then the second, for each norm
+    in name order, ``rng.integers(0, n, size=(n_resamples, n))`` indexes the cell's values in
+    seed order. A one-seed cell never varies; with 2-3 seeds per cell the bootstrap sees few
+    distinct means, so the interval is rough.
+
+    Args:
+        first: Accuracy per seed for each norm in the first setting.
+        second: The same in the second setting.
+        confidence: Confidence level of the interval.
+        n_resamples: Bootstrap resamples.
+        seed: Seed of the resampling generator.
+
+    Returns:
+        tau-b and its interval over the norms with values in both settings, or why not.
+    """
+    norms = tuple(sorted(n for n in first if first[n] and second.get(n)))
+    if len(norms) < 3:
+        return RankAgreement(
+            None,
+            None,
+            None,
+            norms,
+            n_resamples,
+            confidence,
+            f"needs >= 3 norms with ok runs at both values (have {len(norms)})",
+        )
+    cells = [[_values(setting[n]) for n in norms] for setting in (first, second)]
+    means = [np.array([v.mean() for v in setting]) for setting in cells]
+    tau = float(kendall_tau_b(means[0], means[1]))
+    if not math.isfinite(tau):
+        return RankAgreement(
+            None,
+            None,
+            None,
+            norms,
+            n_resamples,
+            confidence,
+            "undefined: every norm has the same mean in one setting",
+        )
+    rng = np.random.default_rng(seed)
+    resampled = [
+        np.stack(
+            [v[rng.integers(0, v.size, size=(n_resamples, v.size))].mean(axis=1) for v in setting],
+            axis=-1,
+        )
+        for setting in cells
+    ]
+    taus = kendall_tau_b(resampled[0], resampled[1])
+    taus = taus[np.isfinite(taus)]
+    if not taus.size:
+        return RankAgreement(tau, None, None, norms, n_resamples, confidence)
+    tail = 100 * (1 - confidence) / 2
+    low, high = (float(q) for q in np.percentile(taus, [tail, 100 - tail]))
+    return RankAgreement(tau, low, high, norms, n_resamples, confidence)

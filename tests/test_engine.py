@@ -1,0 +1,253 @@
+"""The engine: what leaves a run is DP or public, and the DP/non-DP figures are unbiased."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import bench.engine
+import bench.measure
+import bench.plan
+from bench.bk import BookKeepingClipper
+from bench.config import TrainingConfig
+from bench.data import DeviceData
+from bench.engine import ema_model, nonprivate_throughput, train_cell
+from bench.errors import ConfigError
+from bench.loading import load_suite
+from bench.results.records import read_records
+from bench.runner import run_suite
+from bench.seeds import run_stream, stream
+from bench.steps import DPSGDStep
+from tests.test_runner import TINY
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def one_cell(tiny: Path, *overrides: str):
+    (cell,) = load_suite(tiny, ["grid.seed=[0]", "grid.norm=[group_norm]", *overrides]).cells()
+    return cell
+
+
+def run_one(tiny: Path, out: Path, *overrides: str) -> dict:
+    suite = load_suite(tiny, ["grid.seed=[0]", "grid.norm=[group_norm]", *overrides])
+    run_suite(suite, out_dir=out, progress=False, report=False)
+    (record,) = read_records(out / "records.jsonl").records
+    return record
+
+
+# --- what leaves the run ------------------------------------------------------------------
+
+
+def test_records_carry_the_private_training_loss_only_when_asked_and_then_say_so(tiny, tmp_path):
+    quiet = run_one(tiny, tmp_path / "a")
+    assert quiet["status"] == "ok"
+    assert quiet["final_train_loss"] is None and quiet["nonprivate_diagnostics"] == []
+    logged = run_one(tiny, tmp_path / "b", "training.log_private_loss=true")
+    assert math.isfinite(logged["final_train_loss"])
+    assert logged["nonprivate_diagnostics"] == ["final_train_loss"]
+    assert logged["run_key"] == quiet["run_key"]  # a diagnostic does not change the run
+
+
+def test_a_diverged_run_is_recorded_failed_and_diverged_without_its_private_loss(tiny, tmp_path):
+    record = run_one(tiny, tmp_path / "a", "training.max_loss=1.0e-6")
+    assert record["status"] == "failed" and record["diverged"] is True
+    assert record["error"] == (
+        "diverged: the training loss was not finite or above training.max_loss=1e-06 at step 0"
+    )
+    logged = run_one(
+        tiny, tmp_path / "b", "training.max_loss=1.0e-6", "training.log_private_loss=true"
+    )
+    assert "(loss " in logged["error"] and "non-private diagnostic" in logged["error"]
+
+
+def test_records_and_suite_json_carry_no_absolute_path_of_the_machine(tiny, tmp_path):
+    """The default cache directory is under the home, the suite file under a temporary one."""
+    out = tmp_path / "out"
+    record = run_one(tiny, out)
+    assert record["config"]["data"]["cache_dir"] == "~/.cache/dp-norm-bench"
+    assert len(record["dataset_sha256"]) == 64
+    for name in ("records.jsonl", "suite.json"):
+        text = (out / name).read_text()
+        assert str(Path.home()) not in text and str(tmp_path) not in text, name
+    assert json.loads((out / "suite.json").read_text())["path"] == "…/tiny.yaml"
+
+
+# --- randomness -----------------------------------------------------------------------------
+
+
+def test_secure_noise_draws_secret_streams_from_the_os_and_keeps_the_rest_on_the_seed():
+    def draw(purpose: str, secure: bool) -> torch.Tensor:
+        return torch.randn(8, generator=run_stream(3, purpose, secure=secure))
+
+    for purpose in ("noise", "sampling", "norm.dp_batch_norm.noise"):
+        assert torch.equal(draw(purpose, False), draw(purpose, False))  # default: reproducible
+        assert torch.equal(draw(purpose, False), torch.randn(8, generator=stream(3, purpose)))
+        assert not torch.equal(draw(purpose, True), draw(purpose, True))
+    for purpose in ("augmentation", "init", "nonprivate"):
+        assert torch.equal(draw(purpose, True), draw(purpose, False))
+
+
+def test_a_secure_noise_run_uses_opacus_secure_mode_and_unpredictable_noise(tiny):
+    secure = one_cell(tiny, "privacy.secure_noise=true")
+    assert secure.run_key != one_cell(tiny).run_key
+    first, second = (bench.engine._setup(secure, CPU) for _ in range(2))
+    assert first.dp_step.optimizer.secure_mode
+    a, b = (torch.randn(4, generator=r.dp_step.optimizer.generator) for r in (first, second))
+    assert not torch.equal(a, b)
+    plain = [bench.engine._setup(one_cell(tiny), CPU) for _ in range(2)]
+    a, b = (torch.randn(4, generator=r.dp_step.optimizer.generator) for r in plain)
+    assert torch.equal(a, b) and not plain[0].dp_step.optimizer.secure_mode
+
+
+# --- the non-private reference, memory, EMA -------------------------------------------------
+
+
+def test_the_nonprivate_reference_runs_with_the_dp_model_and_its_ema_freed(tiny, monkeypatch):
+    real, alive = bench.engine.nonprivate_throughput, []
+
+    def spy(*args, **kwargs):
+        gc.collect()
+        kinds = (DPSGDStep, BookKeepingClipper, bench.engine.EMA)
+        with warnings.catch_warnings():  # isinstance on some torch objects warns
+            warnings.simplefilter("ignore")
+            alive.extend(type(o).__name__ for o in gc.get_objects() if isinstance(o, kinds))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench.engine, "nonprivate_throughput", spy)
+    record = train_cell(one_cell(tiny, "training.ema=0.9"), CPU)
+    assert record["nonprivate_throughput_img_s"] > 0
+    assert alive == []
+
+
+def test_the_nonprivate_step_holds_the_schedule_and_the_ema_as_the_dp_step_does(tiny, monkeypatch):
+    real = bench.engine.nonprivate_throughput
+    calls = {"schedule": 0, "ema": 0, "inside": False}
+    step, update = torch.optim.lr_scheduler.LambdaLR.step, bench.engine.EMA.update
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += calls["inside"]
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    def spy(*args, **kwargs):
+        calls["inside"] = True
+        try:
+            return real(*args, **kwargs)
+        finally:
+            calls["inside"] = False
+
+    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", counted("schedule", step))
+    monkeypatch.setattr(bench.engine.EMA, "update", counted("ema", update))
+    monkeypatch.setattr(bench.engine, "nonprivate_throughput", spy)
+    record = train_cell(one_cell(tiny, "training.ema=0.9"), CPU)
+    steps = record["nonprivate_timed_steps"] + one_cell(tiny).training.throughput_warmup_steps
+    assert calls["ema"] == steps
+    assert calls["schedule"] == steps + 1  # LambdaLR's constructor takes the first step
+
+
+def test_the_nonprivate_timing_runs_until_its_error_matches_the_dp_sides(tiny):
+    cell = one_cell(tiny)
+    data = DeviceData(bench.engine.cached_dataset(cell.data), CPU)
+    training = TrainingConfig(
+        batch_size=8, max_physical_batch=8, steps=10, throughput_warmup_steps=1, throughput_steps=2
+    )
+    model = bench.plan.build_model(cell, 10, CPU)
+    loose = nonprivate_throughput(model, data, training, 0, steps=10, match_relative_se=1.0)
+    assert loose.timed_steps == 2  # already as precise as asked
+    exact = nonprivate_throughput(
+        model, data, training, 0, steps=10, match_relative_se=0.0, max_timed_steps=6
+    )
+    assert exact.timed_steps == 6 and exact.relative_se is not None
+
+
+def test_peak_memory_is_the_steps_own_above_data_and_model_with_the_absolute_beside(
+    tiny, monkeypatch
+):
+    """Device figures faked (the CPU keeps none): 1000 bytes held before the steps, 5000 at peak."""
+    monkeypatch.setattr(bench.measure, "allocated_memory", lambda device: 1000)
+    monkeypatch.setattr(bench.measure, "peak_memory", lambda device: 5000)
+    record = train_cell(one_cell(tiny), CPU)
+    assert (record["peak_mem_bytes"], record["peak_mem_abs_bytes"]) == (4000, 5000)
+    assert (record["nonprivate_peak_mem_bytes"], record["nonprivate_peak_mem_abs_bytes"]) == (
+        4000,
+        5000,
+    )
+
+
+class _DeviceReads(TorchDispatchMode):
+    """Counts operators that copy a device value to the host (``.item()``, ``float(t)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.reads += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_ema_update_reads_no_device_value_and_follows_the_warmed_up_decay():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 6, 6))
+    ema = ema_model(model, 0.9)
+    update = getattr(ema, "update", None) or ema.update_parameters
+    expected = [p.detach().clone() for p in model.parameters()]
+    update(model)
+    with _DeviceReads() as reads:
+        for t in range(1, 5):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p))
+            mu = min(0.9, (1 + t) / (10 + t))
+            expected = [
+                mu * e + (1 - mu) * p for e, p in zip(expected, model.parameters(), strict=True)
+            ]
+            update(model)
+    assert reads.reads == 0
+    for e, got in zip(expected, ema.module.parameters(), strict=True):
+        torch.testing.assert_close(got, e)
+
+
+# --- the grad-sample path -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "sampler"), [("bk", "bk"), ("hooks", "opacus")])
+def test_the_record_names_the_clipping_path_that_ran(tiny, mode, sampler):
+    record = train_cell(one_cell(tiny, f"training.grad_sample_mode={mode}"), CPU)
+    assert record["grad_sampler"] == sampler
+    assert record["norm_grad_sampler"] == "opacus"  # group_norm's registered provider
+
+
+def test_a_norm_run_in_a_grad_sample_mode_it_does_not_declare_is_refused(tiny):
+    """kernel_norm declares only Opacus' hooks mode (and bk, open to every norm)."""
+    with pytest.raises(
+        ConfigError, match="kernel_norm does not declare grad-sample mode 'functorch'"
+    ):
+        load_suite(tiny, ["grid.norm=[kernel_norm]", "training.grad_sample_mode=functorch"])
+    cell = one_cell(tiny)
+    refused = dataclasses.replace(
+        cell,
+        norm="kernel_norm",
+        training=dataclasses.replace(cell.training, grad_sample_mode="functorch"),
+    )
+    with pytest.raises(ConfigError, match="does not declare"):
+        train_cell(refused, CPU)
