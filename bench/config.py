@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 from bench.errors import ConfigError
 
 #: The top-level keys of a suite file; ``name`` and ``grid`` are required.
-TOP_LEVEL_KEYS = ("name", "description", "data", "privacy", "training", "grid", "report")
+TOP_LEVEL_KEYS = ("name", "description", "data", "privacy", "training", "grid", "tune", "report")
 #: Grid keys every suite sweeps; any other grid key is a dotted path such as ``training.lr``.
 GRID_REQUIRED = ("backbone", "norm", "seed")
 #: The norm every other is compared with unless a suite says otherwise, and the norm a backbone
@@ -31,7 +31,12 @@ _NOT_IN_RUN_KEY = ("cache_dir", "download", "dataset")
 _DIAGNOSTIC_FIELDS = {"training": ("log_private_loss",)}
 #: Per section, fields added after records were published, with their defaults: they enter the
 #: run key only when set to something else, so every published run key stays valid.
-_IN_RUN_KEY_WHEN_SET = {"privacy": {"secure_noise": False}}
+_IN_RUN_KEY_WHEN_SET = {
+    "data": {"val_split": 0},
+    "privacy": {"secure_noise": False, "simulate_batch_size": None},
+}
+#: Run stages: tuning runs (validation split held out, scored on it) and final runs.
+STAGES = ("tune", "final")
 
 Problem = tuple[str, str, str]  # (field, what is wrong, what is allowed)
 
@@ -70,8 +75,13 @@ class DataConfig:
         public_split: Training examples held out as public data: excluded from the private
             training set and read only by norms that need public data
             (e.g. a BatchNorm with public statistics).
-        split_seed: Fixes the public split, any subset and the synthetic images; independent of
-            the run seeds so that every norm and seed sees the same data.
+        val_split: Private training examples held out for tuning (the ``tune`` section): tuning
+            runs train without them and are scored on them; final runs train on them too and
+            are scored on the test set, which tuning never reads. Disjoint from the public
+            split.
+        split_seed: Fixes the public split, the validation split, any subset and the synthetic
+            images; independent of the run seeds so that every norm and seed sees the same
+            data.
         normalize: Standardise inputs with ``mean`` and ``std`` after scaling to [0, 1].
         mean: Per-channel mean of the [0, 1] inputs (CIFAR-10's by default).
         std: Per-channel standard deviation of the [0, 1] inputs (CIFAR-10's by default).
@@ -87,6 +97,7 @@ class DataConfig:
     num_classes: int = 10
     image_size: int = 32
     public_split: int = 0
+    val_split: int = 0
     split_seed: int = 0
     normalize: bool = True
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
@@ -140,6 +151,8 @@ class DataConfig:
             yield "image_size", "is too small for a ResNet", "an integer >= 8"
         if self.public_split < 0:
             yield "public_split", "must not be negative", "an integer >= 0"
+        if self.val_split < 0:
+            yield "val_split", "must not be negative", "an integer >= 0"
         if self.split_seed < 0:
             yield "split_seed", "must not be negative", "an integer >= 0"
         if any(s <= 0 for s in self.std):
@@ -164,6 +177,13 @@ class PrivacyConfig:
             (against floating-point attacks): publishing the seed then publishes none of it.
             The run is not reproducible. False (the default): every stream follows the seed,
             so anyone with the seed and the data can recompute the noise.
+        simulate_batch_size: TAN simulation (Sander, Stock and Sablayrolles, ICML 2023): run at
+            expected batch b with noise multiplier sigma_ref * b / B, sigma_ref being the one
+            calibrated for the suite's batch B and the target, and the same steps; at fixed
+            steps accuracy follows sigma / B, so this predicts the accuracy of the private run
+            at a fraction of its cost. Such a run is NOT private at the target: its record says
+            ``dp_valid: false`` and it never shares a leaderboard table with DP runs. None
+            (the default): a DP run.
     """
 
     epsilon: float = 8.0
@@ -171,6 +191,7 @@ class PrivacyConfig:
     accountant: Literal["prv", "rdp"] = "prv"
     max_grad_norm: float = 1.0
     secure_noise: bool = False
+    simulate_batch_size: int | None = None
 
     def problems(self) -> Iterator[Problem]:
         """Impossible values, as ``(field, message, allowed)``; types are checked by the loader."""
@@ -180,6 +201,8 @@ class PrivacyConfig:
             yield "delta", "must be in (0, 1)", "0 < delta < 1/N"
         if self.max_grad_norm <= 0:
             yield "max_grad_norm", "must be positive", "a number > 0"
+        if self.simulate_batch_size is not None and self.simulate_batch_size < 1:
+            yield "simulate_batch_size", "must be positive", "an integer >= 1, or null"
 
 
 @dataclass(frozen=True)
@@ -336,6 +359,23 @@ GRID_SECTIONS = ("data", "privacy", "training")
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """Per-norm tuning on the validation split (`bench.protocol`).
+
+    Attributes:
+        keys: ``(dotted key, values)`` pairs to try, e.g. ``(("training.lr", (0.5, 1.0)),)``;
+            every combination is a candidate.
+        seeds: Seeds of each tuning cell.
+        overrides: ``(dotted key, value)`` pairs applied to tuning runs only, e.g. a shorter
+            budget ``(("training.steps", 40),)``; final runs keep the suite's values.
+    """
+
+    keys: tuple[tuple[str, tuple[Any, ...]], ...]
+    seeds: tuple[int, ...] = (0,)
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class Cell:
     """One run of a suite: a point of the grid with every config resolved.
 
@@ -348,6 +388,11 @@ class Cell:
         data: Data config with the cell's overrides applied.
         privacy: Privacy config with the cell's overrides applied.
         training: Training config with the cell's overrides applied.
+        stage: ``final`` (trained on the whole private set, scored on the test set) or
+            ``tune`` (validation split held out and scored, test set never read).
+        tuned: The tuning values this cell runs at (a candidate in ``tune``, the selected
+            ones in ``final``); empty without a ``tune`` section. Already applied to the
+            configs, so the run key holds them.
     """
 
     suite: str
@@ -358,6 +403,8 @@ class Cell:
     data: DataConfig
     privacy: PrivacyConfig
     training: TrainingConfig
+    stage: str = "final"
+    tuned: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def run_key(self) -> str:
@@ -369,6 +416,9 @@ class Cell:
         data = _data_to_dict(self.data)
         for name in _NOT_IN_RUN_KEY:
             data.pop(name)
+        for name, default in _IN_RUN_KEY_WHEN_SET["data"].items():
+            if data[name] == default:
+                data.pop(name)
         if self.data.source == "cifar10":
             data.pop("root")  # CIFAR-10 is the same wherever it is stored; a folder is not
         payload = {
@@ -379,6 +429,8 @@ class Cell:
             "privacy": _key_section("privacy", self.privacy),
             "training": _key_section("training", self.training),
         }
+        if self.stage != "final":  # a final run is the run a suite without tuning makes
+            payload["stage"] = self.stage
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -396,6 +448,7 @@ class Suite:
         grid: ``(key, values)`` pairs in sweep order: backbone, norm, seed, then the extra
             dotted keys sorted; backbone and norm values are canonical spec strings.
         report: Leaderboard settings.
+        tune: Per-norm tuning on the validation split, or None (one stage).
         path: The suite file it was loaded from.
         overrides: The ``--set`` strings applied on top of the file.
     """
@@ -409,6 +462,7 @@ class Suite:
     report: ReportConfig
     path: Path | None = None
     overrides: tuple[str, ...] = ()
+    tune: TuneConfig | None = None
 
     def cells(self) -> list[Cell]:
         """The cartesian product of the grid, backbone outermost, extra keys innermost."""
@@ -454,6 +508,13 @@ def suite_to_dict(suite: Suite) -> dict[str, Any]:
             for key, values in suite.grid
         },
         "report": dataclasses.asdict(suite.report),
+        "tune": None
+        if suite.tune is None
+        else {
+            "keys": {k: _jsonable(list(v)) for k, v in suite.tune.keys},
+            "seeds": list(suite.tune.seeds),
+            "overrides": {k: _jsonable(v) for k, v in suite.tune.overrides},
+        },
     }
 
 
@@ -469,6 +530,8 @@ def cell_to_dict(cell: Cell) -> dict[str, Any]:
         "data": _public_data_dict(cell.data),
         "privacy": dataclasses.asdict(cell.privacy),
         "training": _jsonable(dataclasses.asdict(cell.training)),
+        "stage": cell.stage,
+        "tuned": _jsonable(dict(cell.tuned)),
     }
 
 

@@ -57,6 +57,8 @@ class Dataset:
         mean: Per-channel mean of the [0, 1] inputs used to standardise them.
         std: Per-channel standard deviation of the [0, 1] inputs.
         classes: Class names, in label order.
+        val_index: Indices into ``train_x`` of the validation split (tuning runs hold them out
+            and are scored on them; final runs train on them), or None without one.
     """
 
     name: str
@@ -70,6 +72,7 @@ class Dataset:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     classes: tuple[str, ...] = ()
+    val_index: torch.Tensor | None = None
 
 
 def dataset_checksum(dataset: Dataset) -> str:
@@ -118,6 +121,16 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         private = order[cfg.public_split :].sort().values
         public_x, public_y = train_x[public], train_y[public]
         train_x, train_y = train_x[private], train_y[private]
+    val_index = None
+    if cfg.val_split:
+        if cfg.val_split >= len(train_y):
+            raise DataError(
+                f"{cfg.root or cfg.source}: val_split {cfg.val_split} leaves no private "
+                f"training data ({len(train_y)} private examples)"
+            )
+        # Drawn from the private set after the public split, so the two are disjoint.
+        order = torch.randperm(len(train_y), generator=_generator(cfg.split_seed, "val"))
+        val_index = order[: cfg.val_split].sort().values
     return Dataset(
         name=cfg.dataset_name,
         train_x=train_x,
@@ -130,6 +143,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         mean=cfg.mean,
         std=cfg.std,
         classes=tuple(classes),
+        val_index=val_index,
     )
 
 
@@ -421,22 +435,46 @@ class DeviceData:
 
     Attributes:
         device: Where the tensors live.
-        train_x: Private training images, uint8 ``(N, 3, H, W)``.
+        train_x: Private training images, uint8 ``(N, 3, H, W)`` (without the validation split
+            in a tuning run).
         train_y: Their labels, int64 ``(N,)``.
-        test_x: Test images, uint8.
-        test_y: Test labels.
+        test_x: The evaluation images, uint8: the test set, or the validation split in a
+            tuning run (``eval_split`` says which).
+        test_y: Their labels.
+        eval_split: ``test`` or ``val``.
         public_x: Public images (held out of the private set), or None.
         public_y: Public labels, or None.
         num_classes: Number of classes.
     """
 
-    def __init__(self, dataset: Dataset, device: torch.device | str, *, normalize: bool = True):
-        """Copy ``dataset`` to ``device``; ``normalize`` standardises with its mean and std."""
+    def __init__(
+        self,
+        dataset: Dataset,
+        device: torch.device | str,
+        *,
+        normalize: bool = True,
+        holdout: bool = False,
+    ):
+        """Copy ``dataset`` to ``device``; ``normalize`` standardises with its mean and std.
+
+        With ``holdout`` (a tuning run) the validation split is taken out of the training
+        examples and becomes the evaluation set (``eval_x``, ``eval_split == "val"``); the test
+        set is not copied at all, so nothing in the run can read it.
+        """
         self.device = torch.device(device)
-        self.train_x = dataset.train_x.to(self.device)
-        self.train_y = dataset.train_y.to(self.device)
-        self.test_x = dataset.test_x.to(self.device)
-        self.test_y = dataset.test_y.to(self.device)
+        train_x, train_y = dataset.train_x, dataset.train_y
+        eval_x, eval_y, self.eval_split = dataset.test_x, dataset.test_y, "test"
+        if holdout:
+            if dataset.val_index is None:
+                raise DataError("a tuning run needs a validation split (data.val_split > 0)")
+            keep = torch.ones(len(train_y), dtype=torch.bool)
+            keep[dataset.val_index] = False
+            eval_x, eval_y = train_x[dataset.val_index], train_y[dataset.val_index]
+            train_x, train_y, self.eval_split = train_x[keep], train_y[keep], "val"
+        self.train_x = train_x.to(self.device)
+        self.train_y = train_y.to(self.device)
+        self.test_x = eval_x.to(self.device)
+        self.test_y = eval_y.to(self.device)
         self.public_x = None if dataset.public_x is None else dataset.public_x.to(self.device)
         self.public_y = None if dataset.public_y is None else dataset.public_y.to(self.device)
         self.num_classes = dataset.num_classes

@@ -35,15 +35,24 @@ def render_dry_run(suite: Suite, records_path: Path) -> str:
     """A table with one row per cell: what would run and at which noise multiplier."""
     done = finished_keys(records_path)
     rows = []
-    for plan in plan_cells(suite.cells(), accountants=("prv", "rdp")):
+    cells = suite.cells()
+    if suite.tune is not None:  # the tuning stage, then every final cell a selection can make
+        from bench.protocol import final_candidates, tune_cells
+
+        cells = [*tune_cells(suite), *final_candidates(suite)]
+    for plan in plan_cells(cells, accountants=("prv", "rdp")):
         cell = plan.cell
-        extras = ",".join(f"{k}={v}" for k, v in sorted(cell.overrides.items())) or "-"
+        extras = {**cell.overrides, **cell.tuned}
+        extras = ",".join(f"{k}={v}" for k, v in sorted(extras.items())) or "-"
+        if not plan.dp_valid:
+            extras += f" (TAN simulation at b={plan.batch_size})"
         rows.append(
             [
                 cell.run_key,
                 cell.backbone,
                 cell.norm,
                 cell.seed,
+                cell.stage,
                 extras,
                 plan.n_private,
                 plan.num_classes,
@@ -63,7 +72,8 @@ def render_dry_run(suite: Suite, records_path: Path) -> str:
             "backbone",
             "norm",
             "seed",
-            "grid extras",
+            "stage",
+            "grid extras / tuned",
             "N",
             "classes",
             "q",

@@ -344,7 +344,9 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
     training, privacy = cell.training, cell.privacy
     check_grad_sample_mode(cell)
     dataset = cached_dataset(cell.data)
-    data = DeviceData(dataset, device, normalize=cell.data.normalize)
+    # A tuning run holds the validation split out and is scored on it; the test set is never
+    # copied to the device, so nothing in it can read the test set.
+    data = DeviceData(dataset, device, normalize=cell.data.normalize, holdout=cell.stage == "tune")
     resolved = norms.resolve_norm(cell.norm)
     seed_global(cell.seed, "init")
     model = build_model(cell, dataset.num_classes, device)
@@ -366,7 +368,7 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
         make_optimizer(model.parameters(), **_optim_kwargs(training)),
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
-        expected_batch_size=training.batch_size,
+        expected_batch_size=plan.batch_size,
         max_physical_batch=training.max_physical_batch,
         mode=training.grad_sample_mode,
         precision=training.precision,
@@ -419,7 +421,7 @@ def _train(run: _Run, progress: Progress | None) -> _Trained:
     for step in range(run.plan.steps):
         images: list[int] = []
         with timer.step(images):
-            x, y = views(run.data.poisson_batch(training.batch_size, sampling))
+            x, y = views(run.data.poisson_batch(run.plan.batch_size, sampling))
             loss = run.dp_step(x, y)
             _after_update(run.scheduler, run.ema, run.model)
             images.append(x.shape[0] * x.shape[1])
@@ -508,7 +510,8 @@ def train_cell(
     train_s = time.perf_counter() - run.started
     spent = _spent(run)
     eval_model = run.ema.module if run.ema is not None else run.model
-    test_acc = evaluate(eval_model, run.data, training.eval_batch_size, training.precision)
+    accuracy = evaluate(eval_model, run.data, training.eval_batch_size, training.precision)
+    scored_on = run.data.eval_split
     del eval_model
     paths = grad_sample_paths(run.model, training.grad_sample_mode)
     clipper = getattr(run.dp_step, "clipper", None)
@@ -541,10 +544,24 @@ def train_cell(
         "norm_name": run.norm.name,
         "norm_params": dict(run.norm.params),
         "n_private": data.num_private,
-        "n_test": int(data.test_x.shape[0]),
+        "n_test": int(data.test_x.shape[0]) if scored_on == "test" else None,
+        "n_val": int(data.test_x.shape[0]) if scored_on == "val" else None,
+        "stage": cell.stage,
+        "tuned": dict(cell.tuned),
         "num_classes": run.plan.num_classes,
         "dataset_sha256": cached_checksum(cell.data),
-        "test_acc": test_acc,
+        "test_acc": accuracy if scored_on == "test" else None,
+        "val_acc": accuracy if scored_on == "val" else None,
+        "dp_valid": run.plan.dp_valid,
+        "simulated": None
+        if run.plan.dp_valid
+        else {
+            "epsilon": cell.privacy.epsilon,
+            "delta": cell.privacy.delta,
+            "batch_size": training.batch_size,
+            "reference_noise_multiplier": run.plan.calibration.noise_multiplier,
+            "simulated_batch_size": run.plan.batch_size,
+        },
         "eval_weights": "ema" if training.ema else "final",
         "final_train_loss": trained.loss if log_loss else None,
         "nonprivate_diagnostics": ["final_train_loss"] if log_loss else [],

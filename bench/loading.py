@@ -27,6 +27,7 @@ from bench.config import (
     Cell,
     DataConfig,
     Suite,
+    TuneConfig,
 )
 from bench.errors import BackboneError, BenchError, ConfigError, IncompatibleError
 from bench.plan import data_size, grad_sample_mode_problem
@@ -187,9 +188,71 @@ def _build_suite(raw: dict[str, Any], ctx: _Context, path: Path, overrides: tupl
     baseline = _canonical_spec("norm", sections["report"].baseline, "report.baseline", ctx)
     sections["report"] = dataclasses.replace(sections["report"], baseline=baseline)
     grid = _parse_grid(raw["grid"], ctx)
+    tune = _parse_tune(raw.get("tune"), dict(grid), sections["data"], ctx)
     return Suite(
-        name=name, description=description, grid=grid, path=path, overrides=overrides, **sections
+        name=name,
+        description=description,
+        grid=grid,
+        path=path,
+        overrides=overrides,
+        tune=tune,
+        **sections,
     )
+
+
+_TUNE_KEYS = ("keys", "seeds", "overrides")
+
+
+def _parse_tune(raw: Any, grid: Mapping[str, Any], data: Any, ctx: _Context) -> TuneConfig | None:
+    """The ``tune`` section: dotted keys with the values to try, tuning seeds, and overrides
+    applied to tuning runs only (a shorter budget)."""
+    if raw is None:
+        return None
+    allowed = "keys: {training.lr: [0.5, 1, 2]}, seeds: [0, 1], overrides: {training.steps: 40}"
+    if not isinstance(raw, dict):
+        raise ctx.error("tune", "must be a mapping", given=raw, allowed=allowed)
+    _reject_unknown(raw, _TUNE_KEYS, "tune.", ctx)
+    keys = raw.get("keys")
+    if not isinstance(keys, dict) or not keys:
+        raise ctx.error(
+            "tune.keys", "must map dotted keys to values to try", given=keys, allowed=allowed
+        )
+    parsed = []
+    for key in sorted(keys):
+        if key in GRID_REQUIRED or key in grid:
+            raise ctx.error(
+                f"tune.keys.{key}",
+                "is swept by the grid or names a grid axis; a key is either tuned or swept",
+                given=key,
+                allowed="a dotted data/privacy/training key the grid does not sweep",
+            )
+        values = keys[key] if isinstance(keys[key], list) else [keys[key]]
+        parsed.append((key, _parse_grid_values(key, values, ctx, where="tune.keys")))
+    seeds = raw.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ctx.error(
+            "tune.seeds", "must be a list of distinct seeds", given=seeds, allowed="e.g. [0, 1]"
+        )
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ctx.error("tune.overrides", "must be a mapping", given=overrides, allowed=allowed)
+    parsed_overrides = []
+    for key in sorted(overrides):
+        (value,) = _parse_grid_values(key, [overrides[key]], ctx, where="tune.overrides")
+        parsed_overrides.append((key, value))
+    if data.val_split < 1:
+        raise ctx.error(
+            "data.val_split",
+            "is 0, but tuning needs a validation split (the test set is never read to tune)",
+            given=data.val_split,
+            allowed="data.val_split > 0 examples held out of the private set",
+        )
+    return TuneConfig(tuple(parsed), tuple(seeds), tuple(parsed_overrides))
 
 
 _ALLOWED_FOR = {
@@ -302,8 +365,8 @@ def _parse_grid(raw: Any, ctx: _Context) -> tuple[tuple[str, tuple[Any, ...]], .
     return tuple(grid)
 
 
-def _parse_grid_values(key: str, raw: Any, ctx: _Context) -> tuple[Any, ...]:
-    gkey = f"grid.{key}"
+def _parse_grid_values(key: str, raw: Any, ctx: _Context, where: str = "grid") -> tuple[Any, ...]:
+    gkey = f"{where}.{key}"
     hint: Any = None
     if key not in GRID_REQUIRED:
         section, _, name = key.partition(".")
@@ -482,6 +545,23 @@ def _check_sizes(cell: Cell, n_train: int, where, ctx: _Context) -> None:
             allowed=f"0 <= public_split < {n_train}",
         )
     n_private = n_train - data.public_split
+    if data.val_split and data.val_split >= n_private - training.batch_size:
+        raise ctx.error(
+            where("data", "val_split"),
+            f"leaves fewer tuning examples than one batch ({n_private} private examples, "
+            f"batch {training.batch_size})",
+            given=data.val_split,
+            allowed=f"0 <= val_split < {n_private - training.batch_size}",
+        )
+    b = privacy.simulate_batch_size
+    if b is not None and b > training.batch_size:
+        raise ctx.error(
+            where("privacy", "simulate_batch_size"),
+            f"is larger than the batch it simulates ({training.batch_size}); a TAN simulation "
+            "runs a smaller batch",
+            given=b,
+            allowed=f"1 <= simulate_batch_size <= {training.batch_size}",
+        )
     if privacy.delta >= 1 / n_private:
         raise ctx.error(
             where("privacy", "delta"),

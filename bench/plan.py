@@ -28,16 +28,22 @@ class DataSize:
         n_train: Training examples, public split included.
         n_public: Examples held out as public data.
         num_classes: Number of classes.
+        n_val: Private examples held out for tuning (the validation split).
     """
 
     n_train: int
     n_public: int
     num_classes: int
+    n_val: int = 0
 
     @property
     def n_private(self) -> int:
-        """N: the private training set size."""
+        """N: the private training set size (validation split included)."""
         return self.n_train - self.n_public
+
+    def n_trained(self, stage: str) -> int:
+        """N for a run of ``stage``: a tuning run trains without the validation split."""
+        return self.n_private - (self.n_val if stage == "tune" else 0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -49,7 +55,7 @@ def data_size(cfg: DataConfig) -> DataSize:
     """
     from bench.data import count_classes, count_train_examples  # torch: only when counting
 
-    return DataSize(count_train_examples(cfg), cfg.public_split, count_classes(cfg))
+    return DataSize(count_train_examples(cfg), cfg.public_split, count_classes(cfg), cfg.val_split)
 
 
 @dataclass(frozen=True)
@@ -58,11 +64,14 @@ class CellPlan:
 
     Attributes:
         cell: The cell.
-        n_private: N, the private training set size.
+        n_private: N, the private examples the run trains on.
         num_classes: Classes of the data.
-        sample_rate: q = B / N.
+        sample_rate: q = b / N, b the expected batch the run draws (`batch_size`).
         steps: DP-SGD steps.
-        calibrations: The noise calibration under each accountant asked for.
+        batch_size: b: the suite's batch B, or ``privacy.simulate_batch_size`` in a TAN
+            simulation.
+        calibrations: The noise calibration under each accountant asked for, at the suite's
+            batch B (for a TAN simulation: sigma_ref, which `noise_multiplier` scales by b/B).
         charges: The run's other privacy costs (a norm's preparation), composed into the
             calibration.
         skip_reason: Why the backbone refuses the norm (the cell will be recorded as
@@ -74,6 +83,7 @@ class CellPlan:
     num_classes: int
     sample_rate: float
     steps: int
+    batch_size: int = 0
     calibrations: Mapping[str, Calibration] = field(default_factory=dict)
     charges: tuple = ()
     skip_reason: str | None = None
@@ -84,14 +94,26 @@ class CellPlan:
         return self.calibrations[self.cell.privacy.accountant]
 
     @property
+    def dp_valid(self) -> bool:
+        """False for a TAN simulation: it is not private at the target."""
+        return self.cell.privacy.simulate_batch_size is None
+
+    @property
     def noise_multiplier(self) -> float:
-        return self.calibration.noise_multiplier
+        """The run's sigma: the calibrated one, or sigma_ref * b / B in a TAN simulation."""
+        return self.calibration.noise_multiplier * self.batch_size / self.cell.training.batch_size
 
 
 def size_cell(cell: Cell, size: DataSize) -> tuple[float, int]:
-    """``(q, steps)`` of a cell on data of this size."""
-    n = size.n_private
+    """``(q, steps)`` the privacy target is calibrated at: the suite's batch B over the N the
+    run trains on (a TAN simulation keeps these steps and draws b instead of B)."""
+    n = size.n_trained(cell.stage)
     return cell.training.batch_size / n, cell.training.num_steps(n)
+
+
+def run_batch(cell: Cell) -> int:
+    """The expected batch the run draws: B, or b in a TAN simulation."""
+    return cell.privacy.simulate_batch_size or cell.training.batch_size
 
 
 def plan_cell(
@@ -118,13 +140,20 @@ def plan_cell(
     check_grad_sample_mode(cell)
     size = size or data_size(cell.data)
     q, steps = size_cell(cell, size)
-    base = {"cell": cell, "n_private": size.n_private, "num_classes": size.num_classes}
+    n = size.n_trained(cell.stage)
+    base = {
+        "cell": cell,
+        "n_private": n,
+        "num_classes": size.num_classes,
+        "batch_size": run_batch(cell),
+    }
+    q_run = run_batch(cell) / n
     if model is None:
         try:
             model = build_model(cell, size.num_classes, "cpu")
         except IncompatibleError as err:
-            return CellPlan(**base, sample_rate=q, steps=steps, skip_reason=str(err))
-    charge = norms.resolve_norm(cell.norm).charge(model, size.n_private)
+            return CellPlan(**base, sample_rate=q_run, steps=steps, skip_reason=str(err))
+    charge = norms.resolve_norm(cell.norm).charge(model, n)
     charges = (charge,) if charge else ()
     extra = [c.history_entry() for c in charges]
     calibrations = {
@@ -133,7 +162,9 @@ def plan_cell(
         )
         for acc in (accountants or (cell.privacy.accountant,))
     }
-    return CellPlan(**base, sample_rate=q, steps=steps, calibrations=calibrations, charges=charges)
+    return CellPlan(
+        **base, sample_rate=q_run, steps=steps, calibrations=calibrations, charges=charges
+    )
 
 
 def plan_cells(cells: Iterable[Cell], accountants: Sequence[str] | None = None) -> list[CellPlan]:
@@ -158,9 +189,18 @@ def plan_cells(cells: Iterable[Cell], accountants: Sequence[str] | None = None) 
                 models[key] = err
         model = models[key]
         if isinstance(model, IncompatibleError):
-            q, steps = size_cell(cell, size)
+            _q, steps = size_cell(cell, size)
+            n = size.n_trained(cell.stage)
             plans.append(
-                CellPlan(cell, size.n_private, size.num_classes, q, steps, skip_reason=str(model))
+                CellPlan(
+                    cell,
+                    n,
+                    size.num_classes,
+                    run_batch(cell) / n,
+                    steps,
+                    batch_size=run_batch(cell),
+                    skip_reason=str(model),
+                )
             )
             continue
         try:

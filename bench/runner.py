@@ -68,8 +68,12 @@ class SweepSummary:
     wall_s: float
 
 
-def write_suite_json(suite: Suite, out_dir: Path) -> Path:
-    """Write the resolved suite and its full list of cells (atomically) for the report."""
+def write_suite_json(suite: Suite, out_dir: Path, cells: Sequence[Cell] | None = None) -> Path:
+    """Write the resolved suite and its full list of cells (atomically) for the report.
+
+    ``cells``: the cells planned so far (default: the grid's); with a ``tune`` section, the
+    tuning cells and the final cells whose selection is made.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = suite_to_dict(suite)
     payload["cells"] = [
@@ -78,9 +82,11 @@ def write_suite_json(suite: Suite, out_dir: Path) -> Path:
             "backbone": c.backbone,
             "norm": c.norm,
             "seed": c.seed,
+            "stage": c.stage,
+            "dp_valid": c.privacy.simulate_batch_size is None,
             "overrides": cell_to_dict(c)["overrides"],
         }
-        for c in suite.cells()
+        for c in (suite.cells() if cells is None else cells)
     ]
     path = out_dir / "suite.json"
     tmp = path.with_suffix(".json.tmp")
@@ -99,6 +105,9 @@ def _base_record(cell: Cell) -> dict[str, Any]:
         "norm": cell.norm,
         "seed": cell.seed,
         "overrides": d["overrides"],
+        "stage": cell.stage,
+        "tuned": d["tuned"],
+        "dp_valid": cell.privacy.simulate_batch_size is None,
         "dataset": cell.data.dataset_name,
         "epsilon_target": cell.privacy.epsilon,
         "delta": cell.privacy.delta,
@@ -198,14 +207,14 @@ class SlurmCellJob:
 
 
 def pending_cells(
-    suite: Suite, records_path: Path, force: bool, retry_failed: bool = False
+    suite: Suite | Sequence[Cell], records_path: Path, force: bool, retry_failed: bool = False
 ) -> tuple[list[Cell], int]:
-    """The cells to run now, and how many of the grid already have a final record.
+    """The cells to run now, and how many of them already have a final record.
 
     A cell runs when it has no record, when its newest record is ``interrupted``, with
     ``retry_failed`` when it is ``failed``, and always with ``force``.
     """
-    cells = suite.cells()
+    cells = suite.cells() if isinstance(suite, Suite) else list(suite)
     statuses = tuple(s for s in FINAL_STATUSES if not (retry_failed and s == "failed"))
     done = finished_keys(records_path, statuses)
     already = sum(c.run_key in finished_keys(records_path) for c in cells)
@@ -288,10 +297,17 @@ def run_suite(
     out_dir = Path(out_dir) if out_dir else default_out_dir(suite)
     records_path = out_dir / "records.jsonl"
     check_executor(executor, slurm)
-    todo, already = pending_cells(suite, records_path, force, retry_failed)
+    if suite.tune is not None:
+        from bench.protocol import final_candidates, tune_cells
+
+        stage_cells = tune_cells(suite)
+        checked = [*stage_cells, *final_candidates(suite)]
+    else:
+        stage_cells = checked = suite.cells()
+    todo, already = pending_cells(stage_cells, records_path, force, retry_failed)
     env = _check_environment(todo, records_path, allow_mixed_env)
-    preflight(todo)
-    write_suite_json(suite, out_dir)
+    preflight(checked if suite.tune is not None else todo)
+    write_suite_json(suite, out_dir, stage_cells)
     if env is not None:
         from bench.environment import write_environment
 
@@ -302,23 +318,47 @@ def run_suite(
             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
             reproduce_command(suite, out_dir),
         )
-    statuses: list[str] = []
-    if executor == "slurm":
-        statuses = _run_slurm(todo, records_path, out_dir, slurm or {}, device)
-    else:
+
+    def run(cells: Sequence[Cell]) -> list[str]:
+        if executor == "slurm":
+            return _run_slurm(cells, records_path, out_dir, slurm or {}, device)
         n = workers if workers is not None else _visible_gpus()
-        if n > 1 and len(todo) > 1:
-            statuses = _run_parallel(todo, records_path, n, device)
-        else:
-            statuses = _run_sequential(todo, records_path, device, progress)
+        if n > 1 and len(cells) > 1:
+            return _run_parallel(cells, records_path, n, device)
+        return _run_sequential(cells, records_path, device, progress)
+
+    statuses = run(todo)
+    total, ran = len(stage_cells), len(todo)
+    if suite.tune is not None:
+        finals, final_todo, final_already = _final_stage(
+            suite, records_path, force, retry_failed, progress
+        )
+        write_suite_json(suite, out_dir, [*stage_cells, *finals])
+        statuses += run(final_todo)
+        total, ran, already = total + len(finals), ran + len(final_todo), already + final_already
     if report:
         from bench.results.report import write_report
 
         write_report(out_dir)
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}
-    return SweepSummary(
-        out_dir, len(suite.cells()), already, len(todo), counts, time.perf_counter() - started
-    )
+    return SweepSummary(out_dir, total, already, ran, counts, time.perf_counter() - started)
+
+
+def _final_stage(
+    suite: Suite, records_path: Path, force: bool, retry_failed: bool, progress: bool
+) -> tuple[list[Cell], list[Cell], int]:
+    """Select each grid point's tuning values from the tuning records, then the final cells:
+    ``(all final cells selected so far, those to run now, those already recorded)``."""
+    from bench.protocol import final_cells, select, selection_lines
+
+    records = read_records(records_path).records if records_path.exists() else []
+    selections = select(suite, records)
+    if progress:
+        for line in selection_lines(selections):
+            print(f"tune: {line}", file=sys.stderr)
+    finals = final_cells(suite, selections)
+    todo, already = pending_cells(finals, records_path, force, retry_failed)
+    return finals, todo, already
 
 
 def _check_environment(

@@ -67,9 +67,16 @@ def _block(entry: Mapping) -> object:
     keys when it swept any (``resnet9 [training.lr=0.5]``), so each swept configuration gets
     its own leaderboard instead of colliding with the others on (backbone, norm, seed)."""
     backbone, overrides = entry.get("backbone"), entry.get("overrides")
+    # A TAN simulation is not private at the target: it never shares a table with DP runs.
+    tan = " [TAN simulation, not DP]" if entry.get("dp_valid") is False else ""
     if not isinstance(backbone, str) or not isinstance(overrides, Mapping) or not overrides:
-        return backbone
-    return f"{backbone} [{', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}]"
+        return f"{backbone}{tan}" if tan and isinstance(backbone, str) else backbone
+    return f"{backbone} [{', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}]{tan}"
+
+
+def _is_tuning(entry: Mapping) -> bool:
+    """A tuning-stage run: scored on the validation split, kept out of the leaderboard."""
+    return entry.get("stage") == "tune"
 
 
 def _collect(records: Sequence[Record]) -> _Collected:
@@ -479,6 +486,7 @@ def _header(
         f"- **Suite:** {name}" + (f" — {suite['description']}" if suite.get("description") else ""),
         f"- **Dataset:** {_join(datasets)}",
         f"- **Privacy target:** {_privacy_text(_section(suite, 'privacy'), records)}",
+        *_tan_lines(records),
         f"- **Hardware:** {_join(_distinct(r.get('device') for r in records))}",
         f"- **Versions:** {_join(versions)}" + _mixed_note(records),
         f"- **Commit:** {_join(_distinct(p.get('git_commit') for p in provenance))}",
@@ -525,6 +533,25 @@ def _header(
         "",
     ]
     return lines
+
+
+def _tan_lines(records: Sequence[Record]) -> list[str]:
+    """The header's warning when any run is a TAN simulation."""
+    simulated = [r for r in records if r.get("dp_valid") is False]
+    if not simulated:
+        return []
+    targets = _distinct(
+        f"(ε = {s['epsilon']}, δ = {s['delta']}) at batch {s['batch_size']}, run at batch "
+        f"{s['simulated_batch_size']}"
+        for s in (r.get("simulated") for r in simulated)
+        if isinstance(s, Mapping)
+    )
+    return [
+        f"- **TAN simulation** of {_join(targets, 'the target')}: predicts accuracy, gives no "
+        "privacy. Its runs keep the steps and scale the noise by b/B (σ = σ_ref · b / B, "
+        "Sander et al. 2023); their ε spent is what they really spent, far above the target, "
+        "and their tables are marked *TAN simulation, not DP*, apart from any DP run."
+    ]
 
 
 def _privacy_text(privacy: Mapping, records: Sequence[Record]) -> str:
@@ -658,6 +685,58 @@ def _failed_section(not_ok: Sequence[Record]) -> list[str]:
     return [*lines, table, ""]
 
 
+def _tuning_section(tuning: Sequence[Record], suite: Mapping) -> list[str]:
+    """The protocol statement and the tuning table: each norm's mean validation accuracy per
+    candidate value, the selected one marked (the best mean; the first listed wins a tie)."""
+    if not tuning and not suite.get("tune"):
+        return []
+    n_val = _distinct(r.get("n_val") for r in tuning) or _distinct(
+        [_section(suite, "data").get("val_split")]
+    )
+    lines = [
+        "## Tuning (validation split)",
+        "",
+        f"Protocol: the hyperparameters below were tuned per norm on a validation split of "
+        f"{_join(n_val)} private training examples, held out of the tuning runs, which are "
+        "scored on it and never read the test set; the final runs above train on the whole "
+        "private set (validation split included) at each norm's selected values and are scored "
+        "on the test set. As in the literature, the privacy cost of the tuning stage itself is "
+        "not in the reported ε (Papernot and Steinke, ICLR 2022, show how it could be "
+        "accounted); each final run's ε is what that run spent.",
+        "",
+    ]
+    groups: dict[tuple[str, str], dict[tuple, list[float]]] = {}
+    for r in tuning:
+        values = r.get("tuned") if isinstance(r.get("tuned"), Mapping) else {}
+        cell = groups.setdefault((str(_block(r)), str(r.get("norm"))), {})
+        accs = cell.setdefault(tuple(sorted(values.items())), [])
+        if r["status"] == "ok" and r.get("val_acc") is not None:
+            accs.append(float(r["val_acc"]))
+    rows = []
+    for (block, norm), candidates in sorted(groups.items()):
+        means = {c: sum(a) / len(a) for c, a in candidates.items() if a}
+        best = max(means, key=means.get) if means else None
+        for candidate, accs in candidates.items():
+            text = ", ".join(f"{k}={v}" for k, v in candidate) or "-"
+            acc = f"{100 * means[candidate]:.2f} (n={len(accs)})" if candidate in means else _NA
+            rows.append(
+                [_code(block), _code(norm), text, acc, "selected" if candidate == best else ""]
+            )
+    if rows:
+        lines += [
+            tabulate(
+                rows,
+                ["backbone", "norm", "values", "val accuracy % (mean, n)", ""],
+                tablefmt="github",
+                disable_numparse=True,
+            ),
+            "",
+        ]
+    else:
+        lines += ["No tuning run recorded yet.", ""]
+    return lines
+
+
 def _planned_cells(suite: Mapping) -> list[dict]:
     """The grid cells listed in suite.json that are well-formed enough to report."""
     cells = suite.get("cells")
@@ -726,8 +805,9 @@ def render_leaderboard(
     Returns:
         The Markdown text, ending with a newline.
     """
-    collected = _collect(records)
-    planned = _planned_cells(suite)
+    tuning = [r for r in records if _is_tuning(r)]
+    collected = _collect([r for r in records if not _is_tuning(r)])
+    planned = [c for c in _planned_cells(suite) if not _is_tuning(c)]
     planned_norms: dict[str, set[str]] = {}
     for c in planned:
         if isinstance(c.get("backbone"), str) and isinstance(c.get("norm"), str):
@@ -746,6 +826,7 @@ def render_leaderboard(
     if not analyses:
         body += ["No records yet.", ""]
     body += _summary_section(analyses)
+    body += _tuning_section(tuning, suite)
     body += sweeps.rank_agreement_section(_ok_runs(collected))
     body += sweeps.privacy_utility_section(_ok_runs(collected))
 
@@ -759,8 +840,9 @@ def render_leaderboard(
 
     body += _failed_section(collected.not_ok)
     body += _stacks_section(records)
-    if planned:
-        body += _missing_section(planned, {r["run_key"] for r in records})
+    planned_all = _planned_cells(suite)
+    if planned_all:
+        body += _missing_section(planned_all, {r["run_key"] for r in records})
     all_problems = [*problems, *collected.problems]
     if all_problems:
         body += ["## Problems in the records", ""]
@@ -844,7 +926,7 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
         baseline=str(resolved_baseline),
         alpha=resolved_alpha,
     )
-    points = figure_points(read.records)
+    points = figure_points([r for r in read.records if not _is_tuning(r)])
     if points:
         figures.write_figures(run_dir, points)
     curve = sweeps.curve_points(_ok_runs(_collect(read.records)))
