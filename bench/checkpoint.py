@@ -26,6 +26,9 @@ from typing import Any
 
 import torch
 
+# The fields that never change what a run computes; private to the config, shared with the hash.
+from bench.config import _DIAGNOSTIC_FIELDS, Cell, cell_to_dict
+
 #: Bump when the layout of the saved state changes, so old checkpoints are refused, not misread.
 FORMAT = 1
 FILE = "checkpoint.pt"
@@ -41,14 +44,31 @@ def checkpoint_path(directory: Path, run_key: str) -> Path:
     return Path(directory) / run_key / FILE
 
 
+def cell_hash(cell: Cell) -> str:
+    """`config_hash` of the cell's resolved config less the fields that never change the
+    result (``training.checkpoint_every``, ``save_model``, ``log_private_loss``), so that a run
+    resumed with, say, another checkpoint interval still uses its checkpoint."""
+    config = cell_to_dict(cell)
+    for section, names in _DIAGNOSTIC_FIELDS.items():
+        for name in names:
+            config[section].pop(name, None)
+            config["overrides"].pop(f"{section}.{name}", None)
+    return config_hash(config)
+
+
 def save(path: Path, state: Mapping[str, Any], cfg_hash: str) -> None:
     """Write ``state`` atomically (temporary file in the same folder, fsync, rename)."""
+    save_atomic(path, {"format": FORMAT, "config_hash": cfg_hash, "state": dict(state)})
+
+
+def save_atomic(path: Path, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` through a temporary file, fsync and rename: a kill at
+    any point leaves the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "config_hash": cfg_hash, "state": dict(state)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -27,8 +27,8 @@ DEFAULT_NORM = "group_norm"
 # Fields that say where files live or how a dataset is labelled, not what is computed: moving the
 # cache or relabelling the dataset must not invalidate finished runs.
 _NOT_IN_RUN_KEY = ("cache_dir", "download", "dataset")
-#: Per section, fields that never change what a run computes (they add diagnostics).
-_DIAGNOSTIC_FIELDS = {"training": ("log_private_loss",)}
+#: Per section, fields that never change what a run computes (diagnostics, checkpoints, saving).
+_DIAGNOSTIC_FIELDS = {"training": ("log_private_loss", "checkpoint_every", "save_model")}
 #: Per section, fields added after records were published, with their defaults: they enter the
 #: run key only when set to something else, so every published run key stays valid.
 _IN_RUN_KEY_WHEN_SET = {
@@ -247,6 +247,14 @@ class TrainingConfig:
         log_private_loss: Put the un-noised training loss of the last private batch into the
             record (``final_train_loss``) and the divergence message. It is not DP: records
             say so in ``nonprivate_diagnostics``. Off by default; it never changes the run.
+        checkpoint_every: Write a checkpoint every this many steps (not after the last), from
+            which a killed or requeued run resumes with the result it would have had
+            (`bench.checkpoint`); None writes none. The default bounds the work lost to a few
+            minutes of the full recipe on a GPU. It never changes the run or its key.
+        save_model: Save the evaluated weights (the EMA's when ``ema`` is set) of a finished
+            run as ``models/<run_key>.pt`` next to the records (a ``state_dict``, loadable with
+            ``torch.load(weights_only=True)``); the record gives its path in ``model_path``.
+            Like the accuracy, they are a DP release (of a ``dp_valid`` run).
     """
 
     batch_size: int = 256
@@ -274,6 +282,8 @@ class TrainingConfig:
     measure_nonprivate: bool = True
     max_loss: float = 1e4
     log_private_loss: bool = False
+    checkpoint_every: int | None = 200
+    save_model: bool = False
 
     def num_steps(self, n_private: int) -> int:
         """The number of DP-SGD steps for a private training set of ``n_private`` examples."""
@@ -326,6 +336,8 @@ class TrainingConfig:
             yield "ema", "must be in (0, 1)", "a decay in (0, 1), or null"
         if self.max_loss <= 0:
             yield "max_loss", "must be positive", "a number > 0"
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            yield "checkpoint_every", "must be positive", "an integer >= 1, or null"
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ import copy
 import functools
 import gc
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 
 import norms
+from bench import checkpoint
 from bench.config import Cell, DataConfig, TrainingConfig
 from bench.data import Dataset, DeviceData, dataset_checksum, load_dataset
 from bench.measure import StepMemory, StepTimer, process_peak_rss, provenance
@@ -400,38 +403,137 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
 
 @dataclass(frozen=True)
 class _Trained:
-    """What the DP-SGD loop measured."""
+    """What the DP-SGD loop measured; ``resumed_from`` is the checkpoint's step, if any."""
 
     loss: float
     timer: StepTimer
     peak_bytes: int | None
     peak_abs_bytes: int | None
+    resumed_from: int | None
 
 
-def _train(run: _Run, progress: Progress | None) -> _Trained:
-    """The DP-SGD loop: the last non-empty step's loss, the step timer and the steps' memory."""
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _loop_state(
+    run: _Run,
+    step: int,
+    loss: float,
+    generators: dict[str, torch.Generator],
+    peaks: tuple[int | None, int | None],
+) -> dict[str, Any]:
+    """Everything the rest of the run and its record depend on, after ``step`` steps.
+
+    Under ``privacy.secure_noise`` this includes the secret streams' states (noise,
+    sampling): whoever reads the checkpoint can replay the noise, so a checkpoint is as
+    private as the training data; it stays on the run's machine and is deleted with the record.
+    """
+    clipper = getattr(run.dp_step, "clipper", None)
+    return {
+        "step": step,
+        "loss": loss,
+        "model": run.model.state_dict(),
+        "optimizer": run.dp_step.optimizer.original_optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "ema": None
+        if run.ema is None
+        else {"module": run.ema.module.state_dict(), "updates": run.ema.updates},
+        "steps_taken": run.dp_step.steps_taken,
+        "generators": checkpoint.generator_states(generators),
+        "global_rng": checkpoint.global_rng_state(),
+        "accountant_history": [tuple(h) for h in run.accountant.history],
+        "bk_reached": None
+        if clipper is None
+        else sorted(clipper.names[id(m)] for m in clipper.layers if id(m) in clipper.reached),
+        "peak_bytes": peaks[0],
+        "peak_abs_bytes": peaks[1],
+    }
+
+
+def _restore(run: _Run, state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    """Put the run back where `_loop_state` found it (tensors in place, so the optimiser and
+    the per-sample machinery keep pointing at the model's own parameters)."""
+    run.model.load_state_dict(state["model"])
+    run.dp_step.optimizer.original_optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.ema is not None:
+        run.ema.module.load_state_dict(state["ema"]["module"])
+        run.ema.updates = int(state["ema"]["updates"])
+    run.dp_step.steps_taken = int(state["steps_taken"])
+    checkpoint.restore_generators(generators, state["generators"])
+    checkpoint.restore_global_rng(state["global_rng"])
+    run.accountant.history = [tuple(h) for h in state["accountant_history"]]
+    clipper = getattr(run.dp_step, "clipper", None)
+    if clipper is not None:
+        reached = set(state["bk_reached"])
+        clipper.reached = {id(m) for m in clipper.layers if clipper.names[id(m)] in reached}
+
+
+def _train(run: _Run, progress: Progress | None, checkpoint_dir: Path | None) -> _Trained:
+    """The DP-SGD loop: the last non-empty step's loss, the step timer and the steps' memory.
+
+    With ``checkpoint_dir``, it starts from the run's valid checkpoint there, if any (a refused
+    one is named in one line on stderr), and writes one every ``training.checkpoint_every``
+    steps but after the last, outside the timed steps. The timer
+    covers the steps of this process only; the memory peaks are the largest of all processes.
+    """
     training = run.cell.training
-    sampling = run.stream("sampling")
-    views = _Views(run.data, training, run.stream("augmentation"))
+    generators = {
+        "sampling": run.stream("sampling"),
+        "augmentation": run.stream("augmentation"),
+        "noise": run.dp_step.optimizer.generator,
+    }
+    views = _Views(run.data, training, generators["augmentation"])
     seed_global(run.cell.seed, "dropout")
+    every = training.checkpoint_every
+    path = checkpoint.checkpoint_path(checkpoint_dir, run.cell.run_key) if checkpoint_dir else None
+    cfg_hash = checkpoint.cell_hash(run.cell) if path else ""
+    start, loss_value, peaks = 0, float("nan"), (None, None)
+    if path is not None:
+        found = checkpoint.load(path, cfg_hash, run.device)
+        if found.reason is not None:
+            print(f"{run.cell.run_key}: {found.reason}", file=sys.stderr)
+        if found.state is not None:
+            _restore(run, found.state, generators)
+            start, loss_value = int(found.state["step"]), float(found.state["loss"])
+            peaks = (found.state["peak_bytes"], found.state["peak_abs_bytes"])
     timer = StepTimer(run.device, training.throughput_warmup_steps)
     memory = StepMemory(run.device).start()
-    loss_value = float("nan")
     run.model.train()
-    for step in range(run.plan.steps):
+    for step in range(start, run.plan.steps):
         images: list[int] = []
         with timer.step(images):
-            x, y = views(run.data.poisson_batch(run.plan.batch_size, sampling))
+            x, y = views(run.data.poisson_batch(run.plan.batch_size, generators["sampling"]))
             loss = run.dp_step(x, y)
             _after_update(run.scheduler, run.ema, run.model)
             images.append(x.shape[0] * x.shape[1])
         if x.shape[0]:
             loss_value = loss
             _check_loss(loss_value, step, training)
+        done = step + 1
+        if path is not None and every and done % every == 0 and done < run.plan.steps:
+            now = (_max(peaks[0], memory.above), _max(peaks[1], memory.absolute))
+            state = _loop_state(run, done, loss_value, generators, now)
+            checkpoint.save(path, state, cfg_hash)
         if progress is not None:
             # The live view on the operator's terminal; it never reaches a record.
-            progress(step + 1, run.plan.steps, loss_value)
-    return _Trained(loss_value, timer, memory.above, memory.absolute)
+            progress(done, run.plan.steps, loss_value)
+    return _Trained(
+        loss_value,
+        timer,
+        _max(peaks[0], memory.above),
+        _max(peaks[1], memory.absolute),
+        start if start else None,
+    )
+
+
+def _save_model(module: nn.Module, model_dir: Path, run_key: str) -> str:
+    """Write the evaluated weights as ``<model_dir>/<run_key>.pt``; the path relative to the
+    folder above ``model_dir`` (the records' folder)."""
+    path = Path(model_dir) / f"{run_key}.pt"
+    checkpoint.save_atomic(path, module.state_dict())
+    return str(path.relative_to(Path(model_dir).parent))
 
 
 def _merged(history) -> list[tuple[float, float, int]]:
@@ -485,7 +587,12 @@ def _release(run: _Run) -> None:
 
 
 def train_cell(
-    cell: Cell, device: torch.device, *, progress: Progress | None = None
+    cell: Cell,
+    device: torch.device,
+    *,
+    progress: Progress | None = None,
+    checkpoint_dir: Path | None = None,
+    model_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train one cell with DP-SGD and return its measured record fields (status ``ok``).
 
@@ -498,6 +605,13 @@ def train_cell(
     timings and memory; the un-noised loss of private batches only with
     ``training.log_private_loss``, listed in ``nonprivate_diagnostics``.
 
+    Args:
+        checkpoint_dir: Where the run's checkpoints live (``<dir>/<run_key>/``): it resumes
+            from a valid one and writes them every ``training.checkpoint_every`` steps. The
+            caller deletes the checkpoint once the record is written
+            (`bench.checkpoint.remove`). None: no checkpoints.
+        model_dir: Where ``training.save_model`` writes the evaluated weights.
+
     Raises:
         IncompatibleError: The backbone refuses the norm (the runner records a skip).
         Diverged: The loss became non-finite or exceeded ``max_loss``.
@@ -505,13 +619,18 @@ def train_cell(
     """
     run = _setup(cell, device)
     training = cell.training
-    trained = _train(run, progress)
+    trained = _train(run, progress, checkpoint_dir)
     timer = trained.timer
     train_s = time.perf_counter() - run.started
     spent = _spent(run)
     eval_model = run.ema.module if run.ema is not None else run.model
     accuracy = evaluate(eval_model, run.data, training.eval_batch_size, training.precision)
     scored_on = run.data.eval_split
+    model_path = (
+        _save_model(eval_model, model_dir, cell.run_key)
+        if training.save_model and model_dir is not None
+        else None
+    )
     del eval_model
     paths = grad_sample_paths(run.model, training.grad_sample_mode)
     clipper = getattr(run.dp_step, "clipper", None)
@@ -616,6 +735,8 @@ def train_cell(
                 else ""
             )
         ),
+        "resumed_from_step": trained.resumed_from,
+        "model_path": model_path,
         "train_wall_s": train_s,
         "wall_s": time.perf_counter() - run.started,
         "provenance": prov,

@@ -127,9 +127,14 @@ def run_cell(
 
     ``KeyboardInterrupt`` and user errors (`BenchError`, e.g. unreadable data) propagate with
     no record written: the cell did not run, and a re-run will try it again.
+
+    The run checkpoints under ``<records folder>/checkpoints/<run_key>/`` and resumes from
+    there (a requeued SLURM job, a re-run after a kill); the checkpoint is deleted once the
+    record is written. ``training.save_model`` weights go to ``<records folder>/models/``.
     """
     import torch
 
+    from bench import checkpoint
     from bench.engine import Diverged, train_cell
     from bench.measure import provenance, resolve_device
 
@@ -137,7 +142,14 @@ def run_cell(
     started = time.perf_counter()
     base = _base_record(cell)
     try:
-        record = {**base, **train_cell(cell, dev, progress=progress)}
+        measured = train_cell(
+            cell,
+            dev,
+            progress=progress,
+            checkpoint_dir=records_path.parent / "checkpoints",
+            model_dir=records_path.parent / "models",
+        )
+        record = {**base, **measured}
     except IncompatibleError as err:
         record = {**base, "status": "skipped", "error": str(err)}
     except (KeyboardInterrupt, BenchError):
@@ -159,6 +171,7 @@ def run_cell(
             provenance=prov, device=prov["device_name"], wall_s=time.perf_counter() - started
         )
     append_record(records_path, record)
+    checkpoint.remove(checkpoint.checkpoint_path(records_path.parent / "checkpoints", cell.run_key))
     return record
 
 
@@ -193,8 +206,8 @@ class SlurmCellJob:
     """Entry point of one submitit job; checkpointable, so that a time limit or preemption
     requeues the job instead of ending it (submitit calls `checkpoint` on the signal).
 
-    A module-level class so that it pickles. Until runs checkpoint themselves, a requeued job
-    starts its cell again from step 0.
+    A module-level class so that it pickles. A requeued job calls `run_cell` again, which
+    resumes the cell from its newest checkpoint (``training.checkpoint_every``).
     """
 
     def __call__(self, cell: Cell, records_path: str, device: str | None = None) -> str:

@@ -38,9 +38,9 @@ def calls(monkeypatch) -> list:
     seen: list = []
     real = bench.engine.train_cell
 
-    def spy(cell, device, *, progress=None):
+    def spy(cell, device, **kwargs):
         seen.append(cell.run_key)
-        return real(cell, device, progress=progress)
+        return real(cell, device, **kwargs)
 
     monkeypatch.setattr(bench.engine, "train_cell", spy)
     return seen

@@ -120,11 +120,11 @@ def test_a_killed_protocol_resumes_in_either_stage(suite_file, tmp_path, monkeyp
     real, calls = bench.engine.train_cell, []
 
     def killed_at(n):
-        def run(cell, device, *, progress=None):
+        def run(cell, device, **kwargs):
             calls.append(cell.stage)
             if len(calls) == n:
                 raise KeyboardInterrupt
-            return real(cell, device, progress=progress)
+            return real(cell, device, **kwargs)
 
         return run
 
@@ -143,7 +143,7 @@ def test_a_killed_protocol_resumes_in_either_stage(suite_file, tmp_path, monkeyp
 
 
 def test_tune_needs_a_validation_split(suite_file, tmp_path):
-    with pytest.raises(ConfigError, match=r"data\.val_split \(from --set\): is 0, but tuning needs"):
+    with pytest.raises(ConfigError, match=r"val_split \(from --set\): is 0, but tuning"):
         load_suite(suite_file, ["data.val_split=0"])
     with pytest.raises(ConfigError, match=r"tune\.keys\.training\.lr: is swept by the grid"):
         load_suite(suite_file, ["grid.training.lr=[1.0, 2.0]"])

@@ -166,10 +166,10 @@ def test_a_diverging_run_is_recorded_failed_and_the_sweep_goes_on(tiny, tmp_path
 def test_a_crash_is_recorded_with_its_reason_and_the_sweep_goes_on(tiny, tmp_path, monkeypatch):
     real = bench.engine.train_cell
 
-    def crash_on_layer_norm(cell, device, *, progress=None):
+    def crash_on_layer_norm(cell, device, **kwargs):
         if cell.norm == "layer_norm":
             raise RuntimeError("simulated CUDA error")
-        return real(cell, device, progress=progress)
+        return real(cell, device, **kwargs)
 
     monkeypatch.setattr(bench.engine, "train_cell", crash_on_layer_norm)
     summary = run_suite(load_suite(tiny, ["grid.seed=[0]"]), out_dir=tmp_path / "o", progress=False)
@@ -183,11 +183,11 @@ def test_a_crash_is_recorded_with_its_reason_and_the_sweep_goes_on(tiny, tmp_pat
 def test_ctrl_c_stops_cleanly_without_a_false_record(tiny, tmp_path, monkeypatch, capsys):
     real, calls = bench.engine.train_cell, []
 
-    def interrupted_second(cell, device, *, progress=None):
+    def interrupted_second(cell, device, **kwargs):
         calls.append(cell)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(cell, device, progress=progress)
+        return real(cell, device, **kwargs)
 
     monkeypatch.setattr(bench.engine, "train_cell", interrupted_second)
     out = tmp_path / "out"

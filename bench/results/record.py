@@ -84,6 +84,14 @@ class Record(TypedDict, total=False):
     grad_sampler: str  # what clipped the per-example gradients: "bk" or "opacus"
     norm_grad_sampler: str  # the norm's registered per-sample-gradient provider under Opacus
     grad_sample_paths: dict[str, str]  # trainable layer type -> path its per-sample grads took
+    stage: str  # "final" (test set) or "tune" (validation split held out and scored)
+    tuned: dict[str, Any]  # tuning values the run ran at: a candidate (tune) or the selection
+    val_acc: float | None  # top-1 accuracy on the validation split (tune stage), a fraction
+    n_val: int | None  # validation examples scored (tune stage)
+    dp_valid: bool  # False for a TAN simulation: not private at the target
+    simulated: dict[str, Any] | None  # TAN: the simulated target, batch and reference sigma
+    resumed_from_step: int | None  # step of the checkpoint the run resumed from, None if none
+    model_path: str | None  # saved weights relative to the output folder (training.save_model)
     bk_fallback_classes: list[str]  # layer classes the book-keeping clipper materialised via Opacus
     bk_unreached_layers: list[str]  # trainable layers no backward pass reached (noise only)
     random_streams: str  # how the run's random streams derive from its seed (bench.seeds)
