@@ -28,7 +28,7 @@ from bench.measure import (
     synchronize,
     tensor_peak_bytes,
 )
-from bench.perf import make_step, random_device_data
+from bench.perf import KINDS, make_step, random_device_data
 from norms.dp_batch_norm import ChannelAffine
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference, knconv_grad_sample, window_stats
 from tests.dp_oracles import norms_of, per_example_grads
@@ -74,14 +74,12 @@ def _record(benchmark, images: int, call=None) -> None:
     )
 
 
-STEP_KINDS = ["nonprivate", "dp", "dp-opacus-hooks"]
-
-
-@pytest.mark.parametrize("kind", STEP_KINDS)
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("norm", norms.list_norms())
 @pytest.mark.parametrize("backbone", list_backbones())
 def test_training_step(benchmark, sizes, backbone, norm, kind):
-    """One training step; the non-private step shares the group of its DP steps."""
+    """One training step of each kind (`bench.perf.KINDS`: non-private, book-keeping, Opacus
+    hooks, Opacus ghost clipping); the non-private step shares the group of its DP steps."""
     benchmark.group = f"step {backbone} {norm} batch={sizes.batch} width={sizes.width}"
     step, x, y = make_step(
         backbone, norm, kind, batch=sizes.batch, width=sizes.width, device=DEVICE

@@ -1,0 +1,105 @@
+"""The ``python -m bench.perf`` command line: parses and dispatches to the perf modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import norms
+from bench.backbones import list_backbones
+from bench.config import DEFAULT_NORM
+from bench.perf.kinds import KINDS, measure_one
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.perf",
+        description="Perf measurements: DP/non-DP steps, the engine against Opacus, GPU report.",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    one = sub.add_parser("one", help="measure one configuration (prints JSON)")
+    one.add_argument("backbone")
+    one.add_argument("norm")
+    one.add_argument("kind", choices=KINDS)
+    tab = sub.add_parser("table", help="DP/non-DP time and memory ratios, every pair")
+    opa = sub.add_parser("opacus", help="this engine against Opacus' tutorial loop")
+    for p in (one, tab, opa):
+        p.add_argument("--batch", type=int, default=64)
+        p.add_argument("--warmup", type=int, default=1)
+    for p in (one, tab):
+        p.add_argument("--width", type=float, default=1.0)
+        p.add_argument("--size", type=int, default=32)
+        p.add_argument("--reps", type=int, default=3)
+    one.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    tab.add_argument("--backbones", default=",".join(list_backbones()))
+    tab.add_argument("--norms", default=",".join(norms.list_norms()))
+    tab.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="which steps to time (nonprivate is always included)",
+    )
+    opa.add_argument("--backbone", default="wrn16_4")
+    opa.add_argument("--norm", default=DEFAULT_NORM)
+    opa.add_argument("--steps", type=int, default=5)
+    opa.add_argument("--workers", type=int, default=0, help="the tutorial DataLoader's workers")
+    rep = sub.add_parser("gpu-report", help="every GPU figure, as one Markdown report")
+    from bench.perf.gpu_report import add_arguments
+
+    add_arguments(rep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    if args.cmd == "one":
+        result = measure_one(
+            args.backbone,
+            args.norm,
+            args.kind,
+            batch=args.batch,
+            width=args.width,
+            size=args.size,
+            warmup=args.warmup,
+            reps=args.reps,
+            precision=args.precision,
+        )
+        print(json.dumps(result))
+    elif args.cmd == "table":
+        from bench.perf.tables import table
+
+        kinds = ("nonprivate", *[k for k in args.kinds.split(",") if k != "nonprivate"])
+        print(
+            table(
+                args.backbones.split(","),
+                args.norms.split(","),
+                kinds=kinds,
+                batch=args.batch,
+                width=args.width,
+                size=args.size,
+                warmup=args.warmup,
+                reps=args.reps,
+            )
+        )
+    elif args.cmd == "opacus":
+        from bench.perf.tables import opacus_tutorial_comparison
+
+        result = opacus_tutorial_comparison(
+            args.backbone,
+            args.norm,
+            batch=args.batch,
+            steps=args.steps,
+            warmup=args.warmup,
+            workers=args.workers,
+        )
+        print(json.dumps(result))
+    else:
+        from bench.perf.gpu_report import run_from_args
+
+        return run_from_args(args, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""The GPU report runs end to end on the CPU at tiny sizes; a failing or hanging part costs only
+itself."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.perf import gpu_report
+from bench.perf.__main__ import main
+from bench.perf.report_parts import PARTS, TINY, render_table
+
+
+def statuses(out) -> dict[str, str]:
+    parts = json.loads((out / "results.json").read_text())["parts"]
+    return {p["name"]: p["status"] for p in parts}
+
+
+@pytest.mark.slow
+def test_the_gpu_report_runs_every_part_on_the_cpu_and_says_its_figures_are_cpu_figures(
+    tmp_path,
+):
+    out = tmp_path / "report"
+    assert main(["gpu-report", "--out", str(out), "--tiny"]) == 0
+    text = (out / "README.md").read_text()
+    assert "**These are CPU figures**" in text
+    assert "python -m bench.perf gpu-report --out" in text and "commit" in text
+    for i, (title, _measure, _render) in enumerate(PARTS.values(), start=1):
+        assert f"## {i}. {title}" in text
+    assert set(statuses(out)) == set(PARTS)
+    assert set(statuses(out).values()) <= {"ok", "time box"}, statuses(out)
+    results = json.loads((out / "results.json").read_text())
+    tests = next(p for p in results["parts"] if p["name"] == "tests")["data"]
+    if not torch.cuda.is_available():  # every CUDA test collected, and skipped for its reason
+        assert tests["counts"].get("skipped", 0) > 0 and "failed" not in tests["counts"]
+        assert all("no CUDA device" in line for line in tests["skipped"])
+    assert "Opacus ghost / book-keeping" in text
+    assert (out / "environment.txt").exists() and (out / "constraints.txt").exists()
+
+
+def test_a_failing_part_is_reported_with_its_error_and_the_rest_still_runs(tmp_path, monkeypatch):
+    def boom(run):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def quick(run):
+        run.data["rows"] = []
+        run.measured()
+
+    monkeypatch.setitem(PARTS, "bf16", (PARTS["bf16"][0], boom, PARTS["bf16"][2]))
+    monkeypatch.setitem(PARTS, "table", (PARTS["table"][0], quick, render_table))
+    path, results = gpu_report.write_report(
+        tmp_path,
+        sizes=TINY,
+        device=torch.device("cpu"),
+        parts=["bf16", "table"],
+        isolate=False,
+        command="test",
+    )
+    assert [r["status"] for r in results] == ["failed", "ok"]
+    text = path.read_text()
+    assert "failed: RuntimeError: CUDA error: an illegal memory access" in text
+    assert "(nothing measured)" in text
+
+
+def test_an_isolated_part_runs_in_its_own_process_and_keeps_its_measurements(tmp_path):
+    out = tmp_path / "report"
+    args = ["--tiny", "--parts", "bf16", "--isolate", "--budget-scale", "4"]
+    code = main(["gpu-report", "--out", str(out), *args])
+    assert code == 0
+    (part,) = json.loads((out / "results.json").read_text())["parts"]
+    assert part["status"] in ("ok", "time box")
+    assert "seconds" in part["data"]["rows"][0]["fp32"]
+
+
+def test_a_part_past_its_time_box_is_killed_and_the_report_is_still_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_report, "GRACE_S", 0.5)
+    path, results = gpu_report.write_report(
+        tmp_path,
+        sizes=TINY,
+        device=torch.device("cpu"),
+        parts=["recipe"],
+        isolate=True,
+        budget_scale=0.01,
+        command="test",
+    )
+    assert results[0]["status"] == "killed"
+    assert "killed" in path.read_text()
