@@ -1,16 +1,23 @@
-"""What a norm may need from a run, declared by the norm: data before training and privacy charges.
+"""What a norm may need from a run, declared by the norm: data before and during training, charges.
 
-A norm whose layers read data before training (statistics from public data, or from private
-data with a DP mechanism) registers two hooks with `norms.register_norm`:
+A norm whose layers read data (statistics from public data, or from private data with a DP
+mechanism) registers hooks with `norms.register_norm`:
 
 * ``charge(model, norm, n_private) -> PrivacyCharge | None``: the privacy cost its
   preparation will spend, known from the configuration and the private set's size alone
   before any data is read (DP-SGD's noise is calibrated for what remains of the budget);
-* ``prepare(model, norm, data) -> None``: fill the layers' state from `RunData`.
+* ``prepare(model, norm, data) -> None``: fill the layers' state from `RunData` before
+  training;
+* ``on_step(model, norm, data, step) -> None``: update the layers' state before training step
+  ``step`` (0-based, as the training loop counts), inside the timed step so its cost is part
+  of the measured throughput (the non-private reference calls it too). It may read only what
+  ``charge`` paid for: in practice public data, which costs nothing. State it changes must
+  live in the model's ``state_dict`` (buffers), so that a resumed run restores it.
 
-The run calls them generically (`ResolvedNorm.charge`, `ResolvedNorm.prepare`); it never names
-a norm. Randomness comes from ``data.generator(purpose)``, one named stream per purpose, so a
-norm never shares a stream with sampling, noise or augmentation.
+The run calls them generically (`ResolvedNorm.charge`, `ResolvedNorm.prepare`,
+`ResolvedNorm.on_step`); it never names a norm. Randomness comes from
+``data.generator(purpose)``, one named stream per purpose, so a norm never shares a stream with
+sampling, noise or augmentation.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ class PrivacyCharge:
 
 @dataclass(frozen=True)
 class RunData:
-    """The data a norm's ``prepare`` hook may read, on the run's device.
+    """The data a norm's ``prepare`` and ``on_step`` hooks may read, on the run's device.
 
     Attributes:
         private_x: The private training examples (stored form, e.g. uint8 images). Reading

@@ -22,6 +22,16 @@ _RESERVED = ("device", "dtype")
 BoolOrFn = bool | Callable[[Mapping[str, Any]], bool]
 PrepareHook = Callable[[nn.Module, "ResolvedNorm", RunData], None]
 ChargeHook = Callable[[nn.Module, "ResolvedNorm", int], "PrivacyCharge | None"]
+StepHook = Callable[[nn.Module, "ResolvedNorm", RunData, int], None]
+DPNote = Callable[[Mapping[str, Any]], str]
+
+#: What each DP status means, for a record's ``norm_dp_note`` when the norm says nothing more.
+_DP_NOTES = {
+    "not DP": "not DP: mixes examples without accounting",
+    "budget-charged": "reads private data; its cost is charged to the budget (privacy_charges)",
+    "public data": "reads only public data: no privacy cost",
+    "per-sample": "per-sample: reads nothing across examples, no privacy cost",
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,11 @@ class NormSpec:
         charge: ``charge(model, norm, n_private) -> PrivacyCharge | None``: the privacy cost
             ``prepare`` will spend on a private set of ``n_private`` examples, known before any
             data is read.
+        on_step: ``on_step(model, norm, data, step)``: called before every training step
+            (``step`` counts from 0), inside the timed step, to update the layers' state
+            during training (e.g. statistics recomputed from public data); None: nothing.
+        dp_note: ``dp_note(params) -> str``: one line saying what the norm reads across
+            examples and what it costs, for records; None: the line of its `dp_status`.
         test_variants: Parameter settings (``"group_size=8"``) whose layers differ enough from
             the default to be tested too; the tests take every norm and these from here.
         oracle_params: Parameters that make the forward pass deterministic (no dropout), which
@@ -82,6 +97,8 @@ class NormSpec:
     conv_bias: bool = False
     prepare: PrepareHook | None = None
     charge: ChargeHook | None = None
+    on_step: StepHook | None = None
+    dp_note: DPNote | None = None
     test_variants: tuple[str, ...] = ()
     oracle_params: Mapping[str, Any] = field(default_factory=dict)
 
@@ -145,6 +162,13 @@ class ResolvedNorm:
             return "budget-charged"
         return "public data" if self.needs_public_data else "per-sample"
 
+    @property
+    def dp_note(self) -> str:
+        """One line for a record: what the norm reads across examples and what it costs."""
+        if self.spec.dp_note is not None:
+            return self.spec.dp_note(self.params)
+        return _DP_NOTES[self.dp_status]
+
     def charge(self, model: nn.Module, n_private: int) -> PrivacyCharge | None:
         """The privacy cost `prepare` will spend on ``model`` with ``n_private`` private
         examples (a sampling rate may depend on N, which is public), before any data is read."""
@@ -155,6 +179,12 @@ class ResolvedNorm:
         norms that read no data)."""
         if self.spec.prepare:
             self.spec.prepare(model, self, data)
+
+    def on_step(self, model: nn.Module, data: RunData, step: int) -> None:
+        """Update the norm's layers in ``model`` before training step ``step`` (0-based); a
+        no-op for norms without an ``on_step`` hook."""
+        if self.spec.on_step:
+            self.spec.on_step(model, self, data, step)
 
     def variant(self, **params: Any) -> ResolvedNorm:
         """This norm with some parameters changed."""
@@ -201,6 +231,8 @@ def register_norm(
     conv_bias: bool = False,
     prepare: PrepareHook | None = None,
     charge: ChargeHook | None = None,
+    on_step: StepHook | None = None,
+    dp_note: DPNote | None = None,
     test_variants: tuple[str, ...] = (),
     oracle_params: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -234,6 +266,8 @@ def register_norm(
             conv_bias=conv_bias,
             prepare=prepare,
             charge=charge,
+            on_step=on_step,
+            dp_note=dp_note,
             test_variants=tuple(test_variants),
             oracle_params=dict(oracle_params or {}),
         )
@@ -435,7 +469,13 @@ def coerce_value(
         if default is None:  # optional number, e.g. group_size
             return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
     except ValueError:
-        kind = "true or false" if isinstance(default, bool) else type(default).__name__
+        kind = (
+            "true or false"
+            if isinstance(default, bool)
+            else "a number or none"
+            if default is None
+            else type(default).__name__
+        )
         raise error(f"{what} {name!r}: {key} must be {kind}, got {value!r}") from None
     return text
 
