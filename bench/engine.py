@@ -258,13 +258,16 @@ def nonprivate_throughput(
     steps: int,
     match_relative_se: float | None = None,
     max_timed_steps: int | None = None,
+    on_step: Callable[[nn.Module, int], None] | None = None,
 ) -> NonPrivateMeasure:
     """Images/s and memory of non-private SGD on the same model, over the same kind of step.
 
     Same expected batch (a fixed B), the same physical batches and augmentation, no per-sample
     gradients; each timed step holds what a DP step holds apart from privacy: sampling the
     batch, augmentation, forward, backward, the update, the learning-rate schedule (of a run of
-    ``steps`` steps) and, when ``training.ema`` is set, the EMA update; the same warm-up is
+    ``steps`` steps), when ``training.ema`` is set, the EMA update, and ``on_step(model,
+    step)``, the norm's per-step hook (`norms.ResolvedNorm.on_step`, e.g. statistics recomputed
+    from public data), so the DP/non-DP ratio compares like with like; the same warm-up is
     excluded. At least ``training.throughput_steps`` steps are timed, then more until the
     relative standard error of the throughput is no larger than ``match_relative_se`` (the DP
     side's), up to ``max_timed_steps`` (the DP side's count). Trains ``model`` in place: pass
@@ -295,13 +298,17 @@ def nonprivate_throughput(
         se = timer.relative_se
         return se is None or se > match_relative_se
 
+    count = 0
     while timer.steps < training.throughput_steps or more():
         images: list[int] = []
         with timer.step(images):
+            if on_step is not None:
+                on_step(model, count)
             x, y = views(torch.randperm(data.num_private, generator=gen, device=data.device)[:n])
             step(x, y)
             _after_update(scheduler, ema, model)
             images.append(x.shape[0] * x.shape[1])
+        count += 1
     return NonPrivateMeasure(
         timer.throughput, timer.relative_se, timer.steps, memory.above, memory.absolute
     )
@@ -323,6 +330,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     ema: EMA | None
     started: float
+    run_data: RunData
 
     def stream(self, purpose: str) -> torch.Generator:
         """This run's generator for ``purpose`` (`bench.seeds.run_stream`)."""
@@ -354,16 +362,14 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
     seed_global(cell.seed, "init")
     model = build_model(cell, dataset.num_classes, device)
     plan = plan_cell(cell, model=model)
-    resolved.prepare(
-        model,
-        RunData(
-            private_x=data.train_x,
-            public_x=data.public_x,
-            to_input=data.prepare_eval,
-            batch_size=training.eval_batch_size,
-            generator=lambda purpose: _stream(cell, data, f"norm.{purpose}"),
-        ),
+    run_data = RunData(
+        private_x=data.train_x,
+        public_x=data.public_x,
+        to_input=data.prepare_eval,
+        batch_size=training.eval_batch_size,
+        generator=lambda purpose: _stream(cell, data, f"norm.{purpose}"),
     )
+    resolved.prepare(model, run_data)
     # The untrained model for the non-private measurement, copied only when it is wanted.
     initial = copy.deepcopy(model) if training.measure_nonprivate else None
     dp_step = DPSGDStep(
@@ -398,6 +404,7 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
         scheduler,
         ema,
         started,
+        run_data,
     )
 
 
@@ -473,6 +480,9 @@ def _restore(run: _Run, state: dict[str, Any], generators: dict[str, torch.Gener
 def _train(run: _Run, progress: Progress | None, checkpoint_dir: Path | None) -> _Trained:
     """The DP-SGD loop: the last non-empty step's loss, the step timer and the steps' memory.
 
+    Each timed step starts with the norm's per-step hook (`norms.ResolvedNorm.on_step`), so
+    what it costs is part of the step.
+
     With ``checkpoint_dir``, it starts from the run's valid checkpoint there, if any (a refused
     one is named in one line on stderr), and writes one every ``training.checkpoint_every``
     steps but after the last, outside the timed steps. The timer
@@ -504,6 +514,7 @@ def _train(run: _Run, progress: Progress | None, checkpoint_dir: Path | None) ->
     for step in range(start, run.plan.steps):
         images: list[int] = []
         with timer.step(images):
+            run.norm.on_step(run.model, run.run_data, step)
             x, y = views(run.data.poisson_batch(run.plan.batch_size, generators["sampling"]))
             loss = run.dp_step(x, y)
             _after_update(run.scheduler, run.ema, run.model)
@@ -648,6 +659,7 @@ def train_cell(
             steps=run.plan.steps,
             match_relative_se=timer.relative_se,
             max_timed_steps=timer.steps,
+            on_step=lambda model, step: run.norm.on_step(model, run.run_data, step),
         )
         if initial is not None
         else None
@@ -705,7 +717,10 @@ def train_cell(
         ),
         "nonprivate_measure": (
             "same step as DP (sampling a batch of B, augmentation, forward, backward, update, "
-            "lr schedule" + (", EMA" if training.ema else "") + ") without per-example "
+            "lr schedule"
+            + (", EMA" if training.ema else "")
+            + (", the norm's per-step hook" if run.norm.spec.on_step else "")
+            + ") without per-example "
             "clipping or noise, after the DP model, its gradients and its EMA were freed"
         ),
         "device": prov["device_name"],
@@ -724,6 +739,8 @@ def train_cell(
         "grad_sample_mode": training.grad_sample_mode,
         "grad_sampler": grad_sampler(training.grad_sample_mode),
         "norm_grad_sampler": run.norm.spec.grad_sampler,
+        "norm_dp_status": run.norm.dp_status,
+        "norm_dp_note": run.norm.dp_note,
         "grad_sample_paths": paths,
         "bk_fallback_classes": fallback,
         "bk_unreached_layers": unreached,

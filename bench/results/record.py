@@ -83,6 +83,8 @@ class Record(TypedDict, total=False):
     grad_sample_mode: str  # per-sample clipping path: "bk", "hooks" or "functorch"
     grad_sampler: str  # what clipped the per-example gradients: "bk" or "opacus"
     norm_grad_sampler: str  # the norm's registered per-sample-gradient provider under Opacus
+    norm_dp_status: str  # "per-sample", "public data", "budget-charged" (ResolvedNorm.dp_status)
+    norm_dp_note: str  # what the norm reads across examples and what it costs, in words
     grad_sample_paths: dict[str, str]  # trainable layer type -> path its per-sample grads took
     stage: str  # "final" (test set) or "tune" (validation split held out and scored)
     tuned: dict[str, Any]  # tuning values the run ran at: a candidate (tune) or the selection
@@ -90,6 +92,7 @@ class Record(TypedDict, total=False):
     n_val: int | None  # validation examples scored (tune stage)
     dp_valid: bool  # False for a TAN simulation: not private at the target
     simulated: dict[str, Any] | None  # TAN: the simulated target, batch and reference sigma
+    sparsity: dict[str, Any] | None  # pre-pruning / gradient dropping: rates, reads, coordinates
     resumed_from_step: int | None  # step of the checkpoint the run resumed from, None if none
     model_path: str | None  # saved weights relative to the output folder (training.save_model)
     bk_fallback_classes: list[str]  # layer classes the book-keeping clipper materialised via Opacus
