@@ -19,6 +19,14 @@ the statistics are computed once, before training, and then frozen:
 
 Layers are calibrated one after the other in forward order, each with every earlier layer
 already frozen, so each layer's statistics describe the inputs it will see.
+
+``stats=public,refresh=k`` lets the public statistics follow the weights: Davody et al.'s
+public auxiliary batch in its DP-safe form (the statistics of a fixed public reference batch
+alone, never mixed with the private batch, no gradient through them). Before training and then
+before every k-th step (steps k, 2k, ..., counted from 0), `refresh_statistics` recomputes
+every layer's statistics from the reference batch through the current network, in one forward
+pass. The reference batch is ``reference`` examples of the public split, fixed for the run
+(`reference_indices`); it costs one no-grad forward of ``reference`` examples every k steps.
 """
 
 from __future__ import annotations
@@ -37,6 +45,36 @@ from norms.lifecycle import PrivacyCharge, RunData
 from norms.registry import ResolvedNorm, register_norm
 
 STATS_VARIANTS = ("public", "private_dp")
+#: Public examples in the reference batch of ``stats=public,refresh=k``, unless set.
+DEFAULT_REFERENCE = 256
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_refresh(stats: str, refresh: object, reference: object) -> None:
+    """Refuse a ``refresh`` or ``reference`` that the layer could not honour."""
+    if refresh is not None and not (_is_int(refresh) and refresh >= 1):
+        raise NormSpecError(
+            f"dp_batch_norm: refresh={refresh!r} is not allowed; allowed: none (statistics "
+            "once, before training) or an integer >= 1 (steps between recomputations)"
+        )
+    if refresh is not None and stats != "public":
+        raise NormSpecError(
+            f"dp_batch_norm: refresh={refresh} needs stats=public (got stats={stats}): "
+            "only public statistics can be recomputed during training without a privacy cost"
+        )
+    if not (_is_int(reference) and reference >= 1):
+        raise NormSpecError(
+            f"dp_batch_norm: reference={reference!r} is not allowed; allowed: an integer >= 1 "
+            "(public examples in the reference batch)"
+        )
+    if refresh is None and reference != DEFAULT_REFERENCE:
+        raise NormSpecError(
+            f"dp_batch_norm: reference={reference} is used only with refresh; set refresh=k "
+            "(steps), or drop reference (without refresh every public example is read once)"
+        )
 
 
 class ChannelAffine(nn.Module):
@@ -89,6 +127,11 @@ class FrozenStatsNorm(nn.Module):
         calib_examples: k, the expected number of private examples each layer's statistics are
             computed from: each layer reads its own Poisson subsample at rate k/N (all N when
             k >= N), and divides by k.
+        refresh: For ``public``: recompute the statistics from the public reference batch
+            every ``refresh`` steps (`refresh_statistics`); None computes them once, before
+            training, from every public example.
+        reference: With ``refresh``: the number of public examples in the fixed reference
+            batch (`reference_indices`).
     """
 
     def __init__(
@@ -99,6 +142,8 @@ class FrozenStatsNorm(nn.Module):
         clip: float = 3.0,
         noise_multiplier: float = 50.0,
         calib_examples: int = 10000,
+        refresh: int | None = None,
+        reference: int = DEFAULT_REFERENCE,
         eps: float = 1e-5,
         device=None,
         dtype=None,
@@ -113,6 +158,8 @@ class FrozenStatsNorm(nn.Module):
             raise NormSpecError(
                 "dp_batch_norm: clip and noise_multiplier must be > 0 and calib_examples >= 1"
             )
+        _check_refresh(stats, refresh, reference)
+        self.refresh, self.reference = refresh, reference
         self.num_channels, self.stats, self.eps = num_channels, stats, eps
         self.clip, self.noise_multiplier, self.calib_examples = (
             clip,
@@ -133,6 +180,8 @@ class FrozenStatsNorm(nn.Module):
         extra = (
             f", clip={self.clip}, noise_multiplier={self.noise_multiplier}"
             if self.stats == "private_dp"
+            else f", refresh={self.refresh}, reference={self.reference}"
+            if self.refresh is not None
             else ""
         )
         return f"{self.num_channels}, stats={self.stats}{extra}"
@@ -169,19 +218,71 @@ class PoissonSubsets:
         return self.data.batches(self.data.private_x[picked.to(self.data.private_x.device)])()
 
 
+def _public_x(norm: ResolvedNorm, data: RunData) -> torch.Tensor:
+    if data.public_x is None:
+        raise NormSpecError(
+            f"{norm} needs public data but the run has none (set data.public_split)"
+        )
+    return data.public_x
+
+
+def reference_indices(n_public: int, reference: int) -> torch.Tensor:
+    """Which public examples form the reference batch: ``min(reference, n_public)`` of them,
+    evenly spaced over the public split (positions ``i * n_public // reference``).
+
+    The public split is a random subset of the training set but is stored in the dataset's
+    order, which for an image folder is class by class: its first examples would all be of the
+    first class, while evenly spaced ones give each class its share. No random stream is
+    drawn, so the batch is the same for every seed and after a resume.
+    """
+    count = min(reference, n_public)
+    return torch.arange(count) * n_public // count
+
+
+def reference_batch(norm: ResolvedNorm, data: RunData) -> torch.Tensor:
+    """The model inputs of the norm's fixed public reference batch (`reference_indices`)."""
+    public = _public_x(norm, data)
+    index = reference_indices(public.shape[0], int(norm.params["reference"]))
+    return data.to_input(public[index.to(public.device)])
+
+
 def _prepare(model: nn.Module, norm: ResolvedNorm, data: RunData) -> None:
-    """Fill the statistics: from the public examples, or with DP from Poisson subsamples."""
+    """Fill the statistics: from the public examples (the reference batch alone with
+    ``refresh``), or with DP from Poisson subsamples."""
     if norm.needs_public_data:
-        if data.public_x is None:
-            raise NormSpecError(
-                f"{norm} needs public data but the run has none (set data.public_split)"
-            )
-        calibrate(model, data.batches(data.public_x))
+        if norm.params["refresh"] is not None:
+            refresh_statistics(model, reference_batch(norm, data))
+        else:
+            calibrate(model, data.batches(_public_x(norm, data)))
         return
     # N is public, as for DP-SGD's q = B / N: the rate and the divisor are fixed before any
     # example is read, and `_charge` charges this same rate.
     q = calibration_rate(norm, data.num_private)
     calibrate_private(model, data, sample_rate=q, expected_count=q * data.num_private)
+
+
+def _on_step(model: nn.Module, norm: ResolvedNorm, data: RunData, step: int) -> None:
+    """With ``refresh=k``: recompute the statistics before steps k, 2k, ... (step 0 uses those
+    `_prepare` computed with the same weights)."""
+    k = norm.params["refresh"]
+    if k is not None and step > 0 and step % k == 0:
+        refresh_statistics(model, reference_batch(norm, data))
+
+
+def _dp_note(params) -> str:
+    if params["stats"] == "private_dp":
+        return (
+            "statistics estimated from private data with the subsampled Gaussian mechanism "
+            f"(noise multiplier {params['noise_multiplier']}), once before training, "
+            "charged to the budget (privacy_charges)"
+        )
+    if params["refresh"] is None:
+        return "statistics of the public split, computed once before training: no privacy cost"
+    return (
+        f"statistics of a fixed public reference batch of {params['reference']} examples (the "
+        f"whole public split if smaller), recomputed every {params['refresh']} steps with the "
+        "current weights: no privacy cost"
+    )
 
 
 def calibrate_private(
@@ -214,6 +315,11 @@ def calibrate_private(
     always_shown=("stats",),
     prepare=_prepare,
     charge=_charge,
+    on_step=_on_step,
+    dp_note=_dp_note,
+    # refresh=k builds the same layers as stats=public (it changes when their statistics are
+    # computed, not the forward pass), so the oracle sweeps need no variant of it;
+    # tests/test_dp_batch_norm.py runs the oracles on refreshed statistics.
     test_variants=("stats=private_dp",),
 )
 def dp_batch_norm(
@@ -223,6 +329,8 @@ def dp_batch_norm(
     clip: float = 3.0,
     noise_multiplier: float = 50.0,
     calib_examples: int = 10000,
+    refresh: int | None = None,
+    reference: int = DEFAULT_REFERENCE,
     eps: float = 1e-5,
     device=None,
     dtype=None,
@@ -231,7 +339,10 @@ def dp_batch_norm(
 
     ``private_dp`` charges one subsampled Gaussian mechanism (``noise_multiplier``, Poisson
     rate ``calib_examples / N``) per layer to the run's accountant; DP-SGD's noise is then
-    calibrated for the remaining budget.
+    calibrated for the remaining budget. ``public`` with ``refresh=k`` recomputes the
+    statistics every k steps from a fixed reference batch of ``reference`` public examples
+    (evenly spaced over the public split, which is a random subset of the training set), with
+    the current weights; no privacy cost either.
     """
     return FrozenStatsNorm(
         num_channels,
@@ -239,6 +350,8 @@ def dp_batch_norm(
         clip=clip,
         noise_multiplier=noise_multiplier,
         calib_examples=calib_examples,
+        refresh=refresh,
+        reference=reference,
         eps=eps,
         device=device,
         dtype=dtype,
@@ -422,8 +535,64 @@ def _calibrate_layer(
     # Private sums are divided by the expected count, which the configuration fixes: the
     # realised count of a Poisson subsample depends on the data and is not released.
     count = expected_count if private and expected_count is not None else moments.shape[0]
+    _set_statistics(layer, total, count)
+
+
+def _set_statistics(layer: FrozenStatsNorm, total: torch.Tensor, count: float) -> None:
+    """Set the layer's mean and variance from a (sum of means, sum of second moments) vector."""
     mean, second = (total / count).split(layer.num_channels)
     var = (second - mean.square()).clamp_min(0.0)
     layer.mean.copy_(mean.to(layer.mean.dtype))
     layer.var.copy_(var.to(layer.var.dtype))
     layer.calibrated.fill_(True)
+
+
+@torch.no_grad()
+def refresh_statistics(model: nn.Module, reference: torch.Tensor) -> None:
+    """Recompute every `FrozenStatsNorm` layer's statistics from ``reference`` through the
+    current network, in one forward pass.
+
+    When the pass reaches a layer, a forward pre-hook sets the layer's statistics from its own
+    input, which the layer then normalises with; so each layer's statistics describe the inputs
+    it will see given the earlier layers' new statistics, as `calibrate` on the same batch
+    computes layer by layer, at the cost of one forward pass instead of one per layer. The
+    model is in eval mode meanwhile (no dropout); nothing is differentiated.
+
+    Args:
+        model: The model, with ``stats=public`` layers only (this reads no private data).
+        reference: Model inputs of public examples only, taken as one batch.
+
+    Raises:
+        NormSpecError: A layer is not ``public``, ``reference`` is empty, or the pass does not
+            reach every layer.
+    """
+    layers = frozen_stats_layers(model)
+    if not layers:
+        return
+    if any(layer.stats != "public" for layer in layers):
+        raise NormSpecError("dp_batch_norm: only stats=public statistics can be refreshed")
+    if reference.shape[0] == 0:
+        raise NormSpecError("dp_batch_norm: the public reference batch is empty")
+    reached: set[int] = set()
+
+    def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if id(layer) in reached:  # a layer run twice keeps its first input's statistics
+            return
+        reached.add(id(layer))
+        moments = per_example_moments(inputs[0])
+        _set_statistics(layer, moments.sum(dim=0), moments.shape[0])
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        model(reference)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if len(reached) < len(layers):
+        raise NormSpecError(
+            f"dp_batch_norm: {len(layers) - len(reached)} of {len(layers)} layers were not "
+            "reached by the reference batch's forward pass"
+        )

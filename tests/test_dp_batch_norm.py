@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -13,6 +14,10 @@ from torch import nn
 
 import norms
 from bench.backbones import create_backbone
+from bench.engine import train_cell
+from bench.loading import load_suite
+from bench.results.records import read_records
+from bench.runner import run_suite
 from bench.seeds import stream
 from norms.dp_batch_norm import (
     FrozenStatsNorm,
@@ -22,8 +27,14 @@ from norms.dp_batch_norm import (
     frozen_stats_layers,
     gaussian_sum,
     per_example_moments,
+    reference_indices,
+    refresh_statistics,
 )
+from norms.errors import NormSpecError
 from norms.lifecycle import RunData
+from tests.dp_oracles import grad_sample_mismatches, mixing_examples
+from tests.test_resume import Killed, cell, comparable, kill_at
+from tests.test_runner import TINY
 
 
 def model_with(norm: str) -> nn.Module:
@@ -191,3 +202,205 @@ def test_private_dp_divides_by_the_public_expected_count_not_the_sampled_one():
         counts.append(float(layer.mean[0]) * 20 / 0.5)
     assert all(abs(c - round(c)) < 0.05 for c in counts), counts
     assert len({round(c) for c in counts}) > 1, counts  # Binomial(40, 1/2) sample sizes
+
+
+# --- stats=public,refresh=k: public statistics that follow the weights ----------------------
+
+REFRESH = "dp_batch_norm[refresh=3,stats=public]"
+
+
+def public_run_data(public: torch.Tensor, private: torch.Tensor | None = None) -> RunData:
+    """A run's data with ``public`` as its public split (and, unless given, a private set that
+    no statistic may read)."""
+    return RunData(
+        private_x=torch.full_like(public, float("nan")) if private is None else private,
+        public_x=public,
+        to_input=lambda t: t,
+        batch_size=8,
+        generator=lambda purpose: stream(0, f"norm.{purpose}"),
+    )
+
+
+def statistics(model: nn.Module) -> list[torch.Tensor]:
+    return [t.clone() for m in frozen_stats_layers(model) for t in (m.mean, m.var)]
+
+
+def perturb_convolutions(model: nn.Module, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.add_(torch.randn(m.weight.shape, generator=g, dtype=m.weight.dtype) * 0.3)
+
+
+def test_refresh_is_an_int_parameter_and_the_default_spec_strings_do_not_move():
+    norm = norms.resolve_norm("dp_batch_norm[stats=public,refresh=5]")
+    assert norm.params["refresh"] == 5 and isinstance(norm.params["refresh"], int)
+    assert str(norm) == "dp_batch_norm[refresh=5,stats=public]"
+    assert norms.resolve_norm(str(norm)) == norm
+    for spec in ("dp_batch_norm[stats=public]", "dp_batch_norm[refresh=none,stats=public]"):
+        assert str(norms.resolve_norm(spec)) == "dp_batch_norm[stats=public]"
+    assert str(norms.resolve_norm("dp_batch_norm[stats=private_dp]")) == (
+        "dp_batch_norm[stats=private_dp]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("refresh=0,stats=public", r"refresh=0 is not allowed; allowed: none .* integer >= 1"),
+        ("refresh=2.5,stats=public", r"refresh=2.5 is not allowed; allowed: none"),
+        ("refresh=abc,stats=public", r"refresh must be a number or none, got 'abc'"),
+        ("refresh=2,stats=private_dp", r"refresh=2 needs stats=public \(got stats=private_dp\)"),
+        ("reference=0,refresh=2,stats=public", r"reference=0 is not allowed; allowed: an integer"),
+        ("reference=64,stats=public", r"reference=64 is used only with refresh"),
+    ],
+)
+def test_bad_refresh_parameters_are_refused_naming_what_is_allowed(params, message):
+    with pytest.raises(NormSpecError, match=message):
+        norms.create_norm(f"dp_batch_norm[{params}]", 8)
+
+
+def test_the_reference_batch_is_spread_evenly_over_a_class_ordered_public_split():
+    """An image folder's public split is stored class by class: the reference batch takes
+    every class's share rather than the first class's examples."""
+    labels = torch.arange(10).repeat_interleave(30)  # 300 public examples, sorted by class
+    index = reference_indices(300, 50)
+    assert index.tolist() == list(range(0, 300, 6))
+    assert torch.bincount(labels[index]).tolist() == [5] * 10
+    assert reference_indices(40, 256).tolist() == list(range(40))  # smaller split: all of it
+
+
+@pytest.mark.parametrize("backbone", ["resnet9", "wrn16_4"])
+def test_one_pass_refresh_equals_layer_by_layer_calibration_on_the_reference_batch(backbone):
+    torch.manual_seed(0)
+    model = create_backbone(backbone, norm=REFRESH, width=0.125).double()
+    reference = torch.randn(24, 3, 8, 8, dtype=torch.float64) * 2 + 0.5
+    one_pass, layered = copy.deepcopy(model), copy.deepcopy(model)
+    passes: list[int] = []
+    one_pass.register_forward_pre_hook(lambda _m, _a: passes.append(1))
+    refresh_statistics(one_pass, reference)
+    calibrate(layered, lambda: reference.split(8))
+    assert len(passes) == 1  # one forward pass, not one per layer
+    initial, refreshed = statistics(model), statistics(one_pass)
+    assert refreshed and all(not torch.equal(a, b) for a, b in zip(initial, refreshed, strict=True))
+    for got, expected in zip(statistics(one_pass), statistics(layered), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    assert one_pass.training  # the mode is restored
+
+
+def test_refreshed_statistics_follow_the_weights_through_on_step():
+    norm = norms.resolve_norm(REFRESH)
+    model = model_with(str(norm))
+    data = public_run_data(torch.randn(40, 3, 16, 16, dtype=torch.float64))
+    norm.prepare(model, data)
+    prepared = statistics(model)
+    perturb_convolutions(model)
+    norm.on_step(model, data, 2)  # not a refresh step: the statistics stay
+    assert all(torch.equal(a, b) for a, b in zip(prepared, statistics(model), strict=True))
+    norm.on_step(model, data, 3)
+    refreshed = statistics(model)
+    assert all(not torch.equal(a, b) for a, b in zip(prepared, refreshed, strict=True))
+    expected = copy.deepcopy(model)
+    calibrate(expected, data.batches(data.public_x))  # same weights, same 40 public examples
+    for got, want in zip(refreshed, statistics(expected), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", norms.get_norm("dp_batch_norm").grad_sample_modes)
+def test_refreshed_statistics_keep_per_sample_gradients_exact_and_examples_unmixed(mode):
+    """The registry's oracle sweeps (tests/test_dp_guarantees.py) take stats=public, whose
+    layers refresh=k shares; here the same oracles run on statistics refreshed after the
+    weights moved."""
+    norm = norms.resolve_norm("dp_batch_norm[refresh=1,stats=public]")
+    model = model_with(str(norm))
+    data = public_run_data(torch.randn(16, 3, 16, 16, dtype=torch.float64))
+    norm.prepare(model, data)
+    perturb_convolutions(model)
+    norm.on_step(model, data, 1)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    assert grad_sample_mismatches(model, x[:3], mode) == []
+    assert mixing_examples(model, x, j=2) == []
+
+
+def test_refresh_runs_one_pass_at_steps_k_2k_and_no_other():
+    norm = norms.resolve_norm(REFRESH)
+    model = model_with(str(norm))
+    data = public_run_data(torch.randn(16, 3, 16, 16, dtype=torch.float64))
+    norm.prepare(model, data)
+    passes: list[int] = []
+    step = [0]
+    model.register_forward_pre_hook(lambda _m, _a: passes.append(step[0]))
+    for step[0] in range(10):
+        norm.on_step(model, data, step[0])
+    assert passes == [3, 6, 9]
+    default = norms.resolve_norm("dp_batch_norm[stats=public]")
+    for s in range(5):
+        default.on_step(model, data, s)  # without refresh: never
+    assert passes == [3, 6, 9]
+
+
+def test_refreshed_statistics_never_read_a_private_example():
+    """A private set of NaN and 1e30 values would poison any statistic that read it."""
+    norm = norms.resolve_norm("dp_batch_norm[reference=12,refresh=1,stats=public]")
+    public = torch.randn(30, 3, 16, 16, dtype=torch.float64)
+    poisoned = torch.full((50, 3, 16, 16), float("nan"), dtype=torch.float64)
+    poisoned[::2] = 1e30
+    results = []
+    for private in (poisoned, torch.randn(50, 3, 16, 16, dtype=torch.float64)):
+        model = model_with(str(norm))
+        data = public_run_data(public, private)
+        norm.prepare(model, data)
+        perturb_convolutions(model)
+        norm.on_step(model, data, 1)
+        results.append(statistics(model))
+    assert all(torch.isfinite(t).all() for t in results[0])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_refresh_reports_no_privacy_cost_and_charges_nothing():
+    norm = norms.resolve_norm(REFRESH)
+    model = model_with(str(norm))
+    assert norm.dp_status == "public data" and norm.charge(model, 1000) is None
+    assert norm.dp_note == (
+        "statistics of a fixed public reference batch of 256 examples (the whole public split "
+        "if smaller), recomputed every 3 steps with the current weights: no privacy cost"
+    )
+
+
+REFRESH_CELL = ['grid.norm=["dp_batch_norm[refresh=2,stats=public]"]', "grid.seed=[0]"]
+
+
+def test_a_run_with_refresh_trains_and_its_record_says_there_is_no_privacy_cost(tmp_path):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY)
+    out = tmp_path / "out"
+    run_suite(
+        load_suite(suite, [*REFRESH_CELL, "training.steps=4"]),
+        out_dir=out,
+        report=False,
+        progress=False,
+    )
+    (record,) = read_records(out / "records.jsonl").records
+    assert record["status"] == "ok", record.get("error")
+    assert record["norm"] == "dp_batch_norm[refresh=2,stats=public]"
+    assert record["norm_dp_status"] == "public data"
+    assert "recomputed every 2 steps" in record["norm_dp_note"]
+    assert record["norm_dp_note"].endswith("no privacy cost")
+    assert record["privacy_charges"] == []
+    assert "the norm's per-step hook" in record["nonprivate_measure"]
+
+
+def test_a_resumed_run_with_refresh_ends_with_the_uninterrupted_record(tmp_path):
+    """Checkpoint after step 3, where the statistics are step 2's refresh and step 3 does not
+    refresh: the resumed run goes on with the checkpoint's statistics, not recomputed ones."""
+    c = cell(
+        tmp_path, *REFRESH_CELL, "training.checkpoint_every=3", "training.log_private_loss=true"
+    )
+    whole = train_cell(c, torch.device("cpu"))
+    ckpts = tmp_path / "checkpoints"
+    with pytest.raises(Killed):
+        train_cell(c, torch.device("cpu"), progress=kill_at(4), checkpoint_dir=ckpts)
+    resumed = train_cell(c, torch.device("cpu"), checkpoint_dir=ckpts)
+    assert resumed["resumed_from_step"] == 3
+    assert comparable(resumed) == comparable(whole)
