@@ -110,6 +110,9 @@ def _ghost_conv_norm_sq(layer: nn.Conv2d, n: int, x: torch.Tensor, g: torch.Tens
 class ConvRule(MaterialisableRule):
     """nn.Conv2d (groups=1, dilation=1, numeric padding)."""
 
+    def channel_dim(self, layer, g):
+        return 1
+
     def check(self, layer):
         if layer.groups != 1 or tuple(layer.dilation) != (1, 1):
             return f"groups={layer.groups}, dilation={tuple(layer.dilation)}; needs 1 and (1, 1)"
@@ -251,6 +254,9 @@ class WSConvRule(ConvRule):
 class LinearRule(ClipRule):
     """nn.Linear on (N*K, D) inputs."""
 
+    def channel_dim(self, layer, g):
+        return g.dim() - 1
+
     def norm_sq(self, layer, inputs, g, strategy, state, output):
         n = state.n
         a = per_example(inputs[0].to(g.dtype), n).transpose(1, 2)  # (N, D, K)
@@ -279,6 +285,9 @@ class GroupNormRule(AffineRule):
 @register_clip_rule(nn.LayerNorm)
 class LayerNormRule(AffineRule):
     """nn.LayerNorm: the affine multiplies the layer-normalised input."""
+
+    def channel_dim(self, layer, g):
+        return g.dim() - len(layer.normalized_shape)  # the first normalised dimension
 
     def normalised(self, layer, x):
         dims = tuple(range(1, x.dim() - len(layer.normalized_shape)))
@@ -309,6 +318,57 @@ class FallbackRule(ClipRule):
 
 
 _FALLBACK = FallbackRule()
+
+
+class MaskedRule(ClipRule):
+    """A layer with masked coordinates that masking its output gradient cannot express
+    (pre-pruned weights, or gradient dropping on a rule without a `ClipRule.channel_dim`):
+    its per-example gradients are materialised (nn.Conv2d and nn.Linear directly, any other
+    class through `FallbackRule`), multiplied by the masks, and kept for the clipped sum.
+
+    Costs what Opacus' hooks path costs for this layer (its per-example gradients are held
+    until the clipping factors are known); exact for any layer.
+    """
+
+    def __init__(self, masks: dict[int, torch.Tensor]):
+        self.masks = masks  # 0/1 coordinate masks by parameter id
+
+    @staticmethod
+    def per_example_grads(layer, inputs, g, n) -> dict[nn.Parameter, torch.Tensor]:
+        """Each example's gradient (the sum over its views) of every trainable parameter."""
+        out: dict[nn.Parameter, torch.Tensor] = {}
+        cls = type(layer)
+        if cls is nn.Conv2d and ConvRule().check(layer) is None:
+            x = inputs[0].to(g.dtype)
+            if layer.weight.requires_grad:
+                out[layer.weight] = _conv_grads(layer, x, g, n).view(n, *layer.weight.shape)
+            if layer.bias is not None and layer.bias.requires_grad:
+                out[layer.bias] = per_example(g.sum(dim=(2, 3)), n).sum(1)
+            return out
+        if cls is nn.Linear and inputs[0].dim() == 2:
+            a, gs = per_example(inputs[0].to(g.dtype), n), per_example(g, n)  # (N, K, .)
+            if layer.weight.requires_grad:
+                out[layer.weight] = gs.transpose(1, 2) @ a
+            if layer.bias is not None and layer.bias.requires_grad:
+                out[layer.bias] = gs.sum(1)
+            return out
+        return {p: per_example(v, n).sum(1) for p, v in _FALLBACK.per_view(layer, inputs, g).items()}
+
+    def releases(self, state, inputs, g):
+        return True
+
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
+        grads = self.per_example_grads(layer, inputs, g, state.n)
+        for p, v in grads.items():
+            mask = self.masks.get(id(p))
+            if mask is not None:
+                v.mul_(mask.to(v.dtype))
+        state.per_view = grads  # per example here, not per view
+        return sum(v.flatten(1).square().sum(1) for v in grads.values())
+
+    def clipped_sum(self, layer, inputs, g, coef, state):
+        c = coef.view(state.n, -1)[:, 0]
+        return {p: torch.einsum("n,n...->...", c.to(v.dtype), v) for p, v in state.per_view.items()}
 
 
 def _rule(layer: nn.Module) -> ClipRule:
@@ -411,6 +471,8 @@ class _Entry:
     inputs: list[torch.Tensor] | None
     output: torch.Tensor | None
     state: LayerState
+    keep: torch.Tensor | None = None
+    channel_dim: int | None = None
     g: torch.Tensor | None = None
     reached: bool = field(default=False)
 
@@ -431,18 +493,23 @@ class BookKeepingClipper:
             the model's parameters would not each be clipped exactly once (`check_coverage`).
     """
 
-    def __init__(self, model: nn.Module, strategy: str = "auto", keep: str = "auto"):
+    def __init__(
+        self, model: nn.Module, strategy: str = "auto", keep: str = "auto", sparsity=None
+    ):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if keep not in KEEP:
             raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
         self.model, self.strategy, self.keep = model, strategy, keep
+        # `bench.sparsity.Sparsity`: pre-pruned weights and this step's dropped channels.
+        self.sparsity = sparsity if sparsity is not None and sparsity.active else None
         check_coverage(model)
         self.layers = trainable_layers(model)
         self.rules = {id(m): _rule(m) for m in self.layers}
         names = {id(m): name for name, m in model.named_modules()}
         self.names = {id(m): names[id(m)] or type(m).__name__ for m in self.layers}
-        self.owned = {id(m): {id(p) for p in _trainable(m, recurse=False)} for m in self.layers}
+        self.owned_params = {id(m): _trainable(m, recurse=False) for m in self.layers}
+        self.owned = {key: {id(p) for p in ps} for key, ps in self.owned_params.items()}
         self.reached: set[int] = set()
         self.last_norms: torch.Tensor | None = None
 
@@ -501,6 +568,10 @@ class BookKeepingClipper:
         def on_grad(entry: _Entry, g: torch.Tensor) -> None:
             # Runs inside the backward pass, as soon as this layer's output gradient exists.
             g = g.detach()
+            if entry.keep is not None:  # dropped channels: out of this layer's norm and sum
+                shape = [1] * g.dim()
+                shape[entry.channel_dim] = -1
+                g = g * entry.keep.to(g.dtype).view(shape)
             with _exact_arithmetic(g):
                 parts.append(
                     entry.rule.norm_sq(
@@ -523,9 +594,18 @@ class BookKeepingClipper:
                 raise NotImplementedError("a layer ran twice in one forward pass (weight tying)")
             rule = self.rules[id(module)]
             self._check_inputs(module, rule, inputs, kwargs)
+            keep, channel_dim = None, None
+            if self.sparsity is not None:
+                keep = self.sparsity.channel_keep(module)
+                channel_dim = None if keep is None else rule.channel_dim(module, output)
+                if self.sparsity.is_pruned(module) or (keep is not None and channel_dim is None):
+                    masks = {id(p): m for p, m in self.sparsity.masks(self.owned_params[id(module)])}
+                    rule, keep = MaskedRule(masks), None
             entry = _Entry(
                 layer=module,
                 rule=rule,
+                keep=keep,
+                channel_dim=channel_dim,
                 inputs=[t.detach() for t in inputs if torch.is_tensor(t)],
                 output=output.detach()
                 if rule.needs_output(module, output, n, self.strategy)

@@ -34,6 +34,7 @@ _DIAGNOSTIC_FIELDS = {"training": ("log_private_loss", "checkpoint_every", "save
 _IN_RUN_KEY_WHEN_SET = {
     "data": {"val_split": 0},
     "privacy": {"secure_noise": False, "simulate_batch_size": None},
+    "training": {"pre_prune": None, "grad_drop": None},
 }
 #: Run stages: tuning runs (validation split held out, scored on it) and final runs.
 STAGES = ("tune", "final")
@@ -205,6 +206,71 @@ class PrivacyConfig:
             yield "simulate_batch_size", "must be positive", "an integer >= 1, or null"
 
 
+#: How `PruneConfig` chooses the weights to prune: at random, by the magnitude of the initial
+#: weights, or by SNIP's connection saliency on the public split.
+PRUNE_METHODS = ("random", "magnitude", "snip_public")
+#: How `GradDropConfig` chooses the output channels to drop: at random at every step, or by
+#: the public data's gradient, refreshed every ``refresh`` steps.
+GRAD_DROP_METHODS = ("random", "public")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Pre-pruning (Adamczewski et al. 2023, "parameter freezing"): a fixed mask, chosen before
+    training without reading private data, zeroes ``rate`` of the weights of every conv and
+    linear layer but the stem conv and the classifier (`bench.sparsity`).
+
+    Attributes:
+        rate: Fraction of each pruned layer's weights set to zero, in [0, 1).
+        method: ``random``, ``magnitude`` (smallest initial weights) or ``snip_public``
+            (smallest |w * dL/dw| on the public split; needs ``data.public_split``).
+    """
+
+    rate: float
+    method: Literal["random", "magnitude", "snip_public"] = "random"
+
+    def __str__(self) -> str:
+        return f"{self.method}:{self.rate:g}"
+
+    def problems(self) -> Iterator[Problem]:
+        if not 0 <= self.rate < 1:
+            yield "rate", "must be in [0, 1)", "a fraction 0 <= rate < 1"
+
+
+@dataclass(frozen=True)
+class GradDropConfig:
+    """Gradient dropping (Adamczewski et al. 2023, "parameter selection"): at every step
+    ``rate`` of the output channels of every trainable layer are dropped, neither clipped nor
+    noised nor updated (`bench.sparsity`); the choice reads no private data.
+
+    Attributes:
+        rate: Fraction of each layer's output channels dropped at each step, in [0, 1).
+        method: ``random`` (a fresh draw every step from a dedicated stream) or ``public``
+            (keep the channels with the largest gradient norm on the public split, computed
+            with the current weights every ``refresh`` steps; needs ``data.public_split``).
+        refresh: Steps between two public-saliency computations (``public`` only).
+        public_examples: Public examples the ``public`` saliency is computed on (the first
+            ones of the public split).
+    """
+
+    rate: float
+    method: Literal["random", "public"] = "random"
+    refresh: int = 10
+    public_examples: int = 256
+
+    def __str__(self) -> str:
+        extra = f",refresh={self.refresh}" if self.method == "public" else ""
+        return f"{self.method}:{self.rate:g}{extra}"
+
+    def problems(self) -> Iterator[Problem]:
+        if not 0 <= self.rate < 1:
+            yield "rate", "must be in [0, 1)", "a fraction 0 <= rate < 1"
+        if self.refresh < 1:
+            yield "refresh", "must be positive", "an integer >= 1"
+        if self.public_examples < 1:
+            yield "public_examples", "must be positive", "an integer >= 1"
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """The DP-SGD recipe: sampling, optimiser, schedule, augmentation and measurement.
@@ -255,6 +321,8 @@ class TrainingConfig:
             run as ``models/<run_key>.pt`` next to the records (a ``state_dict``, loadable with
             ``torch.load(weights_only=True)``); the record gives its path in ``model_path``.
             Like the accuracy, they are a DP release (of a ``dp_valid`` run).
+        pre_prune: Pre-pruning before training (`PruneConfig`), or None.
+        grad_drop: Gradient dropping at every step (`GradDropConfig`), or None.
     """
 
     batch_size: int = 256
@@ -284,6 +352,8 @@ class TrainingConfig:
     log_private_loss: bool = False
     checkpoint_every: int | None = 200
     save_model: bool = False
+    pre_prune: PruneConfig | None = None
+    grad_drop: GradDropConfig | None = None
 
     def num_steps(self, n_private: int) -> int:
         """The number of DP-SGD steps for a private training set of ``n_private`` examples."""
@@ -619,6 +689,8 @@ def _data_to_dict(data: DataConfig) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

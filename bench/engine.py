@@ -36,6 +36,7 @@ from bench.measure import StepMemory, StepTimer, process_peak_rss, provenance
 from bench.plan import CellPlan, build_model, check_grad_sample_mode, plan_cell
 from bench.privacy import epsilon
 from bench.seeds import run_stream, seed_global
+from bench.sparsity import PublicData, Sparsity
 from bench.steps import DPSGDStep, SGDStep, autocast, make_optimizer
 from norms.lifecycle import RunData
 
@@ -330,6 +331,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     ema: EMA | None
     started: float
+    sparsity: Sparsity
     run_data: RunData
 
     def stream(self, purpose: str) -> torch.Generator:
@@ -362,6 +364,16 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
     seed_global(cell.seed, "init")
     model = build_model(cell, dataset.num_classes, device)
     plan = plan_cell(cell, model=model)
+    # Pre-pruning comes before the norm's preparation, so statistics describe the pruned net.
+    sparsity = Sparsity(
+        model,
+        prune=training.pre_prune,
+        drop=training.grad_drop,
+        streams=lambda purpose: _stream(cell, data, purpose),
+        public=None
+        if data.public_x is None
+        else PublicData(data.public_x, data.public_y, data.prepare_eval, training.eval_batch_size),
+    )
     run_data = RunData(
         private_x=data.train_x,
         public_x=data.public_x,
@@ -383,6 +395,7 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
         precision=training.precision,
         generator=_stream(cell, data, "noise"),
         secure_mode=privacy.secure_noise,
+        sparsity=sparsity,
     )
     # Opacus' accountant records every step the optimizer actually takes, with its (sigma, q).
     accountant = RDPAccountant()
@@ -404,6 +417,7 @@ def _setup(cell: Cell, device: torch.device) -> _Run:
         scheduler,
         ema,
         started,
+        sparsity,
         run_data,
     )
 
@@ -455,6 +469,7 @@ def _loop_state(
         else sorted(clipper.names[id(m)] for m in clipper.layers if id(m) in clipper.reached),
         "peak_bytes": peaks[0],
         "peak_abs_bytes": peaks[1],
+        "sparsity": run.sparsity.state_dict(),
     }
 
 
@@ -471,6 +486,8 @@ def _restore(run: _Run, state: dict[str, Any], generators: dict[str, torch.Gener
     checkpoint.restore_generators(generators, state["generators"])
     checkpoint.restore_global_rng(state["global_rng"])
     run.accountant.history = [tuple(h) for h in state["accountant_history"]]
+    if state.get("sparsity") is not None:
+        run.sparsity.load_state_dict(state["sparsity"])
     clipper = getattr(run.dp_step, "clipper", None)
     if clipper is not None:
         reached = set(state["bk_reached"])
@@ -494,6 +511,8 @@ def _train(run: _Run, progress: Progress | None, checkpoint_dir: Path | None) ->
         "augmentation": run.stream("augmentation"),
         "noise": run.dp_step.optimizer.generator,
     }
+    if run.sparsity.generator is not None:
+        generators["grad_drop"] = run.sparsity.generator
     views = _Views(run.data, training, generators["augmentation"])
     seed_global(run.cell.seed, "dropout")
     every = training.checkpoint_every
@@ -649,6 +668,8 @@ def train_cell(
     unreached = clipper.unreached_layers if clipper is not None else []
     del clipper
     initial, data = run.initial, run.data
+    sparsity_summary = run.sparsity.summary()
+    run.sparsity = None  # type: ignore[assignment]  # it holds the DP model
     _release(run)
     nonprivate = (
         nonprivate_throughput(
@@ -752,6 +773,7 @@ def train_cell(
                 else ""
             )
         ),
+        "sparsity": sparsity_summary,
         "resumed_from_step": trained.resumed_from,
         "model_path": model_path,
         "train_wall_s": train_s,

@@ -317,6 +317,8 @@ def _coerce(value: Any, hint: Any, key: str, ctx: _Context) -> Any:
             _coerce(v, h, f"{key}[{i}]", ctx)
             for i, (v, h) in enumerate(zip(value, item_hints, strict=True))
         )
+    if dataclasses.is_dataclass(hint):
+        return _coerce_nested(value, hint, key, ctx)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -336,6 +338,30 @@ def _coerce(value: Any, hint: Any, key: str, ctx: _Context) -> Any:
             return value
         raise ctx.error(key, "must be a string", given=value, allowed="text")
     raise TypeError(f"bench.loading cannot check fields annotated {hint!r}")  # a bug, not input
+
+
+def _coerce_nested(value: Any, cls: type, key: str, ctx: _Context) -> Any:
+    """A mapping for a nested config (``training.pre_prune: {rate: 0.5}``), checked key by key
+    and by the nested config's own ``problems``."""
+    fields = [f for f in dataclasses.fields(cls)]
+    names = [f.name for f in fields]
+    required = [
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if not isinstance(value, dict):
+        form = "{" + ", ".join(f"{n}: ..." for n in names) + "}"
+        raise ctx.error(key, "must be a mapping, or null", given=value, allowed=form)
+    _reject_unknown(value, names, f"{key}.", ctx)
+    for name in required:
+        if name not in value:
+            raise ctx.error(f"{key}.{name}", "is required", allowed=", ".join(names))
+    hints = _hints(cls)
+    config = cls(**{k: _coerce(v, hints[k], f"{key}.{k}", ctx) for k, v in value.items()})
+    for name, message, allowed in config.problems():
+        raise ctx.error(f"{key}.{name}", message, given=getattr(config, name), allowed=allowed)
+    return config
 
 
 def _as_float(value: Any) -> float | None:
@@ -485,6 +511,15 @@ def _check_cells(suite: Suite, ctx: _Context) -> None:
                 given=cell.norm,
                 allowed="data.public_split > 0 (examples held out of the private set)",
             )
+        for name, public_method in (("pre_prune", "snip_public"), ("grad_drop", "public")):
+            option = getattr(cell.training, name)
+            if cell.data.public_split == 0 and option is not None and option.method == public_method:
+                raise ctx.error(
+                    f"{where('training', name)}.method",
+                    "reads public data but data.public_split is 0",
+                    given=public_method,
+                    allowed="data.public_split > 0, or a method that reads no data",
+                )
         mode_problem = grad_sample_mode_problem(cell.norm, cell.training.grad_sample_mode)
         if mode_problem:
             raise ctx.error(

@@ -21,6 +21,8 @@ RUN_STREAMS = (
     "dropout",  # the global generator during training (e.g. KernelNorm's statistics dropout)
     "nonprivate",  # the non-private throughput measurement's batches and augmentation
     "norm",  # a norm's preparation (prefix; the norm names its own streams under it)
+    "prune",  # pre-pruning's random mask (bench.sparsity)
+    "grad_drop",  # gradient dropping's random channels at each step (bench.sparsity)
 )
 
 

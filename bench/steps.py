@@ -105,17 +105,20 @@ class DPSGDStep:
         precision: str = "fp32",
         generator: torch.Generator | None = None,
         secure_mode: bool = False,
+        sparsity=None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode, self.precision = mode, precision
         self.max_physical_batch = max_physical_batch
         self.module = model
+        # `bench.sparsity.Sparsity`: coordinates that are pruned, or dropped at this step.
+        self.sparsity = sparsity if sparsity is not None and sparsity.active else None
         if mode == "bk":
             from bench.bk import BookKeepingClipper
 
             self.model = model
-            self.clipper = BookKeepingClipper(model)
+            self.clipper = BookKeepingClipper(model, sparsity=self.sparsity)
         else:
             self.model = GradSampleModule(
                 model, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch"
@@ -133,12 +136,53 @@ class DPSGDStep:
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_taken = 0
+        self._step_hooks: list[Callable[[DPOptimizer], None]] = []
+        # Runs in DPOptimizer's pre_step once the noise is added: masks, then the hooks.
+        self.optimizer.attach_step_hook(self._after_noise)
 
     def attach_step_hook(self, fn: Callable[[DPOptimizer], None]) -> None:
         """Call ``fn`` after every noised update (an accountant's hook)."""
-        self.optimizer.attach_step_hook(fn)
+        self._step_hooks.append(fn)
+
+    def _after_noise(self, optimizer: DPOptimizer) -> None:
+        if self.sparsity is not None:
+            # Masked coordinates release nothing: their noise is dropped with their sum.
+            for p, mask in self.sparsity.masks(self.params):
+                p.grad.mul_(mask)
+        for fn in self._step_hooks:
+            fn(optimizer)
+
+    def _update(self) -> None:
+        """The base optimiser's update; masked coordinates keep their values (momentum or
+        weight decay would otherwise move a dropped channel, or a pruned weight off zero)."""
+        masked = list(self.sparsity.masks(self.params)) if self.sparsity is not None else []
+        before = [p.detach().clone() for p, _ in masked]
+        self.optimizer.original_optimizer.step()
+        with torch.no_grad():
+            for (p, mask), old in zip(masked, before, strict=True):
+                p.copy_(torch.where(mask.bool(), p, old))
+
+    def _hooks_off(self):
+        """A context in which Opacus' per-sample hooks record nothing (bk has none outside a
+        step)."""
+        import contextlib
+
+        if isinstance(self.model, GradSampleModule):
+
+            @contextlib.contextmanager
+            def off():
+                self.model.disable_hooks()
+                try:
+                    yield
+                finally:
+                    self.model.enable_hooks()
+
+            return off()
+        return contextlib.nullcontext()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        if self.sparsity is not None:
+            self.sparsity.begin_step(self.steps_taken, self._hooks_off)
         loss = self._bk_step(x, y) if self.mode == "bk" else self._opacus_step(x, y)
         self.steps_taken += 1
         return loss
@@ -147,7 +191,8 @@ class DPSGDStep:
         self.optimizer.zero_grad(set_to_none=True)
         for p in self.params:
             p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
-        self.optimizer.step()
+        if self.optimizer.pre_step():
+            self._update()
 
     def _opacus_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         if x.shape[0] == 0:
@@ -170,8 +215,12 @@ class DPSGDStep:
                 # Opacus clips in the per-sample gradients' dtype; in bf16 the rounded norms
                 # and sums let a clipped gradient overshoot C (~0.3%), so clip in fp32.
                 p.grad_sample = gs.to(torch.promote_types(gs.dtype, torch.float32))
+            if self.sparsity is not None:  # clip over the trained coordinates only
+                for p, mask in self.sparsity.masks(self.params):
+                    p.grad_sample = p.grad_sample * mask
             self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
-            self.optimizer.step()
+            if self.optimizer.pre_step():  # DPOptimizer.step, with `_update` as the update
+                self._update()
             total += float(loss.detach()) * xc.shape[0] / x.shape[0]
         return total
 
@@ -200,7 +249,7 @@ class DPSGDStep:
         self.optimizer.scale_grad()
         if self.optimizer.step_hook:
             self.optimizer.step_hook(self.optimizer)
-        self.optimizer.original_optimizer.step()
+        self._update()
         for p in self.params:  # the noised gradient is in p.grad; the sums are spent
             p.grad_sample = p.summed_grad = None
         return total if x.shape[0] else math.nan

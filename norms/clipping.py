@@ -72,6 +72,17 @@ class ClipRule:
         """Why this rule cannot handle ``layer``'s configuration, or None when it can."""
         return None
 
+    def channel_dim(self, layer: nn.Module, g: torch.Tensor) -> int | None:
+        """The dimension of the output gradient ``g`` whose index i touches only slice i of
+        the first dimension of every parameter of the layer (a conv's or a linear layer's
+        output channel), or None when there is none.
+
+        Gradient dropping (`bench.sparsity`) drops output channels by zeroing them in ``g``
+        along this dimension before `norm_sq` and `clipped_sum`; for None it materialises the
+        layer's per-example gradients and masks them instead (correct for any layer, slower).
+        """
+        return None
+
     def needs_output(self, layer: nn.Module, output: torch.Tensor, n: int, strategy: str) -> bool:
         """Whether `norm_sq` needs the layer's forward output (kept from the forward pass,
         so only asked for where nothing cheaper will do)."""
@@ -340,6 +351,9 @@ class AffineRule(ClipRule):
     """Per-channel affine layers whose per-view gradients are a few numbers per channel
     (GroupNorm, LayerNorm, a frozen-statistics norm's affine): cheap to materialise, so every
     view's gradients are kept. A subclass says what the affine multiplies."""
+
+    def channel_dim(self, layer, g):
+        return 1  # a per-channel affine of an NCHW tensor; LayerNorm's rule says otherwise
 
     def normalised(self, layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         """The tensor the layer's weight multiplies, and the dimensions its parameters are

@@ -140,6 +140,9 @@ class KNConvClipRule(MaterialisableRule):
     """Book-keeping rule of KNConvCore: a conv over windows centred by their mean and scaled by
     1/std, i.e. the conv rule with output gradient ``g * inv_std`` and centred windows."""
 
+    def channel_dim(self, layer, g):
+        return 1
+
     @staticmethod
     def _parts(layer: KNConvCore, inputs, g):
         x, mu, inv_std = (t.to(g.dtype) for t in inputs)
