@@ -32,6 +32,9 @@ from bench.config import _DIAGNOSTIC_FIELDS, Cell, cell_to_dict
 #: Bump when the layout of the saved state changes, so old checkpoints are refused, not misread.
 FORMAT = 1
 FILE = "checkpoint.pt"
+# The temporary file a write goes through; only a kill between its write and its rename leaves
+# one behind, and nothing ever loads it.
+_TMP_PREFIX, _TMP_SUFFIX = ".checkpoint.", ".tmp"
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -65,7 +68,7 @@ def save_atomic(path: Path, obj: Any) -> None:
     """``torch.save(obj)`` to ``path`` through a temporary file, fsync and rename: a kill at
     any point leaves the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -110,9 +113,13 @@ def load(path: Path, cfg_hash: str, device: torch.device | str = "cpu") -> Loade
 
 
 def remove(path: Path) -> None:
-    """Delete a finished run's checkpoint (and its folder when it is left empty)."""
+    """Delete a run's checkpoint, any temporary file a writer killed mid-write left beside it,
+    and its folder when it is left empty."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+    for torn in Path(path).parent.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            torn.unlink()
     with contextlib.suppress(OSError):
         path.parent.rmdir()
 

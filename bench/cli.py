@@ -60,6 +60,7 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             slurm=slurm,
             progress=not args.no_progress,
+            keep_checkpoints=args.keep_checkpoints,
         )
     except KeyboardInterrupt:
         print(
@@ -113,7 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a suite value, e.g. --set training.steps=100 (repeatable)",
     )
     p_run.add_argument("--out", help="output directory (default reports/<suite name>)")
-    p_run.add_argument("--force", action="store_true", help="re-run cells that have a record")
+    p_run.add_argument(
+        "--force",
+        action="store_true",
+        help="re-run cells that have a record, from step 0 (their checkpoints are discarded)",
+    )
+    p_run.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep each run's last checkpoint after its record is written (default: deleted)",
+    )
     p_run.add_argument(
         "--allow-mixed-env",
         action="store_true",

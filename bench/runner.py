@@ -117,11 +117,29 @@ def _base_record(cell: Cell) -> dict[str, Any]:
     }
 
 
+def checkpoint_dir(records_path: Path) -> Path:
+    """Where the runs of a records file keep their checkpoints: ``<records folder>/checkpoints``."""
+    return Path(records_path).parent / "checkpoints"
+
+
+def discard_checkpoints(cells: Sequence[Cell], records_path: Path) -> int:
+    """Delete the checkpoints of ``cells``, so that a forced run starts from step 0; returns
+    how many there were."""
+    from bench import checkpoint
+
+    paths = [checkpoint.checkpoint_path(checkpoint_dir(records_path), c.run_key) for c in cells]
+    found = sum(p.exists() for p in paths)
+    for path in paths:
+        checkpoint.remove(path)
+    return found
+
+
 def run_cell(
     cell: Cell,
     records_path: Path,
     device: str | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    keep_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Run one cell and append its record; a failure or refusal is recorded, not raised.
 
@@ -130,7 +148,8 @@ def run_cell(
 
     The run checkpoints under ``<records folder>/checkpoints/<run_key>/`` and resumes from
     there (a requeued SLURM job, a re-run after a kill); the checkpoint is deleted once the
-    record is written. ``training.save_model`` weights go to ``<records folder>/models/``.
+    record is written, unless ``keep_checkpoint``. ``training.save_model`` weights go to
+    ``<records folder>/models/``.
     """
     import torch
 
@@ -146,7 +165,7 @@ def run_cell(
             cell,
             dev,
             progress=progress,
-            checkpoint_dir=records_path.parent / "checkpoints",
+            checkpoint_dir=checkpoint_dir(records_path),
             model_dir=records_path.parent / "models",
         )
         record = {**base, **measured}
@@ -171,19 +190,26 @@ def run_cell(
             provenance=prov, device=prov["device_name"], wall_s=time.perf_counter() - started
         )
     append_record(records_path, record)
-    checkpoint.remove(checkpoint.checkpoint_path(records_path.parent / "checkpoints", cell.run_key))
+    if not keep_checkpoint:
+        checkpoint.remove(checkpoint.checkpoint_path(checkpoint_dir(records_path), cell.run_key))
     return record
 
 
 def _worker(
-    cells: Sequence[Cell], records_path: Path, device: str | None, threads: int | None
+    cells: Sequence[Cell],
+    records_path: Path,
+    device: str | None,
+    threads: int | None,
+    keep_checkpoints: bool = False,
 ) -> list[str]:
     """A local worker process: run its share of the cells in order; returns their statuses."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    return [run_cell(c, records_path, device)["status"] for c in cells]
+    return [
+        run_cell(c, records_path, device, keep_checkpoint=keep_checkpoints)["status"] for c in cells
+    ]
 
 
 def record_interrupted(
@@ -210,8 +236,14 @@ class SlurmCellJob:
     resumes the cell from its newest checkpoint (``training.checkpoint_every``).
     """
 
-    def __call__(self, cell: Cell, records_path: str, device: str | None = None) -> str:
-        return run_cell(cell, Path(records_path), device)["status"]
+    def __call__(
+        self,
+        cell: Cell,
+        records_path: str,
+        device: str | None = None,
+        keep_checkpoint: bool = False,
+    ) -> str:
+        return run_cell(cell, Path(records_path), device, keep_checkpoint=keep_checkpoint)["status"]
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
@@ -288,12 +320,14 @@ def run_suite(
     slurm: dict[str, Any] | None = None,
     progress: bool = True,
     report: bool = True,
+    keep_checkpoints: bool = False,
 ) -> SweepSummary:
     """Run every cell of ``suite`` that has no record yet (all of them with ``force``).
 
     Args:
         out_dir: Records, suite.json and the leaderboard go here (default reports/<name>).
-        force: Re-run every cell, whatever its record.
+        force: Re-run every cell, whatever its record, from step 0: the checkpoints of the
+            cells about to run are discarded first.
         retry_failed: Also re-run the cells whose newest record is ``failed``.
         allow_mixed_env: Append even when existing records were made under another software
             stack (the report then lists the stacks); refused otherwise.
@@ -305,6 +339,7 @@ def run_suite(
             ``timeout_min`` is not given).
         progress: Show a progress bar with the current cell and an ETA.
         report: Write the leaderboard when the sweep ends.
+        keep_checkpoints: Keep each run's last checkpoint after its record is written.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir else default_out_dir(suite)
@@ -333,12 +368,17 @@ def run_suite(
         )
 
     def run(cells: Sequence[Cell]) -> list[str]:
+        if force and cells:
+            discarded = discard_checkpoints(cells, records_path)
+            if discarded:
+                print(f"--force: discarded {discarded} checkpoints", file=sys.stderr)
+        keep = keep_checkpoints
         if executor == "slurm":
-            return _run_slurm(cells, records_path, out_dir, slurm or {}, device)
+            return _run_slurm(cells, records_path, out_dir, slurm or {}, device, keep)
         n = workers if workers is not None else _visible_gpus()
         if n > 1 and len(cells) > 1:
-            return _run_parallel(cells, records_path, n, device)
-        return _run_sequential(cells, records_path, device, progress)
+            return _run_parallel(cells, records_path, n, device, keep)
+        return _run_sequential(cells, records_path, device, progress, keep)
 
     statuses = run(todo)
     total, ran = len(stage_cells), len(todo)
@@ -425,7 +465,11 @@ class _StepProgress:
 
 
 def _run_sequential(
-    todo: Sequence[Cell], records_path: Path, device: str | None, show: bool
+    todo: Sequence[Cell],
+    records_path: Path,
+    device: str | None,
+    show: bool,
+    keep_checkpoints: bool = False,
 ) -> list[str]:
     from tqdm import tqdm
 
@@ -443,7 +487,13 @@ def _run_sequential(
         label = cell_label(cell)
         step_progress = _StepProgress(bar, label)
         bar.set_postfix_str(label)
-        record = run_cell(cell, records_path, device, progress=step_progress if show else None)
+        record = run_cell(
+            cell,
+            records_path,
+            device,
+            progress=step_progress if show else None,
+            keep_checkpoint=keep_checkpoints,
+        )
         statuses.append(record["status"])
         if record["status"] != "ok":
             bar.write(f"{record['status']}: {label}: {record.get('error')}", file=sys.stderr)
@@ -451,7 +501,11 @@ def _run_sequential(
 
 
 def _run_parallel(
-    todo: Sequence[Cell], records_path: Path, n: int, device: str | None
+    todo: Sequence[Cell],
+    records_path: Path,
+    n: int,
+    device: str | None,
+    keep_checkpoints: bool = False,
 ) -> list[str]:
     """One process per GPU (or per CPU worker), each running every n-th cell. A worker that
     dies leaves its unfinished cells recorded ``interrupted``."""
@@ -466,7 +520,12 @@ def _run_parallel(
         shares = [todo[i::n] for i in range(n)]
         futures = [
             pool.submit(
-                _worker, share, records_path, f"cuda:{i}" if gpus else (device or "cpu"), threads
+                _worker,
+                share,
+                records_path,
+                f"cuda:{i}" if gpus else (device or "cpu"),
+                threads,
+                keep_checkpoints,
             )
             for i, share in enumerate(shares)
         ]
@@ -535,6 +594,7 @@ def _run_slurm(
     out_dir: Path,
     params: dict[str, Any],
     device: str | None,
+    keep_checkpoints: bool = False,
 ) -> list[str]:
     """Submit one checkpointable array job per cell with submitit and wait for them.
 
@@ -562,8 +622,9 @@ def _run_slurm(
     executor = submitit.AutoExecutor(folder=out_dir / "submitit", cluster=cluster)
     executor.update_parameters(name=f"dpnb-{out_dir.name}", **params)
     job_fn = SlurmCellJob()
+    n = len(todo)
     jobs = executor.map_array(
-        job_fn, list(todo), [str(records_path)] * len(todo), [device] * len(todo)
+        job_fn, list(todo), [str(records_path)] * n, [device] * n, [keep_checkpoints] * n
     )
     print(f"submitted {len(jobs)} jobs ({jobs[0].job_id.split('_')[0]}); waiting", file=sys.stderr)
     statuses = []

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from bench import checkpoint
+from bench.cli import main
 from bench.engine import _setup, evaluate, train_cell
 from bench.loading import load_suite
 from bench.results.records import read_records
-from bench.runner import SlurmCellJob, run_cell
-from tests.test_runner import TINY
+from bench.runner import SlurmCellJob, run_cell, run_suite
+from tests.test_runner import ROOT, TINY
 
 CPU = torch.device("cpu")
 #: Fields that measure time, the machine or the process, and so differ between two runs.
@@ -50,6 +56,10 @@ def cell(tmp_path: Path, *overrides: str):
     return c
 
 
+#: DP statistics, noisy enough to leave DP-SGD part of epsilon 8 on 224 private examples.
+PRIVATE_DP = 'grid.norm=["dp_batch_norm[noise_multiplier=2.0,stats=private_dp]"]'
+
+
 def comparable(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in TIMING}
 
@@ -62,6 +72,11 @@ def comparable(record: dict) -> dict:
             id="bk-ema-augmult-momentum",
         ),
         pytest.param(["training.grad_sample_mode=hooks"], id="hooks"),
+        pytest.param(["training.grad_sample_mode=functorch", "training.ema=0.9"], id="functorch"),
+        pytest.param(
+            [PRIVATE_DP, "training.augmult=2"],
+            id="dp_batch_norm-private_dp",
+        ),
     ],
 )
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path, overrides):
@@ -128,3 +143,153 @@ def test_a_saved_model_loads_with_weights_only_and_reproduces_the_accuracy(tmp_p
     run.model.load_state_dict(state)
     t = c.training
     assert evaluate(run.model, run.data, t.eval_batch_size, t.precision) == record["test_acc"]
+
+
+def test_private_dp_statistics_are_restored_and_their_charge_is_paid_once(tmp_path):
+    c = cell(tmp_path, PRIVATE_DP)
+    whole = train_cell(c, CPU)
+    ckpts = tmp_path / "checkpoints"
+    with pytest.raises(Killed):
+        train_cell(c, CPU, progress=kill_at(3), checkpoint_dir=ckpts)
+    state = checkpoint.load(
+        checkpoint.checkpoint_path(ckpts, c.run_key), checkpoint.cell_hash(c)
+    ).state
+    stats = {k: v for k, v in state["model"].items() if k.endswith((".mean", ".var"))}
+    assert stats, "the checkpoint holds the DP statistics with the model"
+    resumed = train_cell(c, CPU, checkpoint_dir=ckpts)
+    assert resumed["resumed_from_step"] == 2
+    assert resumed["privacy_charges"] == whole["privacy_charges"] != []
+    assert resumed["steps_done"] == whole["steps_done"] == 5  # DP-SGD steps, none twice
+    assert resumed["epsilon_spent"] == whole["epsilon_spent"]
+    assert resumed["epsilon_spent_by_accountant"] == whole["epsilon_spent_by_accountant"]
+    assert resumed["test_acc"] == whole["test_acc"]
+
+
+def _suite_args(suite: Path, out: Path, *sets: str) -> list[str]:
+    args = ["run", str(suite), "--out", str(out), "--no-progress"]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+#: The one-cell sweep the subprocess test kills: long enough (20 steps) that the kill lands
+#: between its first checkpoint and its end, short enough to stay a few seconds.
+KILLED_SWEEP = (
+    "grid.seed=[0]",
+    "grid.norm=[group_norm]",
+    "training.steps=20",
+    "training.checkpoint_every=2",
+    "training.measure_nonprivate=false",
+    "training.ema=0.9",
+)
+
+
+def test_sigkill_after_the_first_checkpoint_then_a_rerun_ends_with_the_uninterrupted_record(
+    tmp_path,
+):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY)
+    (c,) = load_suite(suite, KILLED_SWEEP).cells()
+    out = tmp_path / "killed"
+    ckpt = checkpoint.checkpoint_path(out / "checkpoints", c.run_key)
+    cmd = [sys.executable, "-m", "bench", *_suite_args(suite, out, *KILLED_SWEEP)]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and not ckpt.exists():
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (out / "records.jsonl").exists(), "killed mid-run"
+    step = checkpoint.load(ckpt, checkpoint.cell_hash(c)).state["step"]
+
+    # The same sweep again (what the command runs, less the leaderboard), and one never killed.
+    sweep = load_suite(suite, KILLED_SWEEP)
+    assert run_suite(sweep, out_dir=out, progress=False, report=False).statuses == {"ok": 1}
+    whole_out = tmp_path / "whole"
+    run_suite(sweep, out_dir=whole_out, progress=False, report=False)
+    (resumed,) = read_records(out / "records.jsonl").records
+    (whole,) = read_records(whole_out / "records.jsonl").records
+    assert resumed["resumed_from_step"] == step >= 2 and whole["resumed_from_step"] is None
+    assert resumed["steps_done"] == 20
+    assert comparable(resumed) == comparable(whole)
+    assert not ckpt.parent.exists()  # deleted once the record was written
+
+
+class _Torn(BaseException):
+    """A kill between a checkpoint's write and its rename."""
+
+
+@pytest.mark.parametrize("kind", ["torn-temporary", "killed-before-rename", "torn-newest"])
+def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_older_one_or_step_0(
+    tmp_path, monkeypatch, capsys, kind
+):
+    c = cell(tmp_path)
+    whole = train_cell(c, CPU)
+    records = tmp_path / "out" / "records.jsonl"
+    path = checkpoint.checkpoint_path(records.parent / "checkpoints", c.run_key)
+    if kind == "killed-before-rename":
+        real, calls = os.replace, []
+
+        def replace_then_die(src, dst):
+            calls.append(dst)
+            if len(calls) == 2:  # the step-4 checkpoint: written, fsynced, never renamed
+                raise _Torn
+            real(src, dst)
+
+        monkeypatch.setattr(checkpoint.os, "replace", replace_then_die)
+        with pytest.raises(_Torn):
+            run_cell(c, records, "cpu")
+        monkeypatch.undo()
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            run_cell(c, records, "cpu", progress=kill_at(5, KeyboardInterrupt))
+        data = path.read_bytes()
+        if kind == "torn-temporary":  # what SIGKILL mid-write leaves beside the checkpoint
+            (path.parent / ".checkpoint.k1ll3d.tmp").write_bytes(data[: len(data) // 2])
+        else:  # a copy of the newest checkpoint cut short (no atomic rename on the way)
+            path.write_bytes(data[: len(data) // 2])
+    assert not records.exists()
+    capsys.readouterr()
+    record = run_cell(c, records, "cpu")
+    expected = {"torn-temporary": 4, "killed-before-rename": 2, "torn-newest": None}[kind]
+    assert record["resumed_from_step"] == expected
+    refusals = [line for line in capsys.readouterr().err.splitlines() if "starting over" in line]
+    assert len(refusals) == (kind == "torn-newest")
+    assert comparable({k: record[k] for k in whole}) == comparable(whole)
+    assert not path.parent.exists()  # the checkpoint and any torn temporary are deleted
+
+
+def test_keep_checkpoints_keeps_them_and_force_starts_over_from_step_0(tmp_path, capsys):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY)
+    sets = ("grid.seed=[0]", "grid.norm=[group_norm]", "training.measure_nonprivate=false")
+    sets += ("training.steps=5", "training.checkpoint_every=2")
+    out = tmp_path / "out"
+    records = out / "records.jsonl"
+    (c,) = load_suite(suite, sets).cells()
+    path = checkpoint.checkpoint_path(out / "checkpoints", c.run_key)
+    assert main(_suite_args(suite, out, *sets)) == 0
+    assert not path.parent.exists()  # by default deleted with the record
+
+    def forced(*flags: str) -> dict:
+        capsys.readouterr()
+        assert main([*_suite_args(suite, out, *sets), "--force", *flags]) == 0
+        assert "--force: discarded 1 checkpoints" in capsys.readouterr().err
+        newest = read_records(records).records[-1]
+        assert newest["resumed_from_step"] is None and newest["steps_done"] == 5
+        return newest
+
+    with pytest.raises(KeyboardInterrupt):  # a killed re-run leaves its step-2 checkpoint
+        run_cell(c, records, "cpu", progress=kill_at(3, KeyboardInterrupt))
+    assert checkpoint.load(path, checkpoint.cell_hash(c)).state["step"] == 2
+    forced("--keep-checkpoints")  # started from step 0, and kept its last checkpoint
+    assert checkpoint.load(path, checkpoint.cell_hash(c)).state["step"] == 4
+    forced()  # the kept one is discarded too, then deleted with the record
+    assert not path.parent.exists()
