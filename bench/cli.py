@@ -29,7 +29,9 @@ def _run(args: argparse.Namespace) -> int:
     from bench.loading import load_suite
     from bench.runner import default_out_dir, run_suite
 
-    suite = load_suite(args.suite, args.set)
+    # --save-models is training.save_model for every cell: a diagnostic field, outside run keys.
+    overrides = [*args.set, *(["training.save_model=true"] if args.save_models else [])]
+    suite = load_suite(args.suite, overrides)
     out_dir = Path(args.out) if args.out else default_out_dir(suite)
     if args.dry_run:
         from bench.dryrun import render_dry_run
@@ -78,6 +80,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from bench.rescore import evaluate_saved
+
+    e = evaluate_saved(Path(args.dir), args.run_key, device=args.device, data_root=args.data_root)
+    correct = round(e.accuracy * e.n)
+    print(
+        f"{e.run_key}: {e.split}_acc {e.accuracy:.4f} ({correct}/{e.n}, {e.eval_weights} "
+        f"weights, on {e.device}); recorded {e.recorded:.4f} (measured on {e.recorded_device})"
+    )
+    if not e.matches:
+        rule = "exactly" if e.device == "cpu" else "to 4 decimals"
+        print(
+            f"error: run {e.run_key}: the saved weights score {e.accuracy!r} on the "
+            f"{e.split} split, the record says {e.recorded!r} (must match {rule})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def _cmd_env(args: argparse.Namespace) -> int:
     from bench.environment import environment_from_records
 
@@ -118,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="re-run cells that have a record, from step 0 (their checkpoints are discarded)",
+    )
+    p_run.add_argument(
+        "--save-models",
+        action="store_true",
+        help="save each finished run's final and EMA weights in OUT/models/<run_key>.pt "
+        "(training.save_model; run keys unchanged); check one with 'bench eval'",
     )
     p_run.add_argument(
         "--keep-checkpoints",
@@ -165,6 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_run.set_defaults(func=_cmd_run)
+
+    p_eval = sub.add_parser(
+        "eval",
+        help="re-evaluate a run's saved weights (--save-models) and compare with its record",
+    )
+    p_eval.add_argument("dir", help="a suite's output directory, e.g. reports/smoke")
+    p_eval.add_argument("run_key", help="the run's run_key (its record's first field)")
+    p_eval.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    p_eval.add_argument(
+        "--data-root",
+        help="where the run's data is, when the record's data.root does not lead there from here",
+    )
+    p_eval.set_defaults(func=_cmd_eval)
 
     p_env = sub.add_parser(
         "env", help="write DIR/environment.txt and DIR/constraints.txt from DIR/records.jsonl"

@@ -29,7 +29,7 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 
 import norms
-from bench import checkpoint
+from bench import checkpoint, saved_model
 from bench.config import Cell, DataConfig, TrainingConfig
 from bench.data import Dataset, DeviceData, dataset_checksum, load_dataset
 from bench.measure import StepMemory, StepTimer, process_peak_rss, provenance
@@ -558,11 +558,11 @@ def _train(run: _Run, progress: Progress | None, checkpoint_dir: Path | None) ->
     )
 
 
-def _save_model(module: nn.Module, model_dir: Path, run_key: str) -> str:
-    """Write the evaluated weights as ``<model_dir>/<run_key>.pt``; the path relative to the
-    folder above ``model_dir`` (the records' folder)."""
-    path = Path(model_dir) / f"{run_key}.pt"
-    checkpoint.save_atomic(path, module.state_dict())
+def _save_model(run: _Run, model_dir: Path, eval_weights: str) -> str:
+    """Write the final and the EMA weights as ``<model_dir>/<run_key>.pt``
+    (`bench.saved_model`); the path relative to the folder above ``model_dir`` (the records')."""
+    ema = run.ema.module if run.ema is not None else None
+    path = saved_model.save(model_dir, run.cell.run_key, run.model, ema, eval_weights)
     return str(path.relative_to(Path(model_dir).parent))
 
 
@@ -640,7 +640,8 @@ def train_cell(
             from a valid one and writes them every ``training.checkpoint_every`` steps. The
             caller deletes the checkpoint once the record is written
             (`bench.checkpoint.remove`). None: no checkpoints.
-        model_dir: Where ``training.save_model`` writes the evaluated weights.
+        model_dir: Where ``training.save_model`` writes the final and the EMA weights
+            (`bench.saved_model`).
 
     Raises:
         IncompatibleError: The backbone refuses the norm (the runner records a skip).
@@ -654,10 +655,11 @@ def train_cell(
     train_s = time.perf_counter() - run.started
     spent = _spent(run)
     eval_model = run.ema.module if run.ema is not None else run.model
+    eval_weights = "ema" if run.ema is not None else "final"
     accuracy = evaluate(eval_model, run.data, training.eval_batch_size, training.precision)
     scored_on = run.data.eval_split
     model_path = (
-        _save_model(eval_model, model_dir, cell.run_key)
+        _save_model(run, model_dir, eval_weights)
         if training.save_model and model_dir is not None
         else None
     )
@@ -714,7 +716,7 @@ def train_cell(
             "reference_noise_multiplier": run.plan.calibration.noise_multiplier,
             "simulated_batch_size": run.plan.batch_size,
         },
-        "eval_weights": "ema" if training.ema else "final",
+        "eval_weights": eval_weights,
         "final_train_loss": trained.loss if log_loss else None,
         "nonprivate_diagnostics": ["final_train_loss"] if log_loss else [],
         "throughput_img_s": dp_tput,

@@ -69,6 +69,12 @@ class RecordsError(BenchError):
     """Raised when a records file cannot be read at all (a bad line is reported, not raised)."""
 
 
+class SavedModelError(BenchError):
+    """Raised when ``bench eval`` cannot evaluate a run's saved weights: no record with that run
+    key, no saved model for it (it ran without ``--save-models``), or a file that is missing,
+    unreadable, not that run's, or does not fit the run's model."""
+
+
 class BackboneError(BenchError):
     """Raised when a backbone name or spec string is unknown or malformed."""
 

@@ -74,6 +74,38 @@ def reload_with_overrides(suite: Suite, overrides: Sequence[str]) -> Suite:
     return load_suite(suite.path, (*suite.overrides, *overrides))
 
 
+def load_cell(config: Mapping[str, Any], where: str, data_root: str | None = None) -> Cell:
+    """The cell a record's ``config`` (`bench.config.cell_to_dict`) describes, validated as a
+    suite's sections are (to evaluate a finished run's saved weights).
+
+    Args:
+        config: The record's ``config``.
+        where: What errors name in place of a suite file (the records file and run key).
+        data_root: Replaces ``data.root``, which a record holds only as `public_path` gives it.
+
+    Raises:
+        ConfigError: The config is not one this version of the benchmark can run.
+    """
+    ctx = _Context(where)
+    needed = (*GRID_REQUIRED, *GRID_SECTIONS)
+    if not isinstance(config, Mapping) or not all(k in config for k in needed):
+        raise ctx.error("config", "is missing or incomplete", allowed=", ".join(needed))
+    raw = {s: dict(config[s]) for s in GRID_SECTIONS}
+    if data_root is not None:
+        raw["data"]["root"] = data_root
+    sections = {s: _parse_section(s, raw[s], ctx) for s in GRID_SECTIONS}
+    return Cell(
+        suite=config.get("suite", ""),
+        backbone=config["backbone"],
+        norm=config["norm"],
+        seed=config["seed"],
+        overrides=dict(config.get("overrides") or {}),
+        stage=config.get("stage", "final"),
+        tuned=dict(config.get("tuned") or {}),
+        **sections,
+    )
+
+
 # --- reading and overriding -------------------------------------------------------------------
 
 

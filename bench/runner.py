@@ -149,11 +149,11 @@ def run_cell(
     The run checkpoints under ``<records folder>/checkpoints/<run_key>/`` and resumes from
     there (a requeued SLURM job, a re-run after a kill); the checkpoint is deleted once the
     record is written, unless ``keep_checkpoint``. ``training.save_model`` weights go to
-    ``<records folder>/models/``.
+    ``<records folder>/models/`` (`bench.saved_model`).
     """
     import torch
 
-    from bench import checkpoint
+    from bench import checkpoint, saved_model
     from bench.engine import Diverged, train_cell
     from bench.measure import provenance, resolve_device
 
@@ -166,7 +166,7 @@ def run_cell(
             dev,
             progress=progress,
             checkpoint_dir=checkpoint_dir(records_path),
-            model_dir=records_path.parent / "models",
+            model_dir=records_path.parent / saved_model.FOLDER,
         )
         record = {**base, **measured}
     except IncompatibleError as err:

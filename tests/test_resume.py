@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -133,14 +134,17 @@ def test_a_requeued_slurm_job_resumes_from_the_checkpoint_and_then_deletes_it(tm
     assert not path.exists()
 
 
-def test_a_saved_model_loads_with_weights_only_and_reproduces_the_accuracy(tmp_path):
-    c = cell(tmp_path, "training.save_model=true", "training.ema=0.9")
+@pytest.mark.parametrize("ema", [None, 0.9], ids=["final", "ema"])
+def test_a_saved_model_loads_with_weights_only_and_reproduces_the_accuracy(tmp_path, ema):
+    c = cell(tmp_path, "training.save_model=true", f"training.ema={'null' if ema is None else ema}")
     records = tmp_path / "out" / "records.jsonl"
     record = run_cell(c, records, "cpu")
     assert record["model_path"] == f"models/{c.run_key}.pt"
-    state = torch.load(records.parent / record["model_path"], weights_only=True)
+    saved = torch.load(records.parent / record["model_path"], weights_only=True)
+    assert saved["eval_weights"] == record["eval_weights"] == ("final" if ema is None else "ema")
+    assert (saved["weights"]["ema"] is None) == (ema is None)
     run = _setup(c, CPU)
-    run.model.load_state_dict(state)
+    run.model.load_state_dict(saved["weights"][saved["eval_weights"]])
     t = c.training
     assert evaluate(run.model, run.data, t.eval_batch_size, t.precision) == record["test_acc"]
 
@@ -264,6 +268,65 @@ def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_older_one_or_step
     assert len(refusals) == (kind == "torn-newest")
     assert comparable({k: record[k] for k in whole}) == comparable(whole)
     assert not path.parent.exists()  # the checkpoint and any torn temporary are deleted
+
+
+def _only_key(out: Path) -> str:
+    (record,) = read_records(out / "records.jsonl").records
+    return record["run_key"]
+
+
+def test_save_models_keeps_run_keys_and_bench_eval_reproduces_the_recorded_accuracy(
+    tmp_path, capsys
+):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY)
+    sets = ("grid.seed=[0]", "grid.norm=[group_norm]", "training.measure_nonprivate=false")
+    sets += ("training.ema=0.9",)
+    out = tmp_path / "out"
+    assert main([*_suite_args(suite, out, *sets), "--save-models"]) == 0
+    key = _only_key(out)
+    assert key == load_suite(suite, sets).cells()[0].run_key  # run key as without the flag
+    (record,) = read_records(out / "records.jsonl").records
+    saved = torch.load(out / record["model_path"], weights_only=True)
+    assert saved["run_key"] == key and saved["eval_weights"] == record["eval_weights"] == "ema"
+    assert set(saved["weights"]) == {"final", "ema"}
+    assert saved["weights"]["final"].keys() == saved["weights"]["ema"].keys()
+    capsys.readouterr()
+
+    assert main(["eval", str(out), key, "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{key}: test_acc {record['test_acc']:.4f}") and "ema weights" in line
+
+    # The record says one image more was right than the weights get: a mismatch, one line.
+    lines = (out / "records.jsonl").read_text().splitlines()
+    changed = json.loads(lines[-1])
+    changed["test_acc"] += 1 / changed["n_test"]
+    (out / "records.jsonl").write_text("\n".join([*lines, json.dumps(changed)]) + "\n")
+    assert main(["eval", str(out), key, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: run {key}: the saved weights score")
+
+
+def test_bench_eval_refuses_a_missing_model_or_run_key_in_one_line_exit_2(tmp_path, capsys):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY)
+    sets = ("grid.seed=[0]", "grid.norm=[group_norm]", "training.measure_nonprivate=false")
+    plain, saved = tmp_path / "plain", tmp_path / "saved"
+    assert main(_suite_args(suite, plain, *sets)) == 0
+    assert main([*_suite_args(suite, saved, *sets), "--save-models"]) == 0
+    key = _only_key(saved)
+    (saved / "models" / f"{key}.pt").unlink()
+    capsys.readouterr()
+    cases = {
+        "model file not found": [str(saved), key],
+        "saved no model: re-run it with --save-models": [str(plain), key],
+        f"did you mean {key!r}": [str(saved), key[:-1] + ("0" if key[-1] != "0" else "1")],
+        "records file not found": [str(tmp_path / "nowhere"), key],
+    }
+    for message, args in cases.items():
+        assert main(["eval", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
 def test_keep_checkpoints_keeps_them_and_force_starts_over_from_step_0(tmp_path, capsys):
