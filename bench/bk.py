@@ -352,7 +352,9 @@ class MaskedRule(ClipRule):
             if layer.bias is not None and layer.bias.requires_grad:
                 out[layer.bias] = gs.sum(1)
             return out
-        return {p: per_example(v, n).sum(1) for p, v in _FALLBACK.per_view(layer, inputs, g).items()}
+        return {
+            p: per_example(v, n).sum(1) for p, v in _FALLBACK.per_view(layer, inputs, g).items()
+        }
 
     def releases(self, state, inputs, g):
         return True
@@ -493,9 +495,7 @@ class BookKeepingClipper:
             the model's parameters would not each be clipped exactly once (`check_coverage`).
     """
 
-    def __init__(
-        self, model: nn.Module, strategy: str = "auto", keep: str = "auto", sparsity=None
-    ):
+    def __init__(self, model: nn.Module, strategy: str = "auto", keep: str = "auto", sparsity=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if keep not in KEEP:
@@ -599,7 +599,9 @@ class BookKeepingClipper:
                 keep = self.sparsity.channel_keep(module)
                 channel_dim = None if keep is None else rule.channel_dim(module, output)
                 if self.sparsity.is_pruned(module) or (keep is not None and channel_dim is None):
-                    masks = {id(p): m for p, m in self.sparsity.masks(self.owned_params[id(module)])}
+                    masks = {
+                        id(p): m for p, m in self.sparsity.masks(self.owned_params[id(module)])
+                    }
                     rule, keep = MaskedRule(masks), None
             entry = _Entry(
                 layer=module,

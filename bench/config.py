@@ -259,8 +259,10 @@ class GradDropConfig:
     public_examples: int = 256
 
     def __str__(self) -> str:
-        extra = f",refresh={self.refresh}" if self.method == "public" else ""
-        return f"{self.method}:{self.rate:g}{extra}"
+        # The same text as `bench.results.record.grid_value_text` gives the record's mapping.
+        if self.method == "random":
+            return f"random:{self.rate:g}"
+        return f"public:{self.rate:g},public_examples={self.public_examples},refresh={self.refresh}"
 
     def problems(self) -> Iterator[Problem]:
         if not 0 <= self.rate < 1:

@@ -545,7 +545,11 @@ def _check_cells(suite: Suite, ctx: _Context) -> None:
             )
         for name, public_method in (("pre_prune", "snip_public"), ("grad_drop", "public")):
             option = getattr(cell.training, name)
-            if cell.data.public_split == 0 and option is not None and option.method == public_method:
+            if (
+                cell.data.public_split == 0
+                and option is not None
+                and option.method == public_method
+            ):
                 raise ctx.error(
                     f"{where('training', name)}.method",
                     "reads public data but data.public_split is 0",

@@ -265,5 +265,7 @@ def build_model(cell: Cell, num_classes: int, device):
 
 def cell_label(cell: Cell) -> str:
     """``backbone norm seed=s extra=v`` for messages and progress output."""
-    extra = ",".join(f"{k}={v}" for k, v in sorted(cell.overrides.items()))
+    from bench.results.record import grid_value_text
+
+    extra = ",".join(f"{k}={grid_value_text(v)}" for k, v in sorted(cell.overrides.items()))
     return f"{cell.backbone} {cell.norm} seed={cell.seed}" + (f" {extra}" if extra else "")

@@ -106,7 +106,8 @@ def snip_saliency(
     finally:
         model.train(was_training)
     return {
-        name: (w.detach() * g).abs() for (name, _), w, g in zip(layers, weights, totals, strict=True)
+        name: (w.detach() * g).abs()
+        for (name, _), w, g in zip(layers, weights, totals, strict=True)
     }
 
 
@@ -141,7 +142,9 @@ def prune_masks(
                 "training.pre_prune.method snip_public reads public data but the run has "
                 "none (set data.public_split)"
             )
-        scores = snip_saliency(model, layers, public.x, public.y, public.to_input, public.batch_size)
+        scores = snip_saliency(
+            model, layers, public.x, public.y, public.to_input, public.batch_size
+        )
     masks = {}
     for name, layer in layers:
         w = layer.weight.detach()
@@ -386,7 +389,7 @@ class Sparsity:
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs beyond the streams: the public choice in force."""
         return {
-            "keep": [self.keep[id(m)] if id(m) in self.keep else None for m in self.layers],
+            "keep": [self.keep.get(id(m)) for m in self.layers],
             "saliency_step": self._saliency_step,
         }
 

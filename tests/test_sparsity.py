@@ -16,6 +16,7 @@ from bench.cli import main
 from bench.config import GradDropConfig, PruneConfig
 from bench.errors import ConfigError
 from bench.loading import load_suite
+from bench.results.record import grid_value_text
 from bench.seeds import stream
 from bench.sparsity import PublicData, Sparsity, prunable_layers
 from bench.steps import DPSGDStep, make_optimizer
@@ -28,8 +29,9 @@ CPU = torch.device("cpu")
 MODES = ("bk", "hooks", "functorch")
 
 
-def sparsity(model, prune=0.5, drop=0.5, seed=0, prune_method="random", drop_method="random",
-             public=None):
+def sparsity(
+    model, prune=0.5, drop=0.5, seed=0, prune_method="random", drop_method="random", public=None
+):
     return Sparsity(
         model,
         prune=PruneConfig(prune, prune_method) if prune is not None else None,
@@ -320,3 +322,23 @@ def test_public_saliency_keeps_the_channels_with_the_largest_public_gradient():
     first = {k: v.clone() for k, v in sp.keep.items()}
     sp.begin_step(1)  # refresh=2: the same choice until step 2
     assert all(torch.equal(first[k], v) for k, v in sp.keep.items())
+
+
+def test_a_swept_option_reads_the_same_in_progress_lines_and_leaderboard_titles():
+    for option in (PruneConfig(0.5), GradDropConfig(0.5), GradDropConfig(0.25, "public", 5, 64)):
+        assert grid_value_text(option) == grid_value_text(dataclasses.asdict(option))
+    assert grid_value_text(None) == "none"
+    assert grid_value_text({"rate": 0.8, "method": "magnitude"}) == "magnitude:0.8"
+
+
+def test_a_pruning_sweep_gets_one_titled_table_per_setting(tmp_path):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY)
+    out = tmp_path / "out"
+    sets = ["grid.seed=[0]", "grid.norm=[group_norm]", "training.measure_nonprivate=false"]
+    sets.append("grid.training.pre_prune=[null, {rate: 0.5, method: random}]")
+    args = ["run", str(suite), "--out", str(out), "--no-progress"]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
+    board = (out / "leaderboard.md").read_text()
+    assert "[training.pre_prune=none]" in board and "[training.pre_prune=random:0.5]" in board
+    assert "Missing cells" not in board or "have a record" in board

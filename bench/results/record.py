@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, TypedDict
 
 #: The values ``status`` may take.
@@ -210,3 +211,23 @@ def check_record(record: object) -> str | None:
         if record.get(name) is not None and not _is_finite_number(record[name])
     ]
     return "; ".join(bad) or None
+
+
+def grid_value_text(value: object) -> str:
+    """A swept grid value as table titles show it: ``none`` for null, a nested option such as
+    ``training.pre_prune: {rate: 0.5, method: random}`` as ``random:0.5`` (what
+    `bench.plan.cell_label` prints for the same cell), anything else as ``str``."""
+    if value is None:
+        return "none"
+    if isinstance(value, Mapping):
+        # A random choice reads no public data: its public-data settings are not shown.
+        unread = ("refresh", "public_examples") if value.get("method") == "random" else ()
+        rest = {k: v for k, v in value.items() if k not in ("method", "rate", *unread)}
+        head = (
+            f"{value['method']}:{value['rate']:g}"
+            if {"method", "rate"} <= set(value) and isinstance(value["rate"], (int, float))
+            else ""
+        )
+        tail = ",".join(f"{k}={grid_value_text(v)}" for k, v in sorted(rest.items()))
+        return ",".join(filter(None, [head, tail]))
+    return str(value)

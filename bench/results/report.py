@@ -13,7 +13,7 @@ from tabulate import tabulate
 from bench.config import DEFAULT_NORM, alpha_problem
 from bench.errors import ConfigError, RecordsError
 from bench.results import figures, stats, sweeps
-from bench.results.record import Record
+from bench.results.record import Record, grid_value_text
 from bench.results.records import read_records
 from bench.results.stacks import stack_text, stacks
 
@@ -71,7 +71,8 @@ def _block(entry: Mapping) -> object:
     tan = " [TAN simulation, not DP]" if entry.get("dp_valid") is False else ""
     if not isinstance(backbone, str) or not isinstance(overrides, Mapping) or not overrides:
         return f"{backbone}{tan}" if tan and isinstance(backbone, str) else backbone
-    return f"{backbone} [{', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}]{tan}"
+    shown = ", ".join(f"{k}={grid_value_text(v)}" for k, v in sorted(overrides.items()))
+    return f"{backbone} [{shown}]{tan}"
 
 
 def _is_tuning(entry: Mapping) -> bool:

@@ -16,7 +16,7 @@ from itertools import combinations
 from tabulate import tabulate
 
 from bench.results import figures, stats
-from bench.results.record import Record
+from bench.results.record import Record, grid_value_text
 
 #: The swept key whose values give the privacy-utility curves.
 EPSILON_KEY = "privacy.epsilon"
@@ -41,7 +41,9 @@ class _Setting:
 
     def context(self, key: str) -> str:
         """The table's name without ``key``: what is held fixed while ``key`` varies."""
-        others = [f"{k}={v}" for k, v in sorted(self.overrides.items()) if k != key]
+        others = [
+            f"{k}={grid_value_text(v)}" for k, v in sorted(self.overrides.items()) if k != key
+        ]
         return f"{self.backbone} [{', '.join(others)}]" if others else self.backbone
 
 
@@ -62,7 +64,7 @@ def _value_key(value: object) -> tuple:
     """Numbers in numeric order, then anything else as text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, value, "")
-    return (1, 0, str(value))
+    return (1, 0, grid_value_text(value))
 
 
 def _sweeps(settings: Sequence[_Setting]) -> dict[tuple[str, str], list[tuple[object, _Setting]]]:
@@ -70,7 +72,10 @@ def _sweeps(settings: Sequence[_Setting]) -> dict[tuple[str, str], list[tuple[ob
     found: dict[tuple[str, str], dict[str, tuple[object, _Setting]]] = {}
     for setting in settings:
         for key, value in setting.overrides.items():
-            found.setdefault((key, setting.context(key)), {})[str(value)] = (value, setting)
+            found.setdefault((key, setting.context(key)), {})[grid_value_text(value)] = (
+                value,
+                setting,
+            )
     return {
         group: sorted(values.values(), key=lambda item: _value_key(item[0]))
         for group, values in sorted(found.items())
