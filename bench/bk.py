@@ -320,57 +320,110 @@ class FallbackRule(ClipRule):
 _FALLBACK = FallbackRule()
 
 
+#: Per-example gradients of a masked layer are built a slice of examples at a time, each slice
+#: taking about this much memory (larger than `norms.clipping.SLICE_BYTES`: these are whole
+#: weight gradients, and one example per slice would be slow).
+MASKED_SLICE_BYTES = 64 * 2**20
+
+
 class MaskedRule(ClipRule):
     """A layer with masked coordinates that masking its output gradient cannot express
-    (pre-pruned weights, or gradient dropping on a rule without a `ClipRule.channel_dim`):
-    its per-example gradients are materialised (nn.Conv2d and nn.Linear directly, any other
-    class through `FallbackRule`), multiplied by the masks, and kept for the clipped sum.
+    (pre-pruned weights, or gradient dropping on a rule without a `ClipRule.channel_dim`).
 
-    Costs what Opacus' hooks path costs for this layer (its per-example gradients are held
-    until the clipping factors are known); exact for any layer.
+    Its norms come from its per-example gradients (nn.Conv2d and nn.Linear directly, any other
+    class through `FallbackRule`) times the masks, built a slice of examples at a time and
+    dropped at once, so the layer holds only its input and output gradient, as a bk layer
+    does. The clipped sum is linear, ``sum_i c_i (M * G_i) = M * sum_i c_i G_i``: one
+    weight-gradient GEMM times the mask for nn.Conv2d and nn.Linear; other classes rebuild
+    their per-example gradients a slice at a time. Exact for any layer; its norms cost what
+    Opacus' hooks path costs for the layer.
     """
 
     def __init__(self, masks: dict[int, torch.Tensor]):
         self.masks = masks  # 0/1 coordinate masks by parameter id
 
     @staticmethod
-    def per_example_grads(layer, inputs, g, n) -> dict[nn.Parameter, torch.Tensor]:
+    def _direct(layer) -> str | None:
+        if type(layer) is nn.Conv2d and ConvRule().check(layer) is None:
+            return "conv"
+        if type(layer) is nn.Linear:
+            return "linear"
+        return None
+
+    @classmethod
+    def per_example_grads(cls, layer, inputs, g, n) -> dict[nn.Parameter, torch.Tensor]:
         """Each example's gradient (the sum over its views) of every trainable parameter."""
         out: dict[nn.Parameter, torch.Tensor] = {}
-        cls = type(layer)
-        if cls is nn.Conv2d and ConvRule().check(layer) is None:
+        direct = cls._direct(layer)
+        if direct == "conv":
             x = inputs[0].to(g.dtype)
             if layer.weight.requires_grad:
                 out[layer.weight] = _conv_grads(layer, x, g, n).view(n, *layer.weight.shape)
             if layer.bias is not None and layer.bias.requires_grad:
                 out[layer.bias] = per_example(g.sum(dim=(2, 3)), n).sum(1)
             return out
-        if cls is nn.Linear and inputs[0].dim() == 2:
+        if direct == "linear" and inputs[0].dim() == 2:
             a, gs = per_example(inputs[0].to(g.dtype), n), per_example(g, n)  # (N, K, .)
             if layer.weight.requires_grad:
                 out[layer.weight] = gs.transpose(1, 2) @ a
             if layer.bias is not None and layer.bias.requires_grad:
                 out[layer.bias] = gs.sum(1)
             return out
-        return {
-            p: per_example(v, n).sum(1) for p, v in _FALLBACK.per_view(layer, inputs, g).items()
-        }
+        views = _FALLBACK.per_view(layer, inputs, g)
+        return {p: per_example(v, n).sum(1) for p, v in views.items()}
 
-    def releases(self, state, inputs, g):
-        return True
+    def _slices(self, layer, inputs, g, n):
+        """``(inputs, g, first example, examples)`` over slices of whole examples."""
+        k = g.shape[0] // n
+        one = sum(p.numel() for p in layer.parameters(recurse=False) if p.requires_grad)
+        step = max(1, MASKED_SLICE_BYTES // max(1, one * g.element_size()))
+        for i in range(0, n, step):
+            m = min(step, n - i)
+            rows = slice(i * k, (i + m) * k)
+            yield [t[rows] for t in inputs], g[rows], i, m
 
-    def norm_sq(self, layer, inputs, g, strategy, state, output):
-        grads = self.per_example_grads(layer, inputs, g, state.n)
+    def _masked(self, grads: dict[nn.Parameter, torch.Tensor]) -> dict[nn.Parameter, torch.Tensor]:
         for p, v in grads.items():
             mask = self.masks.get(id(p))
             if mask is not None:
                 v.mul_(mask.to(v.dtype))
-        state.per_view = grads  # per example here, not per view
-        return sum(v.flatten(1).square().sum(1) for v in grads.values())
+        return grads
+
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
+        parts = []
+        for xs, gs, _, m in self._slices(layer, inputs, g, state.n):
+            grads = self._masked(self.per_example_grads(layer, xs, gs, m))
+            parts.append(sum(v.flatten(1).square().sum(1) for v in grads.values()))
+            del grads
+        return torch.cat(parts)
 
     def clipped_sum(self, layer, inputs, g, coef, state):
+        direct = self._direct(layer)
+        if direct is not None and (direct == "conv" or inputs[0].dim() == 2):
+            gc = g * coef.view(-1, *([1] * (g.dim() - 1)))
+            x = inputs[0].to(g.dtype)
+            out = {}
+            if direct == "conv":
+                weight = torch.nn.grad.conv2d_weight(
+                    x, layer.weight.shape, gc, stride=layer.stride, padding=layer.padding
+                )
+                bias_dims: tuple[int, ...] = (0, 2, 3)
+            else:
+                weight, bias_dims = gc.t() @ x, (0,)
+            if layer.weight.requires_grad:
+                out[layer.weight] = weight
+            if layer.bias is not None and layer.bias.requires_grad:
+                out[layer.bias] = gc.sum(dim=bias_dims)
+            return self._masked(out)
         c = coef.view(state.n, -1)[:, 0]
-        return {p: torch.einsum("n,n...->...", c.to(v.dtype), v) for p, v in state.per_view.items()}
+        total: dict[nn.Parameter, torch.Tensor] = {}
+        for xs, gs, i, m in self._slices(layer, inputs, g, state.n):
+            grads = self.per_example_grads(layer, xs, gs, m)
+            for p, v in grads.items():
+                part = torch.einsum("n,n...->...", c[i : i + m].to(v.dtype), v)
+                total[p] = part if p not in total else total[p] + part
+            del grads
+        return self._masked(total)
 
 
 def _rule(layer: nn.Module) -> ClipRule:
@@ -540,6 +593,22 @@ class BookKeepingClipper:
                 "for the class"
             )
 
+    def _check_masked_inputs(self, module: nn.Module, args: tuple) -> None:
+        """A masked layer's per-example gradients come from Opacus' sampler for its class or
+        its functorch path, which differentiates the first tensor input only."""
+        tensors = sum(torch.is_tensor(t) for t in args)
+        known = (
+            MaskedRule._direct(module) is not None or type(module) in GradSampleModule.GRAD_SAMPLERS
+        )
+        if tensors > 1 and not known:
+            raise ClipRuleError(
+                f"layer {self.names[id(module)]} ({type(module).__qualname__}) takes {tensors} "
+                "tensor inputs and has pruned or dropped coordinates its rule cannot mask; its "
+                "per-example gradients would come from Opacus' functorch path, which "
+                "differentiates the first input only: register an Opacus grad sampler for the "
+                "class, or a channel_dim on its rule"
+            )
+
     def accumulate(
         self,
         x: torch.Tensor,
@@ -569,8 +638,16 @@ class BookKeepingClipper:
             # Runs inside the backward pass, as soon as this layer's output gradient exists.
             g = g.detach()
             if entry.keep is not None:  # dropped channels: out of this layer's norm and sum
+                dim = entry.channel_dim
+                if g.shape[dim] != entry.keep.numel():
+                    raise ClipRuleError(
+                        f"layer {self.names[id(entry.layer)]} ({type(entry.layer).__qualname__}):"
+                        f" its rule's channel_dim {dim} has {g.shape[dim]} entries in the output "
+                        f"gradient, its parameters {entry.keep.numel()} output channels; the "
+                        "rule must return None from channel_dim for such a layer"
+                    )
                 shape = [1] * g.dim()
-                shape[entry.channel_dim] = -1
+                shape[dim] = -1
                 g = g * entry.keep.to(g.dtype).view(shape)
             with _exact_arithmetic(g):
                 parts.append(
@@ -603,6 +680,7 @@ class BookKeepingClipper:
                         id(p): m for p, m in self.sparsity.masks(self.owned_params[id(module)])
                     }
                     rule, keep = MaskedRule(masks), None
+                    self._check_masked_inputs(module, inputs)
             entry = _Entry(
                 layer=module,
                 rule=rule,

@@ -271,6 +271,12 @@ class GradDropConfig:
             yield "refresh", "must be positive", "an integer >= 1"
         if self.public_examples < 1:
             yield "public_examples", "must be positive", "an integer >= 1"
+        # A random choice reads neither; a value set there would make two cells that differ
+        # in their keys only, and read the same in every table.
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("refresh", "public_examples"):
+            if self.method == "random" and getattr(self, name) != defaults[name]:
+                yield name, "is read by method public only", f"method: public, or leave {name} out"
 
 
 @dataclass(frozen=True)

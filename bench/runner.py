@@ -18,6 +18,7 @@ that was not requeued, a worker process that died, a job that ended without a re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -560,12 +561,23 @@ def measure_step_s(cell: Cell, device: str | None = None, steps: int = 2) -> flo
 
     from bench.measure import resolve_device, synchronize
     from bench.plan import build_model, data_size
+    from bench.seeds import stream
+    from bench.sparsity import Sparsity
     from bench.steps import DPSGDStep, make_optimizer
 
     dev = resolve_device(device)
     size = data_size(cell.data)
     t = cell.training
     model = build_model(cell, size.num_classes, dev)
+    # Pre-pruning and gradient dropping change the step's cost: time them too, with their
+    # random methods (no public data here; a public choice adds its saliency every k steps).
+    sparsity = Sparsity(
+        model,
+        prune=t.pre_prune and dataclasses.replace(t.pre_prune, method="random"),
+        drop=t.grad_drop and dataclasses.replace(t.grad_drop, method="random"),
+        streams=lambda purpose: stream(cell.seed, purpose, dev),
+        public=None,
+    )
     step = DPSGDStep(
         model,
         make_optimizer(model.parameters(), lr=t.lr),
@@ -575,6 +587,7 @@ def measure_step_s(cell: Cell, device: str | None = None, steps: int = 2) -> flo
         max_physical_batch=t.max_physical_batch,
         mode=t.grad_sample_mode,
         precision=t.precision,
+        sparsity=sparsity,
     )
     side = cell.data.image_size if cell.data.source == "synthetic" else 32
     x = torch.randn(t.batch_size, t.augmult, 3, side, side, device=dev)

@@ -8,7 +8,8 @@ private data, so the accounting is DP-SGD's own:
   zeroes ``rate`` of the weights of every weight layer (a trainable ``weight`` of two or more
   dimensions: convolutions, KernelNorm's convolution, linear layers) except the first one (the
   stem convolution) and the last one (the classifier). Those two hold under 1% of the weights of
-  every backbone here, so pruning them would save almost no noise, while the stem sees 3 input
+  every backbone here at full width (about 4% of ResNet-9's at the CPU suites' 1/8 width), so
+  pruning them would save little noise, while the stem sees 3 input
   channels (a 3x3x3 filter at rate 0.8 keeps 5 weights) and each classifier row is one class's
   score. Per layer exactly ``round(rate * numel)`` weights are pruned:
   ``random`` (the run's ``prune`` stream), ``magnitude`` (the smallest initial weights) or
@@ -27,9 +28,11 @@ private data, so the accounting is DP-SGD's own:
   updated: per-example norms and clipping run over the kept coordinates only, so an example
   still moves the clipped sum by at most C, and the dropped coordinates of the noised gradient
   are zeroed. Its weights keep their values, whatever the optimiser's momentum or weight decay
-  would do. ``random`` draws a fresh choice per layer at every step from the run's
-  ``grad_drop`` stream; ``public`` keeps the channels whose gradient on the first
-  ``public_examples`` public examples (current weights, eval mode, mean cross-entropy) has the
+  would do; the optimiser's state there (a momentum buffer, Adam's averages) still decays as it
+  would with a zero gradient, and acts at the next step that keeps the channel. ``random``
+  draws a fresh choice per layer at every step from the run's ``grad_drop`` stream;
+  ``public`` keeps the channels whose gradient on the first ``public_examples`` public
+  examples (current weights, eval mode, mean cross-entropy) has the
   largest norm, recomputed every ``refresh`` steps inside the timed step.
 
 Both act on the clipper and the optimiser through `Sparsity`, never on a norm: `bench.steps`
@@ -161,6 +164,11 @@ def prune_masks(
     return masks, whole
 
 
+def dropped_count(rate: float, channels: int) -> int:
+    """``floor(rate * channels)``, without the float error that makes 0.29 * 100 give 28."""
+    return math.floor(rate * channels + 1e-9)
+
+
 def _owned(layer: nn.Module) -> list[nn.Parameter]:
     return [p for p in layer.parameters(recurse=False) if p.requires_grad]
 
@@ -254,7 +262,7 @@ class Sparsity:
                 o = self._channels(layer)
                 drop = torch.randperm(o, generator=self.generator, device=self.generator.device)
                 keep = torch.ones(o, device=_owned(layer)[0].device)
-                keep[drop[: math.floor(cfg.rate * o)].to(keep.device)] = 0.0
+                keep[drop[: dropped_count(cfg.rate, o)].to(keep.device)] = 0.0
                 self.keep[id(layer)] = keep
             return
         if step % cfg.refresh == 0 or not self.keep:
@@ -283,7 +291,7 @@ class Sparsity:
                     g = g * self.pruned[id(p)]
                 score += g.double().reshape(o, -1).square().sum(1)
             kept = torch.zeros(o, device=score.device)
-            k = math.floor(self.drop_cfg.rate * o)
+            k = dropped_count(self.drop_cfg.rate, o)
             kept[torch.argsort(score, descending=True, stable=True)[: o - k]] = 1.0
             keep[id(layer)] = kept
         return keep
@@ -318,7 +326,8 @@ class Sparsity:
             return None
         mask = torch.ones_like(p) if pruned is None else pruned.to(p.dtype)
         if keep is not None:
-            mask = mask * keep.to(p.dtype).view(-1, *([1] * (p.dim() - 1)))
+            shape = (-1, *([1] * (p.dim() - 1))) if p.dim() else ()
+            mask = mask * keep.to(p.dtype).reshape(shape)
         return mask
 
     @property
@@ -333,6 +342,13 @@ class Sparsity:
             mask = self.coordinate_mask(p)
             if mask is not None:
                 yield p, mask
+
+    def dropped(self, params: list[nn.Parameter]) -> Iterator[tuple[nn.Parameter, torch.Tensor]]:
+        """``(p, mask)`` for each of ``params`` with channels dropped at this step."""
+        for p in params:
+            owner = self._owner.get(id(p))
+            if owner is not None and owner in self.keep:
+                yield p, self.coordinate_mask(p)
 
     # --- record and checkpoint ------------------------------------------------------------
 
@@ -375,7 +391,8 @@ class Sparsity:
             reads = (
                 "the run's grad_drop stream"
                 if cfg.method == "random"
-                else f"the first {cfg.public_examples} public examples, every {cfg.refresh} steps"
+                else f"the first {min(cfg.public_examples, self.public.x.shape[0])} public "
+                f"examples and the current (DP-trained) weights, every {cfg.refresh} steps"
             )
             out["grad_drop"] = {
                 "method": cfg.method,
@@ -387,13 +404,22 @@ class Sparsity:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs beyond the streams: the public choice in force."""
+        """What a resumed run needs beyond the streams: the pruning masks (SNIP's saliency is a
+        float backward pass, not bit-reproducible across devices and thread counts, so the
+        masks are restored rather than recomputed) and the public choice in force."""
+        params = [p for m in self.layers for p in _owned(m)]
         return {
+            "pruned": [self.pruned.get(id(p)) for p in params],
             "keep": [self.keep.get(id(m)) for m in self.layers],
             "saliency_step": self._saliency_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        params = [p for m in self.layers for p in _owned(m)]
+        pruned = {id(p): m for p, m in zip(params, state["pruned"], strict=True) if m is not None}
+        if pruned.keys() != self.pruned.keys():
+            raise ValueError("the checkpoint prunes other layers than this run")
+        self.pruned = {k: m.to(self.pruned[k].device) for k, m in pruned.items()}
         self.keep = {
             id(m): k for m, k in zip(self.layers, state["keep"], strict=True) if k is not None
         }

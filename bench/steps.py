@@ -8,6 +8,7 @@ at most ``max_physical_batch`` examples to bound memory.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -153,9 +154,10 @@ class DPSGDStep:
             fn(optimizer)
 
     def _update(self) -> None:
-        """The base optimiser's update; masked coordinates keep their values (momentum or
-        weight decay would otherwise move a dropped channel, or a pruned weight off zero)."""
-        masked = list(self.sparsity.masks(self.params)) if self.sparsity is not None else []
+        """The base optimiser's update; dropped channels keep their values (momentum or weight
+        decay would otherwise move them). A pruned weight needs no such care: its gradient is
+        zero at every step, so SGD (momentum, weight decay) and Adam leave it at zero."""
+        masked = list(self.sparsity.dropped(self.params)) if self.sparsity is not None else []
         before = [p.detach().clone() for p, _ in masked]
         self.optimizer.original_optimizer.step()
         with torch.no_grad():
@@ -165,8 +167,6 @@ class DPSGDStep:
     def _hooks_off(self):
         """A context in which Opacus' per-sample hooks record nothing (bk has none outside a
         step)."""
-        import contextlib
-
         if isinstance(self.model, GradSampleModule):
 
             @contextlib.contextmanager
