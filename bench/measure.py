@@ -206,7 +206,12 @@ def process_peak_rss() -> int:
 
 
 def git_commit() -> str | None:
-    """The repository's commit, with ``-dirty`` when the work tree has uncommitted changes."""
+    """The repository's commit, with ``-dirty`` when the work tree has uncommitted changes.
+
+    Changes under ``reports/`` do not count: a sweep resumed into a committed report folder
+    appends to its tracked ``records.jsonl`` and rewrites its leaderboard, which change no
+    result, and would otherwise mark every record it adds as made from uncommitted code.
+    """
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -215,7 +220,7 @@ def git_commit() -> str | None:
 
     try:
         commit = git("rev-parse", "--short=12", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports")
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty.strip() else "")
