@@ -50,8 +50,8 @@ def candidates(suite: Suite) -> list[dict[str, Any]]:
     ]
 
 
-def tune_cells(suite: Suite) -> list[Cell]:
-    """The tuning stage: each grid point (its seed replaced) x candidate x tuning seed."""
+def _tune_cells_per_point(suite: Suite) -> list[Cell]:
+    """Each grid point (its seed replaced) x candidate x tuning seed, duplicates kept."""
     seen: set[tuple] = set()
     cells = []
     for cell in suite.cells():
@@ -70,6 +70,20 @@ def tune_cells(suite: Suite) -> list[Cell]:
                     )
                 )
     return cells
+
+
+def tune_cells(suite: Suite) -> list[Cell]:
+    """The tuning stage: each grid point (its seed replaced) x candidate x tuning seed.
+
+    A tuning override may set a key the grid sweeps (``tune.overrides: {training.steps: 40}``
+    with ``grid.training.steps: [40, 120]``: every budget tuned at the cheaper one). The grid
+    points it makes alike then share their tuning runs: each runs once (as the first point's
+    cell, whose record it is), and every point's selection reads it by its run key.
+    """
+    first: dict[str, Cell] = {}
+    for cell in _tune_cells_per_point(suite):
+        first.setdefault(cell.run_key, cell)
+    return list(first.values())
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,7 @@ def select(suite: Suite, records: Iterable[Mapping[str, Any]]) -> dict[tuple, Se
     """For each grid point, the candidate with the best mean ``val_acc`` over its ok tuning runs
     (the first listed wins a tie). A point with a missing tuning run has no selection yet."""
     by_key = {r["run_key"]: r for r in records}
-    cells = tune_cells(suite)
+    cells = _tune_cells_per_point(suite)
     out: dict[tuple, Selection] = {}
     for group in dict.fromkeys(group_of(c) for c in cells):
         rows, missing = [], 0

@@ -14,7 +14,7 @@ from bench.data import DeviceData, load_dataset
 from bench.errors import ConfigError
 from bench.loading import load_suite
 from bench.plan import plan_cell
-from bench.protocol import select, tune_cells
+from bench.protocol import final_cells, select, tune_cells
 from bench.results.records import read_records
 from bench.runner import run_suite
 
@@ -156,6 +156,50 @@ def test_tuning_cells_hold_the_candidates_and_their_own_run_keys(suite_file):
     assert all(c.stage == "tune" and c.training.steps == 2 for c in cells)
     finals = {c.run_key for c in suite.cells()}
     assert not finals & {c.run_key for c in cells}
+
+
+def test_grid_points_a_tuning_override_makes_alike_share_their_tuning_runs(suite_file):
+    # tune.overrides sets training.steps, which the grid sweeps: both budgets tune at 2 steps,
+    # so each (norm, lr) tuning run is one run, and both budgets' selections read it.
+    suite = load_suite(suite_file, ["grid.training.steps=[2, 3]"])
+    cells = tune_cells(suite)
+    assert len(cells) == 2 * 2  # norms x lr values (x 1 tuning seed), not x 2 budgets
+    assert len({c.run_key for c in cells}) == len(cells)
+    assert all(c.training.steps == 2 and dict(c.overrides) == {"training.steps": 2} for c in cells)
+    best = {"group_norm": 2.0, "layer_norm": 0.5}
+    records = [
+        {
+            "run_key": c.run_key,
+            "status": "ok",
+            "val_acc": 0.5 if c.tuned["training.lr"] == best[c.norm] else 0.1,
+        }
+        for c in cells
+    ]
+    selections = select(suite, records)
+    assert len(selections) == 2 * 2  # norms x budgets
+    finals = final_cells(suite, selections)
+    assert sorted((c.norm, c.training.steps, c.seed) for c in finals) == sorted(
+        (n, s, seed) for n in best for s in (2, 3) for seed in (0, 1)
+    )
+    assert all(c.training.lr == best[c.norm] for c in finals)
+    # one tuning run missing: the selections of both budgets wait for it
+    waiting = select(suite, records[1:])
+    assert sum(s.values is None for s in waiting.values()) == 2
+
+
+def test_a_shared_tuning_stage_runs_once_and_both_budgets_report(suite_file, tmp_path):
+    out = tmp_path / "out"
+    suite = load_suite(suite_file, ["grid.training.steps=[2, 3]"])
+    summary = run_suite(suite, out_dir=out, progress=False)
+    assert summary.statuses == {"ok": 4 + 8}  # 2 norms x 2 lr tuned once; 2 x 2 budgets x 2
+    stages = by_stage(out)
+    assert len({r["run_key"] for r in stages["tune"]}) == len(stages["tune"]) == 4
+    chosen = {(r["norm"], r["tuned"]["training.lr"]) for r in stages["final"]}
+    assert len(chosen) == 2  # each norm's one selection, used at both budgets
+    assert sorted(r["steps"] for r in stages["final"]) == [2] * 4 + [3] * 4
+    board = (out / "leaderboard.md").read_text()
+    assert "`training.steps=2` (`tune.overrides`); `training.steps` is swept by the grid" in board
+    assert "Kendall" in board
 
 
 TAN = (

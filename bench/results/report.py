@@ -706,6 +706,22 @@ def _tuning_section(tuning: Sequence[Record], suite: Mapping) -> list[str]:
         "accounted); each final run's ε is what that run spent.",
         "",
     ]
+    tune = suite.get("tune") if isinstance(suite.get("tune"), Mapping) else {}
+    changed = tune.get("overrides") if isinstance(tune.get("overrides"), Mapping) else {}
+    if changed:
+        text = ", ".join(f"`{k}={_cell_text(v)}`" for k, v in changed.items())
+        swept = [k for k in changed if k in (suite.get("grid") or {})]
+        lines += [
+            f"The tuning runs ran with {text} (`tune.overrides`)"
+            + (
+                f"; {_join([f'`{k}`' for k in swept])} is swept by the grid, so every value of it "
+                "shares these tuning runs and their selection, listed under the value the runs "
+                "were made at."
+                if swept
+                else "."
+            ),
+            "",
+        ]
     groups: dict[tuple[str, str], dict[tuple, list[float]]] = {}
     for r in tuning:
         values = r.get("tuned") if isinstance(r.get("tuned"), Mapping) else {}
