@@ -376,3 +376,36 @@ def test_every_figure_keeps_its_labels_inside_the_image() -> None:
     }
     for name, fig in drawn.items():
         assert figures.overflow_in(fig) == 0.0, name
+
+
+def test_the_privacy_section_says_what_each_norm_reads_and_what_is_charged(tmp_path: Path) -> None:
+    charge = {
+        "description": "dp_batch_norm statistics: 8 Gaussian releases",
+        "noise_multiplier": 20.0,
+        "sample_rate": 0.01,
+        "steps": 8,
+    }
+    free = {"norm_dp_status": "per-sample", "norm_dp_note": "reads nothing across examples"}
+    paid = {
+        "norm_dp_status": "budget-charged",
+        "norm_dp_note": "DP statistics of the private set, charged",
+        "privacy_charges": [charge],
+    }
+    masks = {"sparsity": {"reads_private_data": False}}
+    records = [
+        *(make_record("resnet9", "group_norm", s, 0.5, **free, **masks) for s in range(2)),
+        *(make_record("resnet9", "dp_batch_norm", s, 0.4, **paid) for s in range(2)),
+    ]
+    text = report.write_report(write_run(tmp_path, records)).read_text(encoding="utf-8")
+    section = text.split("## How each norm is private")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if "| `" in line}
+    assert "per-sample" in rows["`group_norm`"] and rows["`group_norm`"].rstrip(" |").endswith(
+        "none"
+    )
+    assert "budget-charged" in rows["`dp_batch_norm`"]
+    assert "(σ = 20, q = 0.01, 8 releases)" in rows["`dp_batch_norm`"]
+    assert "2 runs): none of them read private data" in section
+    # records made before the DP status was recorded: no section rather than a wrong one
+    old = [make_record("resnet9", "group_norm", s, 0.5) for s in range(2)]
+    text = report.write_report(write_run(tmp_path / "old", old)).read_text(encoding="utf-8")
+    assert "How each norm is private" not in text

@@ -653,6 +653,66 @@ def _stacks_section(records: Sequence[Record]) -> list[str]:
     ]
 
 
+def _privacy_section(records: Sequence[Record]) -> list[str]:
+    """What each norm reads across examples and what it costs, from the records' own words
+    (``norm_dp_status``, ``norm_dp_note``, ``privacy_charges``), and what the sparsity masks
+    read: the leaderboard says which choices are free and which are paid for in ε."""
+    finals = [r for r in records if not _is_tuning(r) and r.get("norm_dp_status")]
+    if not finals:
+        return []
+    by_norm: dict[str, list[Record]] = {}
+    for r in finals:
+        by_norm.setdefault(str(r.get("norm")), []).append(r)
+    rows = []
+    for norm, runs in sorted(by_norm.items()):
+        charges = _distinct(
+            f"{c.get('description', 'a charge')} (σ = {c['noise_multiplier']:.4g}, "
+            f"q = {c['sample_rate']:.4g}, {c['steps']} release{'s' if c['steps'] != 1 else ''})"
+            if all(isinstance(c.get(k), (int, float)) for k in ("noise_multiplier", "sample_rate"))
+            and isinstance(c.get("steps"), int)
+            else str(c.get("description", "a charge"))
+            for r in runs
+            for c in (r.get("privacy_charges") or [])
+            if isinstance(c, Mapping)
+        )
+        rows.append(
+            [
+                _code(norm),
+                _cell_text(_join(_distinct(r.get("norm_dp_status") for r in runs))),
+                _cell_text(_join(_distinct(r.get("norm_dp_note") for r in runs))),
+                _cell_text(_join(charges, "none")),
+            ]
+        )
+    lines = [
+        "## How each norm is private",
+        "",
+        "From the records: what the norm reads across examples, and what that costs. A charge "
+        "is composed with the DP-SGD steps by the run's accountant, so the ε spent above "
+        "includes it; public data costs nothing.",
+        "",
+        tabulate(
+            rows,
+            ["norm", "status", "what it reads, what it costs", "charges in ε"],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+    ]
+    masks = [r["sparsity"] for r in finals if isinstance(r.get("sparsity"), Mapping)]
+    if masks:
+        private = [m for m in masks if m.get("reads_private_data") is not False]
+        lines += [
+            f"Pre-pruning and gradient-dropping masks ({len(masks)} runs): "
+            + (
+                "none of them read private data, so they cost no ε."
+                if not private
+                else f"**{len(private)} runs' masks are not recorded as private-data-free.**"
+            ),
+            "",
+        ]
+    return lines
+
+
 def _failed_section(not_ok: Sequence[Record]) -> list[str]:
     lines = ["## Failed and skipped runs", ""]
     if not not_ok:
@@ -844,6 +904,7 @@ def render_leaderboard(
         body += ["No records yet.", ""]
     body += _summary_section(analyses)
     body += _tuning_section(tuning, suite)
+    body += _privacy_section(records)
     body += sweeps.rank_agreement_section(_ok_runs(collected))
     body += sweeps.privacy_utility_section(_ok_runs(collected))
 
