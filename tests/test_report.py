@@ -403,7 +403,14 @@ def test_the_privacy_section_says_what_each_norm_reads_and_what_is_charged(tmp_p
         "none"
     )
     assert "budget-charged" in rows["`dp_batch_norm`"]
-    assert "(σ = 20, q = 0.01, 8 releases)" in rows["`dp_batch_norm`"]
+    assert "dp_batch_norm statistics: 8 Gaussian releases" in rows["`dp_batch_norm`"]
+    bare = {k: v for k, v in charge.items() if k != "description"}
+    records = [
+        make_record("resnet9", "dp_batch_norm", s, 0.4, **{**paid, "privacy_charges": [bare]})
+        for s in range(2)
+    ]
+    text = report.write_report(write_run(tmp_path / "bare", records)).read_text(encoding="utf-8")
+    assert "σ = 20.0, q = 0.01, 8 releases" in text.split("## How each norm is private")[1]
     assert "2 runs): none of them read private data" in section
     # records made before the DP status was recorded: no section rather than a wrong one
     old = [make_record("resnet9", "group_norm", s, 0.5) for s in range(2)]

@@ -665,12 +665,13 @@ def _privacy_section(records: Sequence[Record]) -> list[str]:
         by_norm.setdefault(str(r.get("norm")), []).append(r)
     rows = []
     for norm, runs in sorted(by_norm.items()):
+        # A charge's description already names its mechanism's parameters (the norm writes
+        # it); the fields are spelled out only for a charge that comes without one.
         charges = _distinct(
-            f"{c.get('description', 'a charge')} (σ = {c['noise_multiplier']:.4g}, "
-            f"q = {c['sample_rate']:.4g}, {c['steps']} release{'s' if c['steps'] != 1 else ''})"
-            if all(isinstance(c.get(k), (int, float)) for k in ("noise_multiplier", "sample_rate"))
-            and isinstance(c.get("steps"), int)
-            else str(c.get("description", "a charge"))
+            str(c["description"])
+            if c.get("description")
+            else f"σ = {c.get('noise_multiplier')}, q = {c.get('sample_rate')}, "
+            f"{c.get('steps')} releases"
             for r in runs
             for c in (r.get("privacy_charges") or [])
             if isinstance(c, Mapping)
