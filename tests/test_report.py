@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.errors import ConfigError, RecordsError
-from bench.results import figures, report
+from bench.results import figures, report, stats
 
 GOLDEN = Path(__file__).parent / "golden"
 RENDER_FIGURES = figures.write_figures
@@ -269,6 +270,17 @@ def test_no_significant_difference_comes_with_the_difference_that_could_not_be_s
     assert "Seeing 1 pp with 80% power would need " in text
 
 
+def test_two_wild_seeds_say_no_difference_could_be_seen_not_a_detectable_number(
+    tmp_path: Path,
+) -> None:
+    # Paired differences +30 and -30 pp: se 30 pp on 1 df puts 80% power far above 100 pp.
+    records = grid({"group_norm": [0.30, 0.60], "layer_norm": [0.60, 0.30]})
+    text = report.write_report(write_run(tmp_path, records)).read_text()
+    assert column(text, "resnet9", "layer_norm", "detectable Δ") == "> 100"
+    assert "**no difference an accuracy can have would be found with 80% power**" in text
+    assert "could not be seen**" not in text
+
+
 def swept(key: str, accs_by_value: dict, wall_s: dict | None = None) -> list[dict]:
     """Records of one backbone sweeping ``key``: ``accs_by_value[value][norm]`` per seed."""
     return [
@@ -306,9 +318,29 @@ def test_a_swept_budget_gets_kendall_tau_with_the_cheaper_setting_first(tmp_path
     dearer = {n: [a + 0.1 for a in accs] for n, accs in NORM_ACCS.items()}
     records = swept("training.steps", {400: dearer, 100: NORM_ACCS}, wall_s={100: 12.0, 400: 48.0})
     row = agreement_row(report.write_report(write_run(tmp_path, records)).read_text())
-    assert row[:5] == ["`resnet9`", "`training.steps`", "100 → 400", "12 → 48", "4"]
+    assert row[:5] == ["`resnet9`", "`training.steps`", "`100` → `400`", "12 → 48", "4"]
     assert row[5] == "+1.00 [+1.00, +1.00]"
     assert row[6] == "The cheaper setting's ranking predicts the dearer one's (interval above 0)."
+
+
+def test_a_swept_mapping_value_is_named_as_in_the_table_titles(tmp_path: Path) -> None:
+    # A pruning setting is a mapping: the row names it as the tables do, not as a Python dict.
+    prune = {"method": "random", "rate": 0.5}
+    records = [
+        make_record(
+            "resnet9",
+            norm,
+            seed,
+            acc - (0.02 if value else 0.0),
+            overrides={"training.pre_prune": value},
+            run_key=f"{norm}|{seed}|{bool(value)}",
+        )
+        for value in (None, prune)
+        for norm, accs in NORM_ACCS.items()
+        for seed, acc in enumerate(accs)
+    ]
+    row = agreement_row(report.write_report(write_run(tmp_path, records)).read_text())
+    assert row[2] == "`none` → `random:0.5`"
 
 
 def test_a_reversed_ranking_reads_as_reversed_and_dearer_by_wall_time(tmp_path: Path) -> None:
@@ -318,7 +350,7 @@ def test_a_reversed_ranking_reads_as_reversed_and_dearer_by_wall_time(tmp_path: 
         "backbone_width", {0.5: NORM_ACCS, 1.0: reversed_accs}, wall_s={0.5: 30.0, 1.0: 10.0}
     )
     row = agreement_row(report.write_report(write_run(tmp_path, records)).read_text())
-    assert row[2] == "1.0 → 0.5"
+    assert row[2] == "`1.0` → `0.5`"
     assert row[5].startswith("-1.00")
     assert "is reversed in the dearer one's (interval below 0)" in row[6]
 
@@ -345,12 +377,65 @@ def test_a_swept_epsilon_gives_a_privacy_utility_table_and_figure(
     assert "| norm         | ε = 1              | ε = 8              |" in section
     assert "| `scale_norm` | 55.00 ± 2.48 (n=3) | 65.00 ± 2.48 (n=3) |" in section
     assert "| `none`       | 30.00 (n=1)        | 40.33 ± 1.43 (n=3) |" in section
+    # scale_norm: +10 pp over 3 doublings; residuals 0, -1, +1 pp at each eps, so s^2 = 4e-4 / 4,
+    # se = sqrt(1e-4 / 13.5) = 0.272 pp and t(0.975, 4) = 2.776 gives +-0.76 pp.
+    [slope_row] = [line for line in section.splitlines() if line.startswith("| `scale_norm` | +")]
+    assert "| +3.33 [+2.58, +4.09] " in slope_row and "| rises with ε |" in slope_row
     [points] = curves
     assert {(p.norm, p.epsilon) for p in points} == {(n, e) for n in NORM_ACCS for e in (1.0, 8.0)}
     assert (
         "## Privacy–utility"
         not in report.write_report(write_run(tmp_path / "plain", grid(NORM_ACCS))).read_text()
     )
+
+
+def test_a_swept_epsilon_is_named_in_the_header_not_the_suites_default(tmp_path: Path) -> None:
+    records = swept("privacy.epsilon", {8.0: NORM_ACCS, 1.0: NORM_ACCS, 16.0: NORM_ACCS})
+    suite = {
+        "name": "t",
+        "privacy": {"epsilon": 8.0, "delta": 1e-5, "accountant": "prv"},
+        "grid": {"privacy.epsilon": [8.0, 1.0, 16, 16.0]},  # 16 and 16.0: one budget
+    }
+    text = report.write_report(write_run(tmp_path, records, suite)).read_text()
+    assert (
+        "- **Privacy target:** (ε = 1, 8, 16 (swept by the grid), δ = 1e-05), accountant prv"
+        in text
+    )
+    suite["grid"] = {}
+    text = report.write_report(write_run(tmp_path / "fixed", records, suite)).read_text()
+    assert "- **Privacy target:** (ε = 8, δ = 1e-05), accountant prv" in text
+
+
+def test_each_swept_value_is_compared_with_the_grids_first_value_norm_by_norm(
+    tmp_path: Path,
+) -> None:
+    short = {
+        "group_norm": [0.50, 0.50, 0.51],  # 10 pp below its 120-step runs, seed by seed
+        "layer_norm": [0.56, 0.55, 0.55],  # seeds 0 and 1 swapped: no change on average
+    }
+    long = {"group_norm": [0.60, 0.61, 0.60], "layer_norm": [0.55, 0.56, 0.55]}
+    records = swept("training.steps", {40: short, 120: long})
+    # The grid lists 200 first, which did not run, then 120: 120 is the reference although 40
+    # sorts first.
+    suite = {"name": "t", "grid": {"training.steps": [200, 120, 40]}}
+    text = report.write_report(write_run(tmp_path, records, suite)).read_text()
+    section = text.split("## Effect of each swept value")[1].split("\n## ")[0]
+    assert "### `training.steps` on `resnet9`, against `120`" in section
+    rows = {
+        cells[0]: cells
+        for line in section.splitlines()
+        if line.startswith("| `")
+        for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]
+    }
+    gn, ln = rows["`group_norm`"], rows["`layer_norm`"]
+    # d = (-0.10, -0.11, -0.09): mean -10 pp, sd 1 pp, t(0.975, 2) = 4.303 -> ±2.48 pp; raw
+    # p = 0.0033, Holm over 2 tests -> 0.0066.
+    assert gn[1:6] == ["`40`", "50.33 ± 1.43 (n=3)", "-10.00 [-12.48, -7.52]", "0.0066", "lower"]
+    assert ln[3:6] == ["+0.00 [-2.48, +2.48]", "1.0000", "no significant difference"]
+    # se 1 pp / sqrt(3) on 2 df, at Holm's first threshold 0.05 / 2 (two tests in the table).
+    assert ln[6] == f"{100 * stats.detectable_difference(0.01 / math.sqrt(3), 2, 0.025):.2f}"
+    plain = report.write_report(write_run(tmp_path / "plain", grid(NORM_ACCS))).read_text()
+    assert "## Effect of each swept value" not in plain
 
 
 LONG_NORM = "dp_batch_norm[momentum=0.9,stats=private_dp,stats_epsilon_fraction=0.05]"

@@ -466,3 +466,26 @@ def test_a_rank_reversal_gives_a_negative_tau_with_an_interval_below_zero() -> N
 def test_rank_agreement_needs_three_shared_norms() -> None:
     result = stats.rank_agreement({"a": {0: 0.5}, "b": {0: 0.6}}, {"a": {0: 0.5}, "c": {0: 0.4}})
     assert result.tau is None and "needs >= 3 norms" in result.reason
+
+
+def test_trend_is_the_least_squares_slope_with_a_t_interval_on_n_minus_2_df() -> None:
+    # Two seeds at log2(eps) = 0 and 3: the line goes through the means (0.51 and 0.61), slope
+    # 0.1 / 3; residuals +-0.01, so s^2 = 4e-4 / 2, se = sqrt(2e-4 / 9) = 0.004714, and
+    # t(0.975, 2) = 4.303 gives a half-width of 0.02028.
+    fit = stats.trend([0, 0, 3, 3], [0.50, 0.52, 0.60, 0.62])
+    assert fit.slope == pytest.approx(0.1 / 3)
+    assert fit.se == pytest.approx(math.sqrt(2e-4 / 9))
+    assert fit.half_width == pytest.approx(0.02028, abs=1e-5)
+    assert fit.df == 2 and fit.n == 4
+    assert fit.pvalue == pytest.approx(2 * sps.t.sf((0.1 / 3) / math.sqrt(2e-4 / 9), 2))
+    assert not stats.trend([1, 1, 1], [0.1, 0.2, 0.3]).tested  # one covariate value
+    assert stats.trend([1, 2], [0.1, 0.2]).reason == "fewer than 3 runs"
+    flat = stats.trend([0, 1, 2], [0.4, 0.4, 0.4])
+    assert (flat.slope, flat.half_width, flat.pvalue) == (0.0, 0.0, 1.0)
+
+
+def test_a_detectable_difference_above_100_pp_is_shown_as_unreachable() -> None:
+    assert stats.detectable_text(0.0543) == "5.43"
+    assert stats.detectable_text(1.0) == "100.00"
+    assert stats.detectable_text(21.95) == "> 100"  # no accuracy can move by 2195 pp
+    assert stats.detectable_text(None) == "—"

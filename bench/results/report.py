@@ -291,16 +291,26 @@ def _power_text(analysis: stats.BackboneAnalysis) -> str:
         if power.seeds_for_one_pp is None
         else str(power.seeds_for_one_pp)
     )
-    detectable = f"{100 * power.detectable:.2f} pp"
-    return (
+    head = (
         f"**Power** (paired t-test, two-sided, at α/m = {_fmt_number(analysis.alpha)}/{power.m} "
         f"= {power.level:.4g}: Holm's first step, so a lower bound on the verdicts' power): with "
         f"the pooled SD of the paired differences with the baseline, {100 * power.sd:.2f} pp "
-        f"({power.sd_df} df), {power.n} seeds find a difference of {detectable} with "
-        f"{power.power:.0%} power, so **differences below {detectable} could not be seen** and "
-        f"'no significant difference' does not rule them out. Seeing 1 pp with {power.power:.0%} "
-        f"power would need {seeds} seeds."
+        f"({power.sd_df} df), "
     )
+    if power.detectable > 1.0:
+        seen = (
+            f"{power.n} seeds would find a difference with {power.power:.0%} power only above "
+            f"100 pp, so **no difference an accuracy can have would be found with "
+            f"{power.power:.0%} power** and 'no significant difference' rules out nothing."
+        )
+    else:
+        detectable = f"{100 * power.detectable:.2f} pp"
+        seen = (
+            f"{power.n} seeds find a difference of {detectable} with {power.power:.0%} power, so "
+            f"**differences below {detectable} could not be seen** and 'no significant "
+            "difference' does not rule them out."
+        )
+    return head + seen + f" Seeing 1 pp with {power.power:.0%} power would need {seeds} seeds."
 
 
 def _chance(records: Iterable[Record]) -> float | None:
@@ -425,9 +435,7 @@ def _backbone_section(
                 _fmt_delta(comparison),
                 _fmt_p(result.p_holm, comparison.test if comparison else None),
                 result.verdict,
-                _fmt_optional(
-                    None if result.detectable is None else 100 * result.detectable, ".2f"
-                ),
+                stats.detectable_text(result.detectable),
                 _fmt_optional(measured["throughput"], ".1f"),
                 _fmt_optional(measured["ratio"], ".2f"),
                 _fmt_optional(
@@ -486,7 +494,8 @@ def _header(
         "",
         f"- **Suite:** {name}" + (f" — {suite['description']}" if suite.get("description") else ""),
         f"- **Dataset:** {_join(datasets)}",
-        f"- **Privacy target:** {_privacy_text(_section(suite, 'privacy'), records)}",
+        f"- **Privacy target:** "
+        f"{_privacy_text(_section(suite, 'privacy'), records, _section(suite, 'grid'))}",
         *_tan_lines(records),
         f"- **Hardware:** {_join(_distinct(r.get('device') for r in records))}",
         f"- **Versions:** {_join(versions)}" + _mixed_note(records),
@@ -555,13 +564,22 @@ def _tan_lines(records: Sequence[Record]) -> list[str]:
     ]
 
 
-def _privacy_text(privacy: Mapping, records: Sequence[Record]) -> str:
-    """The privacy target from the suite, else the distinct values the records hold."""
+def _privacy_text(privacy: Mapping, records: Sequence[Record], grid: Mapping | None = None) -> str:
+    """The privacy target: the grid's values of a key it sweeps (``privacy.epsilon``), else the
+    suite's, else the distinct values the records hold.
 
-    def values(suite_key: str, record_key: str) -> list[str]:
+    A swept key must not print the suite's single default: an epsilon sweep's header would name
+    one budget when its tables are at four.
+    """
+    grid = grid or {}
+
+    def values(suite_key: str, record_key: str) -> tuple[list[str], bool]:
+        swept = grid.get(f"privacy.{suite_key}")
+        if isinstance(swept, Sequence) and not isinstance(swept, str) and swept:
+            return _numeric_order(_distinct(swept)), True
         if privacy.get(suite_key) is not None:
-            return _distinct([privacy[suite_key]])
-        return _distinct(r.get(record_key) for r in records)
+            return _distinct([privacy[suite_key]]), False
+        return _numeric_order(_distinct(r.get(record_key) for r in records)), False
 
     def compact(text: str) -> str:
         try:
@@ -569,15 +587,26 @@ def _privacy_text(privacy: Mapping, records: Sequence[Record]) -> str:
         except ValueError:
             return text
 
+    def shown(found: tuple[list[str], bool]) -> str:
+        texts, swept = found
+        texts = list(dict.fromkeys(compact(t) for t in texts))  # 8 and 8.0 are one budget
+        text = _join(texts, "?")
+        return f"{text} (swept by the grid)" if swept and len(texts) > 1 else text
+
     epsilons, deltas = values("epsilon", "epsilon_target"), values("delta", "delta")
-    if not epsilons and not deltas:
+    if not epsilons[0] and not deltas[0]:
         return "not recorded"
-    text = (
-        f"(ε = {_join([compact(e) for e in epsilons], '?')}, "
-        f"δ = {_join([compact(d) for d in deltas], '?')})"
-    )
-    accountants = values("accountant", "accountant")
+    text = f"(ε = {shown(epsilons)}, δ = {shown(deltas)})"
+    accountants, _ = values("accountant", "accountant")
     return text + (f", accountant {_join(accountants)}" if accountants else "")
+
+
+def _numeric_order(texts: list[str]) -> list[str]:
+    """Numbers in numeric order (``2`` before ``16``); anything else keeps its sorted order."""
+    try:
+        return sorted(texts, key=float)
+    except ValueError:
+        return texts
 
 
 def _summary_section(analyses: Mapping[str, stats.BackboneAnalysis]) -> list[str]:
@@ -907,7 +936,8 @@ def render_leaderboard(
     body += _tuning_section(tuning, suite)
     body += _privacy_section(records)
     body += sweeps.rank_agreement_section(_ok_runs(collected))
-    body += sweeps.privacy_utility_section(_ok_runs(collected))
+    body += sweeps.value_effect_section(_ok_runs(collected), _section(suite, "grid"), alpha)
+    body += sweeps.privacy_utility_section(_ok_runs(collected), alpha)
 
     has_ok = any(a.results for a in analyses.values())
     body += ["## Figures", ""]

@@ -394,6 +394,17 @@ def detectable_difference(
     return _noncentrality_for_power(float(df), level, power) * se
 
 
+def detectable_text(difference: float | None) -> str:
+    """A detectable difference (a fraction) as a table cell in percentage points.
+
+    Above 100 pp no change of accuracy could reach it: the cell says ``> 100`` rather than a
+    number such as 2195 that reads as if it meant something.
+    """
+    if difference is None:
+        return "—"
+    return "> 100" if difference > 1.0 else f"{100 * difference:.2f}"
+
+
 @functools.lru_cache(maxsize=1024)
 def _noncentrality_for_power(df: float, level: float, power: float) -> float:
     """The noncentrality at which the two-sided t-test at ``level`` has power ``power``.
@@ -741,6 +752,65 @@ def friedman(means: Mapping[str, Mapping[str, float]]) -> FriedmanResult:
     return FriedmanResult(
         float(result.statistic), float(result.pvalue), tuple(use_norms), tuple(use_blocks)
     )
+
+
+@dataclass(frozen=True)
+class Trend:
+    """The least-squares slope of accuracy against a covariate (log2 epsilon), with its test.
+
+    Attributes:
+        slope: Change in accuracy per unit of the covariate (per doubling of epsilon).
+        half_width: Half-width of the two-sided t-interval; None when not tested.
+        pvalue: Two-sided p-value of slope = 0 (t with n - 2 df); None when not tested.
+        se: Standard error of the slope; None when not tested.
+        df: Degrees of freedom, n - 2; None when not tested.
+        n: Points (one per run).
+        reason: Why no test was done, else None.
+    """
+
+    slope: float | None
+    half_width: float | None
+    pvalue: float | None
+    se: float | None
+    df: float | None
+    n: int
+    reason: str | None = None
+
+    @property
+    def tested(self) -> bool:
+        """Whether a test was done (and ``pvalue`` is set)."""
+        return self.pvalue is not None
+
+
+def trend(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> Trend:
+    """Ordinary least-squares slope of ``y`` on ``x`` (``scipy.stats.linregress``) with a
+    t-interval and the two-sided test of a zero slope.
+
+    Every run is one point, so seeds at the same ``x`` are replicates: with 2 seeds at each of
+    4 budgets there are 8 points and 6 degrees of freedom, where comparing two budgets alone
+    has 1. The test assumes a straight line in ``x`` and independent normal errors of one
+    variance; the seeds' shared data order is not modelled (in a balanced design, where every
+    seed ran at every x, leaving it out is conservative).
+
+    Args:
+        x: The covariate per run.
+        y: The accuracy per run.
+        confidence: Confidence level of the interval.
+
+    Returns:
+        The slope with its interval, or why not (fewer than 3 points, or one distinct x).
+    """
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = int(xs.size)
+    if n < 3 or np.ptp(xs) == 0:
+        why = "fewer than 3 runs" if n < 3 else "one value of the covariate"
+        return Trend(None, None, None, None, None, n, reason=why)
+    fit = sps.linregress(xs, ys)
+    slope, se, df = float(fit.slope), float(fit.stderr), float(n - 2)
+    if se < _ZERO_SD:
+        return Trend(slope, 0.0, _degenerate_p(slope), 0.0, df, n)
+    half_width = _t_quantile(confidence, df) * se
+    return Trend(slope, half_width, float(fit.pvalue), se, df, n)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
-"""Leaderboard sections for swept grid keys: rank agreement across values, privacy-utility curves.
+"""Leaderboard sections for swept grid keys: rank agreement, the effect of each value, and
+privacy-utility curves.
 
 A grid that sweeps a key beyond backbone, norm and seed (``training.steps``, ``privacy.epsilon``)
 gives each value its own leaderboard table (``resnet9 [training.steps=400]``). The sections here
-read across those tables: whether the norms rank alike at two values of a key, and, when the key
-is ``privacy.epsilon``, accuracy against epsilon.
+read across those tables: whether the norms rank alike at two values of a key, how much each
+value moves each norm's accuracy against the key's first value (does pruning cost GroupNorm
+accuracy? does epsilon 8 beat epsilon 1?), and, when the key is ``privacy.epsilon``, accuracy
+against epsilon.
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ def rank_agreement_section(ok: OkRuns) -> list[str]:
                 [
                     _code(context),
                     _code(key),
-                    f"{value_a} → {value_b}",
+                    f"{_code(grid_value_text(value_a))} → {_code(grid_value_text(value_b))}",
                     cost,
                     str(len(agreement.norms)),
                     tau,
@@ -186,6 +189,143 @@ def rank_agreement_section(ok: OkRuns) -> list[str]:
     ]
 
 
+def _reference_value(
+    key: str, values: Sequence[tuple[object, _Setting]], grid: Mapping
+) -> tuple[object, _Setting]:
+    """The value every other is compared with: the grid's first listed value of ``key`` when it
+    ran (the suite's author lists the off or default setting first: ``null`` for pruning, the
+    smallest budget), else the first in value order."""
+    listed = grid.get(key)
+    if isinstance(listed, Sequence) and not isinstance(listed, str):
+        for candidate in listed:
+            for value, setting in values:
+                if grid_value_text(value) == grid_value_text(candidate):
+                    return value, setting
+    return values[0]
+
+
+def _fmt_pp(fraction: float) -> str:
+    return f"{100 * fraction:.2f}"
+
+
+def _fmt_change(comparison: stats.Comparison) -> str:
+    if comparison.diff is None:
+        return _NA
+    diff = 100 * comparison.diff
+    if comparison.half_width is None:
+        return f"{diff:+.2f} (no CI, n<2)"
+    half = 100 * comparison.half_width
+    return f"{diff:+.2f} [{diff - half:+.2f}, {diff + half:+.2f}]"
+
+
+#: Verdict words of the effect of a swept value: "better" would read as a norm beating another.
+_HIGHER, _LOWER = "higher", "lower"
+
+
+def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float = 0.05) -> list[str]:
+    """How much each value of a swept key moves each norm's accuracy, against the first value.
+
+    For each swept key and what is held fixed (a backbone and the other swept keys' values),
+    every norm's accuracy at each other value is compared with its accuracy at the reference
+    value (the grid's first listed one that ran, else the first in value order) by
+    :func:`stats.compare`: a paired t-test over the
+    seeds both ran. The p-values are Holm-corrected over the table's comparisons, and the
+    detectable difference is taken at Holm's first threshold, alpha / m, as in the per-table
+    comparisons with the baseline.
+
+    Args:
+        ok: The ok records by table, norm and seed.
+        grid: The suite's grid (``suite.json``), for the reference value; may be empty.
+        alpha: Family-wise significance level.
+
+    Returns:
+        The section's Markdown lines; empty when no key was swept over two or more values.
+    """
+    grid = grid or {}
+    lines: list[str] = []
+    fewest_pairs = None
+    for (key, context), values in _sweeps(_settings(ok)).items():
+        if len(values) < 2:
+            continue
+        reference_value, reference = _reference_value(key, values, grid)
+        at_reference = _accuracy(ok[reference.block])
+        found = []
+        for value, setting in values:
+            if setting is reference:
+                continue
+            for norm, seeds in sorted(_accuracy(ok[setting.block]).items()):
+                if norm in at_reference:
+                    comparison = stats.compare(seeds, at_reference[norm])
+                    found.append((norm, value, stats.mean_ci(list(seeds.values())), comparison))
+        if not found:
+            continue
+        adjusted = stats.holm([c.pvalue for *_, c in found])
+        m = sum(p is not None for p in adjusted)
+        paired = [c.n for *_, c in found if c.test == stats.PAIRED]
+        if paired:
+            fewest_pairs = min(paired + ([fewest_pairs] if fewest_pairs else []))
+        rows = []
+        for (norm, value, acc, comparison), p in zip(found, adjusted, strict=True):
+            verdict = stats.verdict(comparison, p, alpha)
+            verdict = {stats.BETTER: _HIGHER, stats.WORSE: _LOWER}.get(verdict, verdict)
+            detectable = (
+                stats.detectable_difference(comparison.se, comparison.df, alpha / m)
+                if m and comparison.tested
+                else None
+            )
+            rows.append(
+                [
+                    _code(norm),
+                    _code(grid_value_text(value)),
+                    _fmt_accuracy(acc),
+                    _fmt_change(comparison),
+                    _NA if p is None else _fmt_p(p),
+                    verdict,
+                    stats.detectable_text(detectable),
+                ]
+            )
+        headers = [
+            "norm",
+            "value",
+            "accuracy % (mean ± 95% CI, n)",
+            f"Δ vs {grid_value_text(reference_value)} (pp, 95% CI, unadjusted)",
+            "p (Holm)",
+            "verdict",
+            "detectable Δ (pp, 80% power)",
+        ]
+        reference_text = _code(grid_value_text(reference_value))
+        lines += [
+            f"### {_code(key)} on {_code(context)}, against {reference_text}",
+            "",
+            tabulate(rows, headers, tablefmt="github", disable_numparse=True),
+            "",
+        ]
+    if not lines:
+        return []
+    few = (
+        " With 2 seeds a paired test has 1 degree of freedom, and only very large changes are "
+        "found with that power."
+        if fewest_pairs == 2
+        else ""
+    )
+    return [
+        "## Effect of each swept value",
+        "",
+        "How much each value of a swept key moves each norm's accuracy, against a reference "
+        "value of the key (the other swept keys held fixed): the first value the grid lists "
+        "that ran (by convention the off setting or the smallest budget), else the first in "
+        "sorted order. Δ is the norm's accuracy at the value minus its accuracy at the "
+        "reference, in percentage points: a paired t-test over the seeds both ran (Welch's when "
+        "fewer than 2 are shared), with its unadjusted 95% interval, and a p-value "
+        f"Holm-corrected over the table's comparisons; {_HIGHER} or {_LOWER} needs a corrected "
+        f"p ≤ α = {alpha:g}, whatever the interval. The detectable Δ is the smallest true change "
+        "the row's test finds with 80% power at Holm's first threshold (α / the table's number "
+        "of tests), from its observed standard error; above 100 pp it reads `> 100`." + few,
+        "",
+        *lines,
+    ]
+
+
 @dataclass(frozen=True)
 class _Curve:
     """Accuracy of each norm at each epsilon on one panel (a backbone, other keys fixed)."""
@@ -193,6 +333,7 @@ class _Curve:
     panel: str
     epsilons: tuple[float, ...]
     cells: Mapping[tuple[str, float], stats.MeanCI]  # (norm, epsilon) -> accuracy
+    runs: Mapping[tuple[str, float], tuple[float, ...]]  # (norm, epsilon) -> accuracy per seed
 
     @property
     def norms(self) -> list[str]:
@@ -212,6 +353,7 @@ def _curves(ok: OkRuns) -> list[_Curve]:
         if key != EPSILON_KEY:
             continue
         cells = {}
+        runs = {}
         epsilons = []
         for value, setting in values:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
@@ -220,8 +362,9 @@ def _curves(ok: OkRuns) -> list[_Curve]:
             for norm, seeds in _accuracy(ok[setting.block]).items():
                 if seeds:
                     cells[norm, float(value)] = stats.mean_ci(list(seeds.values()))
+                    runs[norm, float(value)] = tuple(seeds.values())
         if cells:
-            curves.append(_Curve(panel, tuple(epsilons), cells))
+            curves.append(_Curve(panel, tuple(epsilons), cells, runs))
     return curves
 
 
@@ -248,11 +391,13 @@ def _fmt_accuracy(acc: stats.MeanCI) -> str:
     return f"{100 * acc.mean:.2f} ± {100 * acc.half_width:.2f} (n={acc.n})"
 
 
-def privacy_utility_section(ok: OkRuns) -> list[str]:
-    """Accuracy against epsilon per norm, as tables and a linked figure.
+def privacy_utility_section(ok: OkRuns, alpha: float = 0.05) -> list[str]:
+    """Accuracy against epsilon per norm, as tables, a linked figure and each norm's slope per
+    doubling of epsilon (:func:`stats.trend`, Holm-corrected over the panel's norms).
 
     Args:
         ok: The ok records by table, norm and seed.
+        alpha: Family-wise significance level of the slopes' tests.
 
     Returns:
         The section's Markdown lines; empty when ``privacy.epsilon`` was not swept.
@@ -288,5 +433,69 @@ def privacy_utility_section(ok: OkRuns) -> list[str]:
             "",
             tabulate(rows, headers, tablefmt="github", disable_numparse=True),
             "",
+            *_trend_table(curve, alpha),
         ]
     return lines
+
+
+#: Verdict words of a slope.
+_RISES, _FALLS, _FLAT = "rises with ε", "falls with ε", "no significant trend"
+
+
+def _trend_table(curve: _Curve, alpha: float) -> list[str]:
+    """Per norm: the slope of accuracy per doubling of epsilon over all its runs, Holm-tested."""
+    fits = []
+    for norm in curve.norms:
+        xs = [math.log2(e) for e in curve.epsilons for _ in curve.runs.get((norm, e), ())]
+        ys = [a for e in curve.epsilons for a in curve.runs.get((norm, e), ())]
+        fits.append((norm, stats.trend(xs, ys)))
+    adjusted = stats.holm([fit.pvalue for _, fit in fits])
+    m = sum(p is not None for p in adjusted)
+    rows = []
+    for (norm, fit), p in zip(fits, adjusted, strict=True):
+        if not fit.tested or fit.slope is None or p is None:
+            rows.append([_code(norm), _NA, _NA, f"not tested ({fit.reason})", _NA, str(fit.n)])
+            continue
+        verdict = _FLAT if p > alpha or fit.slope == 0 else _RISES if fit.slope > 0 else _FALLS
+        detectable = stats.detectable_difference(fit.se, fit.df, alpha / m)
+        half = 100 * (fit.half_width or 0.0)
+        slope = 100 * fit.slope
+        rows.append(
+            [
+                _code(norm),
+                f"{slope:+.2f} [{slope - half:+.2f}, {slope + half:+.2f}]",
+                _fmt_p(p),
+                verdict,
+                # A slope is per doubling, not a difference of accuracies: no 100 pp cap.
+                _NA if detectable is None else _fmt_pp(detectable),
+                str(fit.n),
+            ]
+        )
+    if not rows:
+        return []
+    headers = [
+        "norm",
+        "slope (pp per doubling of ε, 95% CI, unadjusted)",
+        "p (Holm)",
+        "verdict",
+        "detectable slope (pp, 80% power)",
+        "runs",
+    ]
+    return [
+        "Slope: the least-squares line of accuracy against log2 ε through every run of the norm "
+        "(each seed at each ε one point, n - 2 degrees of freedom), with its t-interval; the "
+        "test of a zero slope is Holm-corrected over the norms of the panel, and the "
+        "detectable slope is the smallest that test finds with 80% power at α / the number of "
+        "norms tested. The runs at different ε share their seeds (initialisation and batches), so "
+        "the points are not independent: the interval treats them as if they were, an "
+        "approximation (a seed's shared offset widens it; a seed-specific slope narrows it). A "
+        "straight line in log ε is a model, not a finding: read the table as whether accuracy "
+        "moves with the budget at all, and by about how much.",
+        "",
+        tabulate(rows, headers, tablefmt="github", disable_numparse=True),
+        "",
+    ]
+
+
+def _fmt_p(p: float) -> str:
+    return "<0.0001" if p < 0.0001 else f"{p:.4f}"
