@@ -249,5 +249,8 @@ def provenance(device: torch.device) -> dict[str, str | None]:
         "python": platform.python_version(),
         "device_name": device_name(device),
         "hostname": platform.node(),
+        # The OS and kernel build: two parts of one sweep can run on different hosts, and
+        # their floating-point results (and so a DP-SGD trajectory) need not agree.
+        "platform": platform.platform(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }

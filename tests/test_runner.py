@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def test_every_cell_gets_one_ok_record_that_spends_the_target_epsilon(tiny, tmp_
         assert r["steps_done"] == r["steps"] == 3
         assert 0 <= r["test_acc"] <= 1 and r["throughput_img_s"] > 0
         assert r["provenance"]["torch"] and r["grad_sample_paths"]
+        assert r["provenance"]["platform"] == platform.platform()
     assert (out / "leaderboard.md").exists() and (out / "suite.json").exists()
 
 
