@@ -463,6 +463,26 @@ def test_every_figure_keeps_its_labels_inside_the_image() -> None:
         assert figures.overflow_in(fig) == 0.0, name
 
 
+def test_an_accuracy_interval_stops_at_0_and_100_and_the_panels_share_one_axis() -> None:
+    # Two seeds far apart give a t-interval beyond what an accuracy can be.
+    points = [
+        figures.FigurePoint("resnet9 [a]", "group_norm", 12.0, 27.0, 1000.0),
+        figures.FigurePoint("resnet9 [a]", "scale_norm", 95.0, 10.0, 1000.0),
+        figures.FigurePoint("resnet9 [b]", "group_norm", 40.0, 2.0, 1000.0),
+    ]
+    fig = figures.accuracy_figure(points)
+    top, bottom = fig.axes
+    bars = [seg for coll in top.collections for seg in coll.get_segments()]
+    assert sorted((round(s[0][0], 6), round(s[1][0], 6)) for s in bars) == [
+        (0.0, 39.0),
+        (85.0, 100.0),
+    ]
+    assert "cut at 0-100 %" in bottom.get_xlabel()
+    assert top.get_xlim() == bottom.get_xlim()
+    inside = figures.accuracy_figure(points[2:])
+    assert "cut at" not in inside.axes[0].get_xlabel()
+
+
 def test_the_privacy_section_says_what_each_norm_reads_and_what_is_charged(tmp_path: Path) -> None:
     charge = {
         "description": "dp_batch_norm statistics: 8 Gaussian releases",

@@ -131,11 +131,19 @@ def accuracy_figure(points: Sequence[FigurePoint]) -> Figure:
     # Room for the longest norm name beside a plot area of about 3.5 inches.
     fig = _new_figure(max(6.0, 4.0 + 0.085 * longest), 1.4 + 0.45 * len(points))
     heights = [sum(p.backbone == b for p in points) for b in backbones]
-    axes = fig.subplots(len(backbones), 1, squeeze=False, height_ratios=heights)[:, 0]
+    # One accuracy axis for every panel, so that a sweep's settings read against each other.
+    axes = fig.subplots(len(backbones), 1, squeeze=False, height_ratios=heights, sharex=True)[:, 0]
+    clipped = False
     for ax, backbone in zip(axes, backbones, strict=True):
         cell = sorted((p for p in points if p.backbone == backbone), key=lambda p: -p.acc_pct)
         ys = list(range(len(cell)))[::-1]
-        errors = [p.acc_half_width_pct or 0.0 for p in cell]
+        # A t-interval from 2 seeds can reach below 0 % or above 100 %, which no accuracy can:
+        # the bars stop at the bounds, and the label says so when one was cut.
+        halves = [p.acc_half_width_pct or 0.0 for p in cell]
+        below = [min(h, max(p.acc_pct, 0.0)) for p, h in zip(cell, halves, strict=True)]
+        above = [min(h, max(100.0 - p.acc_pct, 0.0)) for p, h in zip(cell, halves, strict=True)]
+        clipped |= below != halves or above != halves
+        errors = [below, above]
         ax.errorbar([p.acc_pct for p in cell], ys, xerr=errors, fmt="o", capsize=3, color="C0")
         # One seed gives no interval: an open marker says so instead of a zero-width bar. It goes
         # above errorbar's own filled marker (zorder 2.1), which would otherwise hide it.
@@ -147,7 +155,9 @@ def accuracy_figure(points: Sequence[FigurePoint]) -> Figure:
         ax.set_title(_wrap(backbone), fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[-1].set_xlabel(
-        "test accuracy (%): mean and 95% CI over seeds\n(open marker: one seed, no interval)"
+        "test accuracy (%): mean and 95% CI over seeds"
+        + (", cut at 0-100 %" if clipped else "")
+        + "\n(open marker: one seed, no interval)"
     )
     _fit(fig)
     return fig
