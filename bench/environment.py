@@ -80,17 +80,63 @@ def environment_text(versions: Mapping[str, object], source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_environment(
-    out_dir: Path, versions: Mapping[str, object], source: str, reproduce: str | None = None
+#: The line above the captures of a sweep's earlier parts in ``environment.txt``.
+EARLIER_MARK = "# earlier captures of this sweep (where its older records were made):"
+
+
+def _newest_facts(text: str) -> list[str]:
+    """The ``key: value`` lines of the newest (first) capture in an ``environment.txt``."""
+    facts = []
+    for line in text.splitlines()[1:]:
+        if line.startswith("#"):
+            break
+        facts.append(line)
+    return facts
+
+
+def capture_environment(
+    out_dir: Path,
+    versions: Mapping[str, object],
+    source: str,
+    reproduce: str | None = None,
+    resumed: bool = False,
 ) -> tuple[Path, Path]:
-    """Write ``environment.txt`` and ``constraints.txt`` into ``out_dir``, atomically."""
+    """Record the environment a sweep (or a resumed part of one) runs in.
+
+    A fresh sweep writes ``environment.txt`` and ``constraints.txt`` as `write_environment`
+    does. A resumed one (``resumed``: the folder already holds records) keeps its files when
+    nothing differs, so the capture keeps the time its first part started; when something
+    differs (another host: a platform or CPU; a mixed stack under ``--allow-mixed-env``), the
+    new capture goes first and the earlier ones stay below it, so that the file still says
+    where the older records were made. Nothing is lost on resume.
+    """
+    path = out_dir / ENVIRONMENT_FILE
+    new = environment_text(versions, source)
+    earlier = path.read_text() if resumed and path.exists() else None
+    if earlier is not None and _newest_facts(earlier) == _newest_facts(new):
+        return path, out_dir / CONSTRAINTS_FILE
+    if earlier is not None:
+        older = earlier.split(EARLIER_MARK + "\n", 1)
+        new += "\n" + EARLIER_MARK + "\n" + older[0] + (older[1] if len(older) > 1 else "")
+    return write_environment(out_dir, versions, source, reproduce, environment=new)
+
+
+def write_environment(
+    out_dir: Path,
+    versions: Mapping[str, object],
+    source: str,
+    reproduce: str | None = None,
+    environment: str | None = None,
+) -> tuple[Path, Path]:
+    """Write ``environment.txt`` (``environment`` when given, else the capture of
+    ``versions``) and ``constraints.txt`` into ``out_dir``, atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     header = [source, "install with: pip install -c constraints.txt -e ."]
     if reproduce:
         header.append(f"then run: {reproduce}")
     written = []
     for name, text in (
-        (ENVIRONMENT_FILE, environment_text(versions, source)),
+        (ENVIRONMENT_FILE, environment or environment_text(versions, source)),
         (CONSTRAINTS_FILE, constraints_text(versions, header)),
     ):
         path = out_dir / name

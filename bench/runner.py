@@ -358,14 +358,16 @@ def run_suite(
     preflight(checked if suite.tune is not None else todo)
     write_suite_json(suite, out_dir, stage_cells)
     if env is not None:
-        from bench.environment import write_environment
+        from bench.environment import capture_environment
 
-        write_environment(
+        capture_environment(
             out_dir,
             env,
             f"captured when a sweep of suite {suite.name} started, "
             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
             reproduce_command(suite, out_dir),
+            # Any record in the folder (this stage's or the tuning stage's) was made somewhere.
+            resumed=records_path.exists() and records_path.stat().st_size > 0,
         )
 
     def run(cells: Sequence[Cell]) -> list[str]:

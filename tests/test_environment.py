@@ -11,6 +11,7 @@ import torch
 
 from bench.cli import main
 from bench.engine import train_cell
+from bench.environment import EARLIER_MARK
 from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.results.stacks import constraints_text, differences, stack_of
@@ -57,6 +58,28 @@ def test_a_sweep_writes_its_environment_and_pip_constraints(tiny, tmp_path):
     assert pins["torch"] == torch.__version__.split("+")[0]  # what pip can resolve
     assert {"opacus", "timm", "numpy", "scipy", "torchvision"} <= set(pins)
     assert any("python -m bench run" in line and "--out" in line for line in constraints)
+
+
+def test_a_resumed_sweep_keeps_the_first_capture_and_adds_a_new_host_above_it(tiny, tmp_path):
+    out = tmp_path / "out"
+    assert run(tiny, out) == 0
+    env = out / "environment.txt"
+    first = env.read_text()
+    # A second part on the same machine: nothing differs, so the file (and its time) stays.
+    assert run(tiny, out, "--set", "grid.seed=[0, 1]") == 0
+    assert env.read_text() == first
+    # A third part on another host: the earlier capture, naming the old host, stays below.
+    env.write_text(first.replace("platform: ", "platform: old-host "))
+    assert run(tiny, out, "--set", "grid.seed=[0, 1, 2]") == 0
+    text = env.read_text()
+    newest, _, older = text.partition(EARLIER_MARK + "\n")
+    assert "platform: old-host" not in newest and "platform: " in newest
+    assert older == first.replace("platform: ", "platform: old-host ")
+    # And a fourth on the old host again keeps both below the newest.
+    env.write_text(text.replace("platform: ", "platform: third-host ", 1))
+    assert run(tiny, out, "--set", "grid.seed=[0, 1, 2, 3]") == 0
+    assert env.read_text().count("# captured when a sweep") == 3
+    assert env.read_text().count(EARLIER_MARK) == 1
 
 
 def test_appending_under_another_stack_is_refused_unless_allowed(tiny, tmp_path, capsys):
