@@ -463,6 +463,24 @@ def test_every_figure_keeps_its_labels_inside_the_image() -> None:
         assert figures.overflow_in(fig) == 0.0, name
 
 
+def test_the_header_names_each_host_and_warns_when_there_are_two(tmp_path: Path) -> None:
+    def on(platform: str | None, seed: int) -> dict:
+        provenance = {"torch": "2.6.0", "git_commit": "abc", "platform": platform}
+        return make_record("resnet9", "group_norm", seed, 0.5, provenance=provenance)
+
+    def hardware(records: list[dict], name: str) -> str:
+        text = report.write_report(write_run(tmp_path / name, records)).read_text()
+        return next(line for line in text.splitlines() if line.startswith("- **Hardware:**"))
+
+    one = hardware([on("Linux-a", 0), on("Linux-a", 1)], "one")
+    assert one == "- **Hardware:** cpu (2 threads), on `Linux-a` (2 records)"
+    two = hardware([on("Linux-a", 0), on("Linux-b", 1), on(None, 2)], "two")
+    assert "on `Linux-a` (1 record), `Linux-b` (1 record), platform not recorded (1 record)" in two
+    assert "**2 hosts**" in two
+    # Records from before the field existed add nothing.
+    assert hardware([on(None, 0)], "old") == "- **Hardware:** cpu (2 threads)"
+
+
 def test_an_accuracy_interval_stops_at_0_and_100_and_the_panels_share_one_axis() -> None:
     # Two seeds far apart give a t-interval beyond what an accuracy can be.
     points = [

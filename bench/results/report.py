@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -497,7 +498,8 @@ def _header(
         f"- **Privacy target:** "
         f"{_privacy_text(_section(suite, 'privacy'), records, _section(suite, 'grid'))}",
         *_tan_lines(records),
-        f"- **Hardware:** {_join(_distinct(r.get('device') for r in records))}",
+        f"- **Hardware:** {_join(_distinct(r.get('device') for r in records))}"
+        + _hosts_text(provenance),
         f"- **Versions:** {_join(versions)}" + _mixed_note(records),
         f"- **Commit:** {_join(_distinct(p.get('git_commit') for p in provenance))}",
         f"- **Seeds:** {_join([str(s) for s in seeds], 'none')}",
@@ -645,6 +647,31 @@ def _summary_section(analyses: Mapping[str, stats.BackboneAnalysis]) -> list[str
     else:
         lines.append(f"Friedman test not run: {result.reason}.")
     return [*lines, ""]
+
+
+def _hosts_text(provenance: Sequence[Mapping]) -> str:
+    """The hosts' platforms (OS and kernel build) with their record counts, when recorded.
+
+    Records made before ``provenance.platform`` existed say nothing, and add nothing here. On
+    two or more hosts the same cell need not give the same accuracy (floating point differs,
+    and DP-SGD amplifies it), which the header says."""
+    counts = Counter(p.get("platform") for p in provenance)
+    if set(counts) <= {None}:
+        return ""
+    parts = [
+        f"`{platform}` ({n} record{'s' if n != 1 else ''})"
+        if platform is not None
+        else f"platform not recorded ({n} record{'s' if n != 1 else ''})"
+        for platform, n in sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or ""))
+    ]
+    hosts = len(set(counts) - {None})
+    note = (
+        f"; **{hosts} hosts**: one cell's accuracy can differ between hosts by about a seed's "
+        "spread, so compare within a host where it matters"
+        if hosts > 1
+        else ""
+    )
+    return f", on {', '.join(parts)}{note}"
 
 
 def _mixed_note(records: Sequence[Record]) -> str:
