@@ -90,7 +90,8 @@ def _newest_facts(text: str) -> list[str]:
     for line in text.splitlines()[1:]:
         if line.startswith("#"):
             break
-        facts.append(line)
+        if line.strip():  # the blank line above EARLIER_MARK is not a fact
+            facts.append(line)
     return facts
 
 
@@ -104,17 +105,19 @@ def capture_environment(
     """Record the environment a sweep (or a resumed part of one) runs in.
 
     A fresh sweep writes ``environment.txt`` and ``constraints.txt`` as `write_environment`
-    does. A resumed one (``resumed``: the folder already holds records) keeps its files when
-    nothing differs, so the capture keeps the time its first part started; when something
-    differs (another host: a platform or CPU; a mixed stack under ``--allow-mixed-env``), the
-    new capture goes first and the earlier ones stay below it, so that the file still says
-    where the older records were made. Nothing is lost on resume.
+    does. A resumed one (``resumed``: the folder already holds records) keeps
+    ``environment.txt`` when nothing differs, so the capture keeps the time its first part
+    started; when something differs (another host: a platform or CPU; a mixed stack under
+    ``--allow-mixed-env``), the new capture goes first and the earlier ones stay below it, so
+    that the file still says where the older records were made. ``constraints.txt`` is
+    rewritten every time: it pins the newest part's stack and names the command that made the
+    whole folder (a resume may widen the grid).
     """
     path = out_dir / ENVIRONMENT_FILE
     new = environment_text(versions, source)
     earlier = path.read_text() if resumed and path.exists() else None
     if earlier is not None and _newest_facts(earlier) == _newest_facts(new):
-        return path, out_dir / CONSTRAINTS_FILE
+        return write_environment(out_dir, versions, source, reproduce, environment=earlier)
     if earlier is not None:
         older = earlier.split(EARLIER_MARK + "\n", 1)
         new += "\n" + EARLIER_MARK + "\n" + older[0] + (older[1] if len(older) > 1 else "")

@@ -75,9 +75,14 @@ def test_a_resumed_sweep_keeps_the_first_capture_and_adds_a_new_host_above_it(ti
     newest, _, older = text.partition(EARLIER_MARK + "\n")
     assert "platform: old-host" not in newest and "platform: " in newest
     assert older == first.replace("platform: ", "platform: old-host ")
-    # And a fourth on the old host again keeps both below the newest.
-    env.write_text(text.replace("platform: ", "platform: third-host ", 1))
+    # A fourth part on the new host again changes nothing, stacked file or not, while the
+    # constraints name the widened grid's command.
     assert run(tiny, out, "--set", "grid.seed=[0, 1, 2, 3]") == 0
+    assert env.read_text() == text
+    assert "grid.seed=[0, 1, 2, 3]" in (out / "constraints.txt").read_text()
+    # And a fifth after yet another host keeps both earlier captures below the newest.
+    env.write_text(text.replace("platform: ", "platform: third-host ", 1))
+    assert run(tiny, out, "--set", "grid.seed=[0, 1, 2, 3, 4]") == 0
     assert env.read_text().count("# captured when a sweep") == 3
     assert env.read_text().count(EARLIER_MARK) == 1
 

@@ -412,6 +412,7 @@ def test_each_swept_value_is_compared_with_the_grids_first_value_norm_by_norm(
     short = {
         "group_norm": [0.50, 0.50, 0.51],  # 10 pp below its 120-step runs, seed by seed
         "layer_norm": [0.56, 0.55, 0.55],  # seeds 0 and 1 swapped: no change on average
+        "none": [0.30, 0.31, 0.30],  # no run at the reference: named, not compared
     }
     long = {"group_norm": [0.60, 0.61, 0.60], "layer_norm": [0.55, 0.56, 0.55]}
     records = swept("training.steps", {40: short, 120: long})
@@ -430,10 +431,13 @@ def test_each_swept_value_is_compared_with_the_grids_first_value_norm_by_norm(
     gn, ln = rows["`group_norm`"], rows["`layer_norm`"]
     # d = (-0.10, -0.11, -0.09): mean -10 pp, sd 1 pp, t(0.975, 2) = 4.303 -> ±2.48 pp; raw
     # p = 0.0033, Holm over 2 tests -> 0.0066.
-    assert gn[1:6] == ["`40`", "50.33 ± 1.43 (n=3)", "-10.00 [-12.48, -7.52]", "0.0066", "lower"]
-    assert ln[3:6] == ["+0.00 [-2.48, +2.48]", "1.0000", "no significant difference"]
+    assert gn[1:4] == ["`40`", "50.33 ± 1.43 (n=3)", "60.33 ± 1.43 (n=3)"]
+    assert gn[4:7] == ["-10.00 [-12.48, -7.52]", "0.0066", "lower"]
+    assert ln[4:7] == ["+0.00 [-2.48, +2.48]", "1.0000", "no significant difference"]
     # se 1 pp / sqrt(3) on 2 df, at Holm's first threshold 0.05 / 2 (two tests in the table).
-    assert ln[6] == f"{100 * stats.detectable_difference(0.01 / math.sqrt(3), 2, 0.025):.2f}"
+    assert ln[7] == f"{100 * stats.detectable_difference(0.01 / math.sqrt(3), 2, 0.025):.2f}"
+    assert "`none`" not in rows
+    assert "Not compared (no ok run at `120`): `none` at `40`." in section
     plain = report.write_report(write_run(tmp_path / "plain", grid(NORM_ACCS))).read_text()
     assert "## Effect of each swept value" not in plain
 
@@ -463,7 +467,7 @@ def test_every_figure_keeps_its_labels_inside_the_image() -> None:
         assert figures.overflow_in(fig) == 0.0, name
 
 
-def test_the_header_names_each_host_and_warns_when_there_are_two(tmp_path: Path) -> None:
+def test_the_header_names_each_platform_and_warns_when_there_are_two(tmp_path: Path) -> None:
     def on(platform: str | None, seed: int) -> dict:
         provenance = {"torch": "2.6.0", "git_commit": "abc", "platform": platform}
         return make_record("resnet9", "group_norm", seed, 0.5, provenance=provenance)
@@ -476,7 +480,7 @@ def test_the_header_names_each_host_and_warns_when_there_are_two(tmp_path: Path)
     assert one == "- **Hardware:** cpu (2 threads), on `Linux-a` (2 records)"
     two = hardware([on("Linux-a", 0), on("Linux-b", 1), on(None, 2)], "two")
     assert "on `Linux-a` (1 record), `Linux-b` (1 record), platform not recorded (1 record)" in two
-    assert "**2 hosts**" in two
+    assert "**2 platforms**" in two
     # Records from before the field existed add nothing.
     assert hardware([on(None, 0)], "old") == "- **Hardware:** cpu (2 threads)"
 

@@ -650,11 +650,13 @@ def _summary_section(analyses: Mapping[str, stats.BackboneAnalysis]) -> list[str
 
 
 def _hosts_text(provenance: Sequence[Mapping]) -> str:
-    """The hosts' platforms (OS and kernel build) with their record counts, when recorded.
+    """The records' platforms (OS and kernel build) with their counts, when recorded.
 
-    Records made before ``provenance.platform`` existed say nothing, and add nothing here. On
-    two or more hosts the same cell need not give the same accuracy (floating point differs,
-    and DP-SGD amplifies it), which the header says."""
+    Records made before ``provenance.platform`` existed say nothing, and add nothing here. Two
+    platforms mean two machines (or one machine updated between parts), on which the same cell
+    need not give the same accuracy (floating point differs, and DP-SGD amplifies it), which
+    the header says; one platform does not prove one machine (two hosts built alike read the
+    same)."""
     counts = Counter(p.get("platform") for p in provenance)
     if set(counts) <= {None}:
         return ""
@@ -664,11 +666,11 @@ def _hosts_text(provenance: Sequence[Mapping]) -> str:
         else f"platform not recorded ({n} record{'s' if n != 1 else ''})"
         for platform, n in sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or ""))
     ]
-    hosts = len(set(counts) - {None})
+    platforms = len(set(counts) - {None})
     note = (
-        f"; **{hosts} hosts**: one cell's accuracy can differ between hosts by about a seed's "
-        "spread, so compare within a host where it matters"
-        if hosts > 1
+        f"; **{platforms} platforms**: one cell's accuracy can differ between machines by about "
+        "a seed's spread, so compare within a platform where it matters"
+        if platforms > 1
         else ""
     )
     return f", on {', '.join(parts)}{note}"

@@ -250,6 +250,7 @@ def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float =
         reference_value, reference = _reference_value(key, values, grid)
         at_reference = _accuracy(ok[reference.block])
         found = []
+        unmatched = []  # a norm with runs at a value but none at the reference
         for value, setting in values:
             if setting is reference:
                 continue
@@ -257,6 +258,8 @@ def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float =
                 if norm in at_reference:
                     comparison = stats.compare(seeds, at_reference[norm])
                     found.append((norm, value, stats.mean_ci(list(seeds.values())), comparison))
+                else:
+                    unmatched.append(f"{_code(norm)} at {_code(grid_value_text(value))}")
         if not found:
             continue
         adjusted = stats.holm([c.pvalue for *_, c in found])
@@ -278,6 +281,7 @@ def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float =
                     _code(norm),
                     _code(grid_value_text(value)),
                     _fmt_accuracy(acc),
+                    _fmt_accuracy(stats.mean_ci(list(at_reference[norm].values()))),
                     _fmt_change(comparison),
                     _NA if p is None else _fmt_p(p),
                     verdict,
@@ -288,6 +292,7 @@ def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float =
             "norm",
             "value",
             "accuracy % (mean ± 95% CI, n)",
+            f"accuracy % at {grid_value_text(reference_value)} (mean ± 95% CI, n)",
             f"Δ vs {grid_value_text(reference_value)} (pp, 95% CI, unadjusted)",
             "p (Holm)",
             "verdict",
@@ -300,6 +305,11 @@ def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float =
             tabulate(rows, headers, tablefmt="github", disable_numparse=True),
             "",
         ]
+        if unmatched:
+            lines += [
+                f"Not compared (no ok run at {reference_text}): {', '.join(unmatched)}.",
+                "",
+            ]
     if not lines:
         return []
     few = (
@@ -314,9 +324,11 @@ def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float =
         "How much each value of a swept key moves each norm's accuracy, against a reference "
         "value of the key (the other swept keys held fixed): the first value the grid lists "
         "that ran (by convention the off setting or the smallest budget), else the first in "
-        "sorted order. Δ is the norm's accuracy at the value minus its accuracy at the "
-        "reference, in percentage points: a paired t-test over the seeds both ran (Welch's when "
-        "fewer than 2 are shared), with its unadjusted 95% interval, and a p-value "
+        "sorted order. The two accuracy columns are the norm's mean over all its seeds at the "
+        "value and at the reference; Δ is the accuracy at the value minus that at the "
+        "reference, in percentage points, from a paired t-test over the seeds both ran (Welch's "
+        "when fewer than 2 are shared, so with unequal seeds Δ need not be the difference of "
+        "the two columns), with its unadjusted 95% interval, and a p-value "
         f"Holm-corrected over the table's comparisons; {_HIGHER} or {_LOWER} needs a corrected "
         f"p ≤ α = {alpha:g}, whatever the interval. The detectable Δ is the smallest true change "
         "the row's test finds with 80% power at Holm's first threshold (α / the table's number "
