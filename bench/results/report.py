@@ -203,16 +203,6 @@ def _fmt_accuracy(acc: stats.MeanCI) -> str:
     return f"{_fmt_pct(acc.mean)} ± {_fmt_pct(acc.half_width)} (n={acc.n})"
 
 
-def _fmt_delta(comparison: stats.Comparison | None) -> str:
-    if comparison is None or comparison.diff is None:
-        return _NA
-    diff = 100 * comparison.diff
-    if comparison.half_width is None:
-        return f"{diff:+.2f} (no CI, n<2)"
-    half = 100 * comparison.half_width
-    return f"{diff:+.2f} [{diff - half:+.2f}, {diff + half:+.2f}]"
-
-
 def _fmt_pvalue(p: float) -> str:
     return "<0.0001" if p < 0.0001 else f"{p:.4f}"
 
@@ -433,7 +423,7 @@ def _backbone_section(
                 result.letters or _NA,
                 _code(result.norm),
                 _fmt_accuracy(result.accuracy),
-                _fmt_delta(comparison),
+                stats.difference_text(comparison),
                 _fmt_p(result.p_holm, comparison.test if comparison else None),
                 result.verdict,
                 stats.detectable_text(result.detectable),

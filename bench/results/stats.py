@@ -405,6 +405,18 @@ def detectable_text(difference: float | None) -> str:
     return "> 100" if difference > 1.0 else f"{100 * difference:.2f}"
 
 
+def difference_text(comparison: Comparison | None) -> str:
+    """A comparison's difference with its 95% interval, in percentage points, as a table cell:
+    ``+4.61 [+4.00, +5.23]``; ``(no CI, n<2)`` without an interval; ``—`` without a difference."""
+    if comparison is None or comparison.diff is None:
+        return "—"
+    diff = 100 * comparison.diff
+    if comparison.half_width is None:
+        return f"{diff:+.2f} (no CI, n<2)"
+    half = 100 * comparison.half_width
+    return f"{diff:+.2f} [{diff - half:+.2f}, {diff + half:+.2f}]"
+
+
 @functools.lru_cache(maxsize=1024)
 def _noncentrality_for_power(df: float, level: float, power: float) -> float:
     """The noncentrality at which the two-sided t-test at ``level`` has power ``power``.

@@ -208,16 +208,6 @@ def _fmt_pp(fraction: float) -> str:
     return f"{100 * fraction:.2f}"
 
 
-def _fmt_change(comparison: stats.Comparison) -> str:
-    if comparison.diff is None:
-        return _NA
-    diff = 100 * comparison.diff
-    if comparison.half_width is None:
-        return f"{diff:+.2f} (no CI, n<2)"
-    half = 100 * comparison.half_width
-    return f"{diff:+.2f} [{diff - half:+.2f}, {diff + half:+.2f}]"
-
-
 #: Verdict words of the effect of a swept value: "better" would read as a norm beating another.
 _HIGHER, _LOWER = "higher", "lower"
 
@@ -282,7 +272,7 @@ def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float =
                     _code(grid_value_text(value)),
                     _fmt_accuracy(acc),
                     _fmt_accuracy(stats.mean_ci(list(at_reference[norm].values()))),
-                    _fmt_change(comparison),
+                    stats.difference_text(comparison),
                     _NA if p is None else _fmt_p(p),
                     verdict,
                     stats.detectable_text(detectable),
