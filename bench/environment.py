@@ -117,10 +117,10 @@ def capture_environment(
     new = environment_text(versions, source)
     earlier = path.read_text() if resumed and path.exists() else None
     if earlier is not None and _newest_facts(earlier) == _newest_facts(new):
-        return write_environment(out_dir, versions, source, reproduce, environment=earlier)
-    if earlier is not None:
-        older = earlier.split(EARLIER_MARK + "\n", 1)
-        new += "\n" + EARLIER_MARK + "\n" + older[0] + (older[1] if len(older) > 1 else "")
+        new = earlier
+    elif earlier is not None:
+        newest, _, older = earlier.partition(EARLIER_MARK + "\n")
+        new += "\n" + EARLIER_MARK + "\n" + newest + older
     return write_environment(out_dir, versions, source, reproduce, environment=new)
 
 

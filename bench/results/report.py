@@ -193,18 +193,10 @@ def _fmt_number(value: float) -> str:
     return f"{value:g}"
 
 
-def _fmt_pct(fraction: float) -> str:
-    return f"{100 * fraction:.2f}"
-
-
 def _fmt_accuracy(acc: stats.MeanCI) -> str:
     if acc.half_width is None:
-        return f"{_fmt_pct(acc.mean)} (n={acc.n}, no CI)"
-    return f"{_fmt_pct(acc.mean)} ± {_fmt_pct(acc.half_width)} (n={acc.n})"
-
-
-def _fmt_pvalue(p: float) -> str:
-    return "<0.0001" if p < 0.0001 else f"{p:.4f}"
+        return f"{stats.pp_text(acc.mean)} (n={acc.n}, no CI)"
+    return f"{stats.pp_text(acc.mean)} ± {stats.pp_text(acc.half_width)} (n={acc.n})"
 
 
 def _fmt_p(p: float | None, test: str | None) -> str:
@@ -212,7 +204,7 @@ def _fmt_p(p: float | None, test: str | None) -> str:
     if p is None:
         return _NA
     short = {stats.PAIRED: "paired", stats.WELCH: "Welch"}.get(test or "", test)
-    return f"{_fmt_pvalue(p)} ({short})"
+    return f"{stats.pvalue_text(p)} ({short})"
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -361,13 +353,13 @@ def _survivorship_lines(norms: Mapping[str, _Cell]) -> list[str]:
             [
                 _code(norm),
                 f"{len(cell.ok)} / {len(cell.ok) + cell.failed}",
-                _NA if ok_mean is None else _fmt_pct(ok_mean),
-                _NA if norm not in imputed else _fmt_pct(imputed[norm]),
+                _NA if ok_mean is None else stats.pp_text(ok_mean),
+                _NA if norm not in imputed else stats.pp_text(imputed[norm]),
                 _NA if norm not in ranks else f"{ranks[norm]:g}",
             ]
         )
     unknown = "chance unknown: no record names the classes"
-    chance_text = unknown if chance is None else f"{_fmt_pct(chance)} %"
+    chance_text = unknown if chance is None else f"{stats.pp_text(chance)} %"
     headers = [
         "norm",
         "ok / attempted",
@@ -629,7 +621,7 @@ def _summary_section(analyses: Mapping[str, stats.BackboneAnalysis]) -> list[str
     if result.ran:
         lines.append(
             f"Friedman test (do the norms rank alike on every backbone?): "
-            f"χ² = {result.statistic:.2f}, p = {_fmt_pvalue(result.pvalue)}, "
+            f"χ² = {result.statistic:.2f}, p = {stats.pvalue_text(result.pvalue)}, "
             f"over {len(result.norms)} norms ({', '.join(f'`{n}`' for n in result.norms)}) on "
             f"{len(result.backbones)} backbones ({', '.join(f'`{b}`' for b in result.backbones)})."
             " With few backbones the chi-square approximation is rough."
@@ -651,9 +643,8 @@ def _hosts_text(provenance: Sequence[Mapping]) -> str:
     if set(counts) <= {None}:
         return ""
     parts = [
-        f"`{platform}` ({n} record{'s' if n != 1 else ''})"
-        if platform is not None
-        else f"platform not recorded ({n} record{'s' if n != 1 else ''})"
+        ("platform not recorded" if platform is None else f"`{platform}`")
+        + f" ({n} record{'s' if n != 1 else ''})"
         for platform, n in sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or ""))
     ]
     platforms = len(set(counts) - {None})

@@ -394,6 +394,16 @@ def detectable_difference(
     return _noncentrality_for_power(float(df), level, power) * se
 
 
+def pp_text(fraction: float) -> str:
+    """A fraction (of accuracy) in percentage points with two decimals: ``0.0543`` -> ``5.43``."""
+    return f"{100 * fraction:.2f}"
+
+
+def pvalue_text(p: float) -> str:
+    """A p-value as a table cell: four decimals, ``<0.0001`` below that."""
+    return "<0.0001" if p < 0.0001 else f"{p:.4f}"
+
+
 def detectable_text(difference: float | None) -> str:
     """A detectable difference (a fraction) as a table cell in percentage points.
 
@@ -402,7 +412,7 @@ def detectable_text(difference: float | None) -> str:
     """
     if difference is None:
         return "—"
-    return "> 100" if difference > 1.0 else f"{100 * difference:.2f}"
+    return "> 100" if difference > 1.0 else pp_text(difference)
 
 
 def difference_text(comparison: Comparison | None) -> str:

@@ -204,10 +204,6 @@ def _reference_value(
     return values[0]
 
 
-def _fmt_pp(fraction: float) -> str:
-    return f"{100 * fraction:.2f}"
-
-
 #: Verdict words of the effect of a swept value: "better" would read as a norm beating another.
 _HIGHER, _LOWER = "higher", "lower"
 
@@ -273,7 +269,7 @@ def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float =
                     _fmt_accuracy(acc),
                     _fmt_accuracy(stats.mean_ci(list(at_reference[norm].values()))),
                     stats.difference_text(comparison),
-                    _NA if p is None else _fmt_p(p),
+                    _NA if p is None else stats.pvalue_text(p),
                     verdict,
                     stats.detectable_text(detectable),
                 ]
@@ -466,10 +462,10 @@ def _trend_table(curve: _Curve, alpha: float) -> list[str]:
             [
                 _code(norm),
                 f"{slope:+.2f} [{slope - half:+.2f}, {slope + half:+.2f}]",
-                _fmt_p(p),
+                stats.pvalue_text(p),
                 verdict,
                 # A slope is per doubling, not a difference of accuracies: no 100 pp cap.
-                _NA if detectable is None else _fmt_pp(detectable),
+                _NA if detectable is None else stats.pp_text(detectable),
                 str(fit.n),
             ]
         )
@@ -497,7 +493,3 @@ def _trend_table(curve: _Curve, alpha: float) -> list[str]:
         tabulate(rows, headers, tablefmt="github", disable_numparse=True),
         "",
     ]
-
-
-def _fmt_p(p: float) -> str:
-    return "<0.0001" if p < 0.0001 else f"{p:.4f}"
