@@ -15,7 +15,7 @@ from bench.config import DEFAULT_NORM, alpha_problem
 from bench.errors import ConfigError, RecordsError
 from bench.results import figures, stats, sweeps
 from bench.results.record import Record, grid_value_text
-from bench.results.records import read_records
+from bench.results.records import RecordsRead, read_records
 from bench.results.stacks import stack_text, stacks
 
 RECORDS_FILE = "records.jsonl"
@@ -1026,6 +1026,28 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
         ConfigError: When alpha is not in (0, 0.5).
     """
     run_dir = Path(run_dir)
+    text, read = _leaderboard(run_dir, baseline, alpha)
+    points = figure_points([r for r in read.records if not _is_tuning(r)])
+    if points:
+        figures.write_figures(run_dir, points)
+    curve = sweeps.curve_points(_ok_runs(_collect(read.records)))
+    if curve:
+        figures.write_privacy_utility(run_dir, curve)
+    path = run_dir / LEADERBOARD_FILE
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def leaderboard_text(
+    run_dir: Path, *, baseline: str | None = None, alpha: float | None = None
+) -> str:
+    """The Markdown `write_report` would write for ``run_dir``, without writing it or figures."""
+    return _leaderboard(Path(run_dir), baseline, alpha)[0]
+
+
+def _leaderboard(
+    run_dir: Path, baseline: str | None, alpha: float | None
+) -> tuple[str, RecordsRead]:
     records_path = run_dir / RECORDS_FILE
     read = read_records(records_path)
     suite = _load_suite(run_dir / SUITE_FILE)
@@ -1045,12 +1067,4 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
         baseline=str(resolved_baseline),
         alpha=resolved_alpha,
     )
-    points = figure_points([r for r in read.records if not _is_tuning(r)])
-    if points:
-        figures.write_figures(run_dir, points)
-    curve = sweeps.curve_points(_ok_runs(_collect(read.records)))
-    if curve:
-        figures.write_privacy_utility(run_dir, curve)
-    path = run_dir / LEADERBOARD_FILE
-    path.write_text(text, encoding="utf-8")
-    return path
+    return text, read
