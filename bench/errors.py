@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from specs import closest
+
 
 class BenchError(Exception):
     """Base class of every error caused by user input (config, data, records, CLI arguments)."""
@@ -38,10 +40,6 @@ class ConfigError(BenchError):
         if allowed:
             text += f"; allowed: {allowed}"
         if choices is not None and isinstance(given, str):
-            # The one closest-name helper is the registry's; imported here, on the error path,
-            # because importing `norms` imports torch, which the report code never needs.
-            from norms.errors import closest
-
             hint = closest(given, choices)
             if hint:
                 text += f" (did you mean {hint!r}?)"

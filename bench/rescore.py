@@ -14,7 +14,7 @@ from bench.measure import resolve_device
 from bench.plan import build_model
 from bench.results.records import read_records
 from bench.saved_model import load
-from norms.errors import closest
+from specs import closest
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
-
-def closest(name: str, choices: Iterable[str]) -> str | None:
-    """The registered name closest to ``name``, or None when nothing is close."""
-    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return matches[0] if matches else None
+from specs import closest
 
 
 class NormError(ValueError):

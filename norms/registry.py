@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,11 +11,11 @@ from torch import nn
 
 from norms.errors import DuplicateNormError, NormPluginError, NormSpecError, UnknownNormError
 from norms.lifecycle import PrivacyCharge, RunData
+from specs import coerce_value, format_spec, parse_spec
 
 #: Per-sample-gradient paths a layer can take, as recorded in results.
 GRAD_SAMPLERS = ("opacus", "custom", "functorch", "none")
 
-_SPEC_RE = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(?:\[(.*)\])?\s*$")
 _RESERVED = ("device", "dtype")
 
 BoolOrFn = bool | Callable[[Mapping[str, Any]], bool]
@@ -331,33 +330,6 @@ def list_norms() -> list[str]:
     return list(_REGISTRY)
 
 
-def parse_spec(
-    spec: str, what: str = "norm", error: type[Exception] = NormSpecError
-) -> tuple[str, dict[str, str]]:
-    """Split ``"group_norm[num_groups=8]"`` into ``("group_norm", {"num_groups": "8"})``.
-
-    Values stay strings here; `resolve_params` converts them to the parameter's type. ``what``
-    names the kind of spec in messages (``norm``, ``backbone``) and ``error`` is raised.
-    """
-    if not isinstance(spec, str):
-        raise error(f"a {what} spec must be a string such as 'name[key=value]', got {spec!r}")
-    match = _SPEC_RE.match(spec)
-    if not match:
-        raise error(f"malformed {what} spec {spec!r}; expected name or name[key=value,...]")
-    name, body = match.group(1), match.group(2)
-    params: dict[str, str] = {}
-    if body is not None and body.strip():
-        for item in body.split(","):
-            key, sep, value = item.partition("=")
-            key = key.strip()
-            if not sep or not key or not value.strip():
-                raise error(f"malformed parameter {item.strip()!r} in {what} spec {spec!r}")
-            if key in params:
-                raise error(f"parameter {key!r} given twice in {what} spec {spec!r}")
-            params[key] = value.strip()
-    return name, params
-
-
 def resolve_params(
     what: str,
     name: str,
@@ -394,14 +366,6 @@ def resolve_params(
     return full, explicit
 
 
-def format_spec(name: str, params: Mapping[str, Any]) -> str:
-    """The canonical spec string: parameters sorted by key, ``name`` alone when there are none."""
-    if not params:
-        return name
-    body = ",".join(f"{k}={_format_value(params[k])}" for k in sorted(params))
-    return f"{name}[{body}]"
-
-
 def resolve_norm(name_or_spec: str | ResolvedNorm, **params: Any) -> ResolvedNorm:
     """Resolve a name or spec string (plus extra keyword parameters) to a `ResolvedNorm`."""
     if isinstance(name_or_spec, ResolvedNorm):
@@ -409,7 +373,7 @@ def resolve_norm(name_or_spec: str | ResolvedNorm, **params: Any) -> ResolvedNor
             return name_or_spec
         merged = {**name_or_spec.explicit, **params}
         return name_or_spec.spec.resolve(merged)
-    name, spec_params = parse_spec(name_or_spec)
+    name, spec_params = parse_spec(name_or_spec, "norm", NormSpecError)
     overlap = set(spec_params) & set(params)
     if overlap:
         raise NormSpecError(
@@ -436,51 +400,3 @@ def _keyword_defaults(factory: Callable[..., nn.Module]) -> dict[str, Any]:
             raise NormSpecError(f"{factory.__name__}: parameter {pname!r} needs a default")
         defaults[pname] = p.default
     return defaults
-
-
-def coerce_value(
-    name: str,
-    key: str,
-    value: Any,
-    default: Any,
-    *,
-    what: str = "norm",
-    error: type[Exception] = NormSpecError,
-) -> Any:
-    """Convert a spec value (often a string from YAML or the CLI) to the type of ``default``."""
-    if not isinstance(value, str) or isinstance(default, str):
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise error(f"{what} {name!r}: {key} must be true or false, got {value!r}")
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-    text = value.strip()
-    if text.lower() in ("none", "null"):
-        return None
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in ("true", "false"):
-                raise ValueError
-            return text.lower() == "true"
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if default is None:  # optional number, e.g. group_size
-            return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
-    except ValueError:
-        kind = (
-            "true or false"
-            if isinstance(default, bool)
-            else "a number or none"
-            if default is None
-            else type(default).__name__
-        )
-        raise error(f"{what} {name!r}: {key} must be {kind}, got {value!r}") from None
-    return text
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)

@@ -10,6 +10,7 @@ from opacus.grad_sample import GradSampleModule
 from torch import nn
 
 import norms
+import specs
 from norms.errors import DuplicateNormError, NormSpecError, UnknownNormError
 from norms.registry import GRAD_SAMPLERS, register_norm
 
@@ -73,7 +74,7 @@ def test_unknown_or_badly_typed_parameters_are_rejected_with_the_allowed_ones():
     with pytest.raises(NormSpecError, match="allowed: public, private_dp"):
         norms.resolve_norm("dp_batch_norm[stats=batch]")
     with pytest.raises(NormSpecError, match="malformed"):
-        norms.parse_spec("group_norm[num_groups]")
+        specs.parse_spec("group_norm[num_groups]", "norm", NormSpecError)
 
 
 def test_group_norm_takes_groups_or_group_size():
@@ -104,7 +105,7 @@ def test_spec_strings_are_canonical_sorted_and_drop_defaults(num_groups, eps):
         for k, v in (("eps", eps), ("num_groups", num_groups))
         if v != norms.get_norm("group_norm").defaults[k]
     }
-    assert text == norms.format_spec("group_norm", explicit)
+    assert text == specs.format_spec("group_norm", explicit)
     if explicit:
         keys = [kv.split("=")[0] for kv in text[text.index("[") + 1 : -1].split(",")]
         assert keys == sorted(keys)

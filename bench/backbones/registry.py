@@ -12,9 +12,9 @@ from torch import nn
 
 from bench.config import DEFAULT_NORM
 from bench.errors import BackboneError
-from norms import ResolvedNorm, format_spec, parse_spec, resolve_norm
-from norms.errors import closest
+from norms import ResolvedNorm, resolve_norm
 from norms.registry import resolve_params
+from specs import closest, format_spec, parse_spec
 
 _COMMON = ("num_classes", "in_chans")
 
