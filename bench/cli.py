@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.config import DEFAULT_NORM
-from bench.errors import PrivacyError, user_errors
+from bench.errors import BenchError, PrivacyError, user_errors
 
 
 def _cmd_list(_args: argparse.Namespace) -> int:
@@ -109,7 +109,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from bench.results.report import write_report
+    from bench.results.leaderboard import write_report  # scipy and matplotlib: report only
 
     path = write_report(Path(args.dir), baseline=args.baseline, alpha=args.alpha)
     print(f"wrote {path}")
@@ -223,13 +223,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_user_error(err: Exception) -> bool:
+    """Whether the CLI reports ``err`` as one line with exit code 2.
+
+    `BenchError` is checked first: `user_errors` imports `norms`, hence torch, which a torch-free
+    command such as ``bench report`` must not load on its error path.
+    """
+    if isinstance(err, BenchError):
+        return True
+    return isinstance(err, user_errors())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except user_errors() as err:
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -393,7 +393,7 @@ def run_suite(
         statuses += run(final_todo)
         total, ran, already = total + len(finals), ran + len(final_todo), already + final_already
     if report:
-        from bench.results.report import write_report
+        from bench.results.leaderboard import write_report
 
         write_report(out_dir)
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,47 @@ def test_an_unreachable_epsilon_is_one_line_naming_the_file_and_key(capsys, tmp_
     assert len(err.splitlines()) == 1
     assert err.startswith(f"error: {suite}: privacy: epsilon=1000.0 needs a noise multiplier")
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def run_report(*args: str) -> subprocess.CompletedProcess:
+    """`bench report` in a fresh interpreter; its last stdout line says whether torch loaded."""
+    code = (
+        "import sys\n"
+        "from bench.cli import main\n"
+        "try:\n"
+        "    code = main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n"
+        "    code = exit.code\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, "report", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_report_never_imports_torch_on_success(tmp_path):
+    shutil.copy(ROOT / "reports" / "smoke" / "records.jsonl", tmp_path / "records.jsonl")
+    proc = run_report(str(tmp_path), "--baseline", "group_norm[num_groups=16]")
+    assert proc.stdout.splitlines()[-1] == "0 False", proc.stderr
+    assert (tmp_path / "leaderboard.md").exists()
+
+
+def test_report_never_imports_torch_on_an_error(tmp_path):
+    proc = run_report(str(tmp_path / "missing"))
+    assert proc.stdout.splitlines()[-1] == "2 False", proc.stderr
+    assert proc.stderr.startswith("error: records file not found")
+
+
+def test_a_baseline_naming_no_recorded_norm_is_one_line_listing_the_norms_present(capsys, tmp_path):
+    shutil.copy(ROOT / "reports" / "smoke" / "records.jsonl", tmp_path / "records.jsonl")
+    assert main(["report", str(tmp_path), "--baseline", "group_norm[num_groups=4]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: --baseline: the baseline matches no norm of the records")
+    assert "allowed: dp_batch_norm[stats=public], group_norm, kernel_norm, layer_norm" in err
+    assert err.endswith("(did you mean 'group_norm'?)")
+    assert not (tmp_path / "leaderboard.md").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.results.report import leaderboard_text
+from bench.results.leaderboard import leaderboard_text
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 PUBLISHED = sorted(p.parent for p in REPORTS.glob("*/records.jsonl"))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench.errors import ConfigError, RecordsError
-from bench.results import figures, report, stats
+from bench.results import figures, stats
+from bench.results.leaderboard import write_report
 
 GOLDEN = Path(__file__).parent / "golden"
 RENDER_FIGURES = figures.write_figures
@@ -91,7 +92,7 @@ def test_golden_leaderboard_is_reproduced_byte_for_byte(tmp_path: Path, figure_c
     """Regenerate with ``UPDATE_GOLDEN=1 pytest tests/test_report.py`` after a deliberate change."""
     for name in ("records.jsonl", "suite.json"):
         shutil.copy(GOLDEN / name, tmp_path / name)
-    text = report.write_report(tmp_path).read_text(encoding="utf-8")
+    text = write_report(tmp_path).read_text(encoding="utf-8")
     golden = GOLDEN / "leaderboard.md"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_text(text, encoding="utf-8")
@@ -103,15 +104,15 @@ def test_report_does_not_depend_on_record_order(tmp_path: Path) -> None:
     records = grid({"group_norm": [0.6, 0.61, 0.62], "layer_norm": [0.55, 0.57, 0.56]})
     records += grid({"group_norm": [0.7, 0.72], "scale_norm": [0.71, 0.69]}, "wrn16_4")
     records.append(make_record("wrn16_4", "kernel_norm", 0, None, "failed"))
-    first = report.write_report(write_run(tmp_path / "a", records)).read_text()
+    first = write_report(write_run(tmp_path / "a", records)).read_text()
     random.Random(3).shuffle(records)
-    second = report.write_report(write_run(tmp_path / "b", records)).read_text()
+    second = write_report(write_run(tmp_path / "b", records)).read_text()
     assert first == second
 
 
 def test_one_seed_cells_show_no_interval_and_are_not_tested(tmp_path: Path) -> None:
     records = grid({"group_norm": [0.6], "layer_norm": [0.65]})
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     row = table_row(text, "resnet9", "layer_norm")
     assert row[0] == "—"
     assert row[2] == "65.00 (n=1, no CI)"
@@ -123,7 +124,7 @@ def test_one_seed_cells_show_no_interval_and_are_not_tested(tmp_path: Path) -> N
 def test_norm_whose_runs_all_failed_is_listed_with_reasons_and_not_ranked(tmp_path: Path) -> None:
     records = grid({"group_norm": [0.6, 0.61, 0.62], "layer_norm": [0.55, 0.57, 0.56]})
     records += [make_record("resnet9", "kernel_norm", s, None, "failed") for s in range(3)]
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     row = table_row(text, "resnet9", "kernel_norm")
     assert row[0] == "—" and row[2] == "no ok run (3 failed)"
     failed = text.split("## Failed and skipped runs")[1]
@@ -132,7 +133,8 @@ def test_norm_whose_runs_all_failed_is_listed_with_reasons_and_not_ranked(tmp_pa
 
 def test_missing_baseline_skips_comparisons_but_still_ranks(tmp_path: Path) -> None:
     records = grid({"layer_norm": [0.55, 0.57, 0.56], "scale_norm": [0.6, 0.61, 0.6]})
-    text = report.write_report(write_run(tmp_path, records), baseline="group_norm").read_text()
+    suite = {"report": {"baseline": "group_norm"}}
+    text = write_report(write_run(tmp_path, records, suite)).read_text()
     assert "The baseline `group_norm` has no ok run on this backbone" in text
     row = table_row(text, "resnet9", "layer_norm")
     assert row[3] == "—" and row[5] == "not compared (no baseline runs)"
@@ -141,14 +143,14 @@ def test_missing_baseline_skips_comparisons_but_still_ranks(tmp_path: Path) -> N
 
 def test_single_backbone_says_why_friedman_was_not_run(tmp_path: Path) -> None:
     records = grid({"group_norm": [0.6, 0.61], "layer_norm": [0.5, 0.52], "none": [0.3, 0.31]})
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     assert "Friedman test not run: needs >= 2 backbones with ok runs (have 1)." in text
     assert "| `group_norm` | 1.00           | 1           |" in text
 
 
 def test_tied_accuracies_share_rank_one_with_no_significant_difference(tmp_path: Path) -> None:
     records = grid({"group_norm": [0.6, 0.61, 0.62], "layer_norm": [0.6, 0.61, 0.62]})
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     row = table_row(text, "resnet9", "layer_norm")
     assert row[0] == "a" and table_row(text, "resnet9", "group_norm")[0] == "a"
     assert row[3] == "+0.00 [+0.00, +0.00]"
@@ -163,7 +165,7 @@ def test_missing_cells_of_the_suite_grid_are_listed(tmp_path: Path) -> None:
         for n in ("group_norm", "layer_norm")
         for s in range(2)
     ]
-    text = report.write_report(write_run(tmp_path, records, {"cells": cells})).read_text()
+    text = write_report(write_run(tmp_path, records, {"cells": cells})).read_text()
     assert "2 of 4 cells of `suite.json` have no record" in text
     missing = text.split("## Missing cells")[1]
     assert "| `resnet9`  | `layer_norm` | 1      | resnet9\\|layer_norm\\|1 |" in missing
@@ -174,7 +176,7 @@ def test_bad_lines_are_listed_by_line_number_relative_to_the_run_dir(tmp_path: P
     run_dir = write_run(tmp_path, grid({"group_norm": [0.6, 0.61]}))
     with (run_dir / "records.jsonl").open("a") as f:
         f.write('{"run_key": "x", "sta')
-    text = report.write_report(run_dir).read_text()
+    text = write_report(run_dir).read_text()
     assert "- records.jsonl:3: truncated or invalid JSON (" in text
     assert str(tmp_path) not in text
 
@@ -182,34 +184,82 @@ def test_bad_lines_are_listed_by_line_number_relative_to_the_run_dir(tmp_path: P
 def test_baseline_and_alpha_arguments_override_the_suite(tmp_path: Path) -> None:
     records = grid({"group_norm": [0.6, 0.61, 0.62], "layer_norm": [0.55, 0.57, 0.56]})
     run_dir = write_run(tmp_path, records, {"report": {"baseline": "layer_norm", "alpha": 0.1}})
-    from_suite = report.write_report(run_dir).read_text()
+    from_suite = write_report(run_dir).read_text()
     assert "**Baseline:** `layer_norm`; **α** = 0.1" in from_suite
-    overridden = report.write_report(run_dir, baseline="group_norm", alpha=0.01).read_text()
+    overridden = write_report(run_dir, baseline="group_norm", alpha=0.01).read_text()
     assert "**Baseline:** `group_norm`; **α** = 0.01" in overridden
+
+
+def with_params(records: list[dict]) -> list[dict]:
+    """The records as the runner writes them: each with its norm's name and resolved params."""
+    params = {
+        "group_norm": {"eps": 1e-05, "group_size": None, "num_groups": 16},
+        "group_norm[num_groups=8]": {"eps": 1e-05, "group_size": None, "num_groups": 8},
+        "layer_norm": {"eps": 1e-05, "over": "chw"},
+    }
+    return [
+        {**r, "norm_name": r["norm"].split("[")[0], "norm_params": params[r["norm"]]}
+        for r in records
+    ]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("group_norm[num_groups=16]", "group_norm"),
+        ("group_norm[eps=1e-5,num_groups=16]", "group_norm"),
+        ("group_norm [ num_groups = 8 ]", "group_norm[num_groups=8]"),
+        ("group_norm[num_groups=8,eps=0.00001]", "group_norm[num_groups=8]"),
+        ("layer_norm", "layer_norm"),
+    ],
+    ids=str,
+)
+def test_baseline_argument_is_matched_to_the_records_canonical_spec(
+    tmp_path: Path, given: str, expected: str
+) -> None:
+    accs = [0.6, 0.61, 0.62]
+    records = grid({"group_norm": accs, "group_norm[num_groups=8]": accs, "layer_norm": accs})
+    text = write_report(write_run(tmp_path, with_params(records)), baseline=given).read_text()
+    assert f"**Baseline:** `{expected}`" in text
+    assert table_row(text, "resnet9", expected)[5] == "baseline"
+
+
+@pytest.mark.parametrize("given", ["group_norm[num_groups=4]", "gruop_norm", "scale_norm"])
+def test_baseline_argument_naming_no_norm_of_the_records_is_a_config_error(
+    tmp_path: Path, given: str
+) -> None:
+    records = with_params(grid({"group_norm": [0.6, 0.61], "layer_norm": [0.55, 0.57]}))
+    with pytest.raises(ConfigError) as err:
+        write_report(write_run(tmp_path, records), baseline=given)
+    message = str(err.value)
+    assert "matches no norm of the records" in message and "\n" not in message
+    assert "allowed: group_norm, layer_norm" in message
+    if given == "gruop_norm":
+        assert "did you mean 'group_norm'?" in message
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.7, 1.0, -0.5, True], ids=str)
 def test_alpha_outside_zero_one_half_is_a_config_error(tmp_path: Path, alpha: float) -> None:
     run_dir = write_run(tmp_path, grid({"group_norm": [0.6]}))
     with pytest.raises(ConfigError, match="alpha"):
-        report.write_report(run_dir, alpha=alpha)
+        write_report(run_dir, alpha=alpha)
 
 
 def test_epsilon_spent_above_target_is_flagged(tmp_path: Path) -> None:
     records = grid({"group_norm": [0.6, 0.61]})
     records[1]["epsilon_spent"] = 8.5
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     assert column(text, "resnet9", "group_norm", "ε spent") == "8.50 (over target 8!)"
 
 
 def test_missing_records_file_raises_records_error(tmp_path: Path) -> None:
     with pytest.raises(RecordsError, match=r"records\.jsonl"):
-        report.write_report(tmp_path)
+        write_report(tmp_path)
 
 
 def test_no_ok_record_skips_figures_and_says_so(tmp_path: Path, figure_calls: list) -> None:
     records = [make_record("resnet9", "group_norm", 0, None, "skipped")]
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     assert "No figures: there is no ok run." in text
     assert "![" not in text
     assert figure_calls == []
@@ -221,7 +271,7 @@ def test_figures_are_written_as_png_and_linked(
     monkeypatch.setattr(figures, "write_figures", RENDER_FIGURES)
     records = grid({"group_norm": [0.6, 0.61], "layer_norm": [0.55]})
     records += grid({"group_norm": [0.7, 0.72]}, "wrn16_4")
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     for name in figures.FIGURE_FILES:
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
         assert f"]({name})" in text
@@ -243,7 +293,7 @@ def test_swept_grid_keys_get_their_own_tables(tmp_path: Path) -> None:
         for norm, accs in {"group_norm": [0.50, 0.52], "scale_norm": [0.55, 0.56]}.items()
         for seed, acc in enumerate(accs)
     ]
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     assert "## Problems in the records" not in text
     assert table_row(text, "resnet9 [training.lr=0.5]", "group_norm")[2].startswith("51.00 ±")
     assert table_row(text, "resnet9 [training.lr=1.0]", "group_norm")[2].startswith("61.00 ±")
@@ -260,7 +310,7 @@ def test_no_significant_difference_comes_with_the_difference_that_could_not_be_s
             "scale_norm": [0.62, 0.63, 0.625, 0.645],
         }
     )
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     assert table_row(text, "resnet9", "layer_norm")[5] == "no significant difference"
     detectable = column(text, "resnet9", "layer_norm", "detectable Δ")
     assert float(detectable) > 0
@@ -275,7 +325,7 @@ def test_two_wild_seeds_say_no_difference_could_be_seen_not_a_detectable_number(
 ) -> None:
     # Paired differences +30 and -30 pp: se 30 pp on 1 df puts 80% power far above 100 pp.
     records = grid({"group_norm": [0.30, 0.60], "layer_norm": [0.60, 0.30]})
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     assert column(text, "resnet9", "layer_norm", "detectable Δ") == "> 100"
     assert "**no difference an accuracy can have would be found with 80% power**" in text
     assert "could not be seen**" not in text
@@ -317,7 +367,7 @@ def agreement_row(text: str) -> list[str]:
 def test_a_swept_budget_gets_kendall_tau_with_the_cheaper_setting_first(tmp_path: Path) -> None:
     dearer = {n: [a + 0.1 for a in accs] for n, accs in NORM_ACCS.items()}
     records = swept("training.steps", {400: dearer, 100: NORM_ACCS}, wall_s={100: 12.0, 400: 48.0})
-    row = agreement_row(report.write_report(write_run(tmp_path, records)).read_text())
+    row = agreement_row(write_report(write_run(tmp_path, records)).read_text())
     assert row[:5] == ["`resnet9`", "`training.steps`", "`100` → `400`", "12 → 48", "4"]
     assert row[5] == "+1.00 [+1.00, +1.00]"
     assert row[6] == "The cheaper setting's ranking predicts the dearer one's (interval above 0)."
@@ -339,7 +389,7 @@ def test_a_swept_mapping_value_is_named_as_in_the_table_titles(tmp_path: Path) -
         for norm, accs in NORM_ACCS.items()
         for seed, acc in enumerate(accs)
     ]
-    row = agreement_row(report.write_report(write_run(tmp_path, records)).read_text())
+    row = agreement_row(write_report(write_run(tmp_path, records)).read_text())
     assert row[2] == "`none` → `random:0.5`"
 
 
@@ -349,7 +399,7 @@ def test_a_reversed_ranking_reads_as_reversed_and_dearer_by_wall_time(tmp_path: 
     records = swept(
         "backbone_width", {0.5: NORM_ACCS, 1.0: reversed_accs}, wall_s={0.5: 30.0, 1.0: 10.0}
     )
-    row = agreement_row(report.write_report(write_run(tmp_path, records)).read_text())
+    row = agreement_row(write_report(write_run(tmp_path, records)).read_text())
     assert row[2] == "`1.0` → `0.5`"
     assert row[5].startswith("-1.00")
     assert "is reversed in the dearer one's (interval below 0)" in row[6]
@@ -358,7 +408,7 @@ def test_a_reversed_ranking_reads_as_reversed_and_dearer_by_wall_time(tmp_path: 
 def test_a_sweep_with_two_norms_says_why_tau_was_not_computed(tmp_path: Path) -> None:
     two = {n: NORM_ACCS[n] for n in ("group_norm", "layer_norm")}
     records = swept("training.lr", {0.5: two, 1.0: two})
-    row = agreement_row(report.write_report(write_run(tmp_path, records)).read_text())
+    row = agreement_row(write_report(write_run(tmp_path, records)).read_text())
     assert row[3] == "10 → 10 (similar)"
     assert row[6] == "Not computed: needs >= 3 norms with ok runs at both values (have 2)."
 
@@ -371,7 +421,7 @@ def test_a_swept_epsilon_gives_a_privacy_utility_table_and_figure(
     low = {n: [a - 0.1 for a in accs] for n, accs in NORM_ACCS.items()}
     low["none"] = [0.3]  # one seed: no interval
     records = swept("privacy.epsilon", {8.0: NORM_ACCS, 1.0: low})
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     section = text.split("## Privacy–utility")[1].split("\n## ")[0]
     assert f"![privacy-utility]({figures.PRIVACY_UTILITY_PNG})" in section
     assert "| norm         | ε = 1              | ε = 8              |" in section
@@ -385,7 +435,7 @@ def test_a_swept_epsilon_gives_a_privacy_utility_table_and_figure(
     assert {(p.norm, p.epsilon) for p in points} == {(n, e) for n in NORM_ACCS for e in (1.0, 8.0)}
     assert (
         "## Privacy–utility"
-        not in report.write_report(write_run(tmp_path / "plain", grid(NORM_ACCS))).read_text()
+        not in write_report(write_run(tmp_path / "plain", grid(NORM_ACCS))).read_text()
     )
 
 
@@ -396,13 +446,13 @@ def test_a_swept_epsilon_is_named_in_the_header_not_the_suites_default(tmp_path:
         "privacy": {"epsilon": 8.0, "delta": 1e-5, "accountant": "prv"},
         "grid": {"privacy.epsilon": [8.0, 1.0, 16, 16.0]},  # 16 and 16.0: one budget
     }
-    text = report.write_report(write_run(tmp_path, records, suite)).read_text()
+    text = write_report(write_run(tmp_path, records, suite)).read_text()
     assert (
         "- **Privacy target:** (ε = 1, 8, 16 (swept by the grid), δ = 1e-05), accountant prv"
         in text
     )
     suite["grid"] = {}
-    text = report.write_report(write_run(tmp_path / "fixed", records, suite)).read_text()
+    text = write_report(write_run(tmp_path / "fixed", records, suite)).read_text()
     assert "- **Privacy target:** (ε = 8, δ = 1e-05), accountant prv" in text
 
 
@@ -419,7 +469,7 @@ def test_each_swept_value_is_compared_with_the_grids_first_value_norm_by_norm(
     # The grid lists 200 first, which did not run, then 120: 120 is the reference although 40
     # sorts first.
     suite = {"name": "t", "grid": {"training.steps": [200, 120, 40]}}
-    text = report.write_report(write_run(tmp_path, records, suite)).read_text()
+    text = write_report(write_run(tmp_path, records, suite)).read_text()
     section = text.split("## Effect of each swept value")[1].split("\n## ")[0]
     assert "### `training.steps` on `resnet9`, against `120`" in section
     rows = {
@@ -438,7 +488,7 @@ def test_each_swept_value_is_compared_with_the_grids_first_value_norm_by_norm(
     assert ln[7] == f"{100 * stats.detectable_difference(0.01 / math.sqrt(3), 2, 0.025):.2f}"
     assert "`none`" not in rows
     assert "Not compared (no ok run at `120`): `none` at `40`." in section
-    plain = report.write_report(write_run(tmp_path / "plain", grid(NORM_ACCS))).read_text()
+    plain = write_report(write_run(tmp_path / "plain", grid(NORM_ACCS))).read_text()
     assert "## Effect of each swept value" not in plain
 
 
@@ -473,7 +523,7 @@ def test_the_header_names_each_platform_and_warns_when_there_are_two(tmp_path: P
         return make_record("resnet9", "group_norm", seed, 0.5, provenance=provenance)
 
     def hardware(records: list[dict], name: str) -> str:
-        text = report.write_report(write_run(tmp_path / name, records)).read_text()
+        text = write_report(write_run(tmp_path / name, records)).read_text()
         return next(line for line in text.splitlines() if line.startswith("- **Hardware:**"))
 
     one = hardware([on("Linux-a", 0), on("Linux-a", 1)], "one")
@@ -523,7 +573,7 @@ def test_the_privacy_section_says_what_each_norm_reads_and_what_is_charged(tmp_p
         *(make_record("resnet9", "group_norm", s, 0.5, **free, **masks) for s in range(2)),
         *(make_record("resnet9", "dp_batch_norm", s, 0.4, **paid) for s in range(2)),
     ]
-    text = report.write_report(write_run(tmp_path, records)).read_text(encoding="utf-8")
+    text = write_report(write_run(tmp_path, records)).read_text(encoding="utf-8")
     section = text.split("## How each norm is private")[1].split("\n## ")[0]
     rows = {line.split("|")[1].strip(): line for line in section.splitlines() if "| `" in line}
     assert "per-sample" in rows["`group_norm`"] and rows["`group_norm`"].rstrip(" |").endswith(
@@ -536,10 +586,10 @@ def test_the_privacy_section_says_what_each_norm_reads_and_what_is_charged(tmp_p
         make_record("resnet9", "dp_batch_norm", s, 0.4, **{**paid, "privacy_charges": [bare]})
         for s in range(2)
     ]
-    text = report.write_report(write_run(tmp_path / "bare", records)).read_text(encoding="utf-8")
+    text = write_report(write_run(tmp_path / "bare", records)).read_text(encoding="utf-8")
     assert "σ = 20.0, q = 0.01, 8 releases" in text.split("## How each norm is private")[1]
     assert "2 runs): none of them read private data" in section
     # records made before the DP status was recorded: no section rather than a wrong one
     old = [make_record("resnet9", "group_norm", s, 0.5) for s in range(2)]
-    text = report.write_report(write_run(tmp_path / "old", old)).read_text(encoding="utf-8")
+    text = write_report(write_run(tmp_path / "old", old)).read_text(encoding="utf-8")
     assert "How each norm is private" not in text

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import bench.results
-from bench.results import report
+from bench.results import figures
+from bench.results.leaderboard import write_report
 from bench.results.record import (
     NUMERIC_FIELDS,
     REQUIRED_FIELDS,
@@ -29,7 +30,7 @@ from bench.results.records import read_records
 REPO = Path(__file__).parent.parent
 GOLDEN = Path(__file__).parent / "golden"
 RESULTS_DIR = REPO / "bench" / "results"
-RESULTS_MODULES = sorted(p.stem for p in RESULTS_DIR.glob("*.py") if p.stem != "__init__")
+RESULTS_MODULES = sorted(str(p.relative_to(RESULTS_DIR)) for p in RESULTS_DIR.rglob("*.py"))
 
 #: Field names tools outside the project may rely on (DESIGN.md, "Records").
 STABLE_FIELDS = (
@@ -75,10 +76,10 @@ def imported_top_level_names(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", ["__init__", *RESULTS_MODULES])
+@pytest.mark.parametrize("module", RESULTS_MODULES)
 def test_no_results_module_imports_torch_even_lazily(module: str) -> None:
     """Static: catches an import of torch inside a function, which importing does not run."""
-    assert "torch" not in imported_top_level_names(RESULTS_DIR / f"{module}.py")
+    assert "torch" not in imported_top_level_names(RESULTS_DIR / module)
 
 
 def test_whole_package_imports_and_renders_the_golden_report_without_torch(
@@ -90,8 +91,8 @@ def test_whole_package_imports_and_renders_the_golden_report_without_torch(
 import importlib, pkgutil, sys
 from pathlib import Path
 import bench.results
-for info in pkgutil.iter_modules(bench.results.__path__):
-    importlib.import_module(f"bench.results.{info.name}")
+for info in pkgutil.walk_packages(bench.results.__path__, "bench.results."):
+    importlib.import_module(info.name)
 for name in bench.results.__all__:
     getattr(bench.results, name)
 print(bench.results.write_report(Path(sys.argv[1])))
@@ -229,10 +230,10 @@ def test_read_records_reports_a_non_numeric_test_acc_naming_the_line(tmp_path: P
 def test_leaderboard_lists_a_non_numeric_accuracy_as_a_problem_of_its_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(report.figures, "write_figures", lambda run_dir, points: [])
+    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points: [])
     good = {"run_key": "a", "status": "ok", "backbone": "resnet9", "norm": "group_norm"}
     lines = [{**good, "seed": 0, "test_acc": 0.6}, {**good, "run_key": "b", "test_acc": "0.5"}]
     (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    text = report.write_report(tmp_path).read_text()
+    text = write_report(tmp_path).read_text()
     assert "- records.jsonl:2: test_acc must be a finite number or null (got '0.5')" in text
     assert "60.00 (n=1, no CI)" in text

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from bench.results import stats
+from bench.results.leaderboard import markdown
 
 A = [0.612, 0.605, 0.619, 0.598, 0.623]
 B = [0.601, 0.600, 0.611, 0.590, 0.612]
@@ -485,7 +486,7 @@ def test_trend_is_the_least_squares_slope_with_a_t_interval_on_n_minus_2_df() ->
 
 
 def test_a_detectable_difference_above_100_pp_is_shown_as_unreachable() -> None:
-    assert stats.detectable_text(0.0543) == "5.43"
-    assert stats.detectable_text(1.0) == "100.00"
-    assert stats.detectable_text(21.95) == "> 100"  # no accuracy can move by 2195 pp
-    assert stats.detectable_text(None) == "—"
+    assert markdown.detectable_text(0.0543) == "5.43"
+    assert markdown.detectable_text(1.0) == "100.00"
+    assert markdown.detectable_text(21.95) == "> 100"  # no accuracy can move by 2195 pp
+    assert markdown.detectable_text(None) == "—"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.results import figures, report
+from bench.results import figures
+from bench.results.leaderboard import write_report
 from tests.test_report import make_record, write_run
 
 
@@ -38,7 +39,7 @@ def test_a_norm_whose_seeds_fail_ranks_below_a_stable_one_once_failures_count_at
         make_record("resnet9", "unstable", s, None, status="failed", diverged=True) for s in (1, 2)
     ]
     records += [make_record("resnet9", "refused", 0, None, status="skipped")]
-    text = report.write_report(write_run(tmp_path, records)).read_text()
+    text = write_report(write_run(tmp_path, records)).read_text()
     assert "Failed runs counted at chance accuracy (10.00 %)" in text
     rows = survivorship_rows(text)
     assert rows["stable"] == ["3 / 3", "60.00", "60.00", "1"]
@@ -50,5 +51,5 @@ def test_chance_comes_from_the_config_when_no_record_names_the_classes(tmp_path:
     config = {"data": {"source": "synthetic", "num_classes": 4}}
     records = [make_record("resnet9", "a", s, 0.5, config=config) for s in range(2)]
     records += [make_record("resnet9", "a", 2, None, status="failed", config=config)]
-    rows = survivorship_rows(report.write_report(write_run(tmp_path, records)).read_text())
+    rows = survivorship_rows(write_report(write_run(tmp_path, records)).read_text())
     assert rows["a"] == ["2 / 3", "50.00", "41.67", "1"]  # (0.5 + 0.5 + 0.25) / 3

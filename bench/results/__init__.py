@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bench.results.leaderboard import leaderboard_text, render_leaderboard, write_report
     from bench.results.record import (
         NUMERIC_FIELDS,
         REQUIRED_FIELDS,
@@ -14,7 +15,6 @@ if TYPE_CHECKING:
         check_record,
     )
     from bench.results.records import RecordsRead, append_record, finished_keys, read_records
-    from bench.results.report import render_leaderboard, write_report
 
 # Public name -> defining module. Resolved on first use (PEP 562), so that the runner, which
 # only appends records, does not pay for importing scipy and tabulate with the report.
@@ -28,8 +28,9 @@ _EXPORTS = {
     "append_record": "bench.results.records",
     "finished_keys": "bench.results.records",
     "read_records": "bench.results.records",
-    "render_leaderboard": "bench.results.report",
-    "write_report": "bench.results.report",
+    "leaderboard_text": "bench.results.leaderboard",
+    "render_leaderboard": "bench.results.leaderboard",
+    "write_report": "bench.results.leaderboard",
 }
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "append_record",
     "check_record",
     "finished_keys",
+    "leaderboard_text",
     "read_records",
     "render_leaderboard",
     "write_report",

@@ -1,0 +1,178 @@
+"""The per-backbone tables (accuracy, comparisons with the baseline, letters, cost) and the
+ranking across backbones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from bench.results.leaderboard.collect import Cell, measurements
+from bench.results.leaderboard.markdown import (
+    NA,
+    accuracy_text,
+    code,
+    detectable_text,
+    difference_text,
+    epsilon_text,
+    number_text,
+    optional_text,
+    p_with_test_text,
+    pvalue_text,
+    table,
+)
+from bench.results.leaderboard.survivorship import survivorship_lines
+from bench.results.stats import (
+    MAX_SEEDS,
+    BackboneAnalysis,
+    analyse_backbone,
+    average_ranks,
+    friedman,
+)
+
+CONFIDENCE = 0.95
+
+
+def backbone_section(
+    backbone: str,
+    norms: Mapping[str, Cell],
+    planned_norms: Iterable[str],
+    baseline: str,
+    alpha: float,
+) -> tuple[list[str], BackboneAnalysis]:
+    """The Markdown lines of one backbone's table, and the statistics behind it."""
+    accuracy = {norm: cell.accuracy for norm, cell in norms.items() if cell.ok}
+    analysis = analyse_backbone(accuracy, baseline, alpha, CONFIDENCE)
+    lines = [f"## Backbone `{backbone}`", ""]
+    if not analysis.has_baseline:
+        lines += [
+            f"The baseline `{baseline}` has no ok run on this backbone, so no norm is compared "
+            "with it here (verdicts say so); the letters do not depend on it.",
+            "",
+        ]
+    headers = [
+        "letters",
+        "norm",
+        "accuracy % (mean ± 95% CI, n)",
+        "Δ vs baseline (pp, 95% CI)",
+        "p (Holm)",
+        "verdict",
+        "detectable Δ (pp, 80% power)",
+        "throughput (img/s)",
+        "DP/non-DP throughput",
+        "peak memory (MiB)",
+        "ε spent (max)",
+    ]
+    rows = []
+    for result in analysis.results:
+        cell = norms[result.norm]
+        measured = measurements(cell)
+        comparison = result.vs_baseline
+        rows.append(
+            [
+                result.letters or NA,
+                code(result.norm),
+                accuracy_text(result.accuracy),
+                difference_text(comparison),
+                p_with_test_text(result.p_holm, comparison.test if comparison else None),
+                result.verdict,
+                detectable_text(result.detectable),
+                optional_text(measured["throughput"], ".1f"),
+                optional_text(measured["ratio"], ".2f"),
+                optional_text(
+                    None if measured["memory"] is None else measured["memory"] / 2**20, ".0f"
+                ),
+                epsilon_text(measured["epsilon"], measured["epsilon_target_exceeded"]),
+            ]
+        )
+    ranked = {result.norm for result in analysis.results}
+    for norm in sorted((set(norms) | set(planned_norms)) - ranked):
+        rows.append([NA, code(norm), _no_ok_text(norms.get(norm)), *[NA] * (len(headers) - 3)])
+    lines += [table(rows, headers), ""]
+    lines += [_power_text(analysis), ""]
+    if any(r.accuracy.n == 1 for r in analysis.results):
+        lines += [
+            "Cells with one seed (n=1) have no interval, are not tested and not ranked (—).",
+            "",
+        ]
+    lines += survivorship_lines(norms)
+    return lines, analysis
+
+
+def _no_ok_text(cell: Cell | None) -> str:
+    """What the accuracy column says for a norm with no usable ok run."""
+    counts = [] if cell is None else [(cell.failed, "failed"), (cell.skipped, "skipped")]
+    counts += [] if cell is None else [(cell.interrupted, "interrupted")]
+    counts += [] if cell is None else [(cell.invalid, "ok without a valid test_acc")]
+    said = ", ".join(f"{n} {label}" for n, label in counts if n)
+    return f"no ok run ({said or 'no record yet'})"
+
+
+def _power_text(analysis: BackboneAnalysis) -> str:
+    """The backbone's power line: the smallest difference its verdicts could see, and the seeds
+    that 1 pp would need."""
+    power = analysis.power
+    if power is None:
+        if any(r.detectable is not None for r in analysis.results):
+            return (
+                "**Power:** no paired comparison with the baseline, so no pooled estimate; each "
+                "row's detectable Δ comes from its own (Welch) test."
+            )
+        return "**Power:** not estimated: no comparison with the baseline was tested."
+    seeds = (
+        f"more than {MAX_SEEDS}" if power.seeds_for_one_pp is None else str(power.seeds_for_one_pp)
+    )
+    head = (
+        f"**Power** (paired t-test, two-sided, at α/m = {number_text(analysis.alpha)}/{power.m} "
+        f"= {power.level:.4g}: Holm's first step, so a lower bound on the verdicts' power): with "
+        f"the pooled SD of the paired differences with the baseline, {100 * power.sd:.2f} pp "
+        f"({power.sd_df} df), "
+    )
+    if power.detectable > 1.0:
+        seen = (
+            f"{power.n} seeds would find a difference with {power.power:.0%} power only above "
+            f"100 pp, so **no difference an accuracy can have would be found with "
+            f"{power.power:.0%} power** and 'no significant difference' rules out nothing."
+        )
+    else:
+        detectable = f"{100 * power.detectable:.2f} pp"
+        seen = (
+            f"{power.n} seeds find a difference of {detectable} with {power.power:.0%} power, so "
+            f"**differences below {detectable} could not be seen** and 'no significant "
+            "difference' does not rule them out."
+        )
+    return head + seen + f" Seeing 1 pp with {power.power:.0%} power would need {seeds} seeds."
+
+
+def summary_section(analyses: Mapping[str, BackboneAnalysis]) -> list[str]:
+    """Average ranks across backbones and the Friedman test (or why it was not run)."""
+    means = {
+        backbone: {r.norm: r.accuracy.mean for r in analysis.results}
+        for backbone, analysis in analyses.items()
+        if analysis.results
+    }
+    lines = ["## Across backbones", ""]
+    if not means:
+        return [*lines, "No ok run on any backbone: nothing to rank.", ""]
+    ranks = average_ranks(means)
+    rows = [
+        [code(norm), f"{rank.rank:.2f}", str(rank.n_backbones)]
+        for norm, rank in sorted(ranks.items(), key=lambda item: (item[1].rank, item[0]))
+    ]
+    lines += [
+        "Rank by mean accuracy within each backbone (1 = most accurate; ties share the average "
+        "rank), averaged over the backbones where the norm has an ok run.",
+        "",
+        table(rows, ["norm", "average rank", "backbones"]),
+        "",
+    ]
+    result = friedman(means)
+    if result.ran:
+        lines.append(
+            f"Friedman test (do the norms rank alike on every backbone?): "
+            f"χ² = {result.statistic:.2f}, p = {pvalue_text(result.pvalue)}, "
+            f"over {len(result.norms)} norms ({', '.join(f'`{n}`' for n in result.norms)}) on "
+            f"{len(result.backbones)} backbones ({', '.join(f'`{b}`' for b in result.backbones)})."
+            " With few backbones the chi-square approximation is rough."
+        )
+    else:
+        lines.append(f"Friedman test not run: {result.reason}.")
+    return [*lines, ""]

@@ -1,0 +1,207 @@
+"""Build the leaderboard: read a run directory once, collect once, render every section, and
+write ``leaderboard.md`` with its figures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bench.results import figures
+from bench.results.leaderboard import privacy_utility, sections, sweeps
+from bench.results.leaderboard.backbone import (
+    CONFIDENCE,
+    backbone_section,
+    summary_section,
+)
+from bench.results.leaderboard.collect import (
+    Collected,
+    block_of,
+    collect,
+    is_tuning,
+    measurements,
+    planned_cells,
+)
+from bench.results.leaderboard.header import header_lines
+from bench.results.leaderboard.settings import (
+    LEADERBOARD_FILE,
+    RECORDS_FILE,
+    SUITE_FILE,
+    load_suite,
+    resolve_alpha,
+    resolve_baseline,
+    suite_section,
+)
+from bench.results.record import Record
+from bench.results.records import read_records
+from bench.results.stats import BackboneAnalysis, mean_ci
+
+
+def render_leaderboard(
+    records: Sequence[Record],
+    problems: Sequence[str],
+    suite: Mapping,
+    *,
+    run_dir: Path,
+    baseline: str,
+    alpha: float,
+) -> str:
+    """The leaderboard's Markdown, from records already read.
+
+    Deterministic: the output depends only on the arguments, everything is sorted, and no clock
+    is read.
+
+    Args:
+        records: Records as returned by :func:`bench.results.records.read_records` (numeric
+            fields finite numbers or None).
+        problems: Messages about unusable lines of the records file.
+        suite: The resolved suite (``suite.json``), or an empty dict.
+        run_dir: The run directory (its name is the fallback suite name).
+        baseline: The baseline norm's spec string.
+        alpha: Family-wise significance level.
+
+    Returns:
+        The Markdown text, ending with a newline.
+    """
+    return _render(collect(records), problems, suite, run_dir, baseline, alpha)
+
+
+def _render(
+    collected: Collected,
+    problems: Sequence[str],
+    suite: Mapping,
+    run_dir: Path,
+    baseline: str,
+    alpha: float,
+) -> str:
+    """The Markdown of :func:`render_leaderboard`, from records collected once."""
+    records = collected.records
+    body, analyses = _backbone_tables(collected, suite, baseline, alpha)
+    ok = collected.ok_runs()
+    body += summary_section(analyses)
+    body += sections.tuning_section(collected.tuning, suite)
+    body += sections.privacy_section(records)
+    body += sweeps.rank_agreement_section(ok)
+    body += sweeps.value_effect_section(ok, suite_section(suite, "grid"), alpha)
+    body += privacy_utility.privacy_utility_section(ok, alpha)
+    body += sections.figures_section(any(a.results for a in analyses.values()))
+    body += sections.failed_section(collected.not_ok)
+    body += sections.stacks_section(records)
+    planned_all = planned_cells(suite)
+    if planned_all:
+        body += sections.missing_section(planned_all, {r["run_key"] for r in records})
+    all_problems = [*problems, *collected.problems]
+    body += sections.problems_section(all_problems)
+    header = header_lines(
+        suite, records, len(all_problems), run_dir, baseline, alpha, list(analyses.values())
+    )
+    return "\n".join(header + body).rstrip("\n") + "\n"
+
+
+def _backbone_tables(
+    collected: Collected, suite: Mapping, baseline: str, alpha: float
+) -> tuple[list[str], dict[str, BackboneAnalysis]]:
+    """Every table's section, over the tables with records or planned cells, with their
+    statistics."""
+    planned_norms: dict[str, set[str]] = {}
+    for c in planned_cells(suite):
+        if is_tuning(c):
+            continue
+        if isinstance(c.get("backbone"), str) and isinstance(c.get("norm"), str):
+            planned_norms.setdefault(block_of(c), set()).add(c["norm"])
+    body: list[str] = []
+    analyses: dict[str, BackboneAnalysis] = {}
+    for backbone in sorted(set(collected.cells) | set(planned_norms)):
+        lines, analyses[backbone] = backbone_section(
+            backbone,
+            collected.cells.get(backbone, {}),
+            planned_norms.get(backbone, ()),
+            baseline,
+            alpha,
+        )
+        body += lines
+    if not analyses:
+        body += ["No records yet.", ""]
+    return body, analyses
+
+
+def figure_points(collected: Collected) -> list[figures.FigurePoint]:
+    """One figure point per (table, norm) with ok runs, sorted by table then norm."""
+    points = []
+    for backbone in sorted(collected.cells):
+        for norm, cell in sorted(collected.cells[backbone].items()):
+            if not cell.ok:
+                continue
+            acc = mean_ci(list(cell.accuracy.values()), CONFIDENCE)
+            points.append(
+                figures.FigurePoint(
+                    backbone=backbone,
+                    norm=norm,
+                    acc_pct=100 * acc.mean,
+                    acc_half_width_pct=None if acc.half_width is None else 100 * acc.half_width,
+                    throughput_img_s=measurements(cell)["throughput"],
+                )
+            )
+    return points
+
+
+def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | None = None) -> Path:
+    """Write ``leaderboard.md`` and its figures into a run directory.
+
+    Reads ``run_dir/records.jsonl`` and, when present, ``run_dir/suite.json`` (the resolved
+    suite the runner writes: its name, description, data, privacy target, report settings and
+    the full grid of cells, used to list cells that have no record yet). Bad lines of the
+    records file are listed in the report, not raised. Same records give a byte-identical
+    Markdown file.
+
+    Args:
+        run_dir: Directory holding ``records.jsonl`` (``reports/<suite>``).
+        baseline: Baseline norm spec, matched to a norm of the records (a default spelled out
+            matches the norm without it); default: the suite's ``report.baseline``, else
+            ``group_norm``.
+        alpha: Family-wise significance level; default: the suite's ``report.alpha``, else 0.05.
+
+    Returns:
+        The path of the leaderboard.
+
+    Raises:
+        RecordsError: When the records file is missing or unreadable, or suite.json is not
+            valid JSON.
+        ConfigError: When alpha is not in (0, 0.5), or ``baseline`` names no norm of the
+            records.
+    """
+    run_dir = Path(run_dir)
+    text, collected = _leaderboard(run_dir, baseline, alpha)
+    points = figure_points(collected)
+    if points:
+        figures.write_figures(run_dir, points)
+    curve = privacy_utility.curve_points(collected.ok_runs())
+    if curve:
+        figures.write_privacy_utility(run_dir, curve)
+    path = run_dir / LEADERBOARD_FILE
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def leaderboard_text(
+    run_dir: Path, *, baseline: str | None = None, alpha: float | None = None
+) -> str:
+    """The Markdown `write_report` would write for ``run_dir``, without writing it or figures."""
+    return _leaderboard(Path(run_dir), baseline, alpha)[0]
+
+
+def _leaderboard(run_dir: Path, baseline: str | None, alpha: float | None) -> tuple[str, Collected]:
+    """The leaderboard's text and the records collected for it (which the figures reuse)."""
+    records_path = run_dir / RECORDS_FILE
+    read = read_records(records_path)
+    suite = load_suite(run_dir / SUITE_FILE)
+    resolved_alpha = resolve_alpha(alpha, suite)
+    resolved_baseline = resolve_baseline(baseline, suite, read.records)
+    # The leaderboard sits beside the records file, so the file's own name is the useful
+    # reference (and an absolute path would make the report depend on where it was built).
+    prefix = f"{records_path}:"
+    problems = [
+        RECORDS_FILE + ":" + p[len(prefix) :] if p.startswith(prefix) else p for p in read.problems
+    ]
+    collected = collect(read.records)
+    text = _render(collected, problems, suite, run_dir, resolved_baseline, resolved_alpha)
+    return text, collected

@@ -1,0 +1,133 @@
+"""The statistics of one backbone's leaderboard: each norm against the baseline, and letters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bench.results.stats.descriptive import MeanCI, Seeds, mean_ci, values_of
+from bench.results.stats.family import compare_family
+from bench.results.stats.letters import by_mean, letter_display
+from bench.results.stats.power import Power, backbone_power
+from bench.results.stats.significance import BASELINE, NO_BASELINE, Comparison
+
+
+@dataclass(frozen=True)
+class NormResult:
+    """One norm's line of a backbone's leaderboard.
+
+    Attributes:
+        norm: The norm spec string.
+        accuracy: Mean accuracy over seeds with its interval.
+        vs_baseline: The comparison with the baseline; None for the baseline itself and when
+            the baseline has no values.
+        p_holm: Holm-corrected p-value of that comparison, or None.
+        verdict: ``BASELINE``, ``BETTER``, ``WORSE``, ``NO_DIFFERENCE``, ``NOT_TESTED`` or
+            ``NO_BASELINE``.
+        letters: See :func:`letter_display`; None when not ranked.
+        detectable: Smallest difference from the baseline (as a fraction) this comparison would
+            find with 80% power at the verdicts' level (:func:`detectable_difference` on its own
+            standard error and degrees of freedom); None when not tested.
+    """
+
+    norm: str
+    accuracy: MeanCI
+    vs_baseline: Comparison | None
+    p_holm: float | None
+    verdict: str
+    letters: str | None
+    detectable: float | None = None
+
+
+@dataclass(frozen=True)
+class BackboneAnalysis:
+    """The statistics of one backbone's leaderboard.
+
+    Attributes:
+        baseline: The baseline norm's spec string.
+        has_baseline: Whether the baseline has at least one value on this backbone.
+        alpha: Family-wise significance level used.
+        results: One entry per norm with values, best mean first (ties by name).
+        power: The backbone's power statement (see :func:`backbone_power`), None without a
+            paired comparison with the baseline.
+    """
+
+    baseline: str
+    has_baseline: bool
+    alpha: float
+    results: tuple[NormResult, ...]
+    power: Power | None = None
+
+    @property
+    def tests_used(self) -> dict[str, int]:
+        """How many comparisons against the baseline used each test."""
+        counts: dict[str, int] = {}
+        for result in self.results:
+            if result.vs_baseline is not None and result.vs_baseline.test is not None:
+                counts[result.vs_baseline.test] = counts.get(result.vs_baseline.test, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def analyse_backbone(
+    acc_by_norm: Mapping[str, Seeds],
+    baseline: str,
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+) -> BackboneAnalysis:
+    """The leaderboard statistics of one backbone.
+
+    Each norm other than the baseline is compared with the baseline (:func:`compare`); the
+    p-values of those comparisons form one Holm family. Letters come from
+    :func:`letter_display`; the power of the verdicts from :func:`detectable_difference` (per
+    norm) and :func:`backbone_power` (pooled), both at the level alpha / m that Holm's first
+    step uses for the m tested comparisons. Norms with no values are left out (the caller lists
+    them as failed).
+
+    Args:
+        acc_by_norm: Accuracy per seed for each norm of the backbone.
+        baseline: The baseline norm's spec string; it may be absent from ``acc_by_norm``.
+        alpha: Family-wise significance level.
+        confidence: Confidence level of the intervals.
+
+    Returns:
+        The per-norm results, best mean first.
+    """
+    order = by_mean(acc_by_norm)
+    has_baseline = baseline in order
+    others = [norm for norm in order if norm != baseline]
+    judged = dict(
+        zip(
+            others,
+            compare_family(
+                [(acc_by_norm[n], acc_by_norm[baseline]) for n in others], alpha, confidence
+            )
+            if has_baseline
+            else [None] * len(others),
+            strict=True,
+        )
+    )
+    letters = letter_display(acc_by_norm, alpha, confidence)
+    results = []
+    for norm in order:
+        judgement = judged.get(norm)
+        if norm == baseline:
+            label = BASELINE
+        elif judgement is None:
+            label = NO_BASELINE
+        else:
+            label = judgement.verdict
+        results.append(
+            NormResult(
+                norm=norm,
+                accuracy=mean_ci(list(values_of(acc_by_norm[norm])), confidence),
+                vs_baseline=None if judgement is None else judgement.test,
+                p_holm=None if judgement is None else judgement.p_holm,
+                verdict=label,
+                letters=letters[norm],
+                detectable=None if judgement is None else judgement.detectable,
+            )
+        )
+    tested = [j.test for j in judged.values() if j is not None and j.test.tested]
+    return BackboneAnalysis(
+        baseline, has_baseline, alpha, tuple(results), backbone_power(tested, alpha)
+    )
