@@ -23,6 +23,7 @@ from bench.results.leaderboard.survivorship import survivorship_lines
 from bench.results.stats import (
     MAX_SEEDS,
     BackboneAnalysis,
+    NormResult,
     analyse_backbone,
     average_ranks,
     friedman,
@@ -61,28 +62,7 @@ def backbone_section(
         "peak memory (MiB)",
         "ε spent (max)",
     ]
-    rows = []
-    for result in analysis.results:
-        cell = norms[result.norm]
-        measured = measurements(cell)
-        comparison = result.vs_baseline
-        rows.append(
-            [
-                result.letters or NA,
-                code(result.norm),
-                accuracy_text(result.accuracy),
-                difference_text(comparison),
-                p_with_test_text(result.p_holm, comparison.test if comparison else None),
-                result.verdict,
-                detectable_text(result.detectable),
-                optional_text(measured["throughput"], ".1f"),
-                optional_text(measured["ratio"], ".2f"),
-                optional_text(
-                    None if measured["memory"] is None else measured["memory"] / 2**20, ".0f"
-                ),
-                epsilon_text(measured["epsilon"], measured["epsilon_target_exceeded"]),
-            ]
-        )
+    rows = [_result_row(result, norms[result.norm]) for result in analysis.results]
     ranked = {result.norm for result in analysis.results}
     for norm in sorted((set(norms) | set(planned_norms)) - ranked):
         rows.append([NA, code(norm), _no_ok_text(norms.get(norm)), *[NA] * (len(headers) - 3)])
@@ -95,6 +75,26 @@ def backbone_section(
         ]
     lines += survivorship_lines(norms)
     return lines, analysis
+
+
+def _result_row(result: NormResult, cell: Cell) -> list[str]:
+    """A ranked norm's row: accuracy, its comparison with the baseline, letters and cost."""
+    measured = measurements(cell)
+    comparison = result.vs_baseline
+    memory = measured["memory"]
+    return [
+        result.letters or NA,
+        code(result.norm),
+        accuracy_text(result.accuracy),
+        difference_text(comparison),
+        p_with_test_text(result.p_holm, comparison.test if comparison else None),
+        result.verdict,
+        detectable_text(result.detectable),
+        optional_text(measured["throughput"], ".1f"),
+        optional_text(measured["ratio"], ".2f"),
+        optional_text(None if memory is None else memory / 2**20, ".0f"),
+        epsilon_text(measured["epsilon"], measured["epsilon_target_exceeded"]),
+    ]
 
 
 def _no_ok_text(cell: Cell | None) -> str:

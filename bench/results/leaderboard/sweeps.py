@@ -130,40 +130,11 @@ def rank_agreement_section(ok: OkRuns) -> list[str]:
     Returns:
         The section's Markdown lines; empty when no key was swept over two or more values.
     """
-    rows = []
-    for (key, context), values in sweeps_of(settings_of(ok)).items():
-        for (value_a, a), (value_b, b) in combinations(values, 2):
-            wall_a, wall_b = _mean_wall_s(ok[a.block]), _mean_wall_s(ok[b.block])
-            cheaper_known = (
-                wall_a is not None
-                and wall_b is not None
-                and min(wall_a, wall_b) <= CHEAPER_RATIO * max(wall_a, wall_b)
-            )
-            if cheaper_known and wall_b < wall_a:
-                value_a, a, wall_a, value_b, b, wall_b = value_b, b, wall_b, value_a, a, wall_a
-            agreement = rank_agreement(accuracy_of(ok[a.block]), accuracy_of(ok[b.block]))
-            if agreement.tau is None:
-                tau = NA
-            elif agreement.low is None:
-                tau = f"{agreement.tau:+.2f} (no interval)"
-            else:
-                tau = f"{agreement.tau:+.2f} [{agreement.low:+.2f}, {agreement.high:+.2f}]"
-            cost = (
-                NA
-                if wall_a is None or wall_b is None
-                else f"{wall_a:.0f} → {wall_b:.0f}" + ("" if cheaper_known else " (similar)")
-            )
-            rows.append(
-                [
-                    code(context),
-                    code(key),
-                    f"{code(grid_value_text(value_a))} → {code(grid_value_text(value_b))}",
-                    cost,
-                    str(len(agreement.norms)),
-                    tau,
-                    _reading(agreement, cheaper_known),
-                ]
-            )
+    rows = [
+        _agreement_row(ok, key, context, first, second)
+        for (key, context), values in sweeps_of(settings_of(ok)).items()
+        for first, second in combinations(values, 2)
+    ]
     if not rows:
         return []
     headers = [
@@ -190,6 +161,46 @@ def rank_agreement_section(ok: OkRuns) -> list[str]:
         "",
         table(rows, headers),
         "",
+    ]
+
+
+def _agreement_row(
+    ok: OkRuns,
+    key: str,
+    context: str,
+    first: tuple[object, Setting],
+    second: tuple[object, Setting],
+) -> list[str]:
+    """The rank agreement of two values of a key, the cheaper one first when one is."""
+    (value_a, a), (value_b, b) = first, second
+    wall_a, wall_b = _mean_wall_s(ok[a.block]), _mean_wall_s(ok[b.block])
+    cheaper_known = (
+        wall_a is not None
+        and wall_b is not None
+        and min(wall_a, wall_b) <= CHEAPER_RATIO * max(wall_a, wall_b)
+    )
+    if cheaper_known and wall_b < wall_a:
+        value_a, a, wall_a, value_b, b, wall_b = value_b, b, wall_b, value_a, a, wall_a
+    agreement = rank_agreement(accuracy_of(ok[a.block]), accuracy_of(ok[b.block]))
+    if agreement.tau is None:
+        tau = NA
+    elif agreement.low is None:
+        tau = f"{agreement.tau:+.2f} (no interval)"
+    else:
+        tau = f"{agreement.tau:+.2f} [{agreement.low:+.2f}, {agreement.high:+.2f}]"
+    cost = (
+        NA
+        if wall_a is None or wall_b is None
+        else f"{wall_a:.0f} → {wall_b:.0f}" + ("" if cheaper_known else " (similar)")
+    )
+    return [
+        code(context),
+        code(key),
+        f"{code(grid_value_text(value_a))} → {code(grid_value_text(value_b))}",
+        cost,
+        str(len(agreement.norms)),
+        tau,
+        _reading(agreement, cheaper_known),
     ]
 
 

@@ -37,7 +37,7 @@ from bench.results.stats import BackboneAnalysis, mean_ci
 
 
 def render_leaderboard(
-    records: Sequence[Record],
+    records: Sequence[Record] | Collected,
     problems: Sequence[str],
     suite: Mapping,
     *,
@@ -52,7 +52,9 @@ def render_leaderboard(
 
     Args:
         records: Records as returned by :func:`bench.results.records.read_records` (numeric
-            fields finite numbers or None).
+            fields finite numbers or None), or already collected by
+            :func:`~bench.results.leaderboard.collect.collect` (as `write_report` does, to draw
+            the figures from the same collection).
         problems: Messages about unusable lines of the records file.
         suite: The resolved suite (``suite.json``), or an empty dict.
         run_dir: The run directory (its name is the fallback suite name).
@@ -62,18 +64,7 @@ def render_leaderboard(
     Returns:
         The Markdown text, ending with a newline.
     """
-    return _render(collect(records), problems, suite, run_dir, baseline, alpha)
-
-
-def _render(
-    collected: Collected,
-    problems: Sequence[str],
-    suite: Mapping,
-    run_dir: Path,
-    baseline: str,
-    alpha: float,
-) -> str:
-    """The Markdown of :func:`render_leaderboard`, from records collected once."""
+    collected = records if isinstance(records, Collected) else collect(records)
     records = collected.records
     body, analyses = _backbone_tables(collected, suite, baseline, alpha)
     ok = collected.ok_runs()
@@ -203,5 +194,12 @@ def _leaderboard(run_dir: Path, baseline: str | None, alpha: float | None) -> tu
         RECORDS_FILE + ":" + p[len(prefix) :] if p.startswith(prefix) else p for p in read.problems
     ]
     collected = collect(read.records)
-    text = _render(collected, problems, suite, run_dir, resolved_baseline, resolved_alpha)
+    text = render_leaderboard(
+        collected,
+        problems,
+        suite,
+        run_dir=run_dir,
+        baseline=resolved_baseline,
+        alpha=resolved_alpha,
+    )
     return text, collected

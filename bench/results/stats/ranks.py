@@ -203,28 +203,14 @@ def rank_agreement(
     """
     norms = tuple(sorted(n for n in first if first[n] and second.get(n)))
     if len(norms) < 3:
-        return RankAgreement(
-            None,
-            None,
-            None,
-            norms,
-            n_resamples,
-            confidence,
-            f"needs >= 3 norms with ok runs at both values (have {len(norms)})",
-        )
+        why = f"needs >= 3 norms with ok runs at both values (have {len(norms)})"
+        return RankAgreement(None, None, None, norms, n_resamples, confidence, why)
     cells = [[values_of(setting[n]) for n in norms] for setting in (first, second)]
     means = [np.array([v.mean() for v in setting]) for setting in cells]
     tau = float(kendall_tau_b(means[0], means[1]))
     if not math.isfinite(tau):
-        return RankAgreement(
-            None,
-            None,
-            None,
-            norms,
-            n_resamples,
-            confidence,
-            "undefined: every norm has the same mean in one setting",
-        )
+        why = "undefined: every norm has the same mean in one setting"
+        return RankAgreement(None, None, None, norms, n_resamples, confidence, why)
     rng = np.random.default_rng(seed)
     resampled = [
         np.stack(

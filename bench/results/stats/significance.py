@@ -56,11 +56,6 @@ class Comparison:
         """Whether a test was done (and ``pvalue`` is set)."""
         return self.test is not None
 
-    @property
-    def estimate(self) -> float | None:
-        """The tested quantity, ``diff``."""
-        return self.diff
-
 
 def compare(values: Seeds, reference: Seeds, confidence: float = 0.95) -> Comparison:
     """Test whether a norm's accuracy differs from a reference norm's.
@@ -169,11 +164,6 @@ class Trend:
         """Whether a test was done (and ``pvalue`` is set)."""
         return self.pvalue is not None
 
-    @property
-    def estimate(self) -> float | None:
-        """The tested quantity, ``slope``."""
-        return self.slope
-
 
 def trend(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> Trend:
     """Ordinary least-squares slope of ``y`` on ``x`` (``scipy.stats.linregress``) with a
@@ -220,8 +210,9 @@ def verdict(test: Comparison | Trend, p_adjusted: float | None, alpha: float) ->
     Returns:
         One of ``BETTER``, ``WORSE``, ``NO_DIFFERENCE`` or ``NOT_TESTED``.
     """
-    if not test.tested or p_adjusted is None or test.estimate is None:
+    estimate = test.diff if isinstance(test, Comparison) else test.slope
+    if not test.tested or p_adjusted is None or estimate is None:
         return NOT_TESTED
-    if p_adjusted <= alpha and test.estimate != 0:
-        return BETTER if test.estimate > 0 else WORSE
+    if p_adjusted <= alpha and estimate != 0:
+        return BETTER if estimate > 0 else WORSE
     return NO_DIFFERENCE
