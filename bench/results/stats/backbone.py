@@ -76,11 +76,11 @@ def analyse_backbone(
 ) -> BackboneAnalysis:
     """The leaderboard statistics of one backbone.
 
-    Each norm other than the baseline is compared with the baseline (:func:`compare`); the
-    p-values of those comparisons form one Holm family. Letters come from
-    :func:`letter_display`; the power of the verdicts from :func:`detectable_difference` (per
-    norm) and :func:`backbone_power` (pooled), both at the level alpha / m that Holm's first
-    step uses for the m tested comparisons. Norms with no values are left out (the caller lists
+    Each norm other than the baseline is compared with the baseline, and the comparisons are
+    judged as one Holm family (:func:`compare_family`: verdicts, and each norm's detectable
+    difference). Letters come from :func:`letter_display`; the pooled power of the verdicts from
+    :func:`backbone_power`; both powers at the level alpha / m that Holm's first step uses for
+    the m tested comparisons. Norms with no values are left out (the caller lists
     them as failed).
 
     Args:
