@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +24,14 @@ from typing import Any
 
 import torch
 
+from bench import atomic
+
 # The fields that never change what a run computes; private to the config, shared with the hash.
 from bench.config import _DIAGNOSTIC_FIELDS, Cell, cell_to_dict
 
 #: Bump when the layout of the saved state changes, so old checkpoints are refused, not misread.
 FORMAT = 1
 FILE = "checkpoint.pt"
-# The temporary file a write goes through; only a kill between its write and its rename leaves
-# one behind, and nothing ever loads it.
-_TMP_PREFIX, _TMP_SUFFIX = ".checkpoint.", ".tmp"
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -65,26 +62,8 @@ def save(path: Path, state: Mapping[str, Any], cfg_hash: str) -> None:
 
 
 def save_atomic(path: Path, obj: Any) -> None:
-    """``torch.save(obj)`` to ``path`` through a temporary file, fsync and rename: a kill at
-    any point leaves the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """``torch.save(obj)`` to ``path`` atomically (`bench.atomic.write_with`)."""
+    atomic.write_with(path, lambda f: torch.save(obj, f))
 
 
 @dataclass(frozen=True)
@@ -117,7 +96,7 @@ def remove(path: Path) -> None:
     and its folder when it is left empty."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    for torn in Path(path).parent.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
+    for torn in atomic.stray_temporaries(path):
         with contextlib.suppress(FileNotFoundError):
             torn.unlink()
     with contextlib.suppress(OSError):

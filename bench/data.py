@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import warnings
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench import atomic
 from bench.config import DataConfig
 from bench.errors import DataError
 from bench.seeds import stream
@@ -392,17 +392,9 @@ def _read_cache(path: Path, classes: Sequence[str]) -> tuple[torch.Tensor, ...] 
 
 
 def _write_cache(path: Path, blob: dict) -> None:
-    """Write via a temporary file and ``os.replace`` so a killed run never leaves half a cache."""
+    """Write atomically (`bench.atomic`) so a killed run never leaves half a cache."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(blob, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic.write_with(path, lambda f: torch.save(blob, f))
     except OSError as err:  # a read-only cache only costs a re-decode next time
         warnings.warn(f"{path}: cannot write the decode cache ({err})", stacklevel=3)
 

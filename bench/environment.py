@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from bench import atomic
 from bench.errors import BenchError
 from bench.results.record import Record
 from bench.results.stacks import constraints_text, differences, stack_of, stack_text, stacks
@@ -143,9 +144,7 @@ def write_environment(
         (CONSTRAINTS_FILE, constraints_text(versions, header)),
     ):
         path = out_dir / name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text)
         written.append(path)
     return written[0], written[1]
 

@@ -34,6 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from bench import atomic
 from bench.config import Cell, Suite, cell_to_dict, suite_to_dict
 from bench.errors import BenchError, ExecutorError, IncompatibleError
 from bench.plan import cell_label
@@ -90,9 +91,7 @@ def write_suite_json(suite: Suite, out_dir: Path, cells: Sequence[Cell] | None =
         for c in (suite.cells() if cells is None else cells)
     ]
     path = out_dir / "suite.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
 
 

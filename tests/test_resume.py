@@ -256,7 +256,7 @@ def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_older_one_or_step
             run_cell(c, records, "cpu", progress=kill_at(5, KeyboardInterrupt))
         data = path.read_bytes()
         if kind == "torn-temporary":  # what SIGKILL mid-write leaves beside the checkpoint
-            (path.parent / ".checkpoint.k1ll3d.tmp").write_bytes(data[: len(data) // 2])
+            (path.parent / ".checkpoint.pt.k1ll3d.tmp").write_bytes(data[: len(data) // 2])
         else:  # a copy of the newest checkpoint cut short (no atomic rename on the way)
             path.write_bytes(data[: len(data) // 2])
     assert not records.exists()

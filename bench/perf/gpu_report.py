@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shlex
 import subprocess
@@ -42,6 +41,7 @@ from typing import Any
 
 import torch
 
+from bench import atomic
 from bench.measure import REPO, git_commit, resolve_device
 from bench.perf.report_parts import PARTS, SIZES, PartRun, Sizes, error_line
 
@@ -65,9 +65,7 @@ def run_part(
     def save() -> None:
         result["seconds"] = time.perf_counter() - started
         if save_to is not None:
-            tmp = save_to.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result))
-            os.replace(tmp, save_to)
+            atomic.write_text(save_to, json.dumps(result))
 
     run.save = save
     try:
