@@ -155,7 +155,8 @@ def run_cell(
 
     from bench import checkpoint, saved_model
     from bench.engine import Diverged, train_cell
-    from bench.measure import provenance, resolve_device
+    from bench.measure import resolve_device
+    from bench.provenance import record_provenance
 
     dev = resolve_device(device)
     started = time.perf_counter()
@@ -185,7 +186,7 @@ def run_cell(
             "traceback": traceback.format_exc(limit=-8),
         }
     if record["status"] != "ok":
-        prov = provenance(dev)
+        prov = record_provenance(dev)
         record.update(
             provenance=prov, device=prov["device_name"], wall_s=time.perf_counter() - started
         )
@@ -423,9 +424,10 @@ def _check_environment(
     not mix stacks (None when there is nothing to run)."""
     if not todo:
         return None
-    from bench.environment import capture, check_stack
+    from bench.environment import check_stack
+    from bench.provenance import environment_facts
 
-    env = capture()
+    env = environment_facts()
     existing = read_records(records_path).records if records_path.exists() else []
     check_stack(existing, env, records_path, allow_mixed)
     return env

@@ -24,8 +24,9 @@ import torch
 
 import norms
 from bench.config import DEFAULT_NORM
-from bench.measure import REPO, synchronize, tensor_peak_bytes
+from bench.measure import synchronize, tensor_peak_bytes
 from bench.perf.kinds import KINDS, make_step, measure_one, prepare_for_timing, random_device_data
+from bench.provenance import REPO
 
 FULL_SUITE = REPO / "suites" / "cifar10_eps8.yaml"
 QUICK_SUITE = REPO / "suites" / "cifar10_eps8_quick.yaml"

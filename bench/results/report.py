@@ -16,7 +16,7 @@ from bench.errors import ConfigError, RecordsError
 from bench.results import figures, stats, sweeps
 from bench.results.record import Record, grid_value_text
 from bench.results.records import RecordsRead, read_records
-from bench.results.stacks import stack_text, stacks
+from bench.results.stacks import STACK_KEYS, stack_text, stacks
 
 RECORDS_FILE = "records.jsonl"
 SUITE_FILE = "suite.json"
@@ -24,8 +24,8 @@ LEADERBOARD_FILE = "leaderboard.md"
 DEFAULT_ALPHA = 0.05
 CONFIDENCE = 0.95
 
-#: Provenance keys shown in the header, in this order.
-VERSION_KEYS = ("torch", "opacus", "timm", "cuda", "python")
+#: Provenance keys shown in the header, in this order: the stack's, then the interpreter's.
+VERSION_KEYS = (*STACK_KEYS, "python")
 
 _NA = "—"
 _MAX_REASON_CHARS = 300
