@@ -9,14 +9,13 @@ renamed over the previous one, so a kill at any point leaves the previous checkp
 one. It is read with ``torch.load(weights_only=True)``: nothing in it can run code.
 
 A checkpoint that is truncated, unreadable, or made by a different configuration (its hash of
-the resolved cell differs) is never used; the run starts from step 0 and says why in one line.
+the resolved cell, `bench.config.identity.cell_hash`, differs) is never used; the run starts
+from step 0 and says why in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,34 +25,13 @@ import torch
 
 from bench import atomic
 
-# The fields that never change what a run computes; private to the config, shared with the hash.
-from bench.config import _DIAGNOSTIC_FIELDS, Cell, cell_to_dict
-
 #: Bump when the layout of the saved state changes, so old checkpoints are refused, not misread.
 FORMAT = 1
 FILE = "checkpoint.pt"
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """SHA-256 of a resolved cell config (the record's ``config``), as JSON with sorted keys."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def checkpoint_path(directory: Path, run_key: str) -> Path:
     return Path(directory) / run_key / FILE
-
-
-def cell_hash(cell: Cell) -> str:
-    """`config_hash` of the cell's resolved config less the fields that never change the
-    result (``training.checkpoint_every``, ``save_model``, ``log_private_loss``), so that a run
-    resumed with, say, another checkpoint interval still uses its checkpoint."""
-    config = cell_to_dict(cell)
-    for section, names in _DIAGNOSTIC_FIELDS.items():
-        for name in names:
-            config[section].pop(name, None)
-            config["overrides"].pop(f"{section}.{name}", None)
-    return config_hash(config)
 
 
 def save(path: Path, state: Mapping[str, Any], cfg_hash: str) -> None:

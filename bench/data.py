@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import atomic
-from bench.config import DataConfig
+from bench.config import DataConfig, sha256_text
 from bench.errors import DataError
 from bench.seeds import stream
 
@@ -376,7 +376,7 @@ def _cache_path(cfg: DataConfig, root: Path, files: Sequence[Path]) -> Path | No
         return None
     newest = max(os.stat(f).st_mtime_ns for f in files)
     key = f"{_CACHE_FORMAT}|{root.resolve()}|{len(files)}|{newest}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    digest = sha256_text(key)[:16]
     return Path(cfg.cache_dir).expanduser() / f"imagefolder-{root.resolve().name}-{digest}.pt"
 
 

@@ -518,7 +518,7 @@ def _train(run: _Run, progress: Progress | None, checkpoint_dir: Path | None) ->
     seed_global(run.cell.seed, "dropout")
     every = training.checkpoint_every
     path = checkpoint.checkpoint_path(checkpoint_dir, run.cell.run_key) if checkpoint_dir else None
-    cfg_hash = checkpoint.cell_hash(run.cell) if path else ""
+    cfg_hash = run.cell.checkpoint_hash if path else ""
     start, loss_value, peaks = 0, float("nan"), (None, None)
     if path is not None:
         found = checkpoint.load(path, cfg_hash, run.device)
