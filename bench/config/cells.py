@@ -178,10 +178,7 @@ def cell_to_dict(cell: Cell) -> dict[str, Any]:
     """A JSON-ready description of one cell, as stored in its record."""
     return {
         "run_key": cell.run_key,
-        "suite": cell.suite,
-        "backbone": cell.backbone,
-        "norm": cell.norm,
-        "seed": cell.seed,
+        **{name: getattr(cell, name) for name in ("suite", "backbone", "norm", "seed")},
         "overrides": {k: public_value(k, v) for k, v in jsonable(dict(cell.overrides)).items()},
         "data": public_data_dict(cell.data),
         "privacy": dataclasses.asdict(cell.privacy),

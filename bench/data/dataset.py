@@ -87,43 +87,43 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         raise DataError(f"unknown data source {cfg.source!r}")
     train_x, train_y = _subset(train_x, train_y, cfg.train_size, cfg.split_seed, "train")
     test_x, test_y = _subset(test_x, test_y, cfg.test_size, cfg.split_seed, "test")
-    public_x = public_y = None
-    if cfg.public_split:
-        n = len(train_y)
-        if cfg.public_split >= n:
-            raise DataError(
-                f"{cfg.root or cfg.source}: public_split {cfg.public_split} leaves no private "
-                f"training data ({n} training examples)"
-            )
-        order = torch.randperm(n, generator=split_generator(cfg.split_seed, "public"))
-        public = order[: cfg.public_split].sort().values
-        private = order[cfg.public_split :].sort().values
-        public_x, public_y = train_x[public], train_y[public]
-        train_x, train_y = train_x[private], train_y[private]
-    val_index = None
-    if cfg.val_split:
-        if cfg.val_split >= len(train_y):
-            raise DataError(
-                f"{cfg.root or cfg.source}: val_split {cfg.val_split} leaves no private "
-                f"training data ({len(train_y)} private examples)"
-            )
-        # Drawn from the private set after the public split, so the two are disjoint.
-        order = torch.randperm(len(train_y), generator=split_generator(cfg.split_seed, "val"))
-        val_index = order[: cfg.val_split].sort().values
-    return Dataset(
-        name=cfg.dataset_name,
-        train_x=train_x,
-        train_y=train_y,
-        test_x=test_x,
-        test_y=test_y,
-        public_x=public_x,
-        public_y=public_y,
-        num_classes=len(classes),
-        mean=cfg.mean,
-        std=cfg.std,
-        classes=tuple(classes),
-        val_index=val_index,
-    )
+    train_x, train_y, public_x, public_y = _split_public(cfg, train_x, train_y)
+    # Drawn from the private set after the public split, so the two are disjoint.
+    val_index = _val_index(cfg, len(train_y))
+    tensors = (train_x, train_y, test_x, test_y, public_x, public_y)
+    stats = (cfg.mean, cfg.std)
+    return Dataset(cfg.dataset_name, *tensors, len(classes), *stats, tuple(classes), val_index)
+
+
+def _split_public(
+    cfg: DataConfig, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(private x, private y, public x, public y)``; the public pair is None without a split."""
+    if not cfg.public_split:
+        return x, y, None, None
+    n = len(y)
+    if cfg.public_split >= n:
+        raise DataError(
+            f"{cfg.root or cfg.source}: public_split {cfg.public_split} leaves no private "
+            f"training data ({n} training examples)"
+        )
+    order = torch.randperm(n, generator=split_generator(cfg.split_seed, "public"))
+    public = order[: cfg.public_split].sort().values
+    private = order[cfg.public_split :].sort().values
+    return x[private], y[private], x[public], y[public]
+
+
+def _val_index(cfg: DataConfig, n_private: int) -> torch.Tensor | None:
+    """Indices of the validation split among the private examples, or None without one."""
+    if not cfg.val_split:
+        return None
+    if cfg.val_split >= n_private:
+        raise DataError(
+            f"{cfg.root or cfg.source}: val_split {cfg.val_split} leaves no private "
+            f"training data ({n_private} private examples)"
+        )
+    order = torch.randperm(n_private, generator=split_generator(cfg.split_seed, "val"))
+    return order[: cfg.val_split].sort().values
 
 
 def count_train_examples(cfg: DataConfig) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -120,51 +120,43 @@ def _train_examples(data: DataConfig, where, ctx: Context) -> int:
 
 
 def _check_sizes(cell: Cell, n_train: int, where, ctx: Context) -> None:
+    """Raise the first problem of `_size_problems`, at the key that set the value."""
+    for section, name, message, given, allowed in _size_problems(cell, n_train):
+        raise ctx.error(where(section, name), message, given=given, allowed=allowed)
+
+
+def _size_problems(cell: Cell, n_train: int) -> Iterator[tuple[str, str, str, Any, str]]:
+    """Values impossible for ``n_train`` training examples, as ``(section, field, message,
+    given, allowed)``; the caller stops at the first, so later checks may assume earlier ones."""
     data, privacy, training = cell.data, cell.privacy, cell.training
     if data.public_split >= n_train:
-        raise ctx.error(
-            where("data", "public_split"),
-            f"leaves no private training data ({n_train} training examples)",
-            given=data.public_split,
-            allowed=f"0 <= public_split < {n_train}",
-        )
+        message = f"leaves no private training data ({n_train} training examples)"
+        yield "data", "public_split", message, data.public_split, f"0 <= public_split < {n_train}"
     n_private = n_train - data.public_split
     if data.val_split and data.val_split >= n_private - training.batch_size:
-        raise ctx.error(
-            where("data", "val_split"),
+        message = (
             f"leaves fewer tuning examples than one batch ({n_private} private examples, "
-            f"batch {training.batch_size})",
-            given=data.val_split,
-            allowed=f"0 <= val_split < {n_private - training.batch_size}",
+            f"batch {training.batch_size})"
         )
+        allowed = f"0 <= val_split < {n_private - training.batch_size}"
+        yield "data", "val_split", message, data.val_split, allowed
     b = privacy.simulate_batch_size
     if b is not None and b > training.batch_size:
-        raise ctx.error(
-            where("privacy", "simulate_batch_size"),
+        message = (
             f"is larger than the batch it simulates ({training.batch_size}); a TAN simulation "
-            "runs a smaller batch",
-            given=b,
-            allowed=f"1 <= simulate_batch_size <= {training.batch_size}",
+            "runs a smaller batch"
         )
+        allowed = f"1 <= simulate_batch_size <= {training.batch_size}"
+        yield "privacy", "simulate_batch_size", message, b, allowed
     if privacy.delta >= 1 / n_private:
-        raise ctx.error(
-            where("privacy", "delta"),
-            f"must be below 1/N = {1 / n_private:.3g} for N = {n_private} private examples",
-            given=privacy.delta,
-            allowed=f"0 < delta < {1 / n_private:.3g}",
-        )
+        message = f"must be below 1/N = {1 / n_private:.3g} for N = {n_private} private examples"
+        yield "privacy", "delta", message, privacy.delta, f"0 < delta < {1 / n_private:.3g}"
     if training.batch_size > n_private:
-        raise ctx.error(
-            where("training", "batch_size"),
-            f"is larger than the {n_private} private training examples",
-            given=training.batch_size,
-            allowed=f"1 <= batch_size <= {n_private}",
-        )
+        message = f"is larger than the {n_private} private training examples"
+        allowed = f"1 <= batch_size <= {n_private}"
+        yield "training", "batch_size", message, training.batch_size, allowed
     steps = training.num_steps(n_private)
     if training.warmup_steps >= steps:
-        raise ctx.error(
-            where("training", "warmup_steps"),
-            f"is not shorter than the run ({steps} steps)",
-            given=training.warmup_steps,
-            allowed=f"0 <= warmup_steps < {steps}",
-        )
+        message = f"is not shorter than the run ({steps} steps)"
+        allowed = f"0 <= warmup_steps < {steps}"
+        yield "training", "warmup_steps", message, training.warmup_steps, allowed

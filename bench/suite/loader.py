@@ -110,14 +110,6 @@ def _build_suite(raw: dict[str, Any], ctx: Context, path: Path, overrides: tuple
     sections = {s: parse_section(s, raw.get(s), ctx) for s in SECTIONS}
     baseline = canonical_spec("norm", sections["report"].baseline, "report.baseline", ctx)
     sections["report"] = dataclasses.replace(sections["report"], baseline=baseline)
-    grid = parse_grid(raw["grid"], ctx)
-    tune = parse_tune(raw.get("tune"), dict(grid), sections["data"], ctx)
-    return Suite(
-        name=name,
-        description=description,
-        grid=grid,
-        path=path,
-        overrides=overrides,
-        tune=tune,
-        **sections,
-    )
+    sections["grid"] = parse_grid(raw["grid"], ctx)
+    tune = parse_tune(raw.get("tune"), dict(sections["grid"]), sections["data"], ctx)
+    return Suite(name, description, path=path, overrides=overrides, tune=tune, **sections)
