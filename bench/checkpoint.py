@@ -9,16 +9,13 @@ renamed over the previous one, so a kill at any point leaves the previous checkp
 one. It is read with ``torch.load(weights_only=True)``: nothing in it can run code.
 
 A checkpoint that is truncated, unreadable, or made by a different configuration (its hash of
-the resolved cell differs) is never used; the run starts from step 0 and says why in one line.
+the resolved cell, `bench.config.identity.cell_hash`, differs) is never used; the run starts
+from step 0 and says why in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,37 +23,15 @@ from typing import Any
 
 import torch
 
-# The fields that never change what a run computes; private to the config, shared with the hash.
-from bench.config import _DIAGNOSTIC_FIELDS, Cell, cell_to_dict
+from bench import atomic
 
 #: Bump when the layout of the saved state changes, so old checkpoints are refused, not misread.
 FORMAT = 1
 FILE = "checkpoint.pt"
-# The temporary file a write goes through; only a kill between its write and its rename leaves
-# one behind, and nothing ever loads it.
-_TMP_PREFIX, _TMP_SUFFIX = ".checkpoint.", ".tmp"
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """SHA-256 of a resolved cell config (the record's ``config``), as JSON with sorted keys."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def checkpoint_path(directory: Path, run_key: str) -> Path:
     return Path(directory) / run_key / FILE
-
-
-def cell_hash(cell: Cell) -> str:
-    """`config_hash` of the cell's resolved config less the fields that never change the
-    result (``training.checkpoint_every``, ``save_model``, ``log_private_loss``), so that a run
-    resumed with, say, another checkpoint interval still uses its checkpoint."""
-    config = cell_to_dict(cell)
-    for section, names in _DIAGNOSTIC_FIELDS.items():
-        for name in names:
-            config[section].pop(name, None)
-            config["overrides"].pop(f"{section}.{name}", None)
-    return config_hash(config)
 
 
 def save(path: Path, state: Mapping[str, Any], cfg_hash: str) -> None:
@@ -65,26 +40,8 @@ def save(path: Path, state: Mapping[str, Any], cfg_hash: str) -> None:
 
 
 def save_atomic(path: Path, obj: Any) -> None:
-    """``torch.save(obj)`` to ``path`` through a temporary file, fsync and rename: a kill at
-    any point leaves the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """``torch.save(obj)`` to ``path`` atomically (`bench.atomic.write_with`)."""
+    atomic.write_with(path, lambda f: torch.save(obj, f))
 
 
 @dataclass(frozen=True)
@@ -117,7 +74,7 @@ def remove(path: Path) -> None:
     and its folder when it is left empty."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    for torn in Path(path).parent.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
+    for torn in atomic.stray_temporaries(path):
         with contextlib.suppress(FileNotFoundError):
             torn.unlink()
     with contextlib.suppress(OSError):

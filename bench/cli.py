@@ -26,8 +26,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.loading import load_suite
     from bench.runner import default_out_dir, run_suite
+    from bench.suite import load_suite
 
     # --save-models is training.save_model for every cell: a diagnostic field, outside run keys.
     overrides = [*args.set, *(["training.save_model=true"] if args.save_models else [])]

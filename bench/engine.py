@@ -32,9 +32,10 @@ import norms
 from bench import checkpoint, saved_model
 from bench.config import Cell, DataConfig, TrainingConfig
 from bench.data import Dataset, DeviceData, dataset_checksum, load_dataset
-from bench.measure import StepMemory, StepTimer, process_peak_rss, provenance
+from bench.measure import StepMemory, StepTimer, process_peak_rss
 from bench.plan import CellPlan, build_model, check_grad_sample_mode, plan_cell
 from bench.privacy import epsilon
+from bench.provenance import record_provenance
 from bench.seeds import run_stream, seed_global
 from bench.sparsity import PublicData, Sparsity
 from bench.steps import DPSGDStep, SGDStep, autocast, make_optimizer
@@ -517,7 +518,7 @@ def _train(run: _Run, progress: Progress | None, checkpoint_dir: Path | None) ->
     seed_global(run.cell.seed, "dropout")
     every = training.checkpoint_every
     path = checkpoint.checkpoint_path(checkpoint_dir, run.cell.run_key) if checkpoint_dir else None
-    cfg_hash = checkpoint.cell_hash(run.cell) if path else ""
+    cfg_hash = run.cell.checkpoint_hash if path else ""
     start, loss_value, peaks = 0, float("nan"), (None, None)
     if path is not None:
         found = checkpoint.load(path, cfg_hash, run.device)
@@ -690,7 +691,7 @@ def train_cell(
     del initial
     dp_tput = timer.throughput
     np_tput = nonprivate.throughput if nonprivate is not None else None
-    prov = provenance(device)  # runs git twice: once per cell
+    prov = record_provenance(device)  # runs git twice: once per cell
     log_loss = training.log_private_loss
     return {
         "status": "ok",

@@ -8,69 +8,22 @@ records came from another stack refuses to append (`check_stack`) unless mixing 
 
 from __future__ import annotations
 
-import os
-import platform
+import json
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 
+from bench import atomic
 from bench.errors import BenchError
 from bench.results.record import Record
+from bench.results.records import read_records
 from bench.results.stacks import constraints_text, differences, stack_of, stack_text, stacks
 
 ENVIRONMENT_FILE = "environment.txt"
 CONSTRAINTS_FILE = "constraints.txt"
-#: The project's runtime dependencies and the test tools, reported by their installed version.
-PACKAGES = (
-    "torch",
-    "torchvision",
-    "opacus",
-    "timm",
-    "numpy",
-    "scipy",
-    "pillow",
-    "PyYAML",
-    "matplotlib",
-    "submitit",
-    "tqdm",
-    "tabulate",
-)
 
 
 class MixedEnvironmentError(BenchError):
     """Raised when a sweep would append records made under another software stack."""
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def capture() -> dict[str, str | None]:
-    """This process's environment: versions in the provenance vocabulary of records."""
-    import torch
-
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package.lower()] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package.lower()] = None
-    versions["torch"] = torch.__version__  # with its build tag (+cu130), as records hold it
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    versions.update(
-        cuda=torch.version.cuda,
-        cudnn=str(torch.backends.cudnn.version()) if gpus else None,
-        cpu=f"{_cpu_model()} ({os.cpu_count()} logical cores)",
-        gpus=", ".join(gpus) or None,
-        platform=platform.platform(),
-    )
-    return versions
 
 
 def environment_text(versions: Mapping[str, object], source: str) -> str:
@@ -143,9 +96,7 @@ def write_environment(
         (CONSTRAINTS_FILE, constraints_text(versions, header)),
     ):
         path = out_dir / name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text)
         written.append(path)
     return written[0], written[1]
 
@@ -179,8 +130,6 @@ def environment_from_records(run_dir: Path) -> tuple[Path, Path]:
     Raises:
         RecordsError: When the records cannot be read; BenchError when none has provenance.
     """
-    from bench.results.records import read_records
-
     records = read_records(run_dir / "records.jsonl").records
     groups = stacks(records)
     if not groups:
@@ -203,8 +152,6 @@ def environment_from_records(run_dir: Path) -> tuple[Path, Path]:
 
 def _reproduce_from_suite(run_dir: Path) -> str | None:
     """The run command recorded in ``suite.json`` (file and overrides), if there is one."""
-    import json
-
     try:
         suite = json.loads((run_dir / "suite.json").read_text())
     except (OSError, ValueError):

@@ -1,27 +1,20 @@
-"""Measurement hygiene: device choice and sync, step timers, peak memory, provenance."""
+"""Measurement hygiene: device choice and sync, step timers, peak memory."""
 
 from __future__ import annotations
 
 import functools
 import math
-import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -35,14 +28,6 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so a timer reads work done rather than work launched."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    """What a record calls the hardware: the GPU's name, or the CPU with its thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    return f"cpu {cpu} ({torch.get_num_threads()} threads)"
 
 
 @dataclass
@@ -203,54 +188,3 @@ def process_peak_rss() -> int:
     """
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def git_commit() -> str | None:
-    """The repository's commit, with ``-dirty`` when the work tree has uncommitted changes.
-
-    Changes under ``reports/`` do not count: a sweep resumed into a committed report folder
-    appends to its tracked ``records.jsonl`` and rewrites its leaderboard, which change no
-    result, and would otherwise mark every record it adds as made from uncommitted code.
-    """
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout
-
-    try:
-        commit = git("rev-parse", "--short=12", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("-dirty" if dirty.strip() else "")
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def provenance(device: torch.device) -> dict[str, str | None]:
-    """Versions, commit and hardware, stored in every record."""
-    return {
-        "git_commit": git_commit(),
-        "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "opacus": _version("opacus"),
-        "timm": _version("timm"),
-        "numpy": _version("numpy"),
-        "scipy": _version("scipy"),
-        "pillow": _version("pillow"),
-        "cuda": torch.version.cuda,
-        "cudnn": str(torch.backends.cudnn.version()) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "device_name": device_name(device),
-        "hostname": platform.node(),
-        # The OS and kernel build: two parts of one sweep can run on different hosts, and
-        # their floating-point results (and so a DP-SGD trajectory) need not agree.
-        "platform": platform.platform(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-    }

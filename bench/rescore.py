@@ -9,11 +9,11 @@ from typing import Any
 from bench.data import DeviceData, dataset_checksum
 from bench.engine import cached_dataset, evaluate
 from bench.errors import SavedModelError
-from bench.loading import load_cell
 from bench.measure import resolve_device
 from bench.plan import build_model
 from bench.results.records import read_records
 from bench.saved_model import load
+from bench.suite import load_cell
 from specs import closest
 
 
@@ -76,7 +76,7 @@ def evaluate_saved(
 ) -> Evaluation:
     """Score run ``run_key``'s saved weights again, as the engine scored them.
 
-    The model is rebuilt from the config in the run's record (`bench.loading.load_cell`,
+    The model is rebuilt from the config in the run's record (`bench.suite.load_cell`,
     `bench.plan.build_model`), the weights the record's accuracy was measured with are loaded
     into it, and `bench.engine.evaluate` scores them on the split the record scored, with the
     run's evaluation batch and precision. The data is checked against the record's

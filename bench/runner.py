@@ -34,6 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from bench import atomic
 from bench.config import Cell, Suite, cell_to_dict, suite_to_dict
 from bench.errors import BenchError, ExecutorError, IncompatibleError
 from bench.plan import cell_label
@@ -90,9 +91,7 @@ def write_suite_json(suite: Suite, out_dir: Path, cells: Sequence[Cell] | None =
         for c in (suite.cells() if cells is None else cells)
     ]
     path = out_dir / "suite.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -156,7 +155,8 @@ def run_cell(
 
     from bench import checkpoint, saved_model
     from bench.engine import Diverged, train_cell
-    from bench.measure import provenance, resolve_device
+    from bench.measure import resolve_device
+    from bench.provenance import record_provenance
 
     dev = resolve_device(device)
     started = time.perf_counter()
@@ -186,7 +186,7 @@ def run_cell(
             "traceback": traceback.format_exc(limit=-8),
         }
     if record["status"] != "ok":
-        prov = provenance(dev)
+        prov = record_provenance(dev)
         record.update(
             provenance=prov, device=prov["device_name"], wall_s=time.perf_counter() - started
         )
@@ -424,9 +424,10 @@ def _check_environment(
     not mix stacks (None when there is nothing to run)."""
     if not todo:
         return None
-    from bench.environment import capture, check_stack
+    from bench.environment import check_stack
+    from bench.provenance import environment_facts
 
-    env = capture()
+    env = environment_facts()
     existing = read_records(records_path).records if records_path.exists() else []
     check_stack(existing, env, records_path, allow_mixed)
     return env

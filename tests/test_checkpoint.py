@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from bench import checkpoint
+from bench.config import config_hash
 
 
 def test_round_trip_and_refusals(tmp_path):
@@ -44,5 +45,5 @@ def test_a_checkpoint_holding_code_is_refused_not_run(tmp_path, capsys):
 
 
 def test_config_hash_is_order_independent():
-    assert checkpoint.config_hash({"a": 1, "b": [2]}) == checkpoint.config_hash({"b": [2], "a": 1})
-    assert checkpoint.config_hash({"a": 1}) != checkpoint.config_hash({"a": 2})
+    assert config_hash({"a": 1, "b": [2]}) == config_hash({"b": [2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})

@@ -28,7 +28,7 @@ from bench.config import (
     suite_to_dict,
 )
 from bench.errors import ConfigError
-from bench.loading import load_suite, reload_with_overrides
+from bench.suite import load_suite, reload_with_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = ROOT / "suites"
@@ -456,7 +456,7 @@ def test_alpha_outside_zero_one_half_or_not_a_number_is_a_problem(alpha):
 
 
 def test_importing_the_schema_loads_neither_yaml_nor_torch():
-    heavy = ("yaml", "torch", "norms", "bench.data", "bench.backbones", "bench.loading")
+    heavy = ("yaml", "torch", "norms", "bench.data", "bench.backbones", "bench.suite")
     code = f"import sys, bench.config; print([m for m in {heavy!r} if m in sys.modules])"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True

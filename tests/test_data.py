@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import bench.data
+import bench.data.imagefolder
 from bench.config import DataConfig
 from bench.data import Dataset, DeviceData, count_train_examples, load_dataset
 from bench.errors import DataError
@@ -232,7 +232,7 @@ def test_imagefolder_second_load_reads_the_cache(image_folder, tmp_path, monkeyp
     def no_decoding(files):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(bench.data, "_decode_files", no_decoding)
+    monkeypatch.setattr(bench.data.imagefolder, "_decode_files", no_decoding)
     second = load_dataset(cfg)
     assert torch.equal(first.train_x, second.train_x)
     assert torch.equal(first.test_y, second.test_y)
@@ -243,8 +243,10 @@ def test_imagefolder_cache_is_rebuilt_when_a_file_is_added(image_folder, tmp_pat
     load_dataset(cfg)
     write_image(image_folder / "train" / "dog" / "extra.jpg", seed=99)
     calls = []
-    decode = bench.data._decode_files
-    monkeypatch.setattr(bench.data, "_decode_files", lambda files: calls.append(1) or decode(files))
+    decode = bench.data.imagefolder._decode_files
+    monkeypatch.setattr(
+        bench.data.imagefolder, "_decode_files", lambda files: calls.append(1) or decode(files)
+    )
     assert load_dataset(cfg).train_x.shape[0] == 11
     assert calls
 

@@ -22,11 +22,11 @@ from bench.config import TrainingConfig
 from bench.data import DeviceData
 from bench.engine import ema_model, nonprivate_throughput, train_cell
 from bench.errors import ConfigError
-from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.runner import run_suite
 from bench.seeds import run_stream, stream
 from bench.steps import DPSGDStep
+from bench.suite import load_suite
 from tests.test_runner import TINY
 
 CPU = torch.device("cpu")

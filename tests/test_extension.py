@@ -24,9 +24,9 @@ import norms.clipping as clipping
 import norms.registry as registry
 from bench.backbones import create_backbone, list_backbones
 from bench.bk import BookKeepingClipper
-from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.runner import run_suite
+from bench.suite import load_suite
 from norms.clipping import ClipRule, ClipRuleError, per_example, register_clip_rule
 from norms.errors import NormPluginError
 from tests.dp_oracles import grad_sample_mismatches, mixing_examples

@@ -15,9 +15,9 @@ import bench.engine
 import bench.runner
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.runner import SlurmCellJob, record_interrupted, run_suite, slurm_time_limit_min
+from bench.suite import load_suite
 from tests.test_runner import TINY
 
 

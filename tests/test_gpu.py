@@ -21,11 +21,11 @@ import torch
 import norms
 from bench.backbones import create_backbone, list_backbones
 from bench.engine import train_cell
-from bench.loading import load_suite
 from bench.measure import StepMemory, peak_memory, reset_peak_memory
 from bench.perf.kinds import make_step, random_device_data
 from bench.runner import _run_parallel, run_suite
 from bench.steps import DPSGDStep, make_optimizer
+from bench.suite import load_suite
 from norms.dp_batch_norm import frozen_stats_layers
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference
 from norms.lifecycle import RunData

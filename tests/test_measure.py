@@ -54,28 +54,3 @@ def test_autograd_buffers_are_counted():
 
     # the (1024, 256) product and its ReLU (saved for backward), and w's gradient
     assert tensor_peak_bytes(step) >= 2 * MIB
-
-
-def test_git_commit_is_dirty_for_code_changes_but_not_for_report_folders(tmp_path, monkeypatch):
-    import subprocess
-
-    import bench.measure
-
-    def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    git("init", "-q")
-    (tmp_path / "bench").mkdir()
-    (tmp_path / "reports" / "suite").mkdir(parents=True)
-    (tmp_path / "bench" / "engine.py").write_text("x = 1\n")
-    (tmp_path / "reports" / "suite" / "records.jsonl").write_text("{}\n")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
-    monkeypatch.setattr(bench.measure, "REPO", tmp_path)
-    clean = bench.measure.git_commit()
-    assert clean is not None and not clean.endswith("-dirty")
-    # a sweep appending to a committed report folder changes no result
-    (tmp_path / "reports" / "suite" / "records.jsonl").write_text("{}\n{}\n")
-    assert bench.measure.git_commit() == clean
-    (tmp_path / "bench" / "engine.py").write_text("x = 2\n")
-    assert bench.measure.git_commit() == clean + "-dirty"

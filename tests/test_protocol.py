@@ -12,11 +12,11 @@ from bench.cli import main
 from bench.config import DataConfig
 from bench.data import DeviceData, load_dataset
 from bench.errors import ConfigError
-from bench.loading import load_suite
 from bench.plan import plan_cell
 from bench.protocol import final_cells, select, tune_cells
 from bench.results.records import read_records
 from bench.runner import run_suite
+from bench.suite import load_suite
 
 TUNE = """\
 name: tiny_tune

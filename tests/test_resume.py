@@ -16,9 +16,9 @@ import torch
 from bench import checkpoint
 from bench.cli import main
 from bench.engine import _setup, evaluate, train_cell
-from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.runner import SlurmCellJob, run_cell, run_suite
+from bench.suite import load_suite
 from tests.test_runner import ROOT, TINY
 
 CPU = torch.device("cpu")
@@ -101,9 +101,9 @@ def test_an_unusable_checkpoint_is_named_in_one_line_and_the_run_starts_over(
     ckpts = tmp_path / "checkpoints"
     path = checkpoint.checkpoint_path(ckpts, c.run_key)
     if kind == "other-config":
-        checkpoint.save(path, {"step": 2}, checkpoint.cell_hash(cell(tmp_path, "training.lr=0.5")))
+        checkpoint.save(path, {"step": 2}, cell(tmp_path, "training.lr=0.5").checkpoint_hash)
     else:
-        checkpoint.save(path, {"step": 2, "w": torch.zeros(1000)}, checkpoint.cell_hash(c))
+        checkpoint.save(path, {"step": 2, "w": torch.zeros(1000)}, c.checkpoint_hash)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2] if kind == "truncated" else b"\0" * len(data))
     capsys.readouterr()
@@ -116,8 +116,8 @@ def test_an_unusable_checkpoint_is_named_in_one_line_and_the_run_starts_over(
 def test_checkpoint_settings_do_not_change_the_run_key_or_the_checkpoint_hash(tmp_path):
     a, b = cell(tmp_path), cell(tmp_path, "training.checkpoint_every=7", "training.save_model=true")
     assert a.run_key == b.run_key
-    assert checkpoint.cell_hash(a) == checkpoint.cell_hash(b)
-    assert checkpoint.cell_hash(a) != checkpoint.cell_hash(cell(tmp_path, "training.lr=0.5"))
+    assert a.checkpoint_hash == b.checkpoint_hash
+    assert a.checkpoint_hash != cell(tmp_path, "training.lr=0.5").checkpoint_hash
 
 
 def test_a_requeued_slurm_job_resumes_from_the_checkpoint_and_then_deletes_it(tmp_path):
@@ -155,9 +155,7 @@ def test_private_dp_statistics_are_restored_and_their_charge_is_paid_once(tmp_pa
     ckpts = tmp_path / "checkpoints"
     with pytest.raises(Killed):
         train_cell(c, CPU, progress=kill_at(3), checkpoint_dir=ckpts)
-    state = checkpoint.load(
-        checkpoint.checkpoint_path(ckpts, c.run_key), checkpoint.cell_hash(c)
-    ).state
+    state = checkpoint.load(checkpoint.checkpoint_path(ckpts, c.run_key), c.checkpoint_hash).state
     stats = {k: v for k, v in state["model"].items() if k.endswith((".mean", ".var"))}
     assert stats, "the checkpoint holds the DP statistics with the model"
     resumed = train_cell(c, CPU, checkpoint_dir=ckpts)
@@ -211,7 +209,7 @@ def test_sigkill_after_the_first_checkpoint_then_a_rerun_ends_with_the_uninterru
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists() and not (out / "records.jsonl").exists(), "killed mid-run"
-    step = checkpoint.load(ckpt, checkpoint.cell_hash(c)).state["step"]
+    step = checkpoint.load(ckpt, c.checkpoint_hash).state["step"]
 
     # The same sweep again (what the command runs, less the leaderboard), and one never killed.
     sweep = load_suite(suite, KILLED_SWEEP)
@@ -256,7 +254,7 @@ def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_older_one_or_step
             run_cell(c, records, "cpu", progress=kill_at(5, KeyboardInterrupt))
         data = path.read_bytes()
         if kind == "torn-temporary":  # what SIGKILL mid-write leaves beside the checkpoint
-            (path.parent / ".checkpoint.k1ll3d.tmp").write_bytes(data[: len(data) // 2])
+            (path.parent / ".checkpoint.pt.k1ll3d.tmp").write_bytes(data[: len(data) // 2])
         else:  # a copy of the newest checkpoint cut short (no atomic rename on the way)
             path.write_bytes(data[: len(data) // 2])
     assert not records.exists()
@@ -351,8 +349,8 @@ def test_keep_checkpoints_keeps_them_and_force_starts_over_from_step_0(tmp_path,
 
     with pytest.raises(KeyboardInterrupt):  # a killed re-run leaves its step-2 checkpoint
         run_cell(c, records, "cpu", progress=kill_at(3, KeyboardInterrupt))
-    assert checkpoint.load(path, checkpoint.cell_hash(c)).state["step"] == 2
+    assert checkpoint.load(path, c.checkpoint_hash).state["step"] == 2
     forced("--keep-checkpoints")  # started from step 0, and kept its last checkpoint
-    assert checkpoint.load(path, checkpoint.cell_hash(c)).state["step"] == 4
+    assert checkpoint.load(path, c.checkpoint_hash).state["step"] == 4
     forced()  # the kept one is discarded too, then deleted with the record
     assert not path.parent.exists()

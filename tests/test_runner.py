@@ -17,9 +17,9 @@ import yaml
 import bench.engine
 import bench.plan
 from bench.cli import main
-from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.runner import run_suite
+from bench.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import torch
 
 import bench.data
 from bench.engine import train_cell
-from bench.loading import load_suite
 from bench.seeds import RUN_STREAMS, stream, stream_seed
+from bench.suite import load_suite
 from tests.test_runner import TINY
 
 

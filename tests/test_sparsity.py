@@ -15,11 +15,11 @@ from bench.backbones import list_backbones
 from bench.cli import main
 from bench.config import GradDropConfig, PruneConfig
 from bench.errors import ConfigError
-from bench.loading import load_suite
 from bench.results.record import grid_value_text
 from bench.seeds import stream
 from bench.sparsity import PublicData, Sparsity, prunable_layers
 from bench.steps import DPSGDStep, make_optimizer
+from bench.suite import load_suite
 from tests.dp_oracles import prepared_backbone
 from tests.test_dp_guarantees import NORM_VARIANTS, SIZE, WIDTH
 from tests.test_resume import Killed, cell, comparable, kill_at

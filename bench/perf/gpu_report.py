@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shlex
 import subprocess
@@ -36,14 +35,15 @@ import sys
 import time
 import traceback
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.measure import REPO, git_commit, resolve_device
+from bench import atomic
+from bench.measure import resolve_device
 from bench.perf.report_parts import PARTS, SIZES, PartRun, Sizes, error_line
+from bench.provenance import REPO, environment_facts, git_commit, package_version
 
 #: Seconds an isolated part may run past its time box before it is killed.
 GRACE_S = 15.0
@@ -65,9 +65,7 @@ def run_part(
     def save() -> None:
         result["seconds"] = time.perf_counter() - started
         if save_to is not None:
-            tmp = save_to.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result))
-            os.replace(tmp, save_to)
+            atomic.write_text(save_to, json.dumps(result))
 
     run.save = save
     try:
@@ -147,9 +145,7 @@ def _nvidia_smi() -> str | None:
 
 def provenance(device: torch.device, sizes: Sizes, command: str) -> dict[str, Any]:
     """Device, driver, versions, commit, command and date of this report."""
-    from bench.environment import capture
-
-    env = capture()
+    env = environment_facts()
     info: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": command,
@@ -165,10 +161,7 @@ def provenance(device: torch.device, sizes: Sizes, command: str) -> dict[str, An
         "environment": env,
     }
     for pkg in ("pytest", "pytest-benchmark"):
-        try:
-            info["versions"][pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            info["versions"][pkg] = None
+        info["versions"][pkg] = package_version(pkg)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(

@@ -19,7 +19,6 @@ import norms
 from bench.backbones import create_backbone
 from bench.data import Dataset, DeviceData
 from bench.measure import (
-    device_name,
     peak_memory,
     process_peak_rss,
     reset_peak_memory,
@@ -27,6 +26,7 @@ from bench.measure import (
     synchronize,
     tensor_peak_bytes,
 )
+from bench.provenance import device_name
 from bench.steps import DPSGDStep, SGDStep, make_optimizer
 from norms.lifecycle import synthetic_run_data
 

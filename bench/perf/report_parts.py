@@ -24,8 +24,9 @@ import torch
 
 import norms
 from bench.config import DEFAULT_NORM
-from bench.measure import REPO, synchronize, tensor_peak_bytes
+from bench.measure import synchronize, tensor_peak_bytes
 from bench.perf.kinds import KINDS, make_step, measure_one, prepare_for_timing, random_device_data
+from bench.provenance import REPO
 
 FULL_SUITE = REPO / "suites" / "cifar10_eps8.yaml"
 QUICK_SUITE = REPO / "suites" / "cifar10_eps8_quick.yaml"
@@ -602,8 +603,8 @@ def _recipe_step_times(run: PartRun, cell, physical: int, views: int) -> tuple[f
 def measure_recipe(run: PartRun) -> None:
     """Per (backbone, norm) of the full suite's grid: seconds per physical pass and per step
     besides them, then projected step time, hours per run and for the suite."""
-    from bench.loading import load_suite
     from bench.plan import data_size
+    from bench.suite import load_suite
 
     s = run.sizes
     suite = load_suite(FULL_SUITE)
@@ -657,7 +658,7 @@ def measure_recipe(run: PartRun) -> None:
 def _quick_sizing(data: dict[str, Any]) -> dict[str, Any]:
     """The batch B' of the quick suite's TAN formula (its header), from the measured passes of
     its backbone with each of its norms; None where a pair was not measured."""
-    from bench.loading import load_suite
+    from bench.suite import load_suite
 
     quick = load_suite(QUICK_SUITE)
     cells = quick.cells()

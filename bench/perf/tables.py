@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bench.backbones import create_backbone
-from bench.measure import device_name, resolve_device, synchronize
+from bench.measure import resolve_device, synchronize
 from bench.perf.kinds import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -26,6 +26,7 @@ from bench.perf.kinds import (
     prepare_for_timing,
     random_device_data,
 )
+from bench.provenance import device_name
 
 #: The ratio column comparing Opacus' fast path with the engine's, when both were timed.
 GHOST_VS_BK = "Opacus ghost / book-keeping"

@@ -16,7 +16,7 @@ REQUIRED_FIELDS = ("run_key", "status")
 
 
 class Provenance(TypedDict, total=False):
-    """Where and with what a run was measured (``bench.measure.provenance``)."""
+    """Where and with what a run was measured (``bench.provenance.record_provenance``)."""
 
     git_commit: str | None  # commit hash, "-dirty" when the work tree had uncommitted changes
     torch: str  # torch.__version__
@@ -31,6 +31,7 @@ class Provenance(TypedDict, total=False):
     python: str  # interpreter version, e.g. "3.11.9"
     device_name: str  # e.g. "NVIDIA H100 80GB HBM3" or "cpu (2 threads)"
     hostname: str  # machine the run ran on
+    platform: str  # platform.platform(): OS and kernel build
     slurm_job_id: str | None  # $SLURM_JOB_ID, None outside Slurm
 
 

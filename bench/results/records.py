@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import atomic
 from bench.errors import RecordsError
 from bench.results.record import FINAL_STATUSES, Record, check_record
 
@@ -103,32 +102,7 @@ def append_record(path: Path, record: Mapping) -> None:
         # new record would be glued onto it and lost with it.
         if old and not old.endswith(b"\n"):
             old += b"\n"
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(old + line)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable across a power cut (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
+        atomic.write_bytes(path, old + line)
 
 
 def read_records(path: Path) -> RecordsRead:

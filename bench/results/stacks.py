@@ -9,20 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from bench.provenance import RESULT_PACKAGES
 from bench.results.record import Record
 
 #: Provenance keys that define a stack: a difference in any of them may change a result.
 STACK_KEYS = ("torch", "opacus", "timm", "cuda")
 #: Distributions pinned in a constraints file, in this order (provenance key -> pip name).
-PINNED = {
-    "torch": "torch",
-    "torchvision": "torchvision",
-    "opacus": "opacus",
-    "timm": "timm",
-    "numpy": "numpy",
-    "scipy": "scipy",
-    "pillow": "pillow",
-}
+PINNED = {package.lower(): package for package in RESULT_PACKAGES}
 
 Stack = tuple[tuple[str, str], ...]
 

@@ -22,7 +22,6 @@ from bench.backbones import create_backbone, list_backbones
 from bench.bk import layer_norms
 from bench.config import GradDropConfig, PruneConfig
 from bench.measure import (
-    device_name,
     peak_memory,
     reset_peak_memory,
     resolve_device,
@@ -30,6 +29,7 @@ from bench.measure import (
     tensor_peak_bytes,
 )
 from bench.perf import KINDS, make_step, random_device_data
+from bench.provenance import device_name
 from bench.seeds import stream
 from bench.sparsity import Sparsity
 from bench.steps import DPSGDStep, make_optimizer

@@ -11,11 +11,11 @@ from bench.results.leaderboard.markdown import distinct, join, number_text
 from bench.results.leaderboard.methods import methods_lines
 from bench.results.leaderboard.settings import RECORDS_FILE, suite_section
 from bench.results.record import Record
-from bench.results.stacks import stacks
+from bench.results.stacks import STACK_KEYS, stacks
 from bench.results.stats import BackboneAnalysis
 
-#: Provenance keys shown in the header, in this order.
-VERSION_KEYS = ("torch", "opacus", "timm", "cuda", "python")
+#: Provenance keys shown in the header, in this order: the stack's, then the interpreter's.
+VERSION_KEYS = (*STACK_KEYS, "python")
 
 
 def header_lines(

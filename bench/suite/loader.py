@@ -1,0 +1,115 @@
+"""Loading a suite or a record's cell: read, override, coerce, check, before any run."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.config import GRID_REQUIRED, GRID_SECTIONS, SECTIONS, TOP_LEVEL_KEYS, Cell, Suite
+from bench.errors import ConfigError
+from bench.suite.checks import check_cells
+from bench.suite.coercion import parse_section, reject_unknown
+from bench.suite.grid import GRID_ALLOWED, canonical_spec, parse_grid, parse_tune
+from bench.suite.reading import Context, apply_override, read_yaml
+from norms import load_plugins
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def load_suite(path: str | Path, overrides: Sequence[str] = ()) -> Suite:
+    """Read a suite file, apply ``--set`` overrides and validate everything before any run.
+
+    Args:
+        path: The YAML suite file.
+        overrides: ``key.path=value`` strings; the value is parsed as YAML, so
+            ``grid.seed=[0,1]`` sets a list. Applied to the raw mapping before validation.
+
+    Returns:
+        The validated suite; `Suite.cells` lists its runs.
+
+    Raises:
+        ConfigError: For anything wrong in the file or the overrides, naming the file, the key
+            path, the value given, what is allowed and the closest valid name.
+    """
+    path = Path(path).expanduser()
+    load_plugins()  # other packages' norms, before any norm in the suite is resolved
+    raw = read_yaml(path)
+    ctx = Context(str(path))
+    for item in overrides:
+        apply_override(raw, item, ctx)
+    suite = _build_suite(raw, ctx, path, tuple(overrides))
+    check_cells(suite, ctx)
+    return suite
+
+
+def reload_with_overrides(suite: Suite, overrides: Sequence[str]) -> Suite:
+    """The suite re-loaded from its file with more ``--set`` overrides after its own.
+
+    Raises:
+        ConfigError: When the result is invalid, or the suite was not loaded from a file.
+    """
+    if suite.path is None:
+        raise ConfigError("a suite built in code has no file to re-load with overrides")
+    return load_suite(suite.path, (*suite.overrides, *overrides))
+
+
+def load_cell(config: Mapping[str, Any], where: str, data_root: str | None = None) -> Cell:
+    """The cell a record's ``config`` (`bench.config.cell_to_dict`) describes, validated as a
+    suite's sections are (to evaluate a finished run's saved weights).
+
+    Args:
+        config: The record's ``config``.
+        where: What errors name in place of a suite file (the records file and run key).
+        data_root: Replaces ``data.root``, which a record holds only as `public_path` gives it.
+
+    Raises:
+        ConfigError: The config is not one this version of the benchmark can run.
+    """
+    ctx = Context(where)
+    needed = (*GRID_REQUIRED, *GRID_SECTIONS)
+    if not isinstance(config, Mapping) or not all(k in config for k in needed):
+        raise ctx.error("config", "is missing or incomplete", allowed=", ".join(needed))
+    raw = {s: dict(config[s]) for s in GRID_SECTIONS}
+    if data_root is not None:
+        raw["data"]["root"] = data_root
+    sections = {s: parse_section(s, raw[s], ctx) for s in GRID_SECTIONS}
+    return Cell(
+        suite=config.get("suite", ""),
+        backbone=config["backbone"],
+        norm=config["norm"],
+        seed=config["seed"],
+        overrides=dict(config.get("overrides") or {}),
+        stage=config.get("stage", "final"),
+        tuned=dict(config.get("tuned") or {}),
+        **sections,
+    )
+
+
+_ALLOWED_FOR = {
+    "name": "a lower snake_case identifier",
+    "grid": GRID_ALLOWED,
+}
+
+
+def _build_suite(raw: dict[str, Any], ctx: Context, path: Path, overrides: tuple[str, ...]):
+    reject_unknown(raw, TOP_LEVEL_KEYS, "", ctx)
+    for key in ("name", "grid"):
+        if key not in raw:
+            raise ctx.error(key, "is required", allowed=_ALLOWED_FOR.get(key))
+    name = raw["name"]
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ctx.error("name", "must be lower snake_case", given=name, allowed="[a-z][a-z0-9_]*")
+    description = raw.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        raise ctx.error("description", "must be a string", given=description, allowed="text")
+    sections = {s: parse_section(s, raw.get(s), ctx) for s in SECTIONS}
+    baseline = canonical_spec("norm", sections["report"].baseline, "report.baseline", ctx)
+    sections["report"] = dataclasses.replace(sections["report"], baseline=baseline)
+    sections["grid"] = parse_grid(raw["grid"], ctx)
+    tune = parse_tune(raw.get("tune"), dict(sections["grid"]), sections["data"], ctx)
+    return Suite(name, description, path=path, overrides=overrides, tune=tune, **sections)
