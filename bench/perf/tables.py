@@ -35,6 +35,8 @@ from bench.perf.kinds import (
 
 #: The ratio column comparing Opacus' fast path with the engine's, when both were timed.
 GHOST_VS_BK = "Opacus ghost / book-keeping"
+#: The tutorial's privacy settings, as `bench.perf.kinds.make_step` sets the engine's.
+_TUTORIAL_DP = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "poisson_sampling": True}
 
 
 def _subprocess(args: list[str]) -> dict[str, Any]:
@@ -176,10 +178,8 @@ def _tutorial_loop(
         module=model,
         optimizer=optimizer,
         data_loader=loader,
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        poisson_sampling=True,
         grad_sample_mode=mode,
+        **_TUTORIAL_DP,
         **extra,
     )
     if mode == "ghost":

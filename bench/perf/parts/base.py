@@ -189,19 +189,15 @@ def time_step(
         ``seconds``, ``mem_bytes`` and ``mem_measure``; or ``error``, the failure's line.
     """
     s = run.sizes
+    sizes = {
+        "batch": s.table_batch,
+        "width": s.width,
+        "size": s.image,
+        "warmup": s.warmup,
+        "reps": s.reps,
+    }
     try:
-        r = measure_one(
-            backbone,
-            norm,
-            kind,
-            batch=s.table_batch,
-            width=s.width,
-            size=s.image,
-            warmup=s.warmup,
-            reps=s.reps,
-            precision=precision,
-            device=run.device,
-        )
+        r = measure_one(backbone, norm, kind, **sizes, precision=precision, device=run.device)
         return {k: r[k] for k in ("seconds", "mem_bytes", "mem_measure")}
     except Exception as err:  # one cell's failure (e.g. out of memory) is that cell's
         return {"error": error_line(err)}

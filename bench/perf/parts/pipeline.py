@@ -15,14 +15,10 @@ def measure(run: PartRun) -> None:
     """`opacus_tutorial_comparison` on (first backbone, default norm) at the pipeline sizes."""
     s = run.sizes
     run.data.update(
-        backbone=s.backbones[0],
-        norm=DEFAULT_NORM,
-        batch=s.pipeline_batch,
-        width=s.width,
-        steps=s.pipeline_steps,
-        warmup=s.pipeline_warmup,
-        examples=s.pipeline_examples,
-        workers=s.pipeline_workers,
+        backbone=s.backbones[0], norm=DEFAULT_NORM, batch=s.pipeline_batch, width=s.width
+    )
+    run.data.update(
+        {k: getattr(s, f"pipeline_{k}") for k in ("steps", "warmup", "examples", "workers")}
     )
     same = {k: run.data[k] for k in ("batch", "steps", "warmup", "width", "workers")}
     run.data["result"] = opacus_tutorial_comparison(
