@@ -151,7 +151,7 @@ class _Images(Dataset):
     def __len__(self) -> int:
         return self.u8.shape[0]
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(self.u8[i]), self.labels[i]
 
 
