@@ -19,19 +19,18 @@ from bench.results.records import read_records
 from bench.runner import run_suite
 from bench.seeds import stream
 from bench.suite import load_suite
-from norms.dp_batch_norm import (
-    FrozenStatsNorm,
+from norms.dp_batch_norm import reference_indices
+from norms.errors import NormSpecError
+from norms.frozen_stats import FrozenStatsNorm, frozen_stats_layers
+from norms.lifecycle import RunData
+from norms.stats_calibration import (
     calibrate,
     calibrate_private,
     clip_rows,
-    frozen_stats_layers,
     gaussian_sum,
     per_example_moments,
-    reference_indices,
     refresh_statistics,
 )
-from norms.errors import NormSpecError
-from norms.lifecycle import RunData
 from tests.dp_oracles import grad_sample_mismatches, mixing_examples
 from tests.test_resume import Killed, cell, comparable, kill_at
 from tests.test_runner import TINY

@@ -26,7 +26,7 @@ from bench.perf.kinds import make_step, random_device_data
 from bench.runner import _run_parallel, run_suite
 from bench.steps import DPSGDStep, make_optimizer
 from bench.suite import load_suite
-from norms.dp_batch_norm import frozen_stats_layers
+from norms.frozen_stats import frozen_stats_layers
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference
 from norms.lifecycle import RunData
 from tests.dp_oracles import grad_sample_mismatches, norm_variants, oracle_variant

@@ -19,7 +19,8 @@ data loading.
 part time-boxed and failure-isolated, and writes ``DIR/README.md`` (`bench.perf.gpu_report`).
 
 Modules: `bench.perf.kinds` (what is timed), `bench.perf.tables` (the two tables),
-`bench.perf.gpu_report` (the report), `bench.perf.__main__` (the command line).
+`bench.perf.gpu_report` (the report), `bench.perf.parts` (the report's parts, one module
+each), `bench.perf.__main__` (the command line).
 """
 
 from bench.perf.kinds import (

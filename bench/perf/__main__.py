@@ -9,7 +9,12 @@ import sys
 import norms
 from bench.backbones import list_backbones
 from bench.config import DEFAULT_NORM
+from bench.perf.gpu_report import add_arguments, run_from_args
 from bench.perf.kinds import KINDS, measure_one
+from bench.perf.tables import opacus_tutorial_comparison, table
+
+#: The step sizes ``one`` and ``table`` share, passed on as they are parsed.
+SIZE_ARGS = ("batch", "width", "size", "warmup", "reps")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,61 +48,27 @@ def _parser() -> argparse.ArgumentParser:
     opa.add_argument("--norm", default=DEFAULT_NORM)
     opa.add_argument("--steps", type=int, default=5)
     opa.add_argument("--workers", type=int, default=0, help="the tutorial DataLoader's workers")
-    rep = sub.add_parser("gpu-report", help="every GPU figure, as one Markdown report")
-    from bench.perf.gpu_report import add_arguments
-
-    add_arguments(rep)
+    add_arguments(sub.add_parser("gpu-report", help="every GPU figure, as one Markdown report"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    if args.cmd == "one":
-        result = measure_one(
-            args.backbone,
-            args.norm,
-            args.kind,
-            batch=args.batch,
-            width=args.width,
-            size=args.size,
-            warmup=args.warmup,
-            reps=args.reps,
-            precision=args.precision,
-        )
-        print(json.dumps(result))
-    elif args.cmd == "table":
-        from bench.perf.tables import table
-
-        kinds = ("nonprivate", *[k for k in args.kinds.split(",") if k != "nonprivate"])
-        print(
-            table(
-                args.backbones.split(","),
-                args.norms.split(","),
-                kinds=kinds,
-                batch=args.batch,
-                width=args.width,
-                size=args.size,
-                warmup=args.warmup,
-                reps=args.reps,
-            )
-        )
-    elif args.cmd == "opacus":
-        from bench.perf.tables import opacus_tutorial_comparison
-
-        result = opacus_tutorial_comparison(
-            args.backbone,
-            args.norm,
-            batch=args.batch,
-            steps=args.steps,
-            warmup=args.warmup,
-            workers=args.workers,
-        )
-        print(json.dumps(result))
-    else:
-        from bench.perf.gpu_report import run_from_args
-
+    if args.cmd == "gpu-report":
         return run_from_args(args, argv)
+    if args.cmd == "opacus":
+        loop = {k: getattr(args, k) for k in ("batch", "steps", "warmup", "workers")}
+        print(json.dumps(opacus_tutorial_comparison(args.backbone, args.norm, **loop)))
+        return 0
+    sizes = {k: getattr(args, k) for k in SIZE_ARGS}
+    if args.cmd == "table":
+        kinds = ("nonprivate", *[k for k in args.kinds.split(",") if k != "nonprivate"])
+        print(table(args.backbones.split(","), args.norms.split(","), kinds=kinds, **sizes))
+    else:
+        one = measure_one(args.backbone, args.norm, args.kind, **sizes, precision=args.precision)
+        print(json.dumps(one))
     return 0
 
 

@@ -14,7 +14,7 @@ part of `PARTS`, in order:
   (backbone, norm), projected to hours per run and for the whole suite; and the batch size the
   quick suite's TAN formula gives (``suites/cifar10_eps8_quick.yaml``'s header).
 
-The parts live in `bench.perf.report_parts`; this module runs them and writes the report.
+The parts live in `bench.perf.parts`; this module runs them and writes the report.
 Each part has a time box (`Sizes.budgets_s`): it checks its deadline between measurements and
 reports what it did not reach. A part that raises is reported as failed with its error; the
 rest still runs. With ``--isolate`` (the default on a GPU) each part runs in its own process,
@@ -41,8 +41,10 @@ from typing import Any
 import torch
 
 from bench import atomic
+from bench.environment import write_environment
 from bench.measure import resolve_device
-from bench.perf.report_parts import PARTS, SIZES, PartRun, Sizes, error_line
+from bench.perf.parts import PARTS
+from bench.perf.parts.base import SIZES, PartRun, Sizes, error_line
 from bench.provenance import REPO, environment_facts, git_commit, package_version
 
 #: Seconds an isolated part may run past its time box before it is killed.
@@ -270,8 +272,6 @@ def write_report(
     wall = time.perf_counter() - started
     # After the parts: in the parent, CUDA's context (and its memory) is made only now.
     prov = provenance(device, sizes, command)
-    from bench.environment import write_environment
-
     source = f"captured by gpu-report, {prov['date']}"
     write_environment(out_dir, prov["environment"], source, command)
     (out_dir / "results.json").write_text(

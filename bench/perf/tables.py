@@ -11,12 +11,18 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torchvision.transforms.v2 as T
+from opacus import PrivacyEngine
+from tabulate import tabulate
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from bench.backbones import create_backbone
+from bench.data import DeviceData
 from bench.measure import resolve_device, synchronize
 from bench.perf.kinds import (
     CIFAR_MEAN,
@@ -30,6 +36,8 @@ from bench.provenance import device_name
 
 #: The ratio column comparing Opacus' fast path with the engine's, when both were timed.
 GHOST_VS_BK = "Opacus ghost / book-keeping"
+#: The tutorial's privacy settings, as `bench.perf.kinds.make_step` sets the engine's.
+_TUTORIAL_DP = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "poisson_sampling": True}
 
 
 def _subprocess(args: list[str]) -> dict[str, Any]:
@@ -81,27 +89,13 @@ def table(
     kinds: tuple[str, ...] = KINDS,
 ) -> str:
     """Markdown table of DP/non-DP time and memory ratios (one subprocess per measurement)."""
-    from tabulate import tabulate
-
+    sizes = {"batch": batch, "width": width, "size": size, "warmup": warmup, "reps": reps}
+    options = [f"--{k}={v}" for k, v in sizes.items()]
     rows = []
     base: dict[str, Any] = {}
     for b in backbones:
         for n in norm_names:
-            res = {
-                k: _subprocess(
-                    [
-                        b,
-                        n,
-                        k,
-                        f"--batch={batch}",
-                        f"--width={width}",
-                        f"--size={size}",
-                        f"--warmup={warmup}",
-                        f"--reps={reps}",
-                    ]
-                )
-                for k in kinds
-            }
+            res = {k: _subprocess([b, n, k, *options]) for k in kinds}
             base = res["nonprivate"]
             share = min(r.get("cpu_share", 1.0) for r in res.values())
             rows.append([b, n, *ratio_row(res, kinds), f"{share:.2f}"])
@@ -110,17 +104,8 @@ def table(
                 file=sys.stderr,
                 flush=True,
             )
-    device = _subprocess(
-        [
-            backbones[0],
-            norm_names[0],
-            "nonprivate",
-            "--batch=2",
-            f"--width={width}",
-            "--warmup=0",
-            "--reps=1",
-        ]
-    )["device"]
+    probe = [backbones[0], norm_names[0], "nonprivate", "--batch=2", f"--width={width}"]
+    device = _subprocess([*probe, "--warmup=0", "--reps=1"])["device"]
     return (
         f"device: {device}; batch {batch}, width {width}, {size}x{size}, median of {reps} "
         f"steps after {warmup} warm-up; mem: {base['mem_measure']}; host RSS: growth of the "
@@ -131,6 +116,108 @@ def table(
             rows, ["backbone", "norm", *ratio_headers(kinds), "CPU share"], tablefmt="github"
         )
     )
+
+
+def _engine_loop(
+    backbone: str, norm: str, data: DeviceData, *, batch: int, width: float, device: torch.device
+) -> Callable[[], int]:
+    """One step of this engine: Poisson sampling and augmentation on the device, then the
+    book-keeping DP step; returns the images it took."""
+    step, _, _ = make_step(backbone, norm, "dp", batch=batch, width=width, device=device)
+    gen = data.generator(0, "sampling")
+
+    def engine_step() -> int:
+        idx = data.poisson_batch(batch, gen)
+        x = data.augment(data.train_x[idx], views=1, padding=4, flip=True, generator=gen)
+        step(x, data.train_y[idx])
+        return idx.numel()
+
+    return engine_step
+
+
+class _Images(Dataset):
+    """CPU uint8 images through the tutorial's per-image torchvision transforms."""
+
+    def __init__(self, u8: torch.Tensor, labels: torch.Tensor):
+        self.u8, self.labels = u8, labels
+        self.transform = T.Compose(
+            [
+                T.RandomCrop(32, padding=4, padding_mode="reflect"),
+                T.RandomHorizontalFlip(),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(CIFAR_MEAN, CIFAR_STD),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return self.u8.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.u8[i]), self.labels[i]
+
+
+def _tutorial_loop(
+    backbone: str,
+    norm: str,
+    mode: str,
+    images: _Images,
+    *,
+    batch: int,
+    width: float,
+    workers: int,
+    device: torch.device,
+) -> Callable[[], int]:
+    """One step of Opacus' tutorial loop (``mode``: ``hooks`` or ``ghost``), torchvision
+    transforms per image in a DataLoader; returns the images it took."""
+    torch.manual_seed(0)
+    model = create_backbone(backbone, norm=norm, width=width).to(device)
+    prepare_for_timing(model, norm, 32, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(images, batch_size=batch, num_workers=workers)
+    extra = {"criterion": nn.CrossEntropyLoss()} if mode == "ghost" else {}
+    private = PrivacyEngine(accountant="rdp").make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        grad_sample_mode=mode,
+        **_TUTORIAL_DP,
+        **extra,
+    )
+    if mode == "ghost":
+        model, optimizer, criterion, loader = private
+    else:
+        (model, optimizer, loader), criterion = private, nn.CrossEntropyLoss()
+    batches = iter(loader)
+
+    def opacus_step() -> int:
+        nonlocal batches
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        optimizer.step()
+        return x.shape[0]
+
+    return opacus_step
+
+
+def _images_per_second(
+    step: Callable[[], int], *, steps: int, warmup: int, device: torch.device
+) -> float:
+    """Images/s of ``steps`` calls of ``step`` after ``warmup`` untimed ones, between two device
+    synchronisations."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    t0, images = time.perf_counter(), 0
+    for _ in range(steps):
+        images += step()
+    synchronize(device)
+    return images / (time.perf_counter() - t0)
 
 
 def opacus_tutorial_comparison(
@@ -154,93 +241,22 @@ def opacus_tutorial_comparison(
     DataLoader with per-image torchvision transforms (``workers`` worker processes) and
     ``PrivacyEngine.make_private`` with Poisson sampling.
     """
-    import torchvision.transforms.v2 as T
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, Dataset
-
     device = device or resolve_device()
-    # This engine: data on the device, Poisson sampling and augmentation there.
-    step, _, _ = make_step(backbone, norm, "dp", batch=batch, width=width, device=device)
     data = random_device_data(n, device)
-    u8, labels = data.train_x.cpu(), data.train_y.cpu()
-    gen = data.generator(0, "sampling")
-
-    def engine_step() -> int:
-        idx = data.poisson_batch(batch, gen)
-        x = data.augment(data.train_x[idx], views=1, padding=4, flip=True, generator=gen)
-        step(x, data.train_y[idx])
-        return idx.numel()
-
-    transform = T.Compose(
-        [
-            T.RandomCrop(32, padding=4, padding_mode="reflect"),
-            T.RandomHorizontalFlip(),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(CIFAR_MEAN, CIFAR_STD),
-        ]
-    )
-
-    class Images(Dataset):
-        def __len__(self) -> int:
-            return n
-
-        def __getitem__(self, i: int):
-            return transform(u8[i]), labels[i]
-
-    def tutorial(mode: str):
-        """Opacus' tutorial loop, torchvision transforms per image in a DataLoader."""
-        torch.manual_seed(0)
-        model = create_backbone(backbone, norm=norm, width=width).to(device)
-        prepare_for_timing(model, norm, 32, device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        loader = DataLoader(Images(), batch_size=batch, num_workers=workers)
-        extra = {"criterion": nn.CrossEntropyLoss()} if mode == "ghost" else {}
-        private = PrivacyEngine(accountant="rdp").make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            poisson_sampling=True,
-            grad_sample_mode=mode,
-            **extra,
-        )
-        if mode == "ghost":
-            model, optimizer, criterion, loader = private
-        else:
-            (model, optimizer, loader), criterion = private, nn.CrossEntropyLoss()
-        batches = iter(loader)
-
-        def opacus_step() -> int:
-            nonlocal batches
-            try:
-                x, y = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                x, y = next(batches)
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            criterion(model(x), y).backward()
-            optimizer.step()
-            return x.shape[0]
-
-        return opacus_step
-
+    engine = _engine_loop(backbone, norm, data, batch=batch, width=width, device=device)
+    images = _Images(data.train_x.cpu(), data.train_y.cpu())  # the same images, on the CPU
+    loop = {"batch": batch, "width": width, "workers": workers, "device": device}
+    timing = {"steps": steps, "warmup": warmup, "device": device}
     result: dict[str, Any] = {}
     for name, make in (
-        ("engine_img_s", lambda: engine_step),
-        ("opacus_tutorial_img_s", lambda: tutorial("hooks")),
-        ("opacus_tutorial_ghost_img_s", lambda: tutorial("ghost")),
+        ("engine_img_s", lambda: engine),
+        ("opacus_tutorial_img_s", lambda: _tutorial_loop(backbone, norm, "hooks", images, **loop)),
+        (
+            "opacus_tutorial_ghost_img_s",
+            lambda: _tutorial_loop(backbone, norm, "ghost", images, **loop),
+        ),
     ):
-        fn = make()
-        for _ in range(warmup):
-            fn()
-        synchronize(device)
-        t0, images = time.perf_counter(), 0
-        for _ in range(steps):
-            images += fn()
-        synchronize(device)
-        result[name] = images / (time.perf_counter() - t0)
+        result[name] = _images_per_second(make(), **timing)
     result["speedup"] = result["engine_img_s"] / result["opacus_tutorial_img_s"]
     result["speedup_vs_ghost"] = result["engine_img_s"] / result["opacus_tutorial_ghost_img_s"]
     result["device"] = device_name(device)

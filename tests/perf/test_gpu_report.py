@@ -10,7 +10,8 @@ import torch
 
 from bench.perf import gpu_report
 from bench.perf.__main__ import main
-from bench.perf.report_parts import PARTS, TINY, render_table
+from bench.perf.parts import PARTS, table
+from bench.perf.parts.base import TINY
 
 
 def statuses(out) -> dict[str, str]:
@@ -49,7 +50,7 @@ def test_a_failing_part_is_reported_with_its_error_and_the_rest_still_runs(tmp_p
         run.measured()
 
     monkeypatch.setitem(PARTS, "bf16", (PARTS["bf16"][0], boom, PARTS["bf16"][2]))
-    monkeypatch.setitem(PARTS, "table", (PARTS["table"][0], quick, render_table))
+    monkeypatch.setitem(PARTS, "table", (PARTS["table"][0], quick, table.render))
     path, results = gpu_report.write_report(
         tmp_path,
         sizes=TINY,

@@ -33,7 +33,7 @@ from bench.provenance import device_name
 from bench.seeds import stream
 from bench.sparsity import Sparsity
 from bench.steps import DPSGDStep, make_optimizer
-from norms.dp_batch_norm import ChannelAffine
+from norms.frozen_stats import ChannelAffine
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference, knconv_grad_sample, window_stats
 from tests.dp_oracles import norms_of, per_example_grads
 
