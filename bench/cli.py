@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from bench.config import DEFAULT_NORM
@@ -60,27 +61,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_options(args: argparse.Namespace, out_dir: Path) -> RunOptions:
-    """The sweep options ``run``'s flags give."""
-    slurm = SlurmOptions(
-        partition=args.slurm_partition,
-        time_min=args.slurm_time_min,
-        gpus_per_node=args.slurm_gpus,
-        array_parallelism=args.slurm_parallel,
-        cluster=args.slurm_cluster,
-        step_s=args.slurm_step_s,
-    )
-    return RunOptions(
-        out_dir=out_dir,
-        force=args.force,
-        retry_failed=args.retry_failed,
-        allow_mixed_env=args.allow_mixed_env,
-        device=args.device,
-        executor=args.executor,
-        workers=args.workers,
-        slurm=slurm,
-        progress=not args.no_progress,
-        keep_checkpoints=args.keep_checkpoints,
-    )
+    """The sweep options ``run``'s flags give; each flag is named after its option."""
+    flags = vars(args)
+    slurm = SlurmOptions(**{f.name: flags[f"slurm_{f.name}"] for f in fields(SlurmOptions)})
+    same_name = {f.name: flags[f.name] for f in fields(RunOptions) if f.name in flags}
+    return RunOptions(**same_name, out_dir=out_dir, slurm=slurm, progress=not args.no_progress)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

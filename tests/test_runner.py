@@ -16,7 +16,7 @@ import yaml
 
 import bench.engine
 import bench.sweep.resume
-from bench.cli import main
+from bench.cli import _run_options, build_parser, main
 from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.sweep.options import RunOptions, SlurmOptions
@@ -317,3 +317,28 @@ def test_pending_cells_reads_the_records_file_once_whatever_the_number_of_cells(
     todo, already = pending_cells(cells, out / "records.jsonl", force=False)
     assert len(reads) == 1
     assert (len(todo), already) == (4, 2)  # seeds 1 and 2 of both norms; seed 0 recorded
+
+
+def test_every_run_flag_reaches_the_option_named_after_it(tmp_path):
+    flags = "--force --retry-failed --allow-mixed-env --device cpu --executor slurm --workers 3"
+    flags += " --keep-checkpoints --no-progress --slurm-partition gpu --slurm-time-min 30"
+    flags += " --slurm-gpus 2 --slurm-parallel 4 --slurm-cluster local --slurm-step-s 0.5"
+    args = build_parser().parse_args(["run", "s.yaml", *flags.split()])
+    slurm = SlurmOptions(
+        partition="gpu", time_min=30, gpus=2, parallel=4, cluster="local", step_s=0.5
+    )
+    assert _run_options(args, tmp_path) == RunOptions(
+        out_dir=tmp_path,
+        force=True,
+        retry_failed=True,
+        allow_mixed_env=True,
+        device="cpu",
+        executor="slurm",
+        workers=3,
+        slurm=slurm,
+        progress=False,
+        keep_checkpoints=True,
+    )
+    assert _run_options(build_parser().parse_args(["run", "s.yaml"]), tmp_path) == RunOptions(
+        out_dir=tmp_path, device="auto"
+    )

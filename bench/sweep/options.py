@@ -9,7 +9,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """How the ``slurm`` executor submits its jobs (submitit parameters and time sizing)."""
+    """How the ``slurm`` executor submits its jobs (submitit parameters and time sizing).
+
+    ``bench run`` sets each field from the flag named after it (``--slurm-time-min``).
+    """
 
     partition: str | None = None
     """SLURM partition; None: the cluster's default."""
@@ -17,10 +20,10 @@ class SlurmOptions:
     time_min: int | None = None
     """Time limit of each job in minutes; None: sized from the steps (`bench.sweep.slurm`)."""
 
-    gpus_per_node: int | None = None
+    gpus: int | None = None
     """GPUs each job asks for; None: submitit's default."""
 
-    array_parallelism: int | None = None
+    parallel: int | None = None
     """Most array jobs running at once; None: submitit's default."""
 
     cluster: str | None = None
@@ -36,15 +39,19 @@ class SlurmOptions:
         given = {
             "slurm_partition": self.partition,
             "timeout_min": self.time_min,
-            "gpus_per_node": self.gpus_per_node,
-            "slurm_array_parallelism": self.array_parallelism,
+            "gpus_per_node": self.gpus,
+            "slurm_array_parallelism": self.parallel,
         }
         return {k: v for k, v in given.items() if v is not None}
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a suite is swept; the suite itself says what is run."""
+    """How a suite is swept; the suite itself says what is run.
+
+    ``bench run`` sets each field from the flag of the same name (``--retry-failed``), but
+    ``out_dir`` (``--out``), ``progress`` (``--no-progress``) and ``slurm`` (`SlurmOptions`).
+    """
 
     out_dir: Path | None = None
     """Records, suite.json and the leaderboard go here; None: ``reports/<suite name>``."""
