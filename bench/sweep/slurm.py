@@ -1,5 +1,4 @@
-"""The ``slurm`` executor: one checkpointable submitit array job per cell, time limits sized
-from a DP step's measured or given duration."""
+"""The ``slurm`` executor: a checkpointable submitit job per cell, time limits from step timing."""
 
 from __future__ import annotations
 
