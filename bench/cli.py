@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from bench.config import DEFAULT_NORM
 from bench.errors import BenchError, PrivacyError, user_errors
+from bench.sweep.options import RunOptions, SlurmOptions
+from bench.sweep.outputs import default_out_dir, records_path
 
 
 def _cmd_list(_args: argparse.Namespace) -> int:
@@ -26,47 +29,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.runner import default_out_dir, run_suite
-    from bench.suite import load_suite
+    from bench.suite import load_suite  # reason: torch, kept out of the torch-free commands
 
     # --save-models is training.save_model for every cell: a diagnostic field, outside run keys.
     overrides = [*args.set, *(["training.save_model=true"] if args.save_models else [])]
     suite = load_suite(args.suite, overrides)
     out_dir = Path(args.out) if args.out else default_out_dir(suite)
     if args.dry_run:
-        from bench.dryrun import render_dry_run
+        from bench.dryrun import render_dry_run  # reason: torch, only for this command
 
-        print(render_dry_run(suite, out_dir / "records.jsonl"))
+        print(render_dry_run(suite, records_path(out_dir)))
         return 0
-    slurm = {
-        k: v
-        for k, v in {
-            "slurm_partition": args.slurm_partition,
-            "timeout_min": args.slurm_time_min,
-            "gpus_per_node": args.slurm_gpus,
-            "slurm_array_parallelism": args.slurm_parallel,
-            "cluster": args.slurm_cluster,
-            "step_s": args.slurm_step_s,
-        }.items()
-        if v is not None
-    }
+    from bench.sweep.run import run_suite  # reason: torch, only for this command
+
     try:
-        summary = run_suite(
-            suite,
-            out_dir=out_dir,
-            force=args.force,
-            retry_failed=args.retry_failed,
-            allow_mixed_env=args.allow_mixed_env,
-            device=args.device,
-            executor=args.executor,
-            workers=args.workers,
-            slurm=slurm,
-            progress=not args.no_progress,
-            keep_checkpoints=args.keep_checkpoints,
-        )
+        summary = run_suite(suite, _run_options(args, out_dir))
     except KeyboardInterrupt:
         print(
-            f"interrupted: finished cells are recorded in {out_dir / 'records.jsonl'}; "
+            f"interrupted: finished cells are recorded in {records_path(out_dir)}; "
             f"run the same command again to resume",
             file=sys.stderr,
         )
@@ -78,6 +58,14 @@ def _run(args: argparse.Namespace) -> int:
         f"{summary.out_dir / 'leaderboard.md'}"
     )
     return 0
+
+
+def _run_options(args: argparse.Namespace, out_dir: Path) -> RunOptions:
+    """The sweep options ``run``'s flags give; each flag is named after its option."""
+    flags = vars(args)
+    slurm = SlurmOptions(**{f.name: flags[f"slurm_{f.name}"] for f in fields(SlurmOptions)})
+    same_name = {f.name: flags[f.name] for f in fields(RunOptions) if f.name in flags}
+    return RunOptions(**same_name, out_dir=out_dir, slurm=slurm, progress=not args.no_progress)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

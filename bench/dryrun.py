@@ -9,6 +9,7 @@ from tabulate import tabulate
 from bench.config import Suite
 from bench.plan import CellPlan, plan_cells
 from bench.results.records import finished_keys
+from bench.sweep.protocol import planned_cells
 
 
 def _eps(value: float | None) -> str:
@@ -35,12 +36,7 @@ def render_dry_run(suite: Suite, records_path: Path) -> str:
     """A table with one row per cell: what would run and at which noise multiplier."""
     done = finished_keys(records_path)
     rows = []
-    cells = suite.cells()
-    if suite.tune is not None:  # the tuning stage, then every final cell a selection can make
-        from bench.protocol import final_candidates, tune_cells
-
-        cells = [*tune_cells(suite), *final_candidates(suite)]
-    for plan in plan_cells(cells, accountants=("prv", "rdp")):
+    for plan in plan_cells(planned_cells(suite), accountants=("prv", "rdp")):
         cell = plan.cell
         extras = {**cell.overrides, **cell.tuned}
         extras = ",".join(f"{k}={v}" for k, v in sorted(extras.items())) or "-"

@@ -16,9 +16,10 @@ import norms
 from bench.backbones import create_backbone
 from bench.engine import train_cell
 from bench.results.records import read_records
-from bench.runner import run_suite
 from bench.seeds import stream
 from bench.suite import load_suite
+from bench.sweep.options import RunOptions
+from bench.sweep.run import run_suite
 from norms.dp_batch_norm import reference_indices
 from norms.errors import NormSpecError
 from norms.frozen_stats import FrozenStatsNorm, frozen_stats_layers
@@ -376,9 +377,7 @@ def test_a_run_with_refresh_trains_and_its_record_says_there_is_no_privacy_cost(
     out = tmp_path / "out"
     run_suite(
         load_suite(suite, [*REFRESH_CELL, "training.steps=4"]),
-        out_dir=out,
-        report=False,
-        progress=False,
+        RunOptions(out_dir=out, report=False, progress=False),
     )
     (record,) = read_records(out / "records.jsonl").records
     assert record["status"] == "ok", record.get("error")

@@ -23,10 +23,11 @@ from bench.data import DeviceData
 from bench.engine import ema_model, nonprivate_throughput, train_cell
 from bench.errors import ConfigError
 from bench.results.records import read_records
-from bench.runner import run_suite
 from bench.seeds import run_stream, stream
 from bench.steps import DPSGDStep
 from bench.suite import load_suite
+from bench.sweep.options import RunOptions
+from bench.sweep.run import run_suite
 from tests.test_runner import TINY
 
 CPU = torch.device("cpu")
@@ -46,7 +47,7 @@ def one_cell(tiny: Path, *overrides: str):
 
 def run_one(tiny: Path, out: Path, *overrides: str) -> dict:
     suite = load_suite(tiny, ["grid.seed=[0]", "grid.norm=[group_norm]", *overrides])
-    run_suite(suite, out_dir=out, progress=False, report=False)
+    run_suite(suite, RunOptions(out_dir=out, progress=False, report=False))
     (record,) = read_records(out / "records.jsonl").records
     return record
 

@@ -25,8 +25,9 @@ import norms.registry as registry
 from bench.backbones import create_backbone, list_backbones
 from bench.bk import BookKeepingClipper
 from bench.results.records import read_records
-from bench.runner import run_suite
 from bench.suite import load_suite
+from bench.sweep.options import RunOptions
+from bench.sweep.run import run_suite
 from norms.clipping import ClipRule, ClipRuleError, per_example, register_clip_rule
 from norms.errors import NormPluginError
 from tests.dp_oracles import grad_sample_mismatches, mixing_examples
@@ -195,7 +196,7 @@ def test_a_registered_norm_trains_through_the_runner_and_reaches_the_leaderboard
         )
     )
     out = tmp_path / "out"
-    summary = run_suite(load_suite(suite_file), out_dir=out, progress=False)
+    summary = run_suite(load_suite(suite_file), RunOptions(out_dir=out, progress=False))
     assert summary.statuses == {"ok": 4}
     records = read_records(out / "records.jsonl").records
     mine = [r for r in records if r["norm"] == pixel_rms]

@@ -12,12 +12,16 @@ import pytest
 import submitit
 
 import bench.engine
-import bench.runner
+import bench.sweep.local
+import bench.sweep.slurm
 from bench.cli import main
 from bench.errors import ConfigError
 from bench.results.records import read_records
-from bench.runner import SlurmCellJob, record_interrupted, run_suite, slurm_time_limit_min
 from bench.suite import load_suite
+from bench.sweep.cell import record_interrupted
+from bench.sweep.options import RunOptions, SlurmOptions
+from bench.sweep.run import run_suite
+from bench.sweep.slurm import SlurmCellJob, slurm_time_limit_min
 from tests.test_runner import TINY
 
 
@@ -47,7 +51,7 @@ def calls(monkeypatch) -> list:
 
 
 def test_slurm_where_there_is_none_is_refused_before_anything(tiny, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench.runner.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(bench.sweep.slurm.shutil, "which", lambda _name: None)
     out = tmp_path / "out"
     assert main(["run", str(tiny), "--out", str(out), "--executor", "slurm"]) == 2
     err = capsys.readouterr().err.strip()
@@ -95,9 +99,9 @@ def test_a_dead_worker_leaves_its_unfinished_cells_interrupted(tiny, tmp_path, m
             future.set_exception(BrokenProcessPool("a child process terminated abruptly"))
             return future
 
-    monkeypatch.setattr(bench.runner, "ProcessPoolExecutor", DeadPool)
+    monkeypatch.setattr(bench.sweep.local, "ProcessPoolExecutor", DeadPool)
     out = tmp_path / "out"
-    summary = run_suite(load_suite(tiny), out_dir=out, workers=2, progress=False)
+    summary = run_suite(load_suite(tiny), RunOptions(out_dir=out, workers=2, progress=False))
     assert summary.statuses == {"interrupted": 6}
     records = newest(out)
     assert all("worker process died" in r["error"] for r in records.values())
@@ -142,10 +146,12 @@ def test_a_job_ending_without_a_record_is_interrupted_and_a_raising_one_failed(
     out = tmp_path / "out"
     summary = run_suite(
         load_suite(tiny, ["grid.seed=[0]"]),
-        out_dir=out,
-        executor="slurm",
-        slurm={"cluster": "local", "step_s": 2.0},
-        progress=False,
+        RunOptions(
+            out_dir=out,
+            executor="slurm",
+            slurm=SlurmOptions(cluster="local", step_s=2.0),
+            progress=False,
+        ),
     )
     assert summary.statuses == {"interrupted": 1, "failed": 1}
     errors = sorted(r["error"] for r in newest(out).values())

@@ -23,9 +23,11 @@ from bench.backbones import create_backbone, list_backbones
 from bench.engine import train_cell
 from bench.measure import StepMemory, peak_memory, reset_peak_memory
 from bench.perf.kinds import make_step, random_device_data
-from bench.runner import _run_parallel, run_suite
 from bench.steps import DPSGDStep, make_optimizer
 from bench.suite import load_suite
+from bench.sweep.local import WorkerPoolExecutor
+from bench.sweep.options import RunOptions
+from bench.sweep.run import run_suite
 from norms.frozen_stats import frozen_stats_layers
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference
 from norms.lifecycle import RunData
@@ -371,7 +373,8 @@ def test_bf16_autocast_on_cuda_trains_in_every_grad_sample_mode(tmp_path, mode):
 def test_the_sequential_runner_on_cuda_writes_measured_records(tmp_path):
     suite = _suite(tmp_path, ["group_norm", "layer_norm"])
     summary = run_suite(
-        suite, out_dir=tmp_path / "o", device="cuda", workers=1, progress=False, report=False
+        suite,
+        RunOptions(out_dir=tmp_path / "o", device="cuda", workers=1, progress=False, report=False),
     )
     assert summary.statuses == {"ok": 2}
     for line in (tmp_path / "o" / "records.jsonl").read_text().splitlines():
@@ -379,11 +382,11 @@ def test_the_sequential_runner_on_cuda_writes_measured_records(tmp_path):
 
 
 def test_the_one_worker_per_gpu_executor_runs_its_cells_on_the_gpu(tmp_path):
-    """`bench.runner._run_parallel` with one worker on a machine with a GPU: the worker is
+    """`bench.sweep.local.WorkerPoolExecutor` with one worker on a machine with a GPU: the worker is
     spawned on cuda:0 and appends measured records."""
     cells = _suite(tmp_path, ["group_norm", "scale_norm"]).cells()
     records = tmp_path / "records.jsonl"
-    statuses = _run_parallel(cells, records, 1, None)
+    statuses = WorkerPoolExecutor(RunOptions(workers=1), tmp_path).run(cells)
     assert statuses == ["ok", "ok"]
     for line in records.read_text().splitlines():
         _assert_a_measured_cuda_record(json.loads(line))

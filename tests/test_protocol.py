@@ -13,10 +13,11 @@ from bench.config import DataConfig
 from bench.data import DeviceData, load_dataset
 from bench.errors import ConfigError
 from bench.plan import plan_cell
-from bench.protocol import final_cells, select, tune_cells
 from bench.results.records import read_records
-from bench.runner import run_suite
 from bench.suite import load_suite
+from bench.sweep.options import RunOptions
+from bench.sweep.protocol import final_cells, select, tune_cells
+from bench.sweep.run import run_suite
 
 TUNE = """\
 name: tiny_tune
@@ -57,7 +58,7 @@ def by_stage(out: Path) -> dict[str, list[dict]]:
 
 def test_the_protocol_tunes_on_validation_then_runs_the_final_seeds(suite_file, tmp_path):
     out = tmp_path / "out"
-    summary = run_suite(load_suite(suite_file), out_dir=out, progress=False)
+    summary = run_suite(load_suite(suite_file), RunOptions(out_dir=out, progress=False))
     assert summary.total == 4 + 4 and summary.statuses == {"ok": 8}
     stages = by_stage(out)
     assert len(stages["tune"]) == 4 and len(stages["final"]) == 4
@@ -79,7 +80,7 @@ def test_tuning_never_reads_the_test_set(suite_file, tmp_path, monkeypatch):
     """Poisoned test labels leave every validation score, hence every selection, unchanged."""
     suite = load_suite(suite_file)
     clean = tmp_path / "clean"
-    run_suite(suite, out_dir=clean, progress=False, report=False)
+    run_suite(suite, RunOptions(out_dir=clean, progress=False, report=False))
     real = bench.engine.cached_dataset
 
     def poisoned(cfg):
@@ -89,7 +90,7 @@ def test_tuning_never_reads_the_test_set(suite_file, tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench.engine, "cached_dataset", poisoned)
     dirty = tmp_path / "dirty"
-    run_suite(suite, out_dir=dirty, progress=False, report=False)
+    run_suite(suite, RunOptions(out_dir=dirty, progress=False, report=False))
 
     def scores(out):
         return {r["run_key"]: r["val_acc"] for r in by_stage(out)["tune"]}
@@ -190,7 +191,7 @@ def test_grid_points_a_tuning_override_makes_alike_share_their_tuning_runs(suite
 def test_a_shared_tuning_stage_runs_once_and_both_budgets_report(suite_file, tmp_path):
     out = tmp_path / "out"
     suite = load_suite(suite_file, ["grid.training.steps=[2, 3]"])
-    summary = run_suite(suite, out_dir=out, progress=False)
+    summary = run_suite(suite, RunOptions(out_dir=out, progress=False))
     assert summary.statuses == {"ok": 4 + 8}  # 2 norms x 2 lr tuned once; 2 x 2 budgets x 2
     stages = by_stage(out)
     assert len({r["run_key"] for r in stages["tune"]}) == len(stages["tune"]) == 4
@@ -225,7 +226,7 @@ def test_a_tan_simulation_scales_the_noise_and_keeps_apart_from_dp_runs(tmp_path
     assert sim.noise_multiplier == ref.noise_multiplier * 16 / 64
     assert sim.steps == ref.steps and sim.sample_rate == 16 / 320 and not sim.dp_valid
     out = tmp_path / "out"
-    assert run_suite(suite, out_dir=out, progress=False).statuses == {"ok": 4}
+    assert run_suite(suite, RunOptions(out_dir=out, progress=False)).statuses == {"ok": 4}
     records = read_records(out / "records.jsonl").records
     simulated = [r for r in records if r["dp_valid"] is False]
     assert len(simulated) == 2

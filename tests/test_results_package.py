@@ -163,7 +163,7 @@ def function(path: Path, name: str) -> ast.FunctionDef:
 
 def written_fields() -> set[str]:
     """Every top-level field the runner and the engine put into a record, read from source."""
-    runner, engine = REPO / "bench" / "runner.py", REPO / "bench" / "engine.py"
+    runner, engine = REPO / "bench" / "sweep" / "cell.py", REPO / "bench" / "engine.py"
     fields = dict_keys(function(runner, "_base_record"))
     run_cell = function(runner, "run_cell")
     fields |= dict_keys(run_cell)

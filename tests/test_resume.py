@@ -17,8 +17,11 @@ from bench import checkpoint
 from bench.cli import main
 from bench.engine import _setup, evaluate, train_cell
 from bench.results.records import read_records
-from bench.runner import SlurmCellJob, run_cell, run_suite
 from bench.suite import load_suite
+from bench.sweep.cell import run_cell
+from bench.sweep.options import RunOptions
+from bench.sweep.run import run_suite
+from bench.sweep.slurm import SlurmCellJob
 from tests.test_runner import ROOT, TINY
 
 CPU = torch.device("cpu")
@@ -213,9 +216,11 @@ def test_sigkill_after_the_first_checkpoint_then_a_rerun_ends_with_the_uninterru
 
     # The same sweep again (what the command runs, less the leaderboard), and one never killed.
     sweep = load_suite(suite, KILLED_SWEEP)
-    assert run_suite(sweep, out_dir=out, progress=False, report=False).statuses == {"ok": 1}
+    assert run_suite(sweep, RunOptions(out_dir=out, progress=False, report=False)).statuses == {
+        "ok": 1
+    }
     whole_out = tmp_path / "whole"
-    run_suite(sweep, out_dir=whole_out, progress=False, report=False)
+    run_suite(sweep, RunOptions(out_dir=whole_out, progress=False, report=False))
     (resumed,) = read_records(out / "records.jsonl").records
     (whole,) = read_records(whole_out / "records.jsonl").records
     assert resumed["resumed_from_step"] == step >= 2 and whole["resumed_from_step"] is None

@@ -15,11 +15,13 @@ import pytest
 import yaml
 
 import bench.engine
-import bench.plan
-from bench.cli import main
+import bench.sweep.resume
+from bench.cli import _run_options, build_parser, main
 from bench.results.records import read_records
-from bench.runner import run_suite
 from bench.suite import load_suite
+from bench.sweep.options import RunOptions, SlurmOptions
+from bench.sweep.resume import pending_cells
+from bench.sweep.run import run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,7 +176,9 @@ def test_a_crash_is_recorded_with_its_reason_and_the_sweep_goes_on(tiny, tmp_pat
         return real(cell, device, **kwargs)
 
     monkeypatch.setattr(bench.engine, "train_cell", crash_on_layer_norm)
-    summary = run_suite(load_suite(tiny, ["grid.seed=[0]"]), out_dir=tmp_path / "o", progress=False)
+    summary = run_suite(
+        load_suite(tiny, ["grid.seed=[0]"]), RunOptions(out_dir=tmp_path / "o", progress=False)
+    )
     assert summary.statuses == {"failed": 1, "ok": 1}
     failed = [
         r for r in read_records(tmp_path / "o" / "records.jsonl").records if r["status"] == "failed"
@@ -261,10 +265,12 @@ def test_slurm_path_runs_through_submitits_local_executor(tiny, tmp_path):
     suite = load_suite(tiny, ["grid.seed=[0]"])
     summary = run_suite(
         suite,
-        out_dir=tmp_path / "o",
-        executor="slurm",
-        slurm={"cluster": "local", "timeout_min": 10},
-        progress=False,
+        RunOptions(
+            out_dir=tmp_path / "o",
+            executor="slurm",
+            slurm=SlurmOptions(cluster="local", time_min=10),
+            progress=False,
+        ),
     )
     assert summary.statuses == {"ok": 2}
     assert len(read_records(tmp_path / "o" / "records.jsonl").records) == 2
@@ -272,7 +278,9 @@ def test_slurm_path_runs_through_submitits_local_executor(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_parallel_local_workers_share_one_records_file(tiny, tmp_path):
-    summary = run_suite(load_suite(tiny), out_dir=tmp_path / "o", workers=2, progress=False)
+    summary = run_suite(
+        load_suite(tiny), RunOptions(out_dir=tmp_path / "o", workers=2, progress=False)
+    )
     assert summary.statuses == {"ok": 6}
     keys = keys_in_file(tmp_path / "o" / "records.jsonl")
     assert len(keys) == len(set(keys)) == 6
@@ -292,13 +300,45 @@ def test_an_unreachable_epsilon_in_the_grid_stops_the_sweep_before_any_cell(tiny
     assert not out.exists()
 
 
-def test_preflight_leaves_a_refused_pair_to_be_recorded_as_skipped(tiny, monkeypatch):
-    """A backbone that refuses a norm is a skipped record, not a sweep-stopping error."""
-    from bench.errors import IncompatibleError
-    from bench.runner import preflight
+def test_pending_cells_reads_the_records_file_once_whatever_the_number_of_cells(
+    tiny, tmp_path, monkeypatch
+):
+    out = tmp_path / "out"
+    args = ["run", str(tiny), "--out", str(out), "--no-progress", "--set", "grid.seed=[0]"]
+    assert main(args) == 0
+    reads: list[Path] = []
 
-    def refuse(*_args, **_kwargs):
-        raise IncompatibleError("this backbone refuses this norm")
+    def counting(path):
+        reads.append(path)
+        return read_records(path)
 
-    monkeypatch.setattr(bench.plan, "build_model", refuse)
-    preflight(load_suite(tiny).cells())  # no error
+    monkeypatch.setattr(bench.sweep.resume, "read_records", counting)
+    cells = load_suite(tiny).cells()
+    todo, already = pending_cells(cells, out / "records.jsonl", force=False)
+    assert len(reads) == 1
+    assert (len(todo), already) == (4, 2)  # seeds 1 and 2 of both norms; seed 0 recorded
+
+
+def test_every_run_flag_reaches_the_option_named_after_it(tmp_path):
+    flags = "--force --retry-failed --allow-mixed-env --device cpu --executor slurm --workers 3"
+    flags += " --keep-checkpoints --no-progress --slurm-partition gpu --slurm-time-min 30"
+    flags += " --slurm-gpus 2 --slurm-parallel 4 --slurm-cluster local --slurm-step-s 0.5"
+    args = build_parser().parse_args(["run", "s.yaml", *flags.split()])
+    slurm = SlurmOptions(
+        partition="gpu", time_min=30, gpus=2, parallel=4, cluster="local", step_s=0.5
+    )
+    assert _run_options(args, tmp_path) == RunOptions(
+        out_dir=tmp_path,
+        force=True,
+        retry_failed=True,
+        allow_mixed_env=True,
+        device="cpu",
+        executor="slurm",
+        workers=3,
+        slurm=slurm,
+        progress=False,
+        keep_checkpoints=True,
+    )
+    assert _run_options(build_parser().parse_args(["run", "s.yaml"]), tmp_path) == RunOptions(
+        out_dir=tmp_path, device="auto"
+    )

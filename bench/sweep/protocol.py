@@ -172,3 +172,11 @@ def selection_lines(selections: Mapping[tuple, Selection]) -> Sequence[str]:
         else:
             lines.append(f"{where}: selected {sel.values} (val acc {sel.val_acc:.4f})")
     return lines
+
+
+def planned_cells(suite: Suite) -> list[Cell]:
+    """Every cell a sweep of ``suite`` may run, for checks before the first one: the grid's; with
+    a ``tune`` section, the tuning stage, then every final cell a selection can make."""
+    if suite.tune is None:
+        return suite.cells()
+    return [*tune_cells(suite), *final_candidates(suite)]

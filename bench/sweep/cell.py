@@ -1,0 +1,137 @@
+"""Running one cell: its record (whatever the outcome), its checkpoints, an interrupted end."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import checkpoint, engine, saved_model
+from bench.config import Cell, cell_to_dict
+from bench.errors import BenchError
+from bench.measure import resolve_device
+from bench.provenance import record_provenance
+from bench.results.records import append_record
+from bench.sweep.outputs import checkpoint_dir
+
+
+def _base_record(cell: Cell) -> dict[str, Any]:
+    """The fields every record has, whatever the outcome."""
+    d = cell_to_dict(cell)
+    return {
+        "run_key": d["run_key"],
+        "suite": cell.suite,
+        "backbone": cell.backbone,
+        "norm": cell.norm,
+        "seed": cell.seed,
+        "overrides": d["overrides"],
+        "stage": cell.stage,
+        "tuned": d["tuned"],
+        "dp_valid": cell.privacy.simulate_batch_size is None,
+        "dataset": cell.data.dataset_name,
+        "epsilon_target": cell.privacy.epsilon,
+        "delta": cell.privacy.delta,
+        "accountant": cell.privacy.accountant,
+        "max_grad_norm": cell.privacy.max_grad_norm,
+        "config": d,
+    }
+
+
+def run_cell(
+    cell: Cell,
+    records_path: Path,
+    device: str | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    keep_checkpoint: bool = False,
+) -> dict[str, Any]:
+    """Run one cell and append its record; a failure is recorded, not raised.
+
+    ``KeyboardInterrupt`` and user errors (`BenchError`, e.g. unreadable data) propagate with
+    no record written: the cell did not run, and a re-run will try it again.
+
+    The run checkpoints under ``<records folder>/checkpoints/<run_key>/`` and resumes from
+    there (a requeued SLURM job, a re-run after a kill); the checkpoint is deleted once the
+    record is written, unless ``keep_checkpoint``. ``training.save_model`` weights go to
+    ``<records folder>/models/`` (`bench.saved_model`).
+
+    Args:
+        cell: The cell to run.
+        records_path: The records file the record is appended to.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...; None: auto.
+        progress: Called with (step, steps, loss) as the run trains.
+        keep_checkpoint: Keep the run's last checkpoint after its record is written.
+
+    Returns:
+        The record appended.
+    """
+    dev = resolve_device(device)
+    started = time.perf_counter()
+    base = _base_record(cell)
+    try:
+        measured = engine.train_cell(
+            cell,
+            dev,
+            progress=progress,
+            checkpoint_dir=checkpoint_dir(records_path),
+            model_dir=records_path.parent / saved_model.FOLDER,
+        )
+        record = {**base, **measured}
+    except (KeyboardInterrupt, BenchError):
+        raise
+    except torch.cuda.OutOfMemoryError as err:
+        record = {**base, "status": "failed", "error": f"out of memory: {err}".splitlines()[0]}
+    except engine.Diverged as err:
+        record = {**base, "status": "failed", "error": str(err), "diverged": True}
+    except Exception as err:
+        record = {
+            **base,
+            "status": "failed",
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(limit=-8),
+        }
+    if record["status"] != "ok":
+        prov = record_provenance(dev)
+        record.update(
+            provenance=prov, device=prov["device_name"], wall_s=time.perf_counter() - started
+        )
+    append_record(records_path, record)
+    if not keep_checkpoint:
+        checkpoint.remove(checkpoint.checkpoint_path(checkpoint_dir(records_path), cell.run_key))
+    return record
+
+
+def record_interrupted(
+    cell: Cell, records_path: Path, reason: str, status: str = "interrupted"
+) -> dict[str, Any]:
+    """Append the record of a run that ended without recording itself.
+
+    Args:
+        cell: The cell whose run ended.
+        records_path: The records file.
+        reason: Why it ended, as the record's ``error``.
+        status: ``interrupted`` when the infrastructure ended it, ``failed`` when it raised
+            where no record could be written.
+
+    Returns:
+        The record appended.
+    """
+    record = {**_base_record(cell), "status": status, "error": reason, "wall_s": None}
+    append_record(records_path, record)
+    return record
+
+
+def discard_checkpoints(cells: Sequence[Cell], records_path: Path) -> int:
+    """Delete the checkpoints of ``cells``, so that a forced run starts from step 0.
+
+    Returns:
+        How many there were.
+    """
+    paths = [checkpoint.checkpoint_path(checkpoint_dir(records_path), c.run_key) for c in cells]
+    found = sum(p.exists() for p in paths)
+    for path in paths:
+        checkpoint.remove(path)
+    return found

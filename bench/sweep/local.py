@@ -1,0 +1,136 @@
+"""The local executors: cells in order in this process, or one worker process per GPU."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from bench.config import Cell
+from bench.plan import cell_label
+from bench.sweep.cell import record_interrupted, run_cell
+from bench.sweep.executor import Executor
+from bench.sweep.options import RunOptions
+from bench.sweep.resume import without_final_record
+
+
+class _StepProgress:
+    """Shows the current cell's step and loss on the sweep's bar, at most once a second."""
+
+    def __init__(self, bar: Any, label: str) -> None:
+        self.bar, self.label, self.last = bar, label, 0.0
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        now = time.perf_counter()
+        if now - self.last > 1.0 or step == total:
+            self.bar.set_postfix_str(f"{self.label} | step {step}/{total} loss {loss:.3f}")
+            self.last = now
+
+
+class SequentialExecutor(Executor):
+    """One cell after the other in this process, under a progress bar."""
+
+    def run(self, cells: Sequence[Cell]) -> list[str]:
+        show = self.options.progress
+        statuses = []
+        bar = tqdm(
+            cells,
+            desc="cells",
+            unit="cell",
+            disable=not show or not cells,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        for cell in bar:
+            label = cell_label(cell)
+            bar.set_postfix_str(label)
+            record = run_cell(
+                cell,
+                self.records_path,
+                self.options.device,
+                progress=_StepProgress(bar, label) if show else None,
+                keep_checkpoint=self.options.keep_checkpoints,
+            )
+            statuses.append(record["status"])
+            if record["status"] != "ok":
+                bar.write(f"{record['status']}: {label}: {record.get('error')}", file=sys.stderr)
+        return statuses
+
+
+def _worker(
+    cells: Sequence[Cell],
+    records_path: Path,
+    device: str | None,
+    threads: int | None,
+    keep_checkpoints: bool = False,
+) -> list[str]:
+    """A worker process: run its share of the cells in order; returns their statuses."""
+    if threads:
+        torch.set_num_threads(threads)
+    return [
+        run_cell(c, records_path, device, keep_checkpoint=keep_checkpoints)["status"] for c in cells
+    ]
+
+
+class WorkerPoolExecutor(Executor):
+    """``workers`` processes (one per GPU when there are enough, else CPU workers sharing the
+    cores), each running every n-th cell. A worker that dies leaves its unfinished cells
+    recorded ``interrupted``."""
+
+    def run(self, cells: Sequence[Cell]) -> list[str]:
+        n, device = worker_count(self.options), self.options.device
+        gpus = torch.cuda.is_available() and torch.cuda.device_count() >= n and device != "cpu"
+        threads = None if gpus else max(1, (os.cpu_count() or 1) // n)
+        kind = "GPU" if gpus else "CPU"
+        print(f"running {len(cells)} cells on {n} {kind} workers", file=sys.stderr)
+        statuses: list[str] = []
+        with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
+            shares = [cells[i::n] for i in range(n)]
+            futures = [
+                pool.submit(
+                    _worker,
+                    share,
+                    self.records_path,
+                    f"cuda:{i}" if gpus else (device or "cpu"),
+                    threads,
+                    self.options.keep_checkpoints,
+                )
+                for i, share in enumerate(shares)
+            ]
+            for share, future in zip(shares, futures, strict=True):
+                try:
+                    statuses += future.result()
+                except BrokenProcessPool as err:
+                    reason = f"the worker process died before this cell ended ({err})"
+                    for cell in without_final_record(share, self.records_path):
+                        statuses.append(
+                            record_interrupted(cell, self.records_path, reason)["status"]
+                        )
+        return statuses
+
+
+class LocalExecutor(Executor):
+    """``local``: a worker pool when there are several workers (one per visible GPU by default)
+    and several cells, else the cells in order in this process."""
+
+    def run(self, cells: Sequence[Cell]) -> list[str]:
+        n = worker_count(self.options)
+        chosen = WorkerPoolExecutor if n > 1 and len(cells) > 1 else SequentialExecutor
+        return chosen(self.options, self.out_dir).run(cells)
+
+
+def worker_count(options: RunOptions) -> int:
+    """``options.workers``, or one per visible CUDA device (one without CUDA)."""
+    if options.workers is not None:
+        return options.workers
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1

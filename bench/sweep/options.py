@@ -1,0 +1,89 @@
+"""The typed options of a sweep (what ``bench run``'s flags set), frozen and documented."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """How the ``slurm`` executor submits its jobs (submitit parameters and time sizing).
+
+    ``bench run`` sets each field from the flag named after it (``--slurm-time-min``).
+    """
+
+    partition: str | None = None
+    """SLURM partition; None: the cluster's default."""
+
+    time_min: int | None = None
+    """Time limit of each job in minutes; None: sized from the steps (`bench.sweep.slurm`)."""
+
+    gpus: int | None = None
+    """GPUs each job asks for; None: submitit's default."""
+
+    parallel: int | None = None
+    """Most array jobs running at once; None: submitit's default."""
+
+    cluster: str | None = None
+    """``local`` or ``debug`` emulate the cluster with submitit's executors on this machine;
+    None or ``slurm``: SLURM, refused where it is absent."""
+
+    step_s: float | None = None
+    """Seconds per DP step on the cluster's device, to size the time limit when ``time_min``
+    is None; None: measured here."""
+
+    def submitit_parameters(self) -> dict[str, Any]:
+        """The options given, under the names submitit's ``update_parameters`` takes."""
+        given = {
+            "slurm_partition": self.partition,
+            "timeout_min": self.time_min,
+            "gpus_per_node": self.gpus,
+            "slurm_array_parallelism": self.parallel,
+        }
+        return {k: v for k, v in given.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a suite is swept; the suite itself says what is run.
+
+    ``bench run`` sets each field from the flag of the same name (``--retry-failed``), but
+    ``out_dir`` (``--out``), ``progress`` (``--no-progress``) and ``slurm`` (`SlurmOptions`).
+    """
+
+    out_dir: Path | None = None
+    """Records, suite.json and the leaderboard go here; None: ``reports/<suite name>``."""
+
+    force: bool = False
+    """Re-run every cell, whatever its record, from step 0: the checkpoints of the cells about
+    to run are discarded first."""
+
+    retry_failed: bool = False
+    """Also re-run the cells whose newest record is ``failed``."""
+
+    allow_mixed_env: bool = False
+    """Append even when existing records were made under another software stack (the report
+    then lists the stacks); refused otherwise."""
+
+    device: str | None = None
+    """``auto``, ``cpu``, ``cuda``, ``cuda:1``...; None: auto."""
+
+    executor: str = "local"
+    """The executor's name in `bench.sweep.run.EXECUTORS`: ``local`` or ``slurm``."""
+
+    workers: int | None = None
+    """Local worker processes; None: one per visible GPU (one on the CPU)."""
+
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    """How the ``slurm`` executor submits (unused by ``local``)."""
+
+    progress: bool = True
+    """Show a progress bar with the current cell and an ETA."""
+
+    report: bool = True
+    """Write the leaderboard when the sweep ends."""
+
+    keep_checkpoints: bool = False
+    """Keep each run's last checkpoint after its record is written."""

@@ -1,0 +1,183 @@
+"""Sweeping a suite: every cell without a record, through the chosen executor, then the report.
+
+Each cell's record is appended only when the cell has ended (``ok``, or ``failed`` with the
+error), so a killed sweep leaves either a whole record or none for a cell, and re-running the
+same command resumes with the cells that have none. Two kinds of failure: one that belongs to
+the cell (divergence, out of memory, a crash) is ``failed`` and stays so (``retry_failed``
+re-runs those); one of the infrastructure (a SLURM time limit or preemption that was not
+requeued, a worker process that died, a job that ended without a record) is ``interrupted``,
+and a plain re-run runs the cell again. Executors (`EXECUTORS`):
+
+* ``local``: one process, cells in order; or ``workers`` processes (one per visible GPU by
+  default when there are several), each taking every n-th cell.
+* ``slurm``: one submitit array job per cell; every job appends to the same records file
+  under a file lock, and is checkpointable (a time limit or preemption requeues it).
+  ``cluster="local"`` runs the same path with submitit's local executor on this machine;
+  without it, a machine without SLURM is refused before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.config import Cell, Suite
+from bench.environment import capture_environment, check_stack
+from bench.errors import ExecutorError
+from bench.plan import plan_cells
+from bench.provenance import environment_facts
+from bench.results.leaderboard import write_report
+from bench.results.records import read_records
+from bench.sweep.cell import discard_checkpoints
+from bench.sweep.executor import Executor
+from bench.sweep.local import LocalExecutor
+from bench.sweep.options import RunOptions
+from bench.sweep.outputs import default_out_dir, records_path, reproduce_command, write_suite_json
+from bench.sweep.protocol import final_cells, planned_cells, select, selection_lines, tune_cells
+from bench.sweep.resume import pending_cells
+from bench.sweep.slurm import SlurmExecutor
+
+#: The executors by the name ``RunOptions.executor`` (``--executor``) gives.
+EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "slurm": SlurmExecutor}
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """What a sweep did.
+
+    Attributes:
+        out_dir: Where the records and the leaderboard are.
+        total: Cells in the grid.
+        already_done: Cells that had a record before this sweep (skipped unless forced).
+        ran: Cells run now.
+        statuses: Count of each status among the cells run now.
+        wall_s: Wall time of the sweep.
+    """
+
+    out_dir: Path
+    total: int
+    already_done: int
+    ran: int
+    statuses: dict[str, int]
+    wall_s: float
+
+
+def create_executor(options: RunOptions, out_dir: Path) -> Executor:
+    """The executor ``options.executor`` names, for a sweep into ``out_dir``.
+
+    Raises:
+        ExecutorError: No executor has that name.
+    """
+    try:
+        chosen = EXECUTORS[options.executor]
+    except KeyError:
+        names = ", ".join(EXECUTORS)
+        raise ExecutorError(f"unknown executor {options.executor!r}; one of: {names}") from None
+    return chosen(options, out_dir)
+
+
+def preflight(cells: Sequence[Cell]) -> None:
+    """Plan and calibrate every cell before the first cell runs (`bench.plan.plan_cells`).
+
+    A budget no noise multiplier can meet, or a data folder that cannot be counted, then stops
+    the sweep before anything is written, instead of after the cells before it have run.
+    Seconds: the data is counted, not loaded, and calibrations are memoised across cells.
+
+    Raises:
+        PrivacyError: Naming the first cell that cannot be calibrated.
+    """
+    if cells:
+        plan_cells(cells)
+
+
+def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
+    """Run every cell of ``suite`` that has no record yet (all of them with ``options.force``).
+
+    With a ``tune`` section, the tuning stage runs first; the final stage then runs the cells
+    whose selection its records make (`bench.sweep.protocol`).
+
+    Args:
+        suite: The validated suite.
+        options: How to sweep it (default: `RunOptions` defaults).
+
+    Returns:
+        What the sweep did.
+    """
+    started = time.perf_counter()
+    options = options or RunOptions()
+    out_dir = Path(options.out_dir) if options.out_dir else default_out_dir(suite)
+    records = records_path(out_dir)
+    executor = create_executor(options, out_dir)
+    executor.check()
+    stage_cells = suite.cells() if suite.tune is None else tune_cells(suite)
+    todo, already = pending_cells(stage_cells, records, options.force, options.retry_failed)
+    env = _check_environment(todo, records, options.allow_mixed_env)
+    preflight(todo if suite.tune is None else planned_cells(suite))
+    write_suite_json(suite, out_dir, stage_cells)
+    if env is not None:
+        _capture_environment(suite, out_dir, env)
+    statuses = _run_stage(executor, todo, options.force)
+    total, ran = len(stage_cells), len(todo)
+    if suite.tune is not None:
+        finals, final_todo, final_already = _final_stage(suite, records, options)
+        write_suite_json(suite, out_dir, [*stage_cells, *finals])
+        statuses += _run_stage(executor, final_todo, options.force)
+        total, ran, already = total + len(finals), ran + len(final_todo), already + final_already
+    if options.report:
+        write_report(out_dir)
+    counts = {s: statuses.count(s) for s in sorted(set(statuses))}
+    return SweepSummary(out_dir, total, already, ran, counts, time.perf_counter() - started)
+
+
+def _run_stage(executor: Executor, cells: Sequence[Cell], force: bool) -> list[str]:
+    """Run ``cells``; forced, from step 0 (their checkpoints discarded first)."""
+    if force and cells:
+        discarded = discard_checkpoints(cells, executor.records_path)
+        if discarded:
+            print(f"--force: discarded {discarded} checkpoints", file=sys.stderr)
+    return executor.run(cells)
+
+
+def _final_stage(
+    suite: Suite, records: Path, options: RunOptions
+) -> tuple[list[Cell], list[Cell], int]:
+    """Select each grid point's tuning values from the tuning records, then the final cells:
+    ``(all final cells selected so far, those to run now, those already recorded)``."""
+    selections = select(suite, read_records(records).records if records.exists() else [])
+    if options.progress:
+        for line in selection_lines(selections):
+            print(f"tune: {line}", file=sys.stderr)
+    finals = final_cells(suite, selections)
+    todo, already = pending_cells(finals, records, options.force, options.retry_failed)
+    return finals, todo, already
+
+
+def _check_environment(
+    todo: Sequence[Cell], records: Path, allow_mixed: bool
+) -> dict[str, Any] | None:
+    """This process's software environment, once it is known that appending its records will
+    not mix stacks (None when there is nothing to run)."""
+    if not todo:
+        return None
+    env = environment_facts()
+    existing = read_records(records).records if records.exists() else []
+    check_stack(existing, env, records, allow_mixed)
+    return env
+
+
+def _capture_environment(suite: Suite, out_dir: Path, env: dict[str, Any]) -> None:
+    """Write the environment this sweep runs under beside its records."""
+    records = records_path(out_dir)
+    capture_environment(
+        out_dir,
+        env,
+        f"captured when a sweep of suite {suite.name} started, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        reproduce_command(suite, out_dir),
+        # Any record in the folder (this stage's or the tuning stage's) was made somewhere.
+        resumed=records.exists() and records.stat().st_size > 0,
+    )

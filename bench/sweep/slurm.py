@@ -1,0 +1,181 @@
+"""The ``slurm`` executor: a checkpointable submitit job per cell, time limits from step timing."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import submitit
+import torch
+
+from bench.config import Cell
+from bench.errors import ExecutorError
+from bench.measure import resolve_device, synchronize
+from bench.plan import build_model, cell_label, data_size
+from bench.seeds import stream
+from bench.sparsity import Sparsity
+from bench.steps import DPSGDStep, make_optimizer
+from bench.sweep.cell import record_interrupted, run_cell
+from bench.sweep.executor import Executor
+from bench.sweep.resume import newest_statuses, without_final_record
+
+#: ``slurm.cluster`` values that emulate the cluster on this machine (submitit's executors).
+LOCAL_CLUSTERS = ("local", "debug")
+
+
+class SlurmCellJob:
+    """Entry point of one submitit job; checkpointable, so that a time limit or preemption
+    requeues the job instead of ending it (submitit calls `checkpoint` on the signal).
+
+    A module-level class so that it pickles. A requeued job calls `run_cell` again, which
+    resumes the cell from its newest checkpoint (``training.checkpoint_every``).
+    """
+
+    def __call__(
+        self,
+        cell: Cell,
+        records_path: str,
+        device: str | None = None,
+        keep_checkpoint: bool = False,
+    ) -> str:
+        return run_cell(cell, Path(records_path), device, keep_checkpoint=keep_checkpoint)["status"]
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def slurm_time_limit_min(cells: Sequence[Cell], step_s: float) -> int:
+    """A job's time limit from the longest cell's expected cost: steps x ``step_s`` with 50%
+    headroom, plus 10 minutes for setup, evaluation and the non-private measurement."""
+    longest = max(c.training.num_steps(_n_private(c)) for c in cells)
+    return math.ceil(1.5 * longest * step_s / 60) + 10
+
+
+def _n_private(cell: Cell) -> int:
+    return data_size(cell.data).n_private
+
+
+def measure_step_s(cell: Cell, device: str | None = None, steps: int = 2) -> float:
+    """Seconds per DP-SGD step of ``cell``'s model at its batch, measured here on random data
+    (a logical batch of B examples with K views each, split into physical batches as in the
+    run). An upper bound for a faster cluster device; the estimate a time limit starts from."""
+    dev = resolve_device(device)
+    size = data_size(cell.data)
+    t = cell.training
+    model = build_model(cell, size.num_classes, dev)
+    # Pre-pruning and gradient dropping change the step's cost: time them too, with their
+    # random methods (no public data here; a public choice adds its saliency every k steps).
+    sparsity = Sparsity(
+        model,
+        prune=t.pre_prune and dataclasses.replace(t.pre_prune, method="random"),
+        drop=t.grad_drop and dataclasses.replace(t.grad_drop, method="random"),
+        streams=lambda purpose: stream(cell.seed, purpose, dev),
+        public=None,
+    )
+    step = DPSGDStep(
+        model,
+        make_optimizer(model.parameters(), lr=t.lr),
+        noise_multiplier=1.0,
+        max_grad_norm=cell.privacy.max_grad_norm,
+        expected_batch_size=t.batch_size,
+        max_physical_batch=t.max_physical_batch,
+        mode=t.grad_sample_mode,
+        precision=t.precision,
+        sparsity=sparsity,
+    )
+    side = cell.data.image_size if cell.data.source == "synthetic" else 32
+    x = torch.randn(t.batch_size, t.augmult, 3, side, side, device=dev)
+    y = torch.randint(0, size.num_classes, (t.batch_size,), device=dev)
+    step(x, y)  # warm-up
+    synchronize(dev)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(x, y)
+    synchronize(dev)
+    return (time.perf_counter() - started) / steps
+
+
+class SlurmExecutor(Executor):
+    """One checkpointable array job per cell, every job appending to the same records file
+    under a file lock; waits for them all.
+
+    A job that ends without a record of its own (a time limit or preemption that was not
+    requeued, a lost node) is recorded ``interrupted``; one whose cell raised is ``failed``.
+    """
+
+    def check(self) -> None:
+        """Refuse a machine without SLURM (no ``sbatch``), unless the options ask for local
+        emulation (`LOCAL_CLUSTERS`).
+
+        Raises:
+            ExecutorError: SLURM is not available here.
+        """
+        if self.options.slurm.cluster in LOCAL_CLUSTERS:
+            return
+        if shutil.which("sbatch") is None:
+            raise ExecutorError(
+                "--executor slurm: SLURM is not available on this machine (no sbatch on PATH), "
+                "so nothing was submitted; to test a sweep's cluster path here, add "
+                "--slurm-cluster local"
+            )
+
+    def run(self, cells: Sequence[Cell]) -> list[str]:
+        if not cells:
+            return []
+        params = self.options.slurm.submitit_parameters()
+        if "timeout_min" not in params:
+            params["timeout_min"] = self._time_limit_min(cells)
+        executor = submitit.AutoExecutor(
+            folder=self.out_dir / "submitit", cluster=self.options.slurm.cluster
+        )
+        executor.update_parameters(name=f"dpnb-{self.out_dir.name}", **params)
+        n = len(cells)
+        jobs = executor.map_array(
+            SlurmCellJob(),
+            list(cells),
+            [str(self.records_path)] * n,
+            [self.options.device] * n,
+            [self.options.keep_checkpoints] * n,
+        )
+        print(
+            f"submitted {len(jobs)} jobs ({jobs[0].job_id.split('_')[0]}); waiting", file=sys.stderr
+        )
+        statuses = []
+        for job, cell in zip(jobs, cells, strict=True):
+            try:
+                statuses.append(job.result())
+            except submitit.core.utils.FailedJobError as err:
+                reason = f"the job raised: {str(err).strip().splitlines()[-1]}"
+                statuses.append(self._record_job_end(cell, "failed", reason))
+            except Exception as err:  # the job ended without finishing its cell
+                reason = f"job {job.job_id} ended without a record: {type(err).__name__}: {err}"
+                statuses.append(self._record_job_end(cell, "interrupted", reason))
+        return statuses
+
+    def _time_limit_min(self, cells: Sequence[Cell]) -> int:
+        """The time limit when none is given, from the given or measured seconds per step."""
+        step_s = self.options.slurm.step_s
+        source = "given" if step_s is not None else "measured here"
+        if step_s is None:
+            distinct = {(c.backbone, c.norm, c.training): c for c in cells}.values()
+            step_s = max(measure_step_s(c, self.options.device) for c in distinct)
+        limit = slurm_time_limit_min(cells, step_s)
+        print(
+            f"time limit {limit} min per job, from {step_s:.3g} s per step "
+            f"({source}; --slurm-time-min overrides)",
+            file=sys.stderr,
+        )
+        return limit
+
+    def _record_job_end(self, cell: Cell, status: str, reason: str) -> str:
+        """Record how a job ended when the job itself left no final record; print it."""
+        if not without_final_record([cell], self.records_path):  # it recorded itself, then ended
+            return newest_statuses(self.records_path)[cell.run_key]
+        print(f"{status}: {cell_label(cell)}: {reason.splitlines()[0]}", file=sys.stderr)
+        return record_interrupted(cell, self.records_path, reason, status)["status"]
