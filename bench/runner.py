@@ -565,7 +565,7 @@ def measure_step_s(cell: Cell, device: str | None = None, steps: int = 2) -> flo
     from bench.plan import build_model, data_size
     from bench.seeds import stream
     from bench.sparsity import Sparsity
-    from bench.steps import DPSGDStep, make_optimizer
+    from bkclip import DPSGDStep, make_optimizer
 
     dev = resolve_device(device)
     size = data_size(cell.data)

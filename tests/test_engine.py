@@ -17,7 +17,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import bench.engine
 import bench.measure
 import bench.plan
-from bench.bk import BookKeepingClipper
 from bench.config import TrainingConfig
 from bench.data import DeviceData
 from bench.engine import ema_model, nonprivate_throughput, train_cell
@@ -26,7 +25,7 @@ from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.runner import run_suite
 from bench.seeds import run_stream, stream
-from bench.steps import DPSGDStep
+from bkclip import BookKeepingClipper, DPSGDStep
 from tests.test_runner import TINY
 
 CPU = torch.device("cpu")

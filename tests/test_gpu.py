@@ -25,7 +25,7 @@ from bench.loading import load_suite
 from bench.measure import StepMemory, peak_memory, reset_peak_memory
 from bench.perf.kinds import make_step, random_device_data
 from bench.runner import _run_parallel, run_suite
-from bench.steps import DPSGDStep, make_optimizer
+from bkclip import BookKeepingClipper, DPSGDStep, make_optimizer
 from norms.dp_batch_norm import frozen_stats_layers
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference
 from norms.lifecycle import RunData
@@ -126,8 +126,6 @@ def test_bk_under_cuda_bf16_autocast_keeps_each_clipped_contribution_within_the_
 ):
     """bf16 autocast on CUDA: one example's clipped gradient has norm at most C (to fp32
     rounding) and, with C below every example's norm, at least C (1 - 1e-3)."""
-    from bench.bk import BookKeepingClipper
-
     torch.manual_seed(0)
     model = build(backbone, usable(norm, 0.05)).float().to(CUDA)
     clipper = BookKeepingClipper(model)

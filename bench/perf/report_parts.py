@@ -556,7 +556,7 @@ def _recipe_step_times(run: PartRun, cell, physical: int, views: int) -> tuple[f
     """(seconds per physical pass, seconds per step besides them), by timing steps of one and
     of two physical batches (augmentation on the device included) and fitting a line."""
     from bench.backbones import create_backbone
-    from bench.steps import DPSGDStep, make_optimizer
+    from bkclip import DPSGDStep, make_optimizer
 
     s, t = run.sizes, cell.training
     params = {"width": s.recipe_width} if s.recipe_width != 1.0 else {}
