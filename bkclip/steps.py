@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ MODES = ("hooks", "functorch", "bk")
 
 
 def make_optimizer(
-    params,
+    params: Iterable[nn.Parameter] | Iterable[dict],
     *,
     optimizer: str = "sgd",
     lr: float = 1.0,

@@ -61,17 +61,25 @@ def _ghost_conv_norm_sq(layer: nn.Conv2d, n: int, x: torch.Tensor, g: torch.Tens
 class ConvRule(MaterialisableRule):
     """nn.Conv2d (groups=1, dilation=1, numeric padding)."""
 
-    def channel_dim(self, layer, g):
+    def channel_dim(self, layer: nn.Module, g: torch.Tensor) -> int | None:
         return 1
 
-    def check(self, layer):
+    def check(self, layer: nn.Module) -> str | None:
         if layer.groups != 1 or tuple(layer.dilation) != (1, 1):
             return f"groups={layer.groups}, dilation={tuple(layer.dilation)}; needs 1 and (1, 1)"
         if not isinstance(layer.padding, tuple):
             return f"padding={layer.padding!r}; needs numeric padding"
         return None
 
-    def norm_sq(self, layer, inputs, g, strategy, state, output):
+    def norm_sq(
+        self,
+        layer: nn.Module,
+        inputs: list[torch.Tensor],
+        g: torch.Tensor,
+        strategy: str,
+        state: LayerState,
+        output: torch.Tensor | None,
+    ) -> torch.Tensor:
         n = state.n
         x = inputs[0].to(g.dtype)
         d, o = layer.weight[0].numel(), g.shape[1]
@@ -100,7 +108,14 @@ class ConvRule(MaterialisableRule):
             groups=layer.groups,
         )
 
-    def clipped_sum(self, layer, inputs, g, coef, state):
+    def clipped_sum(
+        self,
+        layer: nn.Module,
+        inputs: list[torch.Tensor] | None,
+        g: torch.Tensor | None,
+        coef: torch.Tensor,
+        state: LayerState,
+    ) -> dict[nn.Parameter, torch.Tensor]:
         out = {layer.weight: self._weight_sum(layer, inputs, g, coef, state)}
         if layer.bias is not None:
             out[layer.bias] = bias_sum(coef, state)
@@ -123,7 +138,7 @@ class WSConvRule(ConvRule):
     own standardisation by autograd.
     """
 
-    def needs_output(self, layer, output, n, strategy):
+    def needs_output(self, layer: nn.Module, output: torch.Tensor, n: int, strategy: str) -> bool:
         # Only the ghost route reads conv(x, z) off the output; the materialised route has
         # every per-example gradient, from which 1.u and z.u are row sums.
         d, s = layer.weight[0].numel(), output[0, 0].numel() * (output.shape[0] // n)
@@ -165,7 +180,15 @@ class WSConvRule(ConvRule):
             z_x = F.conv2d(x, z.view_as(w), stride=layer.stride, padding=layer.padding)
         return u_sq, one_u, positions((g * z_x).flatten(2), n).sum(-1)
 
-    def norm_sq(self, layer, inputs, g, strategy, state, output):
+    def norm_sq(
+        self,
+        layer: nn.Module,
+        inputs: list[torch.Tensor],
+        g: torch.Tensor,
+        strategy: str,
+        state: LayerState,
+        output: torch.Tensor | None,
+    ) -> torch.Tensor:
         n = state.n
         x = inputs[0].to(g.dtype)
         w = layer.weight.detach().to(g.dtype)
@@ -193,7 +216,14 @@ class WSConvRule(ConvRule):
             total = total + bias_norm_sq(state, g)
         return total
 
-    def clipped_sum(self, layer, inputs, g, coef, state):
+    def clipped_sum(
+        self,
+        layer: nn.Module,
+        inputs: list[torch.Tensor] | None,
+        g: torch.Tensor | None,
+        coef: torch.Tensor,
+        state: LayerState,
+    ) -> dict[nn.Parameter, torch.Tensor]:
         u = self._weight_sum(layer, inputs, g, coef, state)
         with torch.enable_grad():
             weight = layer.weight.detach().to(u.dtype).requires_grad_(True)

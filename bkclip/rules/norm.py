@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bkclip.maths import nbytes, per_view_norm_sq, per_view_sum, slices
-from bkclip.rule import ClipRule, register_clip_rule
+from bkclip.rule import ClipRule, LayerState, register_clip_rule
 
 
 class AffineRule(ClipRule):
@@ -15,7 +15,7 @@ class AffineRule(ClipRule):
     (GroupNorm, LayerNorm, a frozen-statistics norm's affine): cheap to materialise, so every
     view's gradients are kept. A subclass says what the affine multiplies."""
 
-    def channel_dim(self, layer, g):
+    def channel_dim(self, layer: nn.Module, g: torch.Tensor) -> int | None:
         return 1  # a per-channel affine of an NCHW tensor; LayerNorm's rule says otherwise
 
     def normalised(self, layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -35,10 +35,18 @@ class AffineRule(ClipRule):
             out[layer.bias] = g.sum(dim=dims) if dims else g
         return out
 
-    def releases(self, state, inputs, g):
+    def releases(self, state: LayerState, inputs: list[torch.Tensor], g: torch.Tensor) -> bool:
         return True
 
-    def norm_sq(self, layer, inputs, g, strategy, state, output):
+    def norm_sq(
+        self,
+        layer: nn.Module,
+        inputs: list[torch.Tensor],
+        g: torch.Tensor,
+        strategy: str,
+        state: LayerState,
+        output: torch.Tensor | None,
+    ) -> torch.Tensor:
         # The normalised input is recomputed a slice at a time.
         rows = -(-g.shape[0] // slices(2 * nbytes(g)))
         parts = [
@@ -48,7 +56,14 @@ class AffineRule(ClipRule):
         state.per_view = {p: torch.cat([v[p] for v in parts]) for p in parts[0]}
         return per_view_norm_sq(state.per_view, state.n)
 
-    def clipped_sum(self, layer, inputs, g, coef, state):
+    def clipped_sum(
+        self,
+        layer: nn.Module,
+        inputs: list[torch.Tensor] | None,
+        g: torch.Tensor | None,
+        coef: torch.Tensor,
+        state: LayerState,
+    ) -> dict[nn.Parameter, torch.Tensor]:
         return per_view_sum(coef, state.per_view)
 
 
@@ -56,7 +71,7 @@ class AffineRule(ClipRule):
 class GroupNormRule(AffineRule):
     """nn.GroupNorm: the affine multiplies the group-normalised input."""
 
-    def normalised(self, layer, x):
+    def normalised(self, layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         return F.group_norm(x, layer.num_groups, eps=layer.eps), tuple(range(2, x.dim()))
 
 
@@ -64,9 +79,9 @@ class GroupNormRule(AffineRule):
 class LayerNormRule(AffineRule):
     """nn.LayerNorm: the affine multiplies the layer-normalised input."""
 
-    def channel_dim(self, layer, g):
+    def channel_dim(self, layer: nn.Module, g: torch.Tensor) -> int | None:
         return g.dim() - len(layer.normalized_shape)  # the first normalised dimension
 
-    def normalised(self, layer, x):
+    def normalised(self, layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         dims = tuple(range(1, x.dim() - len(layer.normalized_shape)))
         return F.layer_norm(x, layer.normalized_shape, eps=layer.eps), dims
