@@ -13,6 +13,7 @@ from torch import nn
 
 import bkclip.maths
 from bench.backbones import create_backbone, list_backbones
+from bench.errors import user_errors
 from bkclip import (
     BookKeepingClipper,
     ClipRule,
@@ -22,6 +23,7 @@ from bkclip import (
     register_clip_rule,
     rule_for,
 )
+from norms.errors import NormError
 from tests.dp_oracles import norms_of, per_example_grads, prepared_backbone
 from tests.test_dp_guarantees import NORM_VARIANTS, SIZE, WIDTH
 
@@ -324,3 +326,9 @@ def test_a_layer_the_backward_pass_never_reaches_is_reported():
     clipper = accumulate(model)
     assert clipper.unreached_layers == ["unused"]
     assert BookKeepingClipper(model).unreached_layers == ["body", "out", "unused"]  # no step yet
+
+
+def test_a_clipping_error_is_a_user_error_of_its_own_kind():
+    """The CLI prints it as one line with exit code 2; it is the clipper's, not a norm's."""
+    assert issubclass(ClipRuleError, user_errors())
+    assert not issubclass(ClipRuleError, NormError)
