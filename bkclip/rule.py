@@ -54,7 +54,8 @@ class ClipRule:
     """How the book-keeping clipper handles one layer class.
 
     ``inputs`` are the layer's tensor inputs from the forward pass, ``g`` its output gradient
-    (float32 or wider), ``output`` its forward output when `needs_output` asked for it.
+    (float32 or wider), ``output`` its forward output when `needs_output` asked for it. A rule
+    overrides these methods with the same signatures (annotated here, not repeated there).
     """
 
     def check(self, layer: nn.Module) -> str | None:

@@ -71,15 +71,7 @@ class ConvRule(MaterialisableRule):
             return f"padding={layer.padding!r}; needs numeric padding"
         return None
 
-    def norm_sq(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor],
-        g: torch.Tensor,
-        strategy: str,
-        state: LayerState,
-        output: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
         n = state.n
         x = inputs[0].to(g.dtype)
         d, o = layer.weight[0].numel(), g.shape[1]
@@ -108,14 +100,7 @@ class ConvRule(MaterialisableRule):
             groups=layer.groups,
         )
 
-    def clipped_sum(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor] | None,
-        g: torch.Tensor | None,
-        coef: torch.Tensor,
-        state: LayerState,
-    ) -> dict[nn.Parameter, torch.Tensor]:
+    def clipped_sum(self, layer, inputs, g, coef, state):
         out = {layer.weight: self._weight_sum(layer, inputs, g, coef, state)}
         if layer.bias is not None:
             out[layer.bias] = bias_sum(coef, state)
@@ -180,15 +165,7 @@ class WSConvRule(ConvRule):
             z_x = F.conv2d(x, z.view_as(w), stride=layer.stride, padding=layer.padding)
         return u_sq, one_u, positions((g * z_x).flatten(2), n).sum(-1)
 
-    def norm_sq(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor],
-        g: torch.Tensor,
-        strategy: str,
-        state: LayerState,
-        output: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
         n = state.n
         x = inputs[0].to(g.dtype)
         w = layer.weight.detach().to(g.dtype)
@@ -216,14 +193,7 @@ class WSConvRule(ConvRule):
             total = total + bias_norm_sq(state, g)
         return total
 
-    def clipped_sum(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor] | None,
-        g: torch.Tensor | None,
-        coef: torch.Tensor,
-        state: LayerState,
-    ) -> dict[nn.Parameter, torch.Tensor]:
+    def clipped_sum(self, layer, inputs, g, coef, state):
         u = self._weight_sum(layer, inputs, g, coef, state)
         with torch.enable_grad():
             weight = layer.weight.detach().to(u.dtype).requires_grad_(True)

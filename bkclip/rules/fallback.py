@@ -8,7 +8,7 @@ from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
 from torch import nn
 
 from bkclip.maths import per_view_norm_sq, per_view_sum
-from bkclip.rule import ClipRule, LayerState
+from bkclip.rule import ClipRule
 
 
 class FallbackRule(ClipRule):
@@ -25,25 +25,10 @@ class FallbackRule(ClipRule):
             return sampler(layer, inputs, g)
         return ft_compute_per_sample_gradient(layer, inputs, g)
 
-    def norm_sq(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor],
-        g: torch.Tensor,
-        strategy: str,
-        state: LayerState,
-        output: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
         return per_view_norm_sq(self.per_view(layer, inputs, g), state.n)
 
-    def clipped_sum(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor] | None,
-        g: torch.Tensor | None,
-        coef: torch.Tensor,
-        state: LayerState,
-    ) -> dict[nn.Parameter, torch.Tensor]:
+    def clipped_sum(self, layer, inputs, g, coef, state):
         # Recomputed rather than kept: a fallback layer may be large.
         return per_view_sum(coef, self.per_view(layer, inputs, g))
 

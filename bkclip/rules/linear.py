@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from bkclip.maths import per_example, sequence_norm_sq
-from bkclip.rule import ClipRule, LayerState, register_clip_rule
+from bkclip.rule import ClipRule, register_clip_rule
 
 
 @register_clip_rule(nn.Linear)
@@ -16,15 +16,7 @@ class LinearRule(ClipRule):
     def channel_dim(self, layer: nn.Module, g: torch.Tensor) -> int | None:
         return g.dim() - 1
 
-    def norm_sq(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor],
-        g: torch.Tensor,
-        strategy: str,
-        state: LayerState,
-        output: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
         n = state.n
         a = per_example(inputs[0].to(g.dtype), n).transpose(1, 2)  # (N, D, K)
         gs = per_example(g, n).transpose(1, 2)  # (N, O, K)
@@ -33,14 +25,7 @@ class LinearRule(ClipRule):
             total = total + gs.sum(-1).square().sum(-1)
         return total
 
-    def clipped_sum(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor] | None,
-        g: torch.Tensor | None,
-        coef: torch.Tensor,
-        state: LayerState,
-    ) -> dict[nn.Parameter, torch.Tensor]:
+    def clipped_sum(self, layer, inputs, g, coef, state):
         gc = g * coef.view(-1, 1)
         out = {layer.weight: gc.t() @ inputs[0].to(g.dtype)}
         if layer.bias is not None:

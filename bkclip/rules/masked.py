@@ -10,7 +10,7 @@ from torch import nn
 
 from bkclip.errors import LayerCallError
 from bkclip.maths import per_example
-from bkclip.rule import ClipRule, LayerState
+from bkclip.rule import ClipRule
 from bkclip.rules.conv import ConvRule, conv_grads
 from bkclip.rules.fallback import FALLBACK
 
@@ -109,15 +109,7 @@ class MaskedRule(ClipRule):
                 v.mul_(mask.to(v.dtype))
         return grads
 
-    def norm_sq(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor],
-        g: torch.Tensor,
-        strategy: str,
-        state: LayerState,
-        output: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
         parts = []
         for xs, gs, _, m in self._slices(layer, inputs, g, state.n):
             grads = self._masked(self.per_example_grads(layer, xs, gs, m))
@@ -143,14 +135,7 @@ class MaskedRule(ClipRule):
             out[layer.bias] = gc.sum(dim=bias_dims)
         return self._masked(out)
 
-    def clipped_sum(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor] | None,
-        g: torch.Tensor | None,
-        coef: torch.Tensor,
-        state: LayerState,
-    ) -> dict[nn.Parameter, torch.Tensor]:
+    def clipped_sum(self, layer, inputs, g, coef, state):
         direct = self._direct(layer)
         if direct is not None and (direct == "conv" or inputs[0].dim() == 2):
             return self._direct_sum(layer, direct, inputs, g, coef)

@@ -38,15 +38,7 @@ class AffineRule(ClipRule):
     def releases(self, state: LayerState, inputs: list[torch.Tensor], g: torch.Tensor) -> bool:
         return True
 
-    def norm_sq(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor],
-        g: torch.Tensor,
-        strategy: str,
-        state: LayerState,
-        output: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def norm_sq(self, layer, inputs, g, strategy, state, output):
         # The normalised input is recomputed a slice at a time.
         rows = -(-g.shape[0] // slices(2 * nbytes(g)))
         parts = [
@@ -56,14 +48,7 @@ class AffineRule(ClipRule):
         state.per_view = {p: torch.cat([v[p] for v in parts]) for p in parts[0]}
         return per_view_norm_sq(state.per_view, state.n)
 
-    def clipped_sum(
-        self,
-        layer: nn.Module,
-        inputs: list[torch.Tensor] | None,
-        g: torch.Tensor | None,
-        coef: torch.Tensor,
-        state: LayerState,
-    ) -> dict[nn.Parameter, torch.Tensor]:
+    def clipped_sum(self, layer, inputs, g, coef, state):
         return per_view_sum(coef, state.per_view)
 
 
