@@ -38,7 +38,7 @@ from bench.privacy import epsilon
 from bench.provenance import record_provenance
 from bench.seeds import run_stream, seed_global
 from bench.sparsity import PublicData, Sparsity
-from bench.steps import DPSGDStep, SGDStep, autocast, make_optimizer
+from bkclip import DPSGDStep, SGDStep, autocast, make_optimizer, rule_for
 from norms.lifecycle import RunData
 
 Progress = Callable[[int, int, float], None]
@@ -87,8 +87,6 @@ def grad_sample_paths(model: nn.Module, mode: str) -> dict[str, str]:
     ``bk``: ``bk`` (a book-keeping rule of `bench.bk`) or ``bk-fallback`` (that layer's
     per-example gradients materialised through Opacus).
     """
-    from bench.bk import rule_for
-
     paths: dict[str, str] = {}
     for module in model.modules():
         if not any(p.requires_grad for p in module.parameters(recurse=False)):

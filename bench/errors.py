@@ -83,6 +83,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     A function, not a constant, so that importing this module (as the torch-free report code
     does) does not import `norms` and with it torch.
     """
+    from bkclip.errors import ClipError  # imports torch, which the report code must not
     from norms.errors import NormError
 
-    return (BenchError, NormError)
+    return (BenchError, NormError, ClipError)

@@ -35,8 +35,9 @@ private data, so the accounting is DP-SGD's own:
   examples (current weights, eval mode, mean cross-entropy) has the
   largest norm, recomputed every ``refresh`` steps inside the timed step.
 
-Both act on the clipper and the optimiser through `Sparsity`, never on a norm: `bench.steps`
-masks the per-sample gradients (Opacus' paths) or has `bench.bk` mask each layer's output
+Both act on the clipper and the optimiser through `Sparsity`, never on a norm: `Sparsity` is
+`bkclip`'s `CoordinateMasks`, through which `bkclip.steps.DPSGDStep`
+masks the per-sample gradients (Opacus' paths) or has `bkclip.clipper` mask each layer's output
 gradient along its channel dimension (or materialise the masked per-example gradients of a
 pruned layer), then zeroes the masked coordinates of the noised gradient and restores their
 weights after the update.
@@ -56,6 +57,7 @@ from torch import nn
 
 from bench.config import GradDropConfig, PruneConfig
 from bench.errors import ConfigError
+from bkclip import CoordinateMasks, trainable_layers, trainable_parameters
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -169,11 +171,7 @@ def dropped_count(rate: float, channels: int) -> int:
     return math.floor(rate * channels + 1e-9)
 
 
-def _owned(layer: nn.Module) -> list[nn.Parameter]:
-    return [p for p in layer.parameters(recurse=False) if p.requires_grad]
-
-
-class Sparsity:
+class Sparsity(CoordinateMasks):
     """The coordinates a run trains: pre-pruning's fixed masks and the step's dropped channels.
 
     Args:
@@ -198,8 +196,6 @@ class Sparsity:
         streams: Callable[[str], torch.Generator],
         public: PublicData | None,
     ):
-        from bench.bk import trainable_layers
-
         self.model, self.prune_cfg, self.drop_cfg, self.public = model, prune, drop, public
         self.pruned: dict[int, torch.Tensor] = {}
         self.prune_layers: dict[str, float] = {}
@@ -225,7 +221,7 @@ class Sparsity:
                 )
             names = {id(m): n for n, m in model.named_modules()}
             for layer in self.layers:
-                sizes = {p.shape[0] if p.dim() else 1 for p in _owned(layer)}
+                sizes = {p.shape[0] if p.dim() else 1 for p in trainable_parameters(layer)}
                 if len(sizes) != 1:
                     raise ConfigError(
                         f"training.grad_drop drops output channels, the first dimension of each "
@@ -241,13 +237,14 @@ class Sparsity:
 
     @property
     def dropping(self) -> bool:
+        """Whether output channels are dropped at every step."""
         return self.generator is not None
 
     # --- selection ------------------------------------------------------------------------
 
     @staticmethod
     def _channels(layer: nn.Module) -> int:
-        p = _owned(layer)[0]
+        p = trainable_parameters(layer)[0]
         return p.shape[0] if p.dim() else 1
 
     def begin_step(self, step: int, hooks_off: Callable[[], Any] | None = None) -> None:
@@ -261,7 +258,7 @@ class Sparsity:
             for layer in self.layers:
                 o = self._channels(layer)
                 drop = torch.randperm(o, generator=self.generator, device=self.generator.device)
-                keep = torch.ones(o, device=_owned(layer)[0].device)
+                keep = torch.ones(o, device=trainable_parameters(layer)[0].device)
                 keep[drop[: dropped_count(cfg.rate, o)].to(keep.device)] = 0.0
                 self.keep[id(layer)] = keep
             return
@@ -274,7 +271,7 @@ class Sparsity:
         """Keep the channels with the largest public-gradient norm, per layer."""
         public = self.public
         x, y = public.x[: self.drop_cfg.public_examples], public.y[: self.drop_cfg.public_examples]
-        params = [p for layer in self.layers for p in _owned(layer)]
+        params = [p for layer in self.layers for p in trainable_parameters(layer)]
         was_training = self.model.training
         self.model.eval()
         try:
@@ -284,8 +281,10 @@ class Sparsity:
         keep = {}
         for layer in self.layers:
             o = self._channels(layer)
-            score = torch.zeros(o, dtype=torch.float64, device=_owned(layer)[0].device)
-            for p in _owned(layer):
+            score = torch.zeros(
+                o, dtype=torch.float64, device=trainable_parameters(layer)[0].device
+            )
+            for p in trainable_parameters(layer):
                 g = grads[id(p)]
                 if id(p) in self.pruned:
                     g = g * self.pruned[id(p)]
@@ -315,7 +314,7 @@ class Sparsity:
         return self.keep.get(id(layer))
 
     def is_pruned(self, layer: nn.Module) -> bool:
-        return any(id(p) in self.pruned for p in _owned(layer))
+        return any(id(p) in self.pruned for p in trainable_parameters(layer))
 
     def coordinate_mask(self, p: nn.Parameter) -> torch.Tensor | None:
         """The 0/1 mask of ``p``'s trained coordinates at this step, or None (all trained)."""
@@ -333,7 +332,7 @@ class Sparsity:
     @property
     def _owner(self) -> dict[int, int]:
         if not hasattr(self, "_owners"):
-            self._owners = {id(p): id(m) for m in self.layers for p in _owned(m)}
+            self._owners = {id(p): id(m) for m in self.layers for p in trainable_parameters(m)}
         return self._owners
 
     def masks(self, params: list[nn.Parameter]) -> Iterator[tuple[nn.Parameter, torch.Tensor]]:
@@ -354,7 +353,7 @@ class Sparsity:
 
     def trainable_coordinates(self) -> tuple[int, int]:
         """(coordinates that can be trained after pre-pruning, all trainable coordinates)."""
-        params = [p for m in self.layers for p in _owned(m)]
+        params = [p for m in self.layers for p in trainable_parameters(m)]
         total = sum(p.numel() for p in params)
         pruned = sum(int((~self.pruned[id(p)]).sum()) for p in params if id(p) in self.pruned)
         return total - pruned, total
@@ -407,7 +406,7 @@ class Sparsity:
         """What a resumed run needs beyond the streams: the pruning masks (SNIP's saliency is a
         float backward pass, not bit-reproducible across devices and thread counts, so the
         masks are restored rather than recomputed) and the public choice in force."""
-        params = [p for m in self.layers for p in _owned(m)]
+        params = [p for m in self.layers for p in trainable_parameters(m)]
         return {
             "pruned": [self.pruned.get(id(p)) for p in params],
             "keep": [self.keep.get(id(m)) for m in self.layers],
@@ -415,7 +414,7 @@ class Sparsity:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        params = [p for m in self.layers for p in _owned(m)]
+        params = [p for m in self.layers for p in trainable_parameters(m)]
         pruned = {id(p): m for p, m in zip(params, state["pruned"], strict=True) if m is not None}
         if pruned.keys() != self.pruned.keys():
             raise ValueError("the checkpoint prunes other layers than this run")

@@ -6,7 +6,7 @@ import torch
 from opacus.grad_sample import register_grad_sampler
 from torch import nn
 
-from norms.clipping import AffineRule, register_clip_rule
+from bkclip import AffineRule, register_clip_rule
 from norms.errors import NormSpecError
 
 STATS_VARIANTS = ("public", "private_dp")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from opacus.grad_sample import register_grad_sampler
 from torch import nn
 
-from norms.clipping import (
+from bkclip import (
     MaterialisableRule,
     bias_norm_sq,
     bias_sum,

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("bench", "norms")
+PACKAGES = ("bench", "bkclip", "norms")
 
 
 def module_name(path: Path) -> str:
@@ -83,10 +83,22 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def forbidden_imports(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    """The modules of ``package`` that import a module of one of the ``forbidden`` packages."""
+    found = {
+        m: sorted(i for i in imps if i.split(".")[0] in forbidden)
+        for m, imps in graph().items()
+        if m.split(".")[0] == package
+    }
+    return {m: i for m, i in found.items() if i}
+
+
 def test_norms_never_import_bench():
-    offending = {m: sorted(i) for m, i in graph().items() if m.startswith("norms")}
-    offending = {m: [i for i in imps if i.startswith("bench")] for m, imps in offending.items()}
-    assert {m: i for m, i in offending.items() if i} == {}
+    assert forbidden_imports("norms", ("bench",)) == {}
+
+
+def test_the_clipper_library_imports_neither_norms_nor_bench():
+    assert forbidden_imports("bkclip", ("bench", "norms")) == {}
 
 
 def test_the_schema_imports_no_loader_data_or_norm_module():

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import math
+from itertools import combinations, product
+
 import pytest
 import torch
 import torch.nn.functional as F
 from timm.layers import ScaledStdConv2d
 from torch import nn
 
-import norms.clipping as clipping_module
+import bkclip.maths
 from bench.backbones import create_backbone, list_backbones
-from bench.bk import BookKeepingClipper, layer_norms, rule_for
+from bench.errors import user_errors
+from bkclip import (
+    BookKeepingClipper,
+    ClipRule,
+    ClipRuleError,
+    layer_norms,
+    register_clip_fallback,
+    register_clip_rule,
+    rule_for,
+)
+from norms.errors import NormError
 from tests.dp_oracles import norms_of, per_example_grads, prepared_backbone
 from tests.test_dp_guarantees import NORM_VARIANTS, SIZE, WIDTH
 
@@ -56,19 +69,67 @@ def assert_clipped_sums_match_the_oracle(model, views, strategy, keep="auto"):
         torch.testing.assert_close(g, r, atol=1e-9, rtol=1e-6)
 
 
-# Materialised layers keep either their per-example gradients or their (input, output
-# gradient) for the clipped sum; both are checked by forcing each.
-CASES = [
-    pytest.param(b, n, k, s, keep, id=f"{b}-{n}-K{k}-{s}-{keep}")
-    for b in sorted(list_backbones())
-    for n in NORM_VARIANTS
-    for k, s, keep in [
-        (1, "auto", "auto"),
-        (3, "ghost", "auto"),
-        (2, "materialise", "per_example"),
-        (1, "materialise", "inputs"),
+def all_pairs(factors: dict[str, list]) -> list[dict]:
+    """A covering design of strength two: rows in which every value of every factor meets
+    every value of every other factor at least once.
+
+    Greedy and deterministic (in the manner of AETG): each row starts from the first pair no
+    row covers yet and fills the other factors one at a time with the value that covers the
+    most pairs still uncovered. It needs at least the product of the two largest factors' sizes
+    in rows, far fewer than the full cross product.
+    """
+    names = list(factors)
+
+    def pair(a: str, x, b: str, y) -> tuple:
+        return ((a, x), (b, y)) if names.index(a) < names.index(b) else ((b, y), (a, x))
+
+    wanted = [
+        ((a, x), (b, y))
+        for a, b in combinations(names, 2)
+        for x, y in product(factors[a], factors[b])
     ]
+    uncovered, rows = set(wanted), []
+    while uncovered:
+        (a, x), (b, y) = next(p for p in wanted if p in uncovered)
+        row = {a: x, b: y}
+        for name in names:
+            if name not in row:
+                row[name] = max(
+                    factors[name],
+                    key=lambda v, name=name: sum(
+                        pair(k, u, name, v) in uncovered for k, u in row.items()
+                    ),
+                )
+        row = {name: row[name] for name in names}
+        uncovered -= {pair(a, row[a], b, row[b]) for a, b in combinations(names, 2)}
+        rows.append(row)
+    return rows
+
+
+# Every backbone meets every norm variant (so every rule is reached in every place it sits),
+# and every view count, strategy and keep setting meets each of those and each other.
+# Materialised layers keep either their per-example gradients or their (input, output
+# gradient) for the clipped sum; ``keep`` forces each.
+FACTORS = {
+    "backbone": sorted(list_backbones()),
+    "norm": NORM_VARIANTS,
+    "views": [1, 2, 3],
+    "strategy": ["auto", "ghost", "materialise"],
+    "keep": ["auto", "per_example", "inputs"],
+}
+CASES = [
+    pytest.param(*row.values(), id="{backbone}-{norm}-K{views}-{strategy}-{keep}".format(**row))
+    for row in all_pairs(FACTORS)
 ]
+
+
+def test_the_design_covers_every_value_and_every_pair_of_values():
+    rows = [dict(zip(FACTORS, case.values, strict=True)) for case in CASES]
+    for name, values in FACTORS.items():
+        assert {row[name] for row in rows} == set(values), name
+    for a, b in combinations(FACTORS, 2):
+        assert {(row[a], row[b]) for row in rows} == set(product(FACTORS[a], FACTORS[b])), (a, b)
+    assert len(rows) < math.prod(len(values) for values in FACTORS.values())
 
 
 @pytest.mark.parametrize(("backbone", "norm", "views", "strategy", "keep"), CASES)
@@ -162,7 +223,7 @@ def test_temporaries_split_by_examples_give_the_same_sums(
 ):
     """Full-size models split ghost and affine temporaries into slices of examples; the test
     models are too small to, so force it (every slice one example) and check against the oracle."""
-    monkeypatch.setattr(clipping_module, "SLICE_BYTES", 1)
+    monkeypatch.setattr(bkclip.maths, "SLICE_BYTES", 1)
     assert_clipped_sums_match_the_oracle(build(backbone, norm), views, strategy)
 
 
@@ -200,11 +261,11 @@ class _HalfRule(nn.Module):
         return x * self.a + self.b
 
 
-clipping_module.register_clip_fallback(_TwoInputs, _ParentWithOwnWeight)
+register_clip_fallback(_TwoInputs, _ParentWithOwnWeight)
 
 
-@clipping_module.register_clip_rule(_HalfRule)
-class _HalfRuleClip(clipping_module.ClipRule):
+@register_clip_rule(_HalfRule)
+class _HalfRuleClip(ClipRule):
     """A faulty rule: norms and sums for ``a`` only, so ``b`` would silently get noise only."""
 
     def norm_sq(self, layer, inputs, g, strategy, state, output):
@@ -238,23 +299,23 @@ def test_a_parameter_shared_by_two_layers_is_refused_naming_it():
     first, second = nn.Linear(4, 4), nn.Linear(4, 4)
     second.weight = first.weight
     model = _Head(nn.Sequential(first, second))
-    with pytest.raises(clipping_module.ClipRuleError, match=r"body\.0\.weight is shared with"):
+    with pytest.raises(ClipRuleError, match=r"body\.0\.weight is shared with"):
         BookKeepingClipper(model)
 
 
 def test_a_layer_with_own_parameters_and_parameterised_children_is_refused():
-    with pytest.raises(clipping_module.ClipRuleError, match="children with trainable parameters"):
+    with pytest.raises(ClipRuleError, match="children with trainable parameters"):
         BookKeepingClipper(_Head(_ParentWithOwnWeight()))
 
 
 def test_a_fallback_layer_with_two_tensor_inputs_is_refused():
     model = _Head(_TwoInputs(), call=lambda body, h: body(h, h.flip(1)))
-    with pytest.raises(clipping_module.ClipRuleError, match="takes 2 tensor inputs"):
+    with pytest.raises(ClipRuleError, match="takes 2 tensor inputs"):
         accumulate(model)
 
 
 def test_a_rule_that_leaves_a_parameter_without_a_clipped_sum_is_refused():
-    with pytest.raises(clipping_module.ClipRuleError, match=r"parameter\(s\) b"):
+    with pytest.raises(ClipRuleError, match=r"parameter\(s\) b"):
         accumulate(_Head(_HalfRule()))
 
 
@@ -265,3 +326,9 @@ def test_a_layer_the_backward_pass_never_reaches_is_reported():
     clipper = accumulate(model)
     assert clipper.unreached_layers == ["unused"]
     assert BookKeepingClipper(model).unreached_layers == ["body", "out", "unused"]  # no step yet
+
+
+def test_a_clipping_error_is_a_user_error_of_its_own_kind():
+    """The CLI prints it as one line with exit code 2; it is the clipper's, not a norm's."""
+    assert issubclass(ClipRuleError, user_errors())
+    assert not issubclass(ClipRuleError, NormError)

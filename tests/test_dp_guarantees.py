@@ -114,7 +114,7 @@ def test_every_pair_survives_make_private_and_one_dp_step(backbone, norm):
 def test_bf16_dp_step_keeps_each_clipped_gradient_within_the_bound(mode):
     """Under bf16 autocast a one-example step's clipped gradient has norm at most C, in every
     grad-sample mode (clipping in bf16 overshoots C by up to ~0.3% on this model)."""
-    from bench.steps import DPSGDStep, make_optimizer
+    from bkclip import DPSGDStep, make_optimizer
 
     clip, ratios = 1e-3, []
     for label in range(4):

@@ -17,17 +17,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import bench.engine
 import bench.measure
 import bench.plan
-from bench.bk import BookKeepingClipper
 from bench.config import TrainingConfig
 from bench.data import DeviceData
 from bench.engine import ema_model, nonprivate_throughput, train_cell
 from bench.errors import ConfigError
 from bench.results.records import read_records
 from bench.seeds import run_stream, stream
-from bench.steps import DPSGDStep
 from bench.suite import load_suite
 from bench.sweep.options import RunOptions
 from bench.sweep.run import run_suite
+from bkclip import BookKeepingClipper, DPSGDStep
 from tests.test_runner import TINY
 
 CPU = torch.device("cpu")

@@ -19,16 +19,17 @@ import torch
 from opacus.grad_sample import GradSampleModule, register_grad_sampler
 from torch import nn
 
+import bkclip.rule as rule_registry
 import norms
 import norms.clipping as clipping
 import norms.registry as registry
 from bench.backbones import create_backbone, list_backbones
-from bench.bk import BookKeepingClipper
 from bench.results.records import read_records
 from bench.suite import load_suite
 from bench.sweep.options import RunOptions
 from bench.sweep.run import run_suite
-from norms.clipping import ClipRule, ClipRuleError, per_example, register_clip_rule
+from bkclip import BookKeepingClipper, ClipRuleError
+from norms.clipping import ClipRule, per_example, register_clip_rule
 from norms.errors import NormPluginError
 from tests.dp_oracles import grad_sample_mismatches, mixing_examples
 from tests.test_bk import assert_clipped_sums_match_the_oracle
@@ -81,8 +82,8 @@ def restore_registries():
     """Undo every registration a test makes: norms, clipping rules, Opacus grad samplers."""
     saved = (
         dict(registry._REGISTRY),
-        dict(clipping._RULES),
-        set(clipping._FALLBACKS),
+        dict(rule_registry._RULES),
+        set(rule_registry._FALLBACKS),
         dict(GradSampleModule.GRAD_SAMPLERS),
         set(registry._PLUGINS_LOADED),
     )
@@ -90,8 +91,8 @@ def restore_registries():
     for live, old in zip(
         (
             registry._REGISTRY,
-            clipping._RULES,
-            clipping._FALLBACKS,
+            rule_registry._RULES,
+            rule_registry._FALLBACKS,
             GradSampleModule.GRAD_SAMPLERS,
             registry._PLUGINS_LOADED,
         ),
@@ -147,7 +148,7 @@ class _ForgetsToNormalise(PixelRMSClipRule):
 
 
 def test_the_book_keeping_oracle_catches_a_wrong_plugin_rule(pixel_rms, monkeypatch):
-    monkeypatch.setitem(clipping._RULES, PixelRMSNorm, _ForgetsToNormalise())
+    monkeypatch.setitem(rule_registry._RULES, PixelRMSNorm, _ForgetsToNormalise())
     with pytest.raises(AssertionError):
         assert_clipped_sums_match_the_oracle(build("resnet9", pixel_rms), 1, "auto")
 

@@ -23,11 +23,11 @@ from bench.backbones import create_backbone, list_backbones
 from bench.engine import train_cell
 from bench.measure import StepMemory, peak_memory, reset_peak_memory
 from bench.perf.kinds import make_step, random_device_data
-from bench.steps import DPSGDStep, make_optimizer
 from bench.suite import load_suite
 from bench.sweep.local import WorkerPoolExecutor
 from bench.sweep.options import RunOptions
 from bench.sweep.run import run_suite
+from bkclip import BookKeepingClipper, DPSGDStep, make_optimizer
 from norms.frozen_stats import frozen_stats_layers
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference
 from norms.lifecycle import RunData
@@ -128,8 +128,6 @@ def test_bk_under_cuda_bf16_autocast_keeps_each_clipped_contribution_within_the_
 ):
     """bf16 autocast on CUDA: one example's clipped gradient has norm at most C (to fp32
     rounding) and, with C below every example's norm, at least C (1 - 1e-3)."""
-    from bench.bk import BookKeepingClipper
-
     torch.manual_seed(0)
     model = build(backbone, usable(norm, 0.05)).float().to(CUDA)
     clipper = BookKeepingClipper(model)

@@ -18,8 +18,9 @@ from bench.errors import ConfigError
 from bench.results.record import grid_value_text
 from bench.seeds import stream
 from bench.sparsity import PublicData, Sparsity, prunable_layers
-from bench.steps import DPSGDStep, make_optimizer
 from bench.suite import load_suite
+from bkclip import ClipRuleError, DPSGDStep, make_optimizer
+from bkclip.rules import GroupNormRule
 from tests.dp_oracles import prepared_backbone
 from tests.test_dp_guarantees import NORM_VARIANTS, SIZE, WIDTH
 from tests.test_resume import Killed, cell, comparable, kill_at
@@ -298,9 +299,6 @@ def test_a_resumed_run_takes_its_pruning_masks_from_the_checkpoint(tmp_path):
 
 
 def test_a_rule_whose_channel_dim_does_not_match_the_parameters_is_refused(monkeypatch):
-    from bench.bk import GroupNormRule
-    from norms.clipping import ClipRuleError
-
     monkeypatch.setattr(GroupNormRule, "channel_dim", lambda self, layer, g: 2)
     model = prepared_backbone("resnet9", "group_norm", width=WIDTH, size=SIZE)
     step = dp_step(model, sparsity(model, prune=None, drop=0.5), "bk")

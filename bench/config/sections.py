@@ -290,7 +290,7 @@ class TrainingConfig:
         precision: ``fp32`` or ``bf16`` autocast for forward and backward.
         grad_sample_mode: How per-sample gradients are clipped: ``hooks`` and ``functorch`` (Opacus'
             per-sample-gradient paths) or ``bk`` (this project's book-keeping clipper, one backward
-            pass; see ``bench/bk.py``).
+            pass; see ``bkclip``).
         eval_batch_size: Batch size for test-set evaluation.
         throughput_warmup_steps: Steps run before throughput is timed (excluded).
         throughput_steps: Steps timed for the steady-state throughput.

@@ -27,7 +27,7 @@ from bench.measure import (
     tensor_peak_bytes,
 )
 from bench.provenance import device_name
-from bench.steps import DPSGDStep, SGDStep, make_optimizer
+from bkclip import DPSGDStep, SGDStep, make_optimizer
 from norms.lifecycle import synthetic_run_data
 
 #: What `make_step` builds: ``nonprivate`` (plain SGD), ``dp`` (the engine's default

@@ -20,10 +20,10 @@ from bench.measure import resolve_device, synchronize
 from bench.plan import build_model, cell_label, data_size
 from bench.seeds import stream
 from bench.sparsity import Sparsity
-from bench.steps import DPSGDStep, make_optimizer
 from bench.sweep.cell import record_interrupted, run_cell
 from bench.sweep.executor import Executor
 from bench.sweep.resume import newest_statuses, without_final_record
+from bkclip import DPSGDStep, make_optimizer
 
 #: ``slurm.cluster`` values that emulate the cluster on this machine (submitit's executors).
 LOCAL_CLUSTERS = ("local", "debug")

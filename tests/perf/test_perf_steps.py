@@ -19,7 +19,6 @@ from torch import nn
 
 import norms
 from bench.backbones import create_backbone, list_backbones
-from bench.bk import layer_norms
 from bench.config import GradDropConfig, PruneConfig
 from bench.measure import (
     peak_memory,
@@ -32,7 +31,7 @@ from bench.perf import KINDS, make_step, random_device_data
 from bench.provenance import device_name
 from bench.seeds import stream
 from bench.sparsity import Sparsity
-from bench.steps import DPSGDStep, make_optimizer
+from bkclip import DPSGDStep, layer_norms, make_optimizer
 from norms.frozen_stats import ChannelAffine
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference, knconv_grad_sample, window_stats
 from tests.dp_oracles import norms_of, per_example_grads
@@ -225,7 +224,7 @@ PER_SAMPLE_PATHS = {
     ("layer_name", "path"), [(k, p) for k, paths in PER_SAMPLE_PATHS.items() for p in paths]
 )
 def test_per_sample_gradient_norms(benchmark, sizes, layer_name, path):
-    """Per-example gradient norms of one layer: the book-keeping rule (`bench.bk.layer_norms`)
+    """Per-example gradient norms of one layer: the book-keeping rule (`bkclip.layer_norms`)
     against the registered grad sampler (Opacus' own, or this project's for its custom layers)
     and per-example autograd through torch.func; the first two must agree with the third."""
     benchmark.group = f"per-sample gradient norms: {layer_name} batch={sizes.batch}"

@@ -18,8 +18,8 @@ from bench.perf.kinds import prepare_for_timing, random_device_data
 from bench.perf.parts.base import PartRun, error_line, free_memory
 from bench.plan import data_size
 from bench.provenance import REPO
-from bench.steps import DPSGDStep, make_optimizer
 from bench.suite import load_suite
+from bkclip import DPSGDStep, make_optimizer
 
 TITLE = "One full-recipe step per norm, projected"
 

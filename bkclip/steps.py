@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +18,16 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
+from bkclip.clipper import BookKeepingClipper
+from bkclip.masks import CoordinateMasks
+from bkclip.maths import at_least_fp32
+
 #: Per-sample-gradient modes a DP step can use.
 MODES = ("hooks", "functorch", "bk")
 
 
 def make_optimizer(
-    params,
+    params: Iterable[nn.Parameter] | Iterable[dict],
     *,
     optimizer: str = "sgd",
     lr: float = 1.0,
@@ -39,7 +43,8 @@ def make_optimizer(
     )
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast on ``device`` when ``precision`` is ``bf16``, else a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -77,12 +82,12 @@ class DPSGDStep:
     """A DP-SGD step with Opacus: per-sample gradients, clipping to C, Gaussian noise, update.
 
     ``mode`` picks how per-sample gradients are obtained: ``hooks`` (Opacus' per-layer
-    samplers), ``functorch`` (Opacus' vmap path for every layer) or ``bk`` (this project's
-    book-keeping clipper, `bench.bk`: one backward pass, per-sample norms without
+    samplers), ``functorch`` (Opacus' vmap path for every layer) or ``bk`` (the
+    book-keeping clipper, `bkclip.clipper`: one backward pass, per-sample norms without
     materialising conv gradients where that is cheaper, clipped sums as one GEMM per layer).
 
     ``secure_mode`` turns on Opacus' secure-mode noise; pass it with an unpredictable
-    ``generator`` (`bench.seeds.run_stream` with ``secure=True``).
+    ``generator`` (one seeded from the operating system's entropy).
 
     The K views of an example share one clipped gradient: the per-example loss is the mean
     over its views, so its gradient is the mean of the per-view gradients, taken before
@@ -106,18 +111,16 @@ class DPSGDStep:
         precision: str = "fp32",
         generator: torch.Generator | None = None,
         secure_mode: bool = False,
-        sparsity=None,
+        sparsity: CoordinateMasks | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode, self.precision = mode, precision
         self.max_physical_batch = max_physical_batch
         self.module = model
-        # `bench.sparsity.Sparsity`: coordinates that are pruned, or dropped at this step.
+        # Coordinates that are pruned, or dropped at this step.
         self.sparsity = sparsity if sparsity is not None and sparsity.active else None
         if mode == "bk":
-            from bench.bk import BookKeepingClipper
-
             self.model = model
             self.clipper = BookKeepingClipper(model, sparsity=self.sparsity)
         else:
@@ -214,7 +217,7 @@ class DPSGDStep:
                     gs = gs.view(-1, k, *p.shape).mean(1)
                 # Opacus clips in the per-sample gradients' dtype; in bf16 the rounded norms
                 # and sums let a clipped gradient overshoot C (~0.3%), so clip in fp32.
-                p.grad_sample = gs.to(torch.promote_types(gs.dtype, torch.float32))
+                p.grad_sample = at_least_fp32(gs)
             if self.sparsity is not None:  # clip over the trained coordinates only
                 for p, mask in self.sparsity.masks(self.params):
                     p.grad_sample = p.grad_sample * mask
