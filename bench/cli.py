@@ -9,13 +9,14 @@ from dataclasses import fields
 from pathlib import Path
 
 from bench.config import DEFAULT_NORM
+from bench.environment import environment_from_records
 from bench.errors import BenchError, PrivacyError, user_errors
 from bench.sweep.options import RunOptions, SlurmOptions
 from bench.sweep.outputs import default_out_dir, records_path
 
 
 def _cmd_list(_args: argparse.Namespace) -> int:
-    from bench.listing import render_listing
+    from bench.listing import render_listing  # reason: torch (the registry), only for this command
 
     print(render_listing())
     return 0
@@ -69,7 +70,7 @@ def _run_options(args: argparse.Namespace, out_dir: Path) -> RunOptions:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from bench.rescore import evaluate_saved
+    from bench.rescore import evaluate_saved  # reason: torch, only for this command
 
     e = evaluate_saved(Path(args.dir), args.run_key, device=args.device, data_root=args.data_root)
     correct = round(e.accuracy * e.n)
@@ -89,8 +90,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    from bench.environment import environment_from_records
-
     env_path, constraints_path = environment_from_records(Path(args.dir))
     print(f"wrote {env_path} and {constraints_path}")
     return 0
@@ -114,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_list = sub.add_parser("list", help="registered norms (parameters, DP status) and backbones")
     p_list.set_defaults(func=_cmd_list)
 
+    _add_run_parser(sub)
+    _add_other_parsers(sub)
+    return parser
+
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p_run = sub.add_parser("run", help="run a suite (resumes: finished cells are skipped)")
     p_run.add_argument("suite", help="suite file, e.g. suites/smoke.yaml")
     p_run.add_argument(
@@ -163,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="local worker processes (default: one per visible GPU)",
     )
+    _add_slurm_arguments(p_run)
+    p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_run.set_defaults(func=_cmd_run)
+
+
+def _add_slurm_arguments(p_run: argparse.ArgumentParser) -> None:
+    """``--slurm-X`` fills `SlurmOptions.X` (see `_run_options`)."""
     p_run.add_argument("--slurm-partition")
     p_run.add_argument("--slurm-time-min", type=int)
     p_run.add_argument("--slurm-gpus", type=int, default=None)
@@ -179,15 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per DP step on the cluster's device, to size the time limit when "
         "--slurm-time-min is not given (default: measured here)",
     )
-    p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p_run.set_defaults(func=_cmd_run)
 
+
+def _add_other_parsers(sub: argparse._SubParsersAction) -> None:
     p_eval = sub.add_parser(
         "eval",
         help="re-evaluate a run's saved weights (--save-models) and compare with its record",
     )
     p_eval.add_argument("dir", help="a suite's output directory, e.g. reports/smoke")
-    p_eval.add_argument("run_key", help="the run's run_key (its record's first field)")
+    p_eval.add_argument("run_key", help="the run's run_key (the run_key field of its record)")
     p_eval.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p_eval.add_argument(
         "--data-root",
@@ -208,7 +220,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_report.add_argument("--alpha", type=float, help="significance level (default 0.05)")
     p_report.set_defaults(func=_cmd_report)
-    return parser
 
 
 def _is_user_error(err: Exception) -> bool:

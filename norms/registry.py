@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from importlib.metadata import entry_points
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -291,8 +292,6 @@ def load_plugins() -> list[str]:
     Raises:
         NormPluginError: An entry point fails to import (names it and the error).
     """
-    from importlib.metadata import entry_points
-
     loaded = []
     for point in entry_points(group=ENTRY_POINT_GROUP):
         key = f"{point.name}={point.value}"

@@ -145,7 +145,7 @@ def parse_grid_values(key: str, raw: Any, ctx: Context, where: str = "grid") -> 
 
 #: What a spec string names, how to resolve it, its errors and an example of the form.
 _SPEC_KINDS = {
-    "norm": (resolve_norm, NormError, "e.g. group_norm or group_norm[num_groups=8]"),
+    "norm": (resolve_norm, NormError, "a name or name[key=value,...] that `bench list` shows"),
     "backbone": (resolve_backbone, BackboneError, "e.g. wrn16_4 or wrn16_4[width=0.5]"),
 }
 
