@@ -1,4 +1,5 @@
-"""The layering DESIGN.md promises: no import cycle, norms below bench, bench names no norm."""
+"""The layering ARCHITECTURE.md promises: no import cycle, each layer below the next, bench names
+no norm, modules and functions of a readable size, imports at the top."""
 
 from __future__ import annotations
 
@@ -109,13 +110,155 @@ def test_the_schema_imports_no_loader_data_or_norm_module():
         assert edges[module] <= config | {"bench.errors"}, module
 
 
+def registered_norm_names() -> set[str]:
+    """Every registered norm's name and the class name of every layer its variants build (the
+    identity excepted: `none` and `Identity` are ordinary words of the code)."""
+    import norms  # torch: only this test needs the registry
+
+    names = set()
+    for name in norms.list_norms():
+        spec = norms.get_norm(name)
+        names.add(name)
+        for variant in ["", *spec.test_variants]:
+            norm = norms.resolve_norm(f"{name}[{variant}]" if variant else name)
+            layers = [norm.layer(16)] + (
+                [norm.fused_conv_layer(16, 16, 3)] if norm.fused_conv else []
+            )
+            names |= {type(m).__name__ for layer in layers for m in layer.modules()}
+    return names - {"none", "Identity", "Sequential"}
+
+
+def code_words(path: Path) -> list[tuple[int, str]]:
+    """The identifiers and string constants of a module's code, without its docstrings and
+    comments (prose may name a norm; code may not)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    words = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.append((node.lineno, node.id))
+        elif isinstance(node, ast.Attribute):
+            words.append((node.lineno, node.attr))
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.alias)):
+            words.append((node.lineno, node.name))
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+        ):
+            words.append((node.lineno, node.value))
+    return words
+
+
+#: The one place bench/ may name a norm: the schema's default baseline, the norm a suite's report
+#: compares against when it names none.
+DEFAULT_BASELINE = ("bench/config/sections.py", "group_norm")
+
+
+def test_the_norm_pattern_covers_every_registered_norm_and_layer_class():
+    names = registered_norm_names()
+    assert {"group_norm", "layer_norm", "GroupNorm", "LayerNorm", "KNConv2d"} <= names
+    assert {"dp_batch_norm", "FrozenStatsNorm", "ChannelAffine", "scale_norm"} <= names
+
+
 def test_bench_names_no_norm_and_no_norm_class():
-    """A norm is one file in norms/ (or another package): nothing in bench/ special-cases one."""
-    names = re.compile(r"dp_batch_norm|kernel_norm|scale_norm|KNConv|ChannelAffine|FrozenStats")
+    """A norm is one file in norms/ (or another package): nothing in bench/ special-cases one,
+    GroupNorm and LayerNorm included (their clipping rules live in bkclip)."""
+    pattern = re.compile(
+        r"\b(" + "|".join(sorted(map(re.escape, registered_norm_names()))) + r")\b"
+    )
     hits = [
-        f"{p.relative_to(ROOT)}:{i}"
+        f"{p.relative_to(ROOT)}:{line}: {word!r}"
         for p in sorted((ROOT / "bench").rglob("*.py"))
-        for i, line in enumerate(p.read_text().splitlines(), start=1)
-        if names.search(line)
+        for line, word in code_words(p)
+        if (match := pattern.search(word))
+        and (str(p.relative_to(ROOT)), match.group(1)) != DEFAULT_BASELINE
     ]
     assert hits == []
+
+
+def test_the_norm_finder_sees_a_norm_named_in_code(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('"""Mentions GroupNorm in prose."""\nx = nn.GroupNorm(2, 4)  # GroupNorm\n')
+    assert [w for _, w in code_words(module)].count("GroupNorm") == 1
+
+
+# --- house rules (issue 25) ---
+
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 60
+#: A function longer than MAX_FUNCTION_LINES says why in a comment that starts with this.
+LONG_MARK = "# One algorithm:"
+
+
+def package_files() -> list[Path]:
+    return [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
+
+
+def test_no_module_is_over_the_line_limit():
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in package_files()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
+
+
+def _functions(tree: ast.AST):
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def _docstring_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    first = fn.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        return first.end_lineno - first.lineno + 1
+    return 0
+
+
+def test_a_long_function_says_why_it_is_one_algorithm():
+    """Counted without the docstring: documentation is not length."""
+    offending = []
+    for p in package_files():
+        text = p.read_text()
+        lines = text.splitlines()
+        for fn in _functions(ast.parse(text)):
+            length = fn.end_lineno - fn.lineno + 1 - _docstring_lines(fn)
+            body = "\n".join(lines[fn.lineno - 1 : fn.end_lineno])
+            if length > MAX_FUNCTION_LINES and LONG_MARK not in body:
+                offending.append(f"{p.relative_to(ROOT)}:{fn.lineno} {fn.name} ({length} lines)")
+    assert offending == []
+
+
+def _has_reason(lines: list[str], node: ast.stmt) -> bool:
+    """A reason on the import's line, or a comment on the line above its block of imports."""
+    if "#" in lines[node.end_lineno - 1]:
+        return True
+    above = node.lineno - 2
+    while above >= 0 and lines[above].strip().startswith(("import ", "from ")):
+        if "#" in lines[above]:
+            return True
+        above -= 1
+    return above >= 0 and "#" in lines[above]
+
+
+def test_an_import_inside_a_function_gives_its_reason():
+    """Imports belong at the top; the exceptions keep torch (or another heavy or optional
+    package) out of a command that does not need it, and say so beside the import."""
+    offending = []
+    for p in package_files():
+        text = p.read_text()
+        lines = text.splitlines()
+        for fn in _functions(ast.parse(text)):
+            offending += [
+                f"{p.relative_to(ROOT)}:{node.lineno}"
+                for node in ast.walk(fn)
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and not _has_reason(lines, node)
+            ]
+    assert offending == []

@@ -32,7 +32,7 @@ GOLDEN = Path(__file__).parent / "golden"
 RESULTS_DIR = REPO / "bench" / "results"
 RESULTS_MODULES = sorted(str(p.relative_to(RESULTS_DIR)) for p in RESULTS_DIR.rglob("*.py"))
 
-#: Field names tools outside the project may rely on (DESIGN.md, "Records").
+#: Field names tools outside the project may rely on (ARCHITECTURE.md, "Records").
 STABLE_FIELDS = (
     "run_key",
     "suite",
@@ -237,3 +237,10 @@ def test_leaderboard_lists_a_non_numeric_accuracy_as_a_problem_of_its_line(
     text = write_report(tmp_path).read_text()
     assert "- records.jsonl:2: test_acc must be a finite number or null (got '0.5')" in text
     assert "60.00 (n=1, no CI)" in text
+
+
+def test_the_architecture_note_lists_exactly_the_stable_fields():
+    text = (REPO / "ARCHITECTURE.md").read_text()
+    section = text.split("## Records: the stable field names", 1)[1]
+    listed = section.split("`")[1]  # the first code span of the section is the list
+    assert [name.strip() for name in listed.split(",")] == list(STABLE_FIELDS)

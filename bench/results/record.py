@@ -47,12 +47,12 @@ class PrivacyCharge(TypedDict, total=False):
 class Record(TypedDict, total=False):
     """One line of ``records.jsonl``: one run, whatever its outcome.
 
-    Every record holds the cell's identity (``bench.runner._base_record``), ``status`` and
-    ``error``; the measurements (``bench.engine.train_cell``) are present only when ``status`` is
-    ``ok``, and a failed or skipped record adds ``provenance``, ``device`` and ``wall_s``. A field
-    in :data:`NUMERIC_FIELDS` is a finite number or null (nan/inf are written as null). Names that
-    tools outside the project may rely on are listed in DESIGN.md ("Records"): add fields freely,
-    rename none.
+    Every record holds the cell's identity (``bench.sweep.cell``), ``status`` and ``error``; the
+    measurements (``bench.train.cell.train_cell``) are present only when ``status`` is ``ok``,
+    and a failed record adds ``provenance``, ``device`` and ``wall_s``. A field in
+    :data:`NUMERIC_FIELDS` is a finite number or null (nan/inf are written as null). Names that
+    tools outside the project may rely on are listed in ARCHITECTURE.md ("Records"): add fields
+    freely, rename none.
     """
 
     # Identity of the run, written whatever the outcome.
