@@ -155,8 +155,9 @@ def run_cell(
     import torch
 
     from bench import checkpoint, saved_model
-    from bench.engine import Diverged, train_cell
     from bench.measure import provenance, resolve_device
+    from bench.train.cell import train_cell
+    from bench.train.loop import Diverged
 
     dev = resolve_device(device)
     started = time.perf_counter()
@@ -565,7 +566,7 @@ def measure_step_s(cell: Cell, device: str | None = None, steps: int = 2) -> flo
     from bench.plan import build_model, data_size
     from bench.seeds import stream
     from bench.sparsity import Sparsity
-    from bench.steps import DPSGDStep, make_optimizer
+    from bench.train.setup import build_dp_step
 
     dev = resolve_device(device)
     size = data_size(cell.data)
@@ -580,16 +581,8 @@ def measure_step_s(cell: Cell, device: str | None = None, steps: int = 2) -> flo
         streams=lambda purpose: stream(cell.seed, purpose, dev),
         public=None,
     )
-    step = DPSGDStep(
-        model,
-        make_optimizer(model.parameters(), lr=t.lr),
-        noise_multiplier=1.0,
-        max_grad_norm=cell.privacy.max_grad_norm,
-        expected_batch_size=t.batch_size,
-        max_physical_batch=t.max_physical_batch,
-        mode=t.grad_sample_mode,
-        precision=t.precision,
-        sparsity=sparsity,
+    step = build_dp_step(
+        model, t, noise_multiplier=1.0, max_grad_norm=cell.privacy.max_grad_norm, sparsity=sparsity
     )
     side = cell.data.image_size if cell.data.source == "synthetic" else 32
     x = torch.randn(t.batch_size, t.augmult, 3, side, side, device=dev)

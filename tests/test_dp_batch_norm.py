@@ -14,11 +14,11 @@ from torch import nn
 
 import norms
 from bench.backbones import create_backbone
-from bench.engine import train_cell
 from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.runner import run_suite
 from bench.seeds import stream
+from bench.train.cell import train_cell
 from norms.dp_batch_norm import (
     FrozenStatsNorm,
     calibrate,

@@ -1,4 +1,4 @@
-"""The engine: what leaves a run is DP or public, and the DP/non-DP figures are unbiased."""
+"""Training a cell: what leaves a run is DP or public, and the DP/non-DP figures are unbiased."""
 
 from __future__ import annotations
 
@@ -14,19 +14,23 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import bench.engine
 import bench.measure
 import bench.plan
+import bench.train.cell
 from bench.bk import BookKeepingClipper
 from bench.config import TrainingConfig
 from bench.data import DeviceData
-from bench.engine import ema_model, nonprivate_throughput, train_cell
 from bench.errors import ConfigError
 from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.runner import run_suite
 from bench.seeds import run_stream, stream
 from bench.steps import DPSGDStep
+from bench.train.cell import train_cell
+from bench.train.data_cache import cached_dataset
+from bench.train.ema import EMA, ema_model
+from bench.train.reference import nonprivate_throughput
+from bench.train.setup import setup_run
 from tests.test_runner import TINY
 
 CPU = torch.device("cpu")
@@ -106,11 +110,11 @@ def test_secure_noise_draws_secret_streams_from_the_os_and_keeps_the_rest_on_the
 def test_a_secure_noise_run_uses_opacus_secure_mode_and_unpredictable_noise(tiny):
     secure = one_cell(tiny, "privacy.secure_noise=true")
     assert secure.run_key != one_cell(tiny).run_key
-    first, second = (bench.engine._setup(secure, CPU) for _ in range(2))
+    first, second = (setup_run(secure, CPU) for _ in range(2))
     assert first.dp_step.optimizer.secure_mode
     a, b = (torch.randn(4, generator=r.dp_step.optimizer.generator) for r in (first, second))
     assert not torch.equal(a, b)
-    plain = [bench.engine._setup(one_cell(tiny), CPU) for _ in range(2)]
+    plain = [setup_run(one_cell(tiny), CPU) for _ in range(2)]
     a, b = (torch.randn(4, generator=r.dp_step.optimizer.generator) for r in plain)
     assert torch.equal(a, b) and not plain[0].dp_step.optimizer.secure_mode
 
@@ -119,26 +123,26 @@ def test_a_secure_noise_run_uses_opacus_secure_mode_and_unpredictable_noise(tiny
 
 
 def test_the_nonprivate_reference_runs_with_the_dp_model_and_its_ema_freed(tiny, monkeypatch):
-    real, alive = bench.engine.nonprivate_throughput, []
+    real, alive = nonprivate_throughput, []
 
     def spy(*args, **kwargs):
         gc.collect()
-        kinds = (DPSGDStep, BookKeepingClipper, bench.engine.EMA)
+        kinds = (DPSGDStep, BookKeepingClipper, EMA)
         with warnings.catch_warnings():  # isinstance on some torch objects warns
             warnings.simplefilter("ignore")
             alive.extend(type(o).__name__ for o in gc.get_objects() if isinstance(o, kinds))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench.engine, "nonprivate_throughput", spy)
+    monkeypatch.setattr(bench.train.cell, "nonprivate_throughput", spy)
     record = train_cell(one_cell(tiny, "training.ema=0.9"), CPU)
     assert record["nonprivate_throughput_img_s"] > 0
     assert alive == []
 
 
 def test_the_nonprivate_step_holds_the_schedule_and_the_ema_as_the_dp_step_does(tiny, monkeypatch):
-    real = bench.engine.nonprivate_throughput
+    real = nonprivate_throughput
     calls = {"schedule": 0, "ema": 0, "inside": False}
-    step, update = torch.optim.lr_scheduler.LambdaLR.step, bench.engine.EMA.update
+    step, update = torch.optim.lr_scheduler.LambdaLR.step, EMA.update
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
@@ -155,8 +159,8 @@ def test_the_nonprivate_step_holds_the_schedule_and_the_ema_as_the_dp_step_does(
             calls["inside"] = False
 
     monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", counted("schedule", step))
-    monkeypatch.setattr(bench.engine.EMA, "update", counted("ema", update))
-    monkeypatch.setattr(bench.engine, "nonprivate_throughput", spy)
+    monkeypatch.setattr(EMA, "update", counted("ema", update))
+    monkeypatch.setattr(bench.train.cell, "nonprivate_throughput", spy)
     record = train_cell(one_cell(tiny, "training.ema=0.9"), CPU)
     steps = record["nonprivate_timed_steps"] + one_cell(tiny).training.throughput_warmup_steps
     assert calls["ema"] == steps
@@ -165,7 +169,7 @@ def test_the_nonprivate_step_holds_the_schedule_and_the_ema_as_the_dp_step_does(
 
 def test_the_nonprivate_timing_runs_until_its_error_matches_the_dp_sides(tiny):
     cell = one_cell(tiny)
-    data = DeviceData(bench.engine.cached_dataset(cell.data), CPU)
+    data = DeviceData(cached_dataset(cell.data), CPU)
     training = TrainingConfig(
         batch_size=8, max_physical_batch=8, steps=10, throughput_warmup_steps=1, throughput_steps=2
     )

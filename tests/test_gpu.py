@@ -20,12 +20,12 @@ import torch
 
 import norms
 from bench.backbones import create_backbone, list_backbones
-from bench.engine import train_cell
 from bench.loading import load_suite
 from bench.measure import StepMemory, peak_memory, reset_peak_memory
 from bench.perf.kinds import make_step, random_device_data
 from bench.runner import _run_parallel, run_suite
 from bench.steps import DPSGDStep, make_optimizer
+from bench.train.cell import train_cell
 from norms.dp_batch_norm import frozen_stats_layers
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference
 from norms.lifecycle import RunData
@@ -204,7 +204,7 @@ def test_kernel_norm_statistics_dropout_on_cuda_follows_the_global_cuda_seed():
 
 def _calibrated_stats(norm: str, seed: int) -> list[torch.Tensor]:
     """``norm``'s frozen statistics after its preparation hook ran on CUDA data, with the
-    run's named CUDA streams (as `bench.engine` gives them)."""
+    run's named CUDA streams (as `bench.train.setup` gives them)."""
     torch.manual_seed(0)
     model = create_backbone("resnet9", norm=norm, width=0.125).to(CUDA)
     data = random_device_data(2048, CUDA)

@@ -15,10 +15,12 @@ import torch
 
 from bench import checkpoint
 from bench.cli import main
-from bench.engine import _setup, evaluate, train_cell
 from bench.loading import load_suite
 from bench.results.records import read_records
 from bench.runner import SlurmCellJob, run_cell, run_suite
+from bench.train.cell import train_cell
+from bench.train.evaluate import evaluate
+from bench.train.setup import setup_run
 from tests.test_runner import ROOT, TINY
 
 CPU = torch.device("cpu")
@@ -143,7 +145,7 @@ def test_a_saved_model_loads_with_weights_only_and_reproduces_the_accuracy(tmp_p
     saved = torch.load(records.parent / record["model_path"], weights_only=True)
     assert saved["eval_weights"] == record["eval_weights"] == ("final" if ema is None else "ema")
     assert (saved["weights"]["ema"] is None) == (ema is None)
-    run = _setup(c, CPU)
+    run = setup_run(c, CPU)
     run.model.load_state_dict(saved["weights"][saved["eval_weights"]])
     t = c.training
     assert evaluate(run.model, run.data, t.eval_batch_size, t.precision) == record["test_acc"]

@@ -24,12 +24,12 @@ Modules: `bench.perf.kinds` (what is timed), `bench.perf.tables` (the two tables
 
 from bench.perf.kinds import (
     KINDS,
-    OpacusGhostStep,
     make_step,
     measure_one,
     prepare_for_timing,
     random_device_data,
 )
+from bench.train.ghost import OpacusGhostStep
 
 __all__ = [
     "KINDS",

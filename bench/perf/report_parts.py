@@ -556,22 +556,19 @@ def _recipe_step_times(run: PartRun, cell, physical: int, views: int) -> tuple[f
     """(seconds per physical pass, seconds per step besides them), by timing steps of one and
     of two physical batches (augmentation on the device included) and fitting a line."""
     from bench.backbones import create_backbone
-    from bench.steps import DPSGDStep, make_optimizer
+    from bench.train.setup import build_dp_step
 
     s, t = run.sizes, cell.training
     params = {"width": s.recipe_width} if s.recipe_width != 1.0 else {}
     model = create_backbone(cell.backbone, norm=cell.norm, **params).to(run.device)
     prepare_for_timing(model, cell.norm, s.recipe_image, run.device)
     model.train()
-    step = DPSGDStep(
+    step = build_dp_step(
         model,
-        make_optimizer(model.parameters(), lr=t.lr, momentum=t.momentum),
+        t,
         noise_multiplier=1.0,
         max_grad_norm=cell.privacy.max_grad_norm,
-        expected_batch_size=t.batch_size,
         max_physical_batch=physical,
-        mode=t.grad_sample_mode,
-        precision=t.precision,
     )
     data = random_device_data(2 * physical, run.device, s.recipe_image)
     gen = data.generator(0, "augmentation")
