@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
 import json
@@ -17,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import bench.measure
 import bench.plan
 import bench.train.cell
+import norms.registry
 from bench.bk import BookKeepingClipper
 from bench.config import TrainingConfig
 from bench.data import DeviceData
@@ -255,3 +257,50 @@ def test_a_norm_run_in_a_grad_sample_mode_it_does_not_declare_is_refused(tiny):
     )
     with pytest.raises(ConfigError, match="does not declare"):
         train_cell(refused, CPU)
+
+
+# --- the record's fields and the cell resolved once -------------------------------------------
+
+#: The fields `train_cell` measures, in the order the record has always written them (the
+#: record is built by one function per section, `bench.train.record`).
+MEASURED_FIELDS = (
+    "status", "error", "norm_name", "norm_params", "n_private", "n_test", "n_val", "stage",
+    "tuned", "num_classes", "dataset_sha256", "test_acc", "val_acc", "dp_valid", "simulated",
+    "eval_weights", "final_train_loss", "nonprivate_diagnostics", "throughput_img_s",
+    "throughput_rel_se", "nonprivate_throughput_img_s", "nonprivate_throughput_rel_se",
+    "nonprivate_timed_steps", "dp_nonprivate_throughput_ratio", "throughput_timed_steps",
+    "peak_mem_bytes", "peak_mem_abs_bytes", "nonprivate_peak_mem_bytes",
+    "nonprivate_peak_mem_abs_bytes", "peak_rss_bytes", "memory_measure", "nonprivate_measure",
+    "device", "epsilon_spent", "epsilon_spent_by_accountant", "accountant",
+    "accountant_requested", "accountant_note", "steps_done", "noise_multiplier", "sample_rate",
+    "steps", "privacy_charges", "secure_noise", "augmult", "grad_sample_mode", "grad_sampler",
+    "norm_grad_sampler", "norm_dp_status", "norm_dp_note", "grad_sample_paths",
+    "bk_fallback_classes", "bk_unreached_layers", "random_streams", "sparsity",
+    "resumed_from_step", "model_path", "train_wall_s", "wall_s", "provenance",
+)  # fmt: skip
+
+
+def test_the_measured_record_keeps_every_field_in_its_order(tiny):
+    assert tuple(train_cell(one_cell(tiny), CPU)) == MEASURED_FIELDS
+
+
+def test_a_trained_cell_parses_its_norm_spec_once_and_checks_its_mode_once(tiny, monkeypatch):
+    """The norm is resolved once (`bench.plan.resolve_cell_norm`) and travels in the plan;
+    before, training one cell parsed its spec five times and checked its mode twice."""
+    cell = one_cell(tiny, "training.ema=0.9")
+    parsed, checked = collections.Counter(), []
+    parse, check = norms.registry.parse_spec, bench.plan.check_grad_sample_mode
+
+    def counted_parse(spec, *args, **kwargs):
+        parsed[spec] += 1
+        return parse(spec, *args, **kwargs)
+
+    def counted_check(*args, **kwargs):
+        checked.append(args[0].norm)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(norms.registry, "parse_spec", counted_parse)
+    monkeypatch.setattr(bench.plan, "check_grad_sample_mode", counted_check)
+    assert train_cell(cell, CPU)["status"] == "ok"
+    assert parsed == {"group_norm": 1}
+    assert checked == ["group_norm"]
