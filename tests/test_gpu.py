@@ -20,12 +20,13 @@ import torch
 
 import norms
 from bench.backbones import create_backbone, list_backbones
+from bench.config import TrainingConfig
 from bench.loading import load_suite
 from bench.measure import StepMemory, peak_memory, reset_peak_memory
 from bench.perf.kinds import make_step, random_device_data
 from bench.runner import _run_parallel, run_suite
-from bench.steps import DPSGDStep, make_optimizer
 from bench.train.cell import train_cell
+from bench.train.setup import build_dp_step
 from norms.dp_batch_norm import frozen_stats_layers
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference
 from norms.lifecycle import RunData
@@ -270,13 +271,11 @@ def test_dp_noise_on_cuda_comes_from_the_runs_cuda_generator():
     def update(seed: int) -> torch.Tensor:
         torch.manual_seed(0)
         model = create_backbone("resnet9", norm="group_norm", width=0.125).to(CUDA)
-        step = DPSGDStep(
+        step = build_dp_step(
             model,
-            make_optimizer(model.parameters(), lr=1.0),
+            TrainingConfig(batch_size=4, max_physical_batch=4, lr=1.0),
             noise_multiplier=1.0,
             max_grad_norm=1.0,
-            expected_batch_size=4,
-            max_physical_batch=4,
             mode="bk",
             generator=torch.Generator(device=CUDA).manual_seed(seed),
         )
