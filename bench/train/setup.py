@@ -67,6 +67,9 @@ def build_dp_step(
         generator: The noise's generator.
         secure_mode: Opacus' secure-mode noise (with an unpredictable ``generator``).
         sparsity: Pre-pruning and gradient dropping (not with `GHOST`).
+
+    Raises:
+        ValueError: `GHOST` asked for with secure-mode noise or sparsity, which it lacks.
     """
     dp: dict[str, Any] = {
         "noise_multiplier": noise_multiplier,
@@ -76,20 +79,23 @@ def build_dp_step(
         "precision": training.precision,
         "generator": generator,
     }
-    optimizer = training_optimizer(model, training)
     mode = mode or training.grad_sample_mode
+    if mode == GHOST and (secure_mode or sparsity is not None):
+        raise ValueError("the ghost step has no secure-mode noise and no sparsity")
+    optimizer = training_optimizer(model, training)
     if mode == GHOST:
         return OpacusGhostStep(model, optimizer, **dp)
     return DPSGDStep(model, optimizer, mode=mode, secure_mode=secure_mode, sparsity=sparsity, **dp)
 
 
-def build_sgd_step(
-    model: nn.Module, training: TrainingConfig, *, max_physical_batch: int | None = None
-) -> SGDStep:
+def build_sgd_step(model: nn.Module, training: TrainingConfig) -> SGDStep:
     """The non-private step of the same recipe (`training_optimizer`), for the DP/non-DP ratio."""
-    physical = max_physical_batch or training.max_physical_batch
-    optimizer = training_optimizer(model, training)
-    return SGDStep(model, optimizer, max_physical_batch=physical, precision=training.precision)
+    return SGDStep(
+        model,
+        training_optimizer(model, training),
+        max_physical_batch=training.max_physical_batch,
+        precision=training.precision,
+    )
 
 
 @dataclass
