@@ -1,9 +1,11 @@
 """Planning: turn a suite's cells into what each run will be (N, q, steps, sigma, charges, classes).
 
-The one place a cell is sized and its privacy calibrated. Suite validation (`data_size`,
-`size_cell`), the runner's preflight (`plan_cells`), ``--dry-run`` and the engine itself
-(`plan_cell` on the model it trains) all read it, so what is checked, shown and run agree.
-Sizing reads no image: the data is counted, not decoded.
+The one place a cell is resolved, sized and its privacy calibrated. Suite validation
+(`data_size`, `size_cell`), the runner's preflight (`plan_cells`), ``--dry-run`` and training
+itself (`plan_cell` on the model it trains, `bench.train.setup`) all read it, so what is
+checked, shown and run agree. The norm spec is parsed once per cell (`resolve_cell_norm`) and
+the `CellPlan` carries the resolved norm down. Sizing reads no image: the data is counted, not
+decoded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bench.errors import ConfigError, IncompatibleError, PrivacyError
 
 if TYPE_CHECKING:
     from bench.privacy import Calibration
+    from norms import ResolvedNorm
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class CellPlan:
             calibration.
         skip_reason: Why the backbone refuses the norm (the cell will be recorded as
             skipped); None when it runs. A skipped cell has no calibration.
+        norm: The cell's norm, resolved once (`resolve_cell_norm`).
     """
 
     cell: Cell
@@ -87,6 +91,7 @@ class CellPlan:
     calibrations: Mapping[str, Calibration] = field(default_factory=dict)
     charges: tuple = ()
     skip_reason: str | None = None
+    norm: ResolvedNorm | None = None
 
     @property
     def calibration(self) -> Calibration:
@@ -116,9 +121,24 @@ def run_batch(cell: Cell) -> int:
     return cell.privacy.simulate_batch_size or cell.training.batch_size
 
 
+def resolve_cell_norm(cell: Cell) -> ResolvedNorm:
+    """The cell's norm, its spec parsed once, checked against the cell's grad-sample mode.
+
+    Raises:
+        NormError: The spec names no registered norm or a wrong parameter.
+        ConfigError: The norm does not declare the cell's grad-sample mode.
+    """
+    import norms  # torch: only when resolving
+
+    norm = norms.resolve_norm(cell.norm)
+    check_grad_sample_mode(cell, norm)
+    return norm
+
+
 def plan_cell(
     cell: Cell,
     *,
+    norm: ResolvedNorm | None = None,
     model=None,
     accountants: Sequence[str] | None = None,
     size: DataSize | None = None,
@@ -126,18 +146,19 @@ def plan_cell(
     """Size a cell and calibrate DP-SGD's noise so that its whole run spends the target.
 
     Args:
+        norm: The cell's norm from `resolve_cell_norm` (default: resolved and checked here).
         model: The cell's model; built on the CPU when not given (the privacy charge of a
             norm's preparation depends on the architecture only, never on data).
         accountants: Calibrate under each of these (default: the suite's accountant only).
         size: The data's size (default: counted).
 
     Raises:
+        ConfigError: The norm does not declare the cell's grad-sample mode.
         PrivacyError: No noise multiplier meets the target.
     """
-    import norms  # torch and Opacus: only when planning
-    from bench.privacy import calibrate_noise
+    from bench.privacy import calibrate_noise  # Opacus: only when planning
 
-    check_grad_sample_mode(cell)
+    norm = norm or resolve_cell_norm(cell)
     size = size or data_size(cell.data)
     q, steps = size_cell(cell, size)
     n = size.n_trained(cell.stage)
@@ -146,14 +167,15 @@ def plan_cell(
         "n_private": n,
         "num_classes": size.num_classes,
         "batch_size": run_batch(cell),
+        "norm": norm,
     }
     q_run = run_batch(cell) / n
     if model is None:
         try:
-            model = build_model(cell, size.num_classes, "cpu")
+            model = build_model(cell, size.num_classes, "cpu", norm)
         except IncompatibleError as err:
             return CellPlan(**base, sample_rate=q_run, steps=steps, skip_reason=str(err))
-    charge = norms.resolve_norm(cell.norm).charge(model, n)
+    charge = norm.charge(model, n)
     charges = (charge,) if charge else ()
     extra = [c.history_entry() for c in charges]
     calibrations = {
@@ -178,13 +200,13 @@ def plan_cells(cells: Iterable[Cell], accountants: Sequence[str] | None = None) 
     plans: list[CellPlan] = []
     models: dict[tuple, object] = {}
     for cell in cells:
-        check_grad_sample_mode(cell)
+        norm = resolve_cell_norm(cell)
         size = data_size(cell.data)
         key = (cell.backbone, cell.norm, size.num_classes)
         if key not in models:
             models.clear()
             try:
-                models[key] = build_model(cell, size.num_classes, "cpu")
+                models[key] = build_model(cell, size.num_classes, "cpu", norm)
             except IncompatibleError as err:
                 models[key] = err
         model = models[key]
@@ -200,11 +222,14 @@ def plan_cells(cells: Iterable[Cell], accountants: Sequence[str] | None = None) 
                     steps,
                     batch_size=run_batch(cell),
                     skip_reason=str(model),
+                    norm=norm,
                 )
             )
             continue
         try:
-            plans.append(plan_cell(cell, model=model, accountants=accountants, size=size))
+            plans.append(
+                plan_cell(cell, norm=norm, model=model, accountants=accountants, size=size)
+            )
         except PrivacyError as err:
             raise PrivacyError(f"{err} (cell {cell_label(cell)})") from None
     return plans
@@ -215,12 +240,12 @@ def plan_cells(cells: Iterable[Cell], accountants: Sequence[str] | None = None) 
 OPEN_MODE = "bk"
 
 
-def grad_sample_mode_problem(norm: str, mode: str) -> tuple[str, str] | None:
+def grad_sample_mode_problem(norm: str | ResolvedNorm, mode: str) -> tuple[str, str] | None:
     """Why ``norm`` may not run in grad-sample ``mode`` and the modes it may, or None.
 
     An Opacus mode (``hooks``, ``functorch``) must be one the norm declares on `register_norm`
     (``grad_sample_modes``: the modes its per-sample gradients were proven in against the
-    oracle); ``bk`` is open to every norm (`OPEN_MODE`).
+    oracle); ``bk`` is open to every norm (`OPEN_MODE`). A resolved norm is not parsed again.
     """
     import norms  # torch: only when checking
 
@@ -234,14 +259,17 @@ def grad_sample_mode_problem(norm: str, mode: str) -> tuple[str, str] | None:
     return reason, ", ".join([OPEN_MODE, *declared])
 
 
-def check_grad_sample_mode(cell: Cell) -> None:
+def check_grad_sample_mode(cell: Cell, norm: ResolvedNorm | None = None) -> None:
     """Refuse a cell whose norm does not declare its grad-sample mode.
+
+    Args:
+        norm: The cell's resolved norm (default: parsed from the cell's spec).
 
     Raises:
         ConfigError: Naming the norm, the mode and the modes allowed.
     """
     mode = cell.training.grad_sample_mode
-    problem = grad_sample_mode_problem(cell.norm, mode)
+    problem = grad_sample_mode_problem(norm or cell.norm, mode)
     if problem:
         reason, allowed = problem
         raise ConfigError(
@@ -252,15 +280,19 @@ def check_grad_sample_mode(cell: Cell) -> None:
         )
 
 
-def build_model(cell: Cell, num_classes: int, device):
+def build_model(cell: Cell, num_classes: int, device, norm: ResolvedNorm | None = None):
     """The cell's backbone with its norm, on ``device``.
+
+    Args:
+        norm: The cell's resolved norm (default: parsed from the cell's spec).
 
     Raises:
         IncompatibleError: The backbone refuses the norm.
     """
     from bench.backbones import create_backbone  # torch: only when building
 
-    return create_backbone(cell.backbone, norm=cell.norm, num_classes=num_classes).to(device)
+    spec = norm or cell.norm
+    return create_backbone(cell.backbone, norm=spec, num_classes=num_classes).to(device)
 
 
 def cell_label(cell: Cell) -> str:

@@ -3,8 +3,9 @@
 Opacus' ``get_noise_multiplier`` calibrates a run made of DP-SGD steps alone. A run here may
 also release DP statistics (a norm that reads private data before training), so the search
 below composes every cost of the run in one accountant history, ``[(sigma, q, steps), *extra
-charges]``, and bisects on the DP-SGD noise multiplier. The epsilon reported after a run is
-computed the same way from what the run actually did (steps taken, charges made).
+charges]``, and bisects on the DP-SGD noise multiplier. The epsilon reported after a run
+(`epsilon_spent`) is computed the same way from what the run actually did (steps taken,
+charges made).
 """
 
 from __future__ import annotations
@@ -241,3 +242,54 @@ def _search(
         epsilon_by_accountant=by_acc,
         requested=accountant,
     )
+
+
+def merged_history(history: History) -> list[tuple[float, float, int]]:
+    """An accountant history with empty entries dropped and consecutive equal (sigma, q)
+    entries summed, so that two histories of the same releases compare equal."""
+    out: list[tuple[float, float, int]] = []
+    for sigma, q, n in history:
+        if n <= 0:
+            continue
+        if out and out[-1][:2] == (float(sigma), float(q)):
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + int(n))
+        else:
+            out.append((float(sigma), float(q), int(n)))
+    return out
+
+
+@dataclass(frozen=True)
+class Spent:
+    """Epsilon a run spent.
+
+    Attributes:
+        epsilon: The value under `accountant`.
+        by_accountant: The value under every accountant (None where one cannot answer).
+        accountant: The accountant reported: the calibration's, or ``rdp`` where PRV answered
+            for the planned history but not for the one run.
+        note: Why the accountant differs from the requested one, else empty.
+    """
+
+    epsilon: float
+    by_accountant: dict[str, float | None]
+    accountant: str
+    note: str
+
+
+def epsilon_spent(calibration: Calibration, taken: History, delta: float) -> Spent:
+    """Epsilon spent by the DP-SGD steps ``taken`` and the calibration's other charges, under the
+    one accountant the noise was calibrated with, the others beside it.
+
+    A run that did what was planned reports the calibration's own figures, computed once.
+    """
+    history = merged_history([*calibration.extra, *taken])
+    if history == merged_history(calibration.history()):
+        by_acc = dict(calibration.epsilon_by_accountant)
+    else:
+        by_acc = {a: _only(history, delta, a) for a in ACCOUNTANTS}
+    accountant, note = calibration.accountant, calibration.note
+    if by_acc.get(accountant) is None:
+        # PRV answered for the planned history but not for the one run: the RDP bound holds.
+        accountant = "rdp"
+        note = "; ".join(filter(None, [note, "PRV failed on the steps taken; reported with RDP"]))
+    return Spent(by_acc[accountant], by_acc, accountant, note)

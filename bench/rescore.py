@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import DeviceData, dataset_checksum
-from bench.engine import cached_dataset, evaluate
 from bench.errors import SavedModelError
 from bench.measure import resolve_device
 from bench.plan import build_model
 from bench.results.records import read_records
 from bench.saved_model import load
 from bench.suite import load_cell
+from bench.train.data_cache import cached_dataset
+from bench.train.evaluate import evaluate
 from specs import closest
 
 
@@ -78,7 +79,7 @@ def evaluate_saved(
 
     The model is rebuilt from the config in the run's record (`bench.suite.load_cell`,
     `bench.plan.build_model`), the weights the record's accuracy was measured with are loaded
-    into it, and `bench.engine.evaluate` scores them on the split the record scored, with the
+    into it, and `bench.train.evaluate` scores them on the split the record scored, with the
     run's evaluation batch and precision. The data is checked against the record's
     ``dataset_sha256`` first.
 

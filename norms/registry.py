@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from importlib.metadata import entry_points
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any
 
 from torch import nn

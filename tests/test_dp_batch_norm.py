@@ -14,12 +14,12 @@ from torch import nn
 
 import norms
 from bench.backbones import create_backbone
-from bench.engine import train_cell
 from bench.results.records import read_records
 from bench.seeds import stream
 from bench.suite import load_suite
 from bench.sweep.options import RunOptions
 from bench.sweep.run import run_suite
+from bench.train.cell import train_cell
 from norms.dp_batch_norm import reference_indices
 from norms.errors import NormSpecError
 from norms.frozen_stats import FrozenStatsNorm, frozen_stats_layers

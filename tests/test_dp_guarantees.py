@@ -10,6 +10,8 @@ from torch import nn
 
 import norms
 from bench.backbones import create_backbone, list_backbones
+from bench.config import TrainingConfig
+from bench.train.setup import build_dp_step
 from norms.kernel_norm import KNConvCore
 from tests.dp_oracles import (
     grad_sample_mismatches,
@@ -114,22 +116,12 @@ def test_every_pair_survives_make_private_and_one_dp_step(backbone, norm):
 def test_bf16_dp_step_keeps_each_clipped_gradient_within_the_bound(mode):
     """Under bf16 autocast a one-example step's clipped gradient has norm at most C, in every
     grad-sample mode (clipping in bf16 overshoots C by up to ~0.3% on this model)."""
-    from bkclip import DPSGDStep, make_optimizer
-
     clip, ratios = 1e-3, []
+    training = TrainingConfig(batch_size=1, max_physical_batch=1, lr=0.0, precision="bf16")
     for label in range(4):
         torch.manual_seed(0)
         model = create_backbone("resnet18", norm="scale_norm", width=0.25)
-        step = DPSGDStep(
-            model,
-            make_optimizer(model.parameters(), lr=0.0),
-            noise_multiplier=0.0,
-            max_grad_norm=clip,
-            expected_batch_size=1,
-            max_physical_batch=1,
-            mode=mode,
-            precision="bf16",
-        )
+        step = build_dp_step(model, training, noise_multiplier=0.0, max_grad_norm=clip, mode=mode)
         torch.manual_seed(label)
         step(torch.randn(1, 1, 3, 32, 32), torch.tensor([label]))
         grads = [p.grad.double() for p in model.parameters() if p.grad is not None]

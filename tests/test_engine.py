@@ -1,7 +1,8 @@
-"""The engine: what leaves a run is DP or public, and the DP/non-DP figures are unbiased."""
+"""Training a cell: what leaves a run is DP or public, and the DP/non-DP figures are unbiased."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
 import json
@@ -14,18 +15,23 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import bench.engine
 import bench.measure
 import bench.plan
+import bench.train.cell
+import norms.registry
 from bench.config import TrainingConfig
 from bench.data import DeviceData
-from bench.engine import ema_model, nonprivate_throughput, train_cell
 from bench.errors import ConfigError
 from bench.results.records import read_records
 from bench.seeds import run_stream, stream
 from bench.suite import load_suite
 from bench.sweep.options import RunOptions
 from bench.sweep.run import run_suite
+from bench.train.cell import train_cell
+from bench.train.data_cache import cached_dataset
+from bench.train.ema import EMA, ema_model
+from bench.train.reference import nonprivate_throughput
+from bench.train.setup import setup_run
 from bkclip import BookKeepingClipper, DPSGDStep
 from tests.test_runner import TINY
 
@@ -106,11 +112,11 @@ def test_secure_noise_draws_secret_streams_from_the_os_and_keeps_the_rest_on_the
 def test_a_secure_noise_run_uses_opacus_secure_mode_and_unpredictable_noise(tiny):
     secure = one_cell(tiny, "privacy.secure_noise=true")
     assert secure.run_key != one_cell(tiny).run_key
-    first, second = (bench.engine._setup(secure, CPU) for _ in range(2))
+    first, second = (setup_run(secure, CPU) for _ in range(2))
     assert first.dp_step.optimizer.secure_mode
     a, b = (torch.randn(4, generator=r.dp_step.optimizer.generator) for r in (first, second))
     assert not torch.equal(a, b)
-    plain = [bench.engine._setup(one_cell(tiny), CPU) for _ in range(2)]
+    plain = [setup_run(one_cell(tiny), CPU) for _ in range(2)]
     a, b = (torch.randn(4, generator=r.dp_step.optimizer.generator) for r in plain)
     assert torch.equal(a, b) and not plain[0].dp_step.optimizer.secure_mode
 
@@ -119,26 +125,26 @@ def test_a_secure_noise_run_uses_opacus_secure_mode_and_unpredictable_noise(tiny
 
 
 def test_the_nonprivate_reference_runs_with_the_dp_model_and_its_ema_freed(tiny, monkeypatch):
-    real, alive = bench.engine.nonprivate_throughput, []
+    real, alive = nonprivate_throughput, []
 
     def spy(*args, **kwargs):
         gc.collect()
-        kinds = (DPSGDStep, BookKeepingClipper, bench.engine.EMA)
+        kinds = (DPSGDStep, BookKeepingClipper, EMA)
         with warnings.catch_warnings():  # isinstance on some torch objects warns
             warnings.simplefilter("ignore")
             alive.extend(type(o).__name__ for o in gc.get_objects() if isinstance(o, kinds))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench.engine, "nonprivate_throughput", spy)
+    monkeypatch.setattr(bench.train.cell, "nonprivate_throughput", spy)
     record = train_cell(one_cell(tiny, "training.ema=0.9"), CPU)
     assert record["nonprivate_throughput_img_s"] > 0
     assert alive == []
 
 
 def test_the_nonprivate_step_holds_the_schedule_and_the_ema_as_the_dp_step_does(tiny, monkeypatch):
-    real = bench.engine.nonprivate_throughput
+    real = nonprivate_throughput
     calls = {"schedule": 0, "ema": 0, "inside": False}
-    step, update = torch.optim.lr_scheduler.LambdaLR.step, bench.engine.EMA.update
+    step, update = torch.optim.lr_scheduler.LambdaLR.step, EMA.update
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
@@ -155,8 +161,8 @@ def test_the_nonprivate_step_holds_the_schedule_and_the_ema_as_the_dp_step_does(
             calls["inside"] = False
 
     monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", counted("schedule", step))
-    monkeypatch.setattr(bench.engine.EMA, "update", counted("ema", update))
-    monkeypatch.setattr(bench.engine, "nonprivate_throughput", spy)
+    monkeypatch.setattr(EMA, "update", counted("ema", update))
+    monkeypatch.setattr(bench.train.cell, "nonprivate_throughput", spy)
     record = train_cell(one_cell(tiny, "training.ema=0.9"), CPU)
     steps = record["nonprivate_timed_steps"] + one_cell(tiny).training.throughput_warmup_steps
     assert calls["ema"] == steps
@@ -165,7 +171,7 @@ def test_the_nonprivate_step_holds_the_schedule_and_the_ema_as_the_dp_step_does(
 
 def test_the_nonprivate_timing_runs_until_its_error_matches_the_dp_sides(tiny):
     cell = one_cell(tiny)
-    data = DeviceData(bench.engine.cached_dataset(cell.data), CPU)
+    data = DeviceData(cached_dataset(cell.data), CPU)
     training = TrainingConfig(
         batch_size=8, max_physical_batch=8, steps=10, throughput_warmup_steps=1, throughput_steps=2
     )
@@ -251,3 +257,50 @@ def test_a_norm_run_in_a_grad_sample_mode_it_does_not_declare_is_refused(tiny):
     )
     with pytest.raises(ConfigError, match="does not declare"):
         train_cell(refused, CPU)
+
+
+# --- the record's fields and the cell resolved once -------------------------------------------
+
+#: The fields `train_cell` measures, in the order the record has always written them (the
+#: record is built by one function per section, `bench.train.record`).
+MEASURED_FIELDS = (
+    "status", "error", "norm_name", "norm_params", "n_private", "n_test", "n_val", "stage",
+    "tuned", "num_classes", "dataset_sha256", "test_acc", "val_acc", "dp_valid", "simulated",
+    "eval_weights", "final_train_loss", "nonprivate_diagnostics", "throughput_img_s",
+    "throughput_rel_se", "nonprivate_throughput_img_s", "nonprivate_throughput_rel_se",
+    "nonprivate_timed_steps", "dp_nonprivate_throughput_ratio", "throughput_timed_steps",
+    "peak_mem_bytes", "peak_mem_abs_bytes", "nonprivate_peak_mem_bytes",
+    "nonprivate_peak_mem_abs_bytes", "peak_rss_bytes", "memory_measure", "nonprivate_measure",
+    "device", "epsilon_spent", "epsilon_spent_by_accountant", "accountant",
+    "accountant_requested", "accountant_note", "steps_done", "noise_multiplier", "sample_rate",
+    "steps", "privacy_charges", "secure_noise", "augmult", "grad_sample_mode", "grad_sampler",
+    "norm_grad_sampler", "norm_dp_status", "norm_dp_note", "grad_sample_paths",
+    "bk_fallback_classes", "bk_unreached_layers", "random_streams", "sparsity",
+    "resumed_from_step", "model_path", "train_wall_s", "wall_s", "provenance",
+)  # fmt: skip
+
+
+def test_the_measured_record_keeps_every_field_in_its_order(tiny):
+    assert tuple(train_cell(one_cell(tiny), CPU)) == MEASURED_FIELDS
+
+
+def test_a_trained_cell_parses_its_norm_spec_once_and_checks_its_mode_once(tiny, monkeypatch):
+    """The norm is resolved once (`bench.plan.resolve_cell_norm`) and travels in the plan;
+    before, training one cell parsed its spec five times and checked its mode twice."""
+    cell = one_cell(tiny, "training.ema=0.9")
+    parsed, checked = collections.Counter(), []
+    parse, check = norms.registry.parse_spec, bench.plan.check_grad_sample_mode
+
+    def counted_parse(spec, *args, **kwargs):
+        parsed[spec] += 1
+        return parse(spec, *args, **kwargs)
+
+    def counted_check(*args, **kwargs):
+        checked.append(args[0].norm)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(norms.registry, "parse_spec", counted_parse)
+    monkeypatch.setattr(bench.plan, "check_grad_sample_mode", counted_check)
+    assert train_cell(cell, CPU)["status"] == "ok"
+    assert parsed == {"group_norm": 1}
+    assert checked == ["group_norm"]

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.engine import train_cell
 from bench.environment import EARLIER_MARK
 from bench.results.records import read_records
 from bench.results.stacks import constraints_text, differences, stack_of
 from bench.suite import load_suite
+from bench.train.cell import train_cell
 from tests.test_runner import TINY
 
 #: Record fields that are measurements of time or memory, which vary from run to run.

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import submitit
 
-import bench.engine
 import bench.sweep.local
 import bench.sweep.slurm
+import bench.train.cell
 from bench.cli import main
 from bench.errors import ConfigError
 from bench.results.records import read_records
@@ -40,13 +40,13 @@ def newest(out: Path) -> dict[str, dict]:
 def calls(monkeypatch) -> list:
     """The cells `train_cell` is asked to run."""
     seen: list = []
-    real = bench.engine.train_cell
+    real = bench.train.cell.train_cell
 
     def spy(cell, device, **kwargs):
         seen.append(cell.run_key)
         return real(cell, device, **kwargs)
 
-    monkeypatch.setattr(bench.engine, "train_cell", spy)
+    monkeypatch.setattr(bench.train.cell, "train_cell", spy)
     return seen
 
 

@@ -20,14 +20,16 @@ import torch
 
 import norms
 from bench.backbones import create_backbone, list_backbones
-from bench.engine import train_cell
+from bench.config import TrainingConfig
 from bench.measure import StepMemory, peak_memory, reset_peak_memory
 from bench.perf.kinds import make_step, random_device_data
 from bench.suite import load_suite
 from bench.sweep.local import WorkerPoolExecutor
 from bench.sweep.options import RunOptions
 from bench.sweep.run import run_suite
-from bkclip import BookKeepingClipper, DPSGDStep, make_optimizer
+from bench.train.cell import train_cell
+from bench.train.setup import build_dp_step
+from bkclip import BookKeepingClipper
 from norms.frozen_stats import frozen_stats_layers
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference
 from norms.lifecycle import RunData
@@ -204,7 +206,7 @@ def test_kernel_norm_statistics_dropout_on_cuda_follows_the_global_cuda_seed():
 
 def _calibrated_stats(norm: str, seed: int) -> list[torch.Tensor]:
     """``norm``'s frozen statistics after its preparation hook ran on CUDA data, with the
-    run's named CUDA streams (as `bench.engine` gives them)."""
+    run's named CUDA streams (as `bench.train.setup` gives them)."""
     torch.manual_seed(0)
     model = create_backbone("resnet9", norm=norm, width=0.125).to(CUDA)
     data = random_device_data(2048, CUDA)
@@ -270,13 +272,11 @@ def test_dp_noise_on_cuda_comes_from_the_runs_cuda_generator():
     def update(seed: int) -> torch.Tensor:
         torch.manual_seed(0)
         model = create_backbone("resnet9", norm="group_norm", width=0.125).to(CUDA)
-        step = DPSGDStep(
+        step = build_dp_step(
             model,
-            make_optimizer(model.parameters(), lr=1.0),
+            TrainingConfig(batch_size=4, max_physical_batch=4, lr=1.0),
             noise_multiplier=1.0,
             max_grad_norm=1.0,
-            expected_batch_size=4,
-            max_physical_batch=4,
             mode="bk",
             generator=torch.Generator(device=CUDA).manual_seed(seed),
         )

@@ -6,7 +6,7 @@ import pytest
 
 import bench.privacy
 from bench.errors import PrivacyError
-from bench.privacy import SIGMA_FLOOR, TOLERANCE, calibrate_noise, epsilon
+from bench.privacy import SIGMA_FLOOR, TOLERANCE, calibrate_noise, epsilon, epsilon_spent
 
 
 @pytest.mark.parametrize("accountant", ["prv", "rdp"])
@@ -76,3 +76,19 @@ def test_prv_failing_mid_search_gives_a_run_calibrated_and_reported_under_rdp_al
     assert "calibrated and reported with RDP" in cal.note
     assert cal.epsilon == epsilon(cal.history(), 1e-5, "rdp").epsilon <= target
     assert cal.noise_multiplier == pytest.approx(rdp_sigma)
+
+
+def test_a_run_that_took_its_planned_steps_spends_what_was_calibrated():
+    cal = calibrate_noise(8.0, 1e-5, 0.1333, 30, extra=[(5.0, 1.0, 16)], accountant="rdp")
+    taken = [(cal.noise_multiplier, cal.sample_rate, 10)] * 3  # one hook entry per 10 steps
+    spent = epsilon_spent(cal, taken, 1e-5)
+    assert (spent.epsilon, spent.accountant, spent.note) == (cal.epsilon, "rdp", "")
+    assert spent.by_accountant == cal.epsilon_by_accountant
+
+
+def test_a_run_that_stopped_early_spends_the_epsilon_of_the_steps_it_took():
+    cal = calibrate_noise(8.0, 1e-5, 0.1333, 30, accountant="rdp")
+    taken = [(cal.noise_multiplier, cal.sample_rate, 12)]
+    spent = epsilon_spent(cal, taken, 1e-5)
+    assert spent.epsilon == epsilon(taken, 1e-5, "rdp").epsilon < cal.epsilon
+    assert spent.by_accountant["prv"] is not None and spent.accountant == "rdp"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench.engine
+import bench.train.cell
+import bench.train.data_cache
 from bench.cli import main
 from bench.config import DataConfig
 from bench.data import DeviceData, load_dataset
@@ -81,14 +82,14 @@ def test_tuning_never_reads_the_test_set(suite_file, tmp_path, monkeypatch):
     suite = load_suite(suite_file)
     clean = tmp_path / "clean"
     run_suite(suite, RunOptions(out_dir=clean, progress=False, report=False))
-    real = bench.engine.cached_dataset
+    real = bench.train.data_cache.cached_dataset
 
     def poisoned(cfg):
         d = real(cfg)
         wrong = torch.randint(0, 10, d.test_y.shape, generator=torch.Generator().manual_seed(9))
         return type(d)(**{**d.__dict__, "test_y": wrong, "test_x": torch.zeros_like(d.test_x)})
 
-    monkeypatch.setattr(bench.engine, "cached_dataset", poisoned)
+    monkeypatch.setattr(bench.train.data_cache, "cached_dataset", poisoned)
     dirty = tmp_path / "dirty"
     run_suite(suite, RunOptions(out_dir=dirty, progress=False, report=False))
 
@@ -118,7 +119,7 @@ def test_the_validation_split_is_disjoint_from_training_and_public_examples():
 def test_a_killed_protocol_resumes_in_either_stage(suite_file, tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = ["run", str(suite_file), "--out", str(out), "--no-progress"]
-    real, calls = bench.engine.train_cell, []
+    real, calls = bench.train.cell.train_cell, []
 
     def killed_at(n):
         def run(cell, device, **kwargs):
@@ -129,16 +130,16 @@ def test_a_killed_protocol_resumes_in_either_stage(suite_file, tmp_path, monkeyp
 
         return run
 
-    monkeypatch.setattr(bench.engine, "train_cell", killed_at(3))  # in the tuning stage
+    monkeypatch.setattr(bench.train.cell, "train_cell", killed_at(3))  # in the tuning stage
     assert main(args) == 130
     assert len(by_stage(out)["tune"]) == 2
     calls.clear()
-    monkeypatch.setattr(bench.engine, "train_cell", killed_at(4))  # 2 tuning runs, then final
+    monkeypatch.setattr(bench.train.cell, "train_cell", killed_at(4))  # 2 tuning runs, then final
     assert main(args) == 130
     assert calls == ["tune", "tune", "final", "final"]
     assert len(by_stage(out)["tune"]) == 4 and len(by_stage(out)["final"]) == 1
     calls.clear()
-    monkeypatch.setattr(bench.engine, "train_cell", killed_at(99))
+    monkeypatch.setattr(bench.train.cell, "train_cell", killed_at(99))
     assert main(args) == 0
     assert calls == ["final"] * 3
 

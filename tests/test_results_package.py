@@ -162,8 +162,8 @@ def function(path: Path, name: str) -> ast.FunctionDef:
 
 
 def written_fields() -> set[str]:
-    """Every top-level field the runner and the engine put into a record, read from source."""
-    runner, engine = REPO / "bench" / "sweep" / "cell.py", REPO / "bench" / "engine.py"
+    """Every top-level field the runner and training put into a record, read from source."""
+    runner, record = REPO / "bench" / "sweep" / "cell.py", REPO / "bench" / "train" / "record.py"
     fields = dict_keys(function(runner, "_base_record"))
     run_cell = function(runner, "run_cell")
     fields |= dict_keys(run_cell)
@@ -176,7 +176,7 @@ def written_fields() -> set[str]:
         for kw in call.keywords
         if kw.arg
     }
-    for node in ast.walk(function(engine, "train_cell")):
+    for node in ast.walk(ast.parse(record.read_text())):
         if isinstance(node, ast.Return) and isinstance(node.value, ast.Dict):
             fields |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
     return fields

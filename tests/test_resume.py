@@ -15,13 +15,15 @@ import torch
 
 from bench import checkpoint
 from bench.cli import main
-from bench.engine import _setup, evaluate, train_cell
 from bench.results.records import read_records
 from bench.suite import load_suite
 from bench.sweep.cell import run_cell
 from bench.sweep.options import RunOptions
 from bench.sweep.run import run_suite
 from bench.sweep.slurm import SlurmCellJob
+from bench.train.cell import train_cell
+from bench.train.evaluate import evaluate
+from bench.train.setup import setup_run
 from tests.test_runner import ROOT, TINY
 
 CPU = torch.device("cpu")
@@ -146,7 +148,7 @@ def test_a_saved_model_loads_with_weights_only_and_reproduces_the_accuracy(tmp_p
     saved = torch.load(records.parent / record["model_path"], weights_only=True)
     assert saved["eval_weights"] == record["eval_weights"] == ("final" if ema is None else "ema")
     assert (saved["weights"]["ema"] is None) == (ema is None)
-    run = _setup(c, CPU)
+    run = setup_run(c, CPU)
     run.model.load_state_dict(saved["weights"][saved["eval_weights"]])
     t = c.training
     assert evaluate(run.model, run.data, t.eval_batch_size, t.precision) == record["test_acc"]

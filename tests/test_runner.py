@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import bench.engine
+import bench.plan
 import bench.sweep.resume
+import bench.train.cell
 from bench.cli import _run_options, build_parser, main
 from bench.results.records import read_records
 from bench.suite import load_suite
@@ -168,14 +169,14 @@ def test_a_diverging_run_is_recorded_failed_and_the_sweep_goes_on(tiny, tmp_path
 
 
 def test_a_crash_is_recorded_with_its_reason_and_the_sweep_goes_on(tiny, tmp_path, monkeypatch):
-    real = bench.engine.train_cell
+    real = bench.train.cell.train_cell
 
     def crash_on_layer_norm(cell, device, **kwargs):
         if cell.norm == "layer_norm":
             raise RuntimeError("simulated CUDA error")
         return real(cell, device, **kwargs)
 
-    monkeypatch.setattr(bench.engine, "train_cell", crash_on_layer_norm)
+    monkeypatch.setattr(bench.train.cell, "train_cell", crash_on_layer_norm)
     summary = run_suite(
         load_suite(tiny, ["grid.seed=[0]"]), RunOptions(out_dir=tmp_path / "o", progress=False)
     )
@@ -187,7 +188,7 @@ def test_a_crash_is_recorded_with_its_reason_and_the_sweep_goes_on(tiny, tmp_pat
 
 
 def test_ctrl_c_stops_cleanly_without_a_false_record(tiny, tmp_path, monkeypatch, capsys):
-    real, calls = bench.engine.train_cell, []
+    real, calls = bench.train.cell.train_cell, []
 
     def interrupted_second(cell, device, **kwargs):
         calls.append(cell)
@@ -195,7 +196,7 @@ def test_ctrl_c_stops_cleanly_without_a_false_record(tiny, tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(cell, device, **kwargs)
 
-    monkeypatch.setattr(bench.engine, "train_cell", interrupted_second)
+    monkeypatch.setattr(bench.train.cell, "train_cell", interrupted_second)
     out = tmp_path / "out"
     assert main(["run", str(tiny), "--out", str(out), "--no-progress"]) == 130
     assert "run the same command again to resume" in capsys.readouterr().err

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 import bench.data
-from bench.engine import train_cell
 from bench.seeds import RUN_STREAMS, stream, stream_seed
 from bench.suite import load_suite
+from bench.train.cell import train_cell
 from tests.test_runner import TINY
 
 

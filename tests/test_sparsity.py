@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import engine
 from bench.backbones import list_backbones
 from bench.cli import main
 from bench.config import GradDropConfig, PruneConfig
@@ -19,6 +18,9 @@ from bench.results.record import grid_value_text
 from bench.seeds import stream
 from bench.sparsity import PublicData, Sparsity, prunable_layers
 from bench.suite import load_suite
+from bench.train import data_cache
+from bench.train.cell import train_cell
+from bench.train.setup import setup_run
 from bkclip import ClipRuleError, DPSGDStep, make_optimizer
 from bkclip.rules import GroupNormRule
 from tests.dp_oracles import prepared_backbone
@@ -236,15 +238,15 @@ def test_the_choice_reads_no_private_data_and_moves_with_the_seed(
         f"grid.norm=[{norm!r}]",
     ]
     c = tiny_cell(tmp_path, *overrides)
-    clean = choices(engine._setup(c, CPU))
-    real = engine.cached_dataset
-    monkeypatch.setattr(engine, "cached_dataset", lambda cfg: poisoned(real(cfg)))
-    dirty = choices(engine._setup(c, CPU))
+    clean = choices(setup_run(c, CPU))
+    real = data_cache.cached_dataset
+    monkeypatch.setattr(data_cache, "cached_dataset", lambda cfg: poisoned(real(cfg)))
+    dirty = choices(setup_run(c, CPU))
     assert len(clean) == len(dirty) and all(
         torch.equal(a, b) for a, b in zip(clean, dirty, strict=True)
     )
-    monkeypatch.setattr(engine, "cached_dataset", real)
-    other = choices(engine._setup(dataclasses.replace(c, seed=1), CPU))
+    monkeypatch.setattr(data_cache, "cached_dataset", real)
+    other = choices(setup_run(dataclasses.replace(c, seed=1), CPU))
     assert not all(torch.equal(a, b) for a, b in zip(clean, other, strict=True))
 
 
@@ -256,7 +258,7 @@ def test_a_pruned_and_dropped_run_records_what_it_trained_and_resumes_bit_identi
         "training.momentum=0.9",
         "training.augmult=2",
     )
-    whole = engine.train_cell(c, CPU)
+    whole = train_cell(c, CPU)
     s = whole["sparsity"]
     assert s["reads_private_data"] is False
     assert s["trainable_coordinates"] < 0.3 * s["total_coordinates"]
@@ -264,8 +266,8 @@ def test_a_pruned_and_dropped_run_records_what_it_trained_and_resumes_bit_identi
     assert s["pre_prune"]["layers_whole"] and s["grad_drop"]["refresh"] == 3
     ckpts = tmp_path / "checkpoints"
     with pytest.raises(Killed):  # killed after the checkpoint of step 2
-        engine.train_cell(c, CPU, progress=kill_at(3), checkpoint_dir=ckpts)
-    resumed = engine.train_cell(c, CPU, checkpoint_dir=ckpts)
+        train_cell(c, CPU, progress=kill_at(3), checkpoint_dir=ckpts)
+    resumed = train_cell(c, CPU, checkpoint_dir=ckpts)
     assert resumed["resumed_from_step"] == 2
     assert comparable(resumed) == comparable(whole)
 
@@ -279,17 +281,17 @@ def test_a_random_drop_resumes_on_the_same_channels(tmp_path, mode):
         "training.pre_prune={rate: 0.5, method: magnitude}",
         f"training.grad_sample_mode={mode}",
     )
-    whole = engine.train_cell(c, CPU)
+    whole = train_cell(c, CPU)
     ckpts = tmp_path / "checkpoints"
     with pytest.raises(Killed):
-        engine.train_cell(c, CPU, progress=kill_at(3), checkpoint_dir=ckpts)
-    resumed = engine.train_cell(c, CPU, checkpoint_dir=ckpts)
+        train_cell(c, CPU, progress=kill_at(3), checkpoint_dir=ckpts)
+    resumed = train_cell(c, CPU, checkpoint_dir=ckpts)
     assert resumed["resumed_from_step"] == 2 and comparable(resumed) == comparable(whole)
 
 
 def test_a_resumed_run_takes_its_pruning_masks_from_the_checkpoint(tmp_path):
     c = tiny_cell(tmp_path, "training.pre_prune={rate: 0.5, method: snip_public}")
-    run = engine._setup(c, CPU)
+    run = setup_run(c, CPU)
     state = run.sparsity.state_dict()
     other = {k: ~m for k, m in run.sparsity.pruned.items()}  # as if recomputed differently
     run.sparsity.pruned = other
@@ -309,7 +311,7 @@ def test_a_rule_whose_channel_dim_does_not_match_the_parameters_is_refused(monke
 def test_no_sparsity_is_the_old_run(tmp_path):
     """Runs without the options keep their run key and record no sparsity."""
     plain = tiny_cell(tmp_path)
-    assert engine.train_cell(plain, CPU)["sparsity"] is None
+    assert train_cell(plain, CPU)["sparsity"] is None
     assert plain.run_key == tiny_cell(tmp_path, "training.pre_prune=null").run_key
     assert plain.run_key != tiny_cell(tmp_path, "training.pre_prune={rate: 0.5}").run_key
 

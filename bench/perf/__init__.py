@@ -25,12 +25,12 @@ each), `bench.perf.__main__` (the command line).
 
 from bench.perf.kinds import (
     KINDS,
-    OpacusGhostStep,
     make_step,
     measure_one,
     prepare_for_timing,
     random_device_data,
 )
+from bench.train.ghost import OpacusGhostStep
 
 __all__ = [
     "KINDS",

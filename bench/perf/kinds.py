@@ -7,7 +7,6 @@ after ``warmup`` steps, each step between two device synchronisations.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from typing import Any
@@ -17,6 +16,7 @@ from torch import nn
 
 import norms
 from bench.backbones import create_backbone
+from bench.config import TrainingConfig
 from bench.data import Dataset, DeviceData
 from bench.measure import (
     peak_memory,
@@ -27,13 +27,15 @@ from bench.measure import (
     tensor_peak_bytes,
 )
 from bench.provenance import device_name
-from bkclip import DPSGDStep, SGDStep, make_optimizer
+from bench.train.setup import GHOST, build_dp_step, build_sgd_step
 from norms.lifecycle import synthetic_run_data
 
 #: What `make_step` builds: ``nonprivate`` (plain SGD), ``dp`` (the engine's default
 #: book-keeping clipper), ``dp-opacus-hooks`` (Opacus' per-sample-gradient hooks) and
-#: ``dp-opacus-ghost`` (Opacus' fast gradient clipping, `OpacusGhostStep`).
+#: ``dp-opacus-ghost`` (Opacus' fast gradient clipping, `bench.train.ghost.OpacusGhostStep`).
 KINDS = ("nonprivate", "dp", "dp-opacus-hooks", "dp-opacus-ghost")
+#: The per-sample-gradient mode of each DP kind (`bench.train.setup.build_dp_step`).
+_MODES = {"dp": "bk", "dp-opacus-hooks": "hooks", "dp-opacus-ghost": GHOST}
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -58,89 +60,6 @@ def random_device_data(n: int, device: torch.device, size: int = 32) -> DeviceDa
     return DeviceData(dataset, device)
 
 
-class OpacusGhostStep:
-    """A DP-SGD step through Opacus' fast gradient clipping (``grad_sample_mode="ghost"``).
-
-    The three objects ``PrivacyEngine.make_private(..., grad_sample_mode="ghost")`` builds,
-    without its data loader: `GradSampleModuleFastGradientClipping` computes each example's
-    gradient norm per layer (ghost norms where Opacus has a norm sampler, ``nn.Linear`` here;
-    every other layer's per-example gradients materialised by its grad sampler and reduced to
-    norms at once), `DPLossFastGradientClipping` runs the two backward passes (the first for
-    the norms, the second for the sum of clipped gradients, each example's loss weighted by
-    min(1, C / norm)), and `DPOptimizerFastGradientClipping` adds the noise, scales by the
-    expected batch and updates. A logical batch is split into physical batches as the
-    engine's steps split it (Opacus' skip-step accumulation).
-
-    Opacus clips per image, so augmentation multiplicity (K views sharing one clipped
-    gradient) has no equivalent here: only one view per example is accepted. Only fp32: in bf16
-    Opacus would take norms in bf16, which the engine's steps refuse to do (the clipped
-    gradient can overshoot C).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        expected_batch_size: int,
-        max_physical_batch: int,
-        precision: str = "fp32",
-        generator: torch.Generator | None = None,
-    ):
-        from opacus.grad_sample import GradSampleModuleFastGradientClipping
-        from opacus.optimizers import DPOptimizerFastGradientClipping
-        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
-
-        if precision != "fp32":
-            raise ValueError(f"dp-opacus-ghost runs in fp32 only, got precision={precision!r}")
-        self.module, self.max_physical_batch = model, max_physical_batch
-        self.model = GradSampleModuleFastGradientClipping(
-            model,
-            batch_first=True,
-            loss_reduction="mean",
-            max_grad_norm=max_grad_norm,
-            use_ghost_clipping=True,
-        )
-        self.optimizer = DPOptimizerFastGradientClipping(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-            generator=generator,
-        )
-        self.criterion = DPLossFastGradientClipping(
-            self.model, self.optimizer, nn.CrossEntropyLoss(), loss_reduction="mean"
-        )
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        if x.shape[1] != 1:
-            raise ValueError(
-                f"dp-opacus-ghost clips per image: one view per example, got {x.shape[1]}"
-            )
-        if x.shape[0] == 0:  # a noise-only step
-            self.optimizer.zero_grad(set_to_none=True)
-            for p in self.params:
-                p.grad = torch.zeros_like(p)
-            self.optimizer.step()
-            return math.nan
-        chunks = list(
-            zip(x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True)
-        )
-        total = 0.0
-        for i, (xc, yc) in enumerate(chunks):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.criterion(self.model(xc[:, 0]), yc)
-            loss.backward()
-            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
-            self.optimizer.step()
-            total += float(loss.detach()) * xc.shape[0] / x.shape[0]
-        return total
-
-
 def prepare_for_timing(model: nn.Module, norm: str, size: int, device: torch.device) -> None:
     """Run the norm's preparation hook (statistics) on random images: timing needs a prepared
     model, not meaningful statistics."""
@@ -163,7 +82,8 @@ def make_step(
     """A ready step and a fixed batch: ``(step, x, y)`` with x of shape (batch, views, 3, size,
     size), split into physical batches of ``max_physical_batch`` examples (default: one).
 
-    ``kind``: one of `KINDS`; noise multiplier 1, clip 1, expected batch ``batch``.
+    ``kind``: one of `KINDS`; noise multiplier 1, clip 1, expected batch ``batch``; SGD at
+    learning rate 0.1, built by the builders a run uses (`bench.train.setup`).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -173,20 +93,15 @@ def make_step(
     model = create_backbone(backbone, norm=norm, width=width).to(device)
     prepare_for_timing(model, norm, size, device)
     model.train()
-    opt = make_optimizer(model.parameters(), lr=0.1)
-    dp = {
-        "noise_multiplier": 1.0,
-        "max_grad_norm": 1.0,
-        "expected_batch_size": batch,
-        "max_physical_batch": physical,
-        "precision": precision,
-    }
+    training = TrainingConfig(
+        batch_size=batch, max_physical_batch=physical, lr=0.1, precision=precision
+    )
     if kind == "nonprivate":
-        step: Any = SGDStep(model, opt, max_physical_batch=physical, precision=precision)
-    elif kind == "dp-opacus-ghost":
-        step = OpacusGhostStep(model, opt, **dp)
+        step: Any = build_sgd_step(model, training)
     else:
-        step = DPSGDStep(model, opt, mode="bk" if kind == "dp" else "hooks", **dp)
+        step = build_dp_step(
+            model, training, noise_multiplier=1.0, max_grad_norm=1.0, mode=_MODES[kind]
+        )
     x = torch.randn(batch, views, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     return step, x, y

@@ -23,7 +23,7 @@ from bench.sparsity import Sparsity
 from bench.sweep.cell import record_interrupted, run_cell
 from bench.sweep.executor import Executor
 from bench.sweep.resume import newest_statuses, without_final_record
-from bkclip import DPSGDStep, make_optimizer
+from bench.train.setup import build_dp_step
 
 #: ``slurm.cluster`` values that emulate the cluster on this machine (submitit's executors).
 LOCAL_CLUSTERS = ("local", "debug")
@@ -78,16 +78,8 @@ def measure_step_s(cell: Cell, device: str | None = None, steps: int = 2) -> flo
         streams=lambda purpose: stream(cell.seed, purpose, dev),
         public=None,
     )
-    step = DPSGDStep(
-        model,
-        make_optimizer(model.parameters(), lr=t.lr),
-        noise_multiplier=1.0,
-        max_grad_norm=cell.privacy.max_grad_norm,
-        expected_batch_size=t.batch_size,
-        max_physical_batch=t.max_physical_batch,
-        mode=t.grad_sample_mode,
-        precision=t.precision,
-        sparsity=sparsity,
+    step = build_dp_step(
+        model, t, noise_multiplier=1.0, max_grad_norm=cell.privacy.max_grad_norm, sparsity=sparsity
     )
     side = cell.data.image_size if cell.data.source == "synthetic" else 32
     x = torch.randn(t.batch_size, t.augmult, 3, side, side, device=dev)

@@ -9,6 +9,8 @@ files take larger sizes. Throughput and peak memory go to ``extra_info``.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -19,7 +21,7 @@ from torch import nn
 
 import norms
 from bench.backbones import create_backbone, list_backbones
-from bench.config import GradDropConfig, PruneConfig
+from bench.config import GradDropConfig, PruneConfig, TrainingConfig
 from bench.measure import (
     peak_memory,
     reset_peak_memory,
@@ -27,11 +29,12 @@ from bench.measure import (
     synchronize,
     tensor_peak_bytes,
 )
-from bench.perf import KINDS, make_step, random_device_data
+from bench.perf import KINDS, make_step, measure_one, random_device_data
 from bench.provenance import device_name
 from bench.seeds import stream
 from bench.sparsity import Sparsity
-from bkclip import DPSGDStep, layer_norms, make_optimizer
+from bench.train.setup import build_dp_step
+from bkclip import layer_norms
 from norms.frozen_stats import ChannelAffine
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference, knconv_grad_sample, window_stats
 from tests.dp_oracles import norms_of, per_example_grads
@@ -58,23 +61,40 @@ def sizes(pytestconfig) -> Sizes:
     return Sizes(batch=32, width=0.5, rounds=3)
 
 
-def _record(benchmark, images: int, call=None) -> None:
-    """Throughput (when timed) and peak memory in the benchmark's extra_info.
+def _record(benchmark, images: int, call, *, memory: bool = True) -> None:
+    """Throughput and peak memory in the benchmark's extra_info.
 
-    On a GPU the peak is CUDA's allocator peak over the timed calls; on the CPU, when ``call``
-    is given, it is the tensor peak of one more, untimed call (`bench.measure.TensorPeak`).
+    Throughput: over the timed rounds, or, untimed (``--benchmark-disable``), over one more
+    call of ``call`` (which synchronises the device). On a GPU the peak is CUDA's allocator
+    peak over the calls; on the CPU it is the tensor peak of one more, untimed call
+    (`bench.measure.TensorPeak`), taken when ``memory``.
     """
     stats = getattr(benchmark, "stats", None)
     mean = stats.stats.mean if stats is not None else None
+    if not mean:
+        started = time.perf_counter()
+        call()
+        mean = time.perf_counter() - started
     peak = peak_memory(DEVICE)
-    if peak is None and call is not None:
+    if peak is None and memory:
         peak = tensor_peak_bytes(call)
     benchmark.extra_info.update(
         device=device_name(DEVICE),
         images_per_call=images,
-        throughput_img_s=images / mean if mean else None,
+        throughput_img_s=images / mean,
         peak_mem_bytes=peak,
     )
+    assert math.isfinite(benchmark.extra_info["throughput_img_s"])
+    assert benchmark.extra_info["throughput_img_s"] > 0
+
+
+def _parameter_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _trained_model(step) -> nn.Module:
+    """The plain model a step trains (a DP step wraps it; `module` is the plain one)."""
+    return getattr(step, "module", None) or step.model
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -95,7 +115,30 @@ def test_training_step(benchmark, sizes, backbone, norm, kind):
     reset_peak_memory(DEVICE)
     benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1, iterations=1)
     _record(benchmark, sizes.batch, call)
-    assert benchmark.extra_info["peak_mem_bytes"] > 0
+    # A step holds at least a gradient per parameter beside its activations.
+    assert benchmark.extra_info["peak_mem_bytes"] > _parameter_bytes(_trained_model(step))
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "nonprivate"])
+def test_a_dp_step_costs_a_bounded_multiple_of_the_nonprivate_step(benchmark, sizes, kind):
+    """The DP/non-DP step-time ratio of resnet9 with group_norm, below a generous bound: a
+    per-sample-gradient path that went quadratic (or fell back where it should not) fails."""
+    benchmark.group = f"dp/non-dp ratio resnet9 group_norm batch={sizes.batch}"
+    shape = {"batch": sizes.batch, "width": sizes.width, "device": DEVICE}
+    nonprivate_s = measure_one(
+        "resnet9", "group_norm", "nonprivate", size=32, warmup=1, reps=3, **shape
+    )["seconds"]
+    step, x, y = make_step("resnet9", "group_norm", kind, **shape)
+
+    def call():
+        step(x, y)
+        synchronize(DEVICE)
+
+    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1, iterations=1)
+    _record(benchmark, sizes.batch, call, memory=False)
+    ratio = sizes.batch / benchmark.extra_info["throughput_img_s"] / nonprivate_s
+    benchmark.extra_info["dp_nonprivate_time_ratio"] = ratio
+    assert 0 < ratio < 50
 
 
 SPARSITY = {
@@ -123,15 +166,9 @@ def test_sparse_dp_step(benchmark, sizes, setting, mode):
         streams=lambda purpose: stream(0, purpose, DEVICE),
         public=None,
     )
-    step = DPSGDStep(
-        model,
-        make_optimizer(model.parameters(), lr=0.1),
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        expected_batch_size=sizes.batch,
-        max_physical_batch=sizes.batch,
-        mode=mode,
-        sparsity=sparsity,
+    training = TrainingConfig(batch_size=sizes.batch, max_physical_batch=sizes.batch, lr=0.1)
+    step = build_dp_step(
+        model, training, noise_multiplier=1.0, max_grad_norm=1.0, mode=mode, sparsity=sparsity
     )
     x = torch.randn(sizes.batch, 1, 3, 32, 32, device=DEVICE)
     y = torch.randint(0, 10, (sizes.batch,), device=DEVICE)
@@ -145,7 +182,8 @@ def test_sparse_dp_step(benchmark, sizes, setting, mode):
     _record(benchmark, sizes.batch, call)
     trained, total = sparsity.trainable_coordinates()
     benchmark.extra_info["trained_coordinate_share"] = trained / total
-    assert benchmark.extra_info["peak_mem_bytes"] > 0
+    assert benchmark.extra_info["peak_mem_bytes"] > _parameter_bytes(model)
+    assert 0 < trained / total <= 1
 
 
 @pytest.mark.parametrize("path", ["fused", "unfold-reference"])
@@ -166,10 +204,9 @@ def test_knconv2d_forward(benchmark, sizes, path):
             knconv2d_unfold_reference(x, core.weight, core.bias, stride=1, padding=1, eps=layer.eps)
         synchronize(DEVICE)
 
-    benchmark.pedantic(
-        fused if path == "fused" else reference, rounds=sizes.rounds, warmup_rounds=1
-    )
-    _record(benchmark, sizes.batch)
+    call = fused if path == "fused" else reference
+    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
+    _record(benchmark, sizes.batch, call, memory=False)
 
 
 @pytest.mark.parametrize("path", ["custom-sampler", "functorch-reference"])
@@ -192,10 +229,9 @@ def test_knconv2d_per_sample_gradients(benchmark, sizes, path):
         per_example(g, *acts)
         synchronize(DEVICE)
 
-    benchmark.pedantic(
-        custom if path == "custom-sampler" else functorch, rounds=sizes.rounds, warmup_rounds=1
-    )
-    _record(benchmark, sizes.batch)
+    call = custom if path == "custom-sampler" else functorch
+    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
+    _record(benchmark, sizes.batch, call, memory=False)
 
 
 def _layer_case(name: str):
@@ -253,7 +289,7 @@ def test_per_sample_gradient_norms(benchmark, sizes, layer_name, path):
         synchronize(DEVICE)
 
     benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
-    _record(benchmark, sizes.batch)
+    _record(benchmark, sizes.batch, call, memory=False)
     if path != "functorch":
         torch.testing.assert_close(fn(), functorch(), rtol=1e-3, atol=1e-5)
 
@@ -273,4 +309,4 @@ def test_device_data_path(benchmark, sizes, views):
         synchronize(DEVICE)
 
     benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
-    _record(benchmark, batch * views)
+    _record(benchmark, batch * views, call, memory=False)

@@ -19,7 +19,7 @@ from bench.perf.parts.base import PartRun, error_line, free_memory
 from bench.plan import data_size
 from bench.provenance import REPO
 from bench.suite import load_suite
-from bkclip import DPSGDStep, make_optimizer
+from bench.train.setup import build_dp_step
 
 TITLE = "One full-recipe step per norm, projected"
 
@@ -51,15 +51,12 @@ def _recipe_step_times(run: PartRun, cell, physical: int, views: int) -> tuple[f
     model = create_backbone(cell.backbone, norm=cell.norm, **params).to(run.device)
     prepare_for_timing(model, cell.norm, s.recipe_image, run.device)
     model.train()
-    step = DPSGDStep(
+    step = build_dp_step(
         model,
-        make_optimizer(model.parameters(), lr=t.lr, momentum=t.momentum),
+        t,
         noise_multiplier=1.0,
         max_grad_norm=cell.privacy.max_grad_norm,
-        expected_batch_size=t.batch_size,
         max_physical_batch=physical,
-        mode=t.grad_sample_mode,
-        precision=t.precision,
     )
     data = random_device_data(2 * physical, run.device, s.recipe_image)
     gen = data.generator(0, "augmentation")

@@ -1,0 +1,113 @@
+"""Train one grid cell with DP-SGD and return its measured record fields: the orchestrator."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import saved_model
+from bench.config import Cell
+from bench.provenance import record_provenance
+from bench.train.evaluate import evaluate
+from bench.train.loop import Progress, Trained, train_loop
+from bench.train.record import (
+    clipping_fields,
+    identity_fields,
+    memory_fields,
+    outcome_fields,
+    privacy_fields,
+    score_fields,
+    throughput_fields,
+)
+from bench.train.reference import NonPrivateMeasure, nonprivate_throughput
+from bench.train.setup import Run, setup_run
+
+
+def train_cell(
+    cell: Cell,
+    device: torch.device,
+    *,
+    progress: Progress | None = None,
+    checkpoint_dir: Path | None = None,
+    model_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Train one cell with DP-SGD and return its measured record fields (status ``ok``).
+
+    The cell's identity (run key, backbone, norm, seed, targets, config) is the runner's part
+    of the record (`bench.sweep.cell.run_cell`), written the same way whatever the outcome. Every
+    random source draws from its own named stream of the cell's seed (`bench.seeds`), or, for
+    the secret ones under ``privacy.secure_noise``, from the operating system's entropy.
+
+    What leaves the run is DP or public: the test accuracy, the noise and privacy figures,
+    timings and memory; the un-noised loss of private batches only with
+    ``training.log_private_loss``, listed in ``nonprivate_diagnostics``.
+
+    Args:
+        checkpoint_dir: Where the run's checkpoints live (``<dir>/<run_key>/``): it resumes
+            from a valid one and writes them every ``training.checkpoint_every`` steps. The
+            caller deletes the checkpoint once the record is written
+            (`bench.checkpoint.remove`). None: no checkpoints.
+        model_dir: Where ``training.save_model`` writes the final and the EMA weights
+            (`bench.saved_model`).
+
+    Raises:
+        IncompatibleError: The backbone refuses the norm (the runner records a skip).
+        Diverged: The loss became non-finite or exceeded ``max_loss``.
+        ConfigError: The cell cannot run as configured.
+    """
+    run = setup_run(cell, device)
+    trained = train_loop(run, progress, checkpoint_dir)
+    train_s = time.perf_counter() - run.started
+    privacy = privacy_fields(run)
+    accuracy, eval_weights, model_path = _score(run, model_dir)
+    clipping = clipping_fields(run)
+    sparsity = run.sparsity.summary()
+    run.release()
+    nonprivate = _nonprivate(run, trained)
+    prov = record_provenance(device)  # runs git twice: once per cell
+    return {
+        **identity_fields(run),
+        **score_fields(run, accuracy, eval_weights, trained.loss),
+        **throughput_fields(trained, nonprivate),
+        **memory_fields(run, trained, nonprivate, prov["device_name"]),
+        **privacy,
+        **clipping,
+        **outcome_fields(sparsity, trained, model_path, train_s, run.started, prov),
+    }
+
+
+def _score(run: Run, model_dir: Path | None) -> tuple[float, str, str | None]:
+    """``(accuracy, weights scored, saved model path)``: the EMA's weights when there is one,
+    else the final ones, scored on the run's split and saved when ``training.save_model``."""
+    training = run.cell.training
+    eval_model = run.ema.module if run.ema is not None else run.model
+    eval_weights = "ema" if run.ema is not None else "final"
+    accuracy = evaluate(eval_model, run.data, training.eval_batch_size, training.precision)
+    model_path = None
+    if training.save_model and model_dir is not None:
+        ema = run.ema.module if run.ema is not None else None
+        path = saved_model.save(model_dir, run.cell.run_key, run.model, ema, eval_weights)
+        # Relative to the folder above ``model_dir``: the records'.
+        model_path = str(path.relative_to(Path(model_dir).parent))
+    return accuracy, eval_weights, model_path
+
+
+def _nonprivate(run: Run, trained: Trained) -> NonPrivateMeasure | None:
+    """The non-private reference on the untrained copy, timed to the DP side's precision;
+    None when ``training.measure_nonprivate`` is off. Call it after `Run.release`."""
+    initial, run.initial = run.initial, None
+    if initial is None:
+        return None
+    return nonprivate_throughput(
+        initial,
+        run.data,
+        run.cell.training,
+        run.cell.seed,
+        steps=run.plan.steps,
+        match_relative_se=trained.timer.relative_se,
+        max_timed_steps=trained.timer.steps,
+        on_step=lambda model, step: run.norm.on_step(model, run.run_data, step),
+    )

@@ -1,0 +1,90 @@
+"""Opacus' fast gradient clipping as one DP step: the perf checks' point of comparison."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from torch import nn
+
+
+class OpacusGhostStep:
+    """A DP-SGD step through Opacus' fast gradient clipping (``grad_sample_mode="ghost"``).
+
+    The three objects ``PrivacyEngine.make_private(..., grad_sample_mode="ghost")`` builds,
+    without its data loader: `GradSampleModuleFastGradientClipping` computes each example's
+    gradient norm per layer (ghost norms where Opacus has a norm sampler, ``nn.Linear`` here;
+    every other layer's per-example gradients materialised by its grad sampler and reduced to
+    norms at once), `DPLossFastGradientClipping` runs the two backward passes (the first for
+    the norms, the second for the sum of clipped gradients, each example's loss weighted by
+    min(1, C / norm)), and `DPOptimizerFastGradientClipping` adds the noise, scales by the
+    expected batch and updates. A logical batch is split into physical batches as the
+    engine's steps split it (Opacus' skip-step accumulation).
+
+    Opacus clips per image, so augmentation multiplicity (K views sharing one clipped
+    gradient) has no equivalent here: only one view per example is accepted. Only fp32: in bf16
+    Opacus would take norms in bf16, which the engine's steps refuse to do (the clipped
+    gradient can overshoot C).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        max_physical_batch: int,
+        precision: str = "fp32",
+        generator: torch.Generator | None = None,
+    ):
+        if precision != "fp32":
+            raise ValueError(f"dp-opacus-ghost runs in fp32 only, got precision={precision!r}")
+        self.module, self.max_physical_batch = model, max_physical_batch
+        self.model = GradSampleModuleFastGradientClipping(
+            model,
+            batch_first=True,
+            loss_reduction="mean",
+            max_grad_norm=max_grad_norm,
+            use_ghost_clipping=True,
+        )
+        self.optimizer = DPOptimizerFastGradientClipping(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=generator,
+        )
+        self.criterion = DPLossFastGradientClipping(
+            self.model, self.optimizer, nn.CrossEntropyLoss(), loss_reduction="mean"
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        if x.shape[1] != 1:
+            raise ValueError(
+                f"dp-opacus-ghost clips per image: one view per example, got {x.shape[1]}"
+            )
+        if x.shape[0] == 0:  # a noise-only step
+            self.optimizer.zero_grad(set_to_none=True)
+            for p in self.params:
+                p.grad = torch.zeros_like(p)
+            self.optimizer.step()
+            return math.nan
+        chunks = list(
+            zip(x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True)
+        )
+        total = 0.0
+        for i, (xc, yc) in enumerate(chunks):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.criterion(self.model(xc[:, 0]), yc)
+            loss.backward()
+            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+            self.optimizer.step()
+            total += float(loss.detach()) * xc.shape[0] / x.shape[0]
+        return total
