@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from bench.config import Cell, DataConfig
 from bench.errors import ConfigError, IncompatibleError, PrivacyError
+from bench.results.record import grid_value_text
 
 if TYPE_CHECKING:
     from bench.privacy import Calibration
@@ -297,7 +298,5 @@ def build_model(cell: Cell, num_classes: int, device, norm: ResolvedNorm | None 
 
 def cell_label(cell: Cell) -> str:
     """``backbone norm seed=s extra=v`` for messages and progress output."""
-    from bench.results.record import grid_value_text
-
     extra = ",".join(f"{k}={grid_value_text(v)}" for k, v in sorted(cell.overrides.items()))
     return f"{cell.backbone} {cell.norm} seed={cell.seed}" + (f" {extra}" if extra else "")

@@ -184,16 +184,53 @@ def _search(
 ) -> Calibration:
     """Bracket and bisect sigma under one accountant (``eps_at`` raises if it falls back)."""
     if extra:
-        alone = epsilon(extra, delta, accountant)
-        if alone.accountant != accountant:
-            raise _AccountantFailed(alone.note)
-        base = alone.epsilon
-        if base >= target_epsilon:
-            raise PrivacyError(
-                f"the run's other privacy costs alone spend epsilon={base:.3g}, "
-                f"above the target {target_epsilon}; lower them (e.g. a larger "
-                f"noise multiplier for the norm's statistics)"
-            )
+        _check_other_costs(target_epsilon, delta, extra, accountant)
+    lo, hi = _bracket(target_epsilon, delta, sample_rate, steps, extra, accountant, eps_at)
+    sigma = _bisect(lo, hi, target_epsilon, eps_at)
+    history = [*extra, (sigma, sample_rate, steps)]
+    final = eps_at(sigma)
+    by_acc = {a: final if a == accountant else _only(history, delta, a) for a in ACCOUNTANTS}
+    return Calibration(
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=steps,
+        extra=extra,
+        accountant=accountant,
+        epsilon=final,
+        epsilon_by_accountant=by_acc,
+        requested=accountant,
+    )
+
+
+def _check_other_costs(
+    target_epsilon: float,
+    delta: float,
+    extra: tuple[tuple[float, float, int], ...],
+    accountant: str,
+) -> None:
+    """Refuse a run whose charges besides DP-SGD already spend the whole target."""
+    alone = epsilon(extra, delta, accountant)
+    if alone.accountant != accountant:
+        raise _AccountantFailed(alone.note)
+    base = alone.epsilon
+    if base >= target_epsilon:
+        raise PrivacyError(
+            f"the run's other privacy costs alone spend epsilon={base:.3g}, "
+            f"above the target {target_epsilon}; lower them (e.g. a larger "
+            f"noise multiplier for the norm's statistics)"
+        )
+
+
+def _bracket(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    extra: tuple[tuple[float, float, int], ...],
+    accountant: str,
+    eps_at: Callable[[float], float],
+) -> tuple[float, float]:
+    """``(lo, hi)`` with ``eps_at(lo) > target >= eps_at(hi)``."""
     if accountant == "rdp":  # cheap at any sigma: bracket from 1 by doubling and halving
         start, factor = 1.0, 2.0
     else:
@@ -219,6 +256,12 @@ def _search(
                 f"noise multiplier >= {SIGMA_FLOOR}, or a non-private run"
             )
         hi, lo = lo, max(lo / factor, SIGMA_FLOOR)
+    return lo, hi
+
+
+def _bisect(lo: float, hi: float, target_epsilon: float, eps_at: Callable[[float], float]) -> float:
+    """The smallest sigma found in ``[lo, hi]`` whose epsilon is within the tolerance below the
+    target (the upper end of the final interval: it never overspends)."""
     for _ in range(100):
         mid = (lo + hi) / 2
         eps_mid = eps_at(mid)
@@ -228,20 +271,7 @@ def _search(
             hi = mid
             if eps_mid >= target_epsilon * (1 - TOLERANCE):
                 break
-    sigma = hi
-    history = [*extra, (sigma, sample_rate, steps)]
-    final = eps_at(sigma)
-    by_acc = {a: final if a == accountant else _only(history, delta, a) for a in ACCOUNTANTS}
-    return Calibration(
-        noise_multiplier=sigma,
-        sample_rate=sample_rate,
-        steps=steps,
-        extra=extra,
-        accountant=accountant,
-        epsilon=final,
-        epsilon_by_accountant=by_acc,
-        requested=accountant,
-    )
+    return hi
 
 
 def merged_history(history: History) -> list[tuple[float, float, int]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -107,6 +108,27 @@ def make_step(
     return step, x, y
 
 
+def _timed_steps(
+    step: Callable[[], object], warmup: int, reps: int, device: torch.device
+) -> tuple[list[float], float]:
+    """Seconds of each of ``reps`` steps, each between two device synchronisations, after
+    ``warmup`` untimed steps; and the process's CPU share over the timed steps."""
+    for _ in range(warmup):
+        step()
+    times = []
+    cpu0 = time.process_time()
+    for _ in range(reps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    # CPU seconds this process got per wall second and thread over the timed steps: about 1 on
+    # an idle CPU, lower when other processes share its cores (a GPU step idles the CPU).
+    cpu_share = (time.process_time() - cpu0) / max(sum(times), 1e-9) / torch.get_num_threads()
+    return times, cpu_share
+
+
 def measure_one(
     backbone: str,
     norm: str,
@@ -148,19 +170,7 @@ def measure_one(
     rss_before = process_peak_rss()
     reset_peak_memory(device)
     allocated_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    for _ in range(warmup):
-        step(x, y)
-    times = []
-    cpu0 = time.process_time()
-    for _ in range(reps):
-        synchronize(device)
-        t0 = time.perf_counter()
-        step(x, y)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    # CPU seconds this process got per wall second and thread over the timed steps: about 1 on
-    # an idle CPU, lower when other processes share its cores (a GPU step idles the CPU).
-    cpu_share = (time.process_time() - cpu0) / max(sum(times), 1e-9) / torch.get_num_threads()
+    times, cpu_share = _timed_steps(lambda: step(x, y), warmup, reps, device)
     peak = peak_memory(device)
     rss_growth = process_peak_rss() - rss_before
     if peak is not None:
