@@ -17,8 +17,6 @@ def _eps(value: float | None) -> str:
 
 
 def _privacy_cells(plan: CellPlan) -> list[str]:
-    if plan.skip_reason:
-        return [f"{plan.sample_rate:.5f}", str(plan.steps), "-", "-", "-", "skipped"]
     prv, rdp = plan.calibrations["prv"], plan.calibrations["rdp"]
     chosen = plan.calibration
     charges = "; ".join(f"{c.steps}x sigma={c.noise_multiplier}" for c in plan.charges) or "-"

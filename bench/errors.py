@@ -59,10 +59,6 @@ class ExecutorError(BenchError):
     """Raised when the chosen executor cannot run here (e.g. SLURM without a cluster)."""
 
 
-class IncompatibleError(BenchError):
-    """Raised when a backbone refuses a norm; the runner records the cell as ``skipped``."""
-
-
 class RecordsError(BenchError):
     """Raised when a records file cannot be read at all (a bad line is reported, not raised)."""
 

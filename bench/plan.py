@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bench.config import Cell, DataConfig
-from bench.errors import ConfigError, IncompatibleError, PrivacyError
+from bench.errors import ConfigError, PrivacyError
 from bench.results.record import grid_value_text
 
 if TYPE_CHECKING:
@@ -78,8 +78,6 @@ class CellPlan:
             batch B (for a TAN simulation: sigma_ref, which `noise_multiplier` scales by b/B).
         charges: The run's other privacy costs (a norm's preparation), composed into the
             calibration.
-        skip_reason: Why the backbone refuses the norm (the cell will be recorded as
-            skipped); None when it runs. A skipped cell has no calibration.
         norm: The cell's norm, resolved once (`resolve_cell_norm`).
     """
 
@@ -91,7 +89,6 @@ class CellPlan:
     batch_size: int = 0
     calibrations: Mapping[str, Calibration] = field(default_factory=dict)
     charges: tuple = ()
-    skip_reason: str | None = None
     norm: ResolvedNorm | None = None
 
     @property
@@ -172,10 +169,7 @@ def plan_cell(
     }
     q_run = run_batch(cell) / n
     if model is None:
-        try:
-            model = build_model(cell, size.num_classes, "cpu", norm)
-        except IncompatibleError as err:
-            return CellPlan(**base, sample_rate=q_run, steps=steps, skip_reason=str(err))
+        model = build_model(cell, size.num_classes, "cpu", norm)
     charge = norm.charge(model, n)
     charges = (charge,) if charge else ()
     extra = [c.history_entry() for c in charges]
@@ -206,27 +200,8 @@ def plan_cells(cells: Iterable[Cell], accountants: Sequence[str] | None = None) 
         key = (cell.backbone, cell.norm, size.num_classes)
         if key not in models:
             models.clear()
-            try:
-                models[key] = build_model(cell, size.num_classes, "cpu", norm)
-            except IncompatibleError as err:
-                models[key] = err
+            models[key] = build_model(cell, size.num_classes, "cpu", norm)
         model = models[key]
-        if isinstance(model, IncompatibleError):
-            _q, steps = size_cell(cell, size)
-            n = size.n_trained(cell.stage)
-            plans.append(
-                CellPlan(
-                    cell,
-                    n,
-                    size.num_classes,
-                    run_batch(cell) / n,
-                    steps,
-                    batch_size=run_batch(cell),
-                    skip_reason=str(model),
-                    norm=norm,
-                )
-            )
-            continue
         try:
             plans.append(
                 plan_cell(cell, norm=norm, model=model, accountants=accountants, size=size)
@@ -286,9 +261,6 @@ def build_model(cell: Cell, num_classes: int, device, norm: ResolvedNorm | None 
 
     Args:
         norm: The cell's resolved norm (default: parsed from the cell's spec).
-
-    Raises:
-        IncompatibleError: The backbone refuses the norm.
     """
     from bench.backbones import create_backbone  # torch: only when building
 

@@ -10,7 +10,7 @@ import torch
 
 from bench.backbones import create_backbone
 from bench.config import GRID_SECTIONS, Cell, DataConfig, Suite
-from bench.errors import BenchError, IncompatibleError
+from bench.errors import BenchError
 from bench.plan import data_size, grad_sample_mode_problem
 from bench.suite.reading import Context
 from norms import resolve_norm
@@ -92,8 +92,6 @@ def _check_builds(suite: Suite, key_form: str, norm_index: Mapping[str, int], ct
             try:
                 with torch.device("meta"):
                     create_backbone(backbone, norm=norm)
-            except IncompatibleError:
-                continue  # a refused pair runs as a skip with its reason
             except (NormError, ValueError) as err:
                 raise ctx.error(
                     key_form.format(norm_index[norm]),

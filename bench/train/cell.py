@@ -54,7 +54,6 @@ def train_cell(
             (`bench.saved_model`).
 
     Raises:
-        IncompatibleError: The backbone refuses the norm (the runner records a skip).
         Diverged: The loss became non-finite or exceeded ``max_loss``.
         ConfigError: The cell cannot run as configured.
     """

@@ -186,7 +186,6 @@ def setup_run(cell: Cell, device: torch.device) -> Run:
 
     Raises:
         ConfigError: The norm does not declare the cell's grad-sample mode.
-        IncompatibleError: The backbone refuses the norm.
     """
     started = time.perf_counter()
     training, privacy = cell.training, cell.privacy
