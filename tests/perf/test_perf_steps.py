@@ -61,20 +61,25 @@ def sizes(pytestconfig) -> Sizes:
     return Sizes(batch=32, width=0.5, rounds=3)
 
 
-def _record(benchmark, images: int, call, *, memory: bool = True) -> None:
-    """Throughput and peak memory in the benchmark's extra_info.
+def _measure(benchmark, sizes: Sizes, images: int, call, *, memory: bool = True) -> None:
+    """Run ``call`` under the benchmark (one untimed warm-up round) and put its throughput and
+    peak memory in the benchmark's extra_info.
 
-    Throughput: over the timed rounds, or, untimed (``--benchmark-disable``), over one more
-    call of ``call`` (which synchronises the device). On a GPU the peak is CUDA's allocator
-    peak over the calls; on the CPU it is the tensor peak of one more, untimed call
-    (`bench.measure.TensorPeak`), taken when ``memory``.
+    Throughput: over the timed rounds, or, untimed (``--benchmark-disable``, where the fixture
+    calls ``call`` once), over that one call (``call`` synchronises the device). On a GPU the
+    peak is CUDA's allocator peak over the calls; on the CPU it is the tensor peak of one more,
+    untimed call (`bench.measure.TensorPeak`), taken when ``memory``.
     """
-    stats = getattr(benchmark, "stats", None)
-    mean = stats.stats.mean if stats is not None else None
-    if not mean:
+    last_s: list[float] = []
+
+    def timed():
         started = time.perf_counter()
         call()
-        mean = time.perf_counter() - started
+        last_s.append(time.perf_counter() - started)
+
+    benchmark.pedantic(timed, rounds=sizes.rounds, warmup_rounds=1, iterations=1)
+    stats = getattr(benchmark, "stats", None)
+    mean = stats.stats.mean if stats is not None else last_s[-1]
     peak = peak_memory(DEVICE)
     if peak is None and memory:
         peak = tensor_peak_bytes(call)
@@ -113,8 +118,7 @@ def test_training_step(benchmark, sizes, backbone, norm, kind):
         synchronize(DEVICE)
 
     reset_peak_memory(DEVICE)
-    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1, iterations=1)
-    _record(benchmark, sizes.batch, call)
+    _measure(benchmark, sizes, sizes.batch, call)
     # A step holds at least a gradient per parameter beside its activations.
     assert benchmark.extra_info["peak_mem_bytes"] > _parameter_bytes(_trained_model(step))
 
@@ -134,8 +138,7 @@ def test_a_dp_step_costs_a_bounded_multiple_of_the_nonprivate_step(benchmark, si
         step(x, y)
         synchronize(DEVICE)
 
-    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1, iterations=1)
-    _record(benchmark, sizes.batch, call, memory=False)
+    _measure(benchmark, sizes, sizes.batch, call, memory=False)
     ratio = sizes.batch / benchmark.extra_info["throughput_img_s"] / nonprivate_s
     benchmark.extra_info["dp_nonprivate_time_ratio"] = ratio
     assert 0 < ratio < 50
@@ -178,8 +181,7 @@ def test_sparse_dp_step(benchmark, sizes, setting, mode):
         synchronize(DEVICE)
 
     reset_peak_memory(DEVICE)
-    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1, iterations=1)
-    _record(benchmark, sizes.batch, call)
+    _measure(benchmark, sizes, sizes.batch, call)
     trained, total = sparsity.trainable_coordinates()
     benchmark.extra_info["trained_coordinate_share"] = trained / total
     assert benchmark.extra_info["peak_mem_bytes"] > _parameter_bytes(model)
@@ -205,8 +207,7 @@ def test_knconv2d_forward(benchmark, sizes, path):
         synchronize(DEVICE)
 
     call = fused if path == "fused" else reference
-    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
-    _record(benchmark, sizes.batch, call, memory=False)
+    _measure(benchmark, sizes, sizes.batch, call, memory=False)
 
 
 @pytest.mark.parametrize("path", ["custom-sampler", "functorch-reference"])
@@ -230,8 +231,7 @@ def test_knconv2d_per_sample_gradients(benchmark, sizes, path):
         synchronize(DEVICE)
 
     call = custom if path == "custom-sampler" else functorch
-    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
-    _record(benchmark, sizes.batch, call, memory=False)
+    _measure(benchmark, sizes, sizes.batch, call, memory=False)
 
 
 def _layer_case(name: str):
@@ -288,8 +288,7 @@ def test_per_sample_gradient_norms(benchmark, sizes, layer_name, path):
         fn()
         synchronize(DEVICE)
 
-    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
-    _record(benchmark, sizes.batch, call, memory=False)
+    _measure(benchmark, sizes, sizes.batch, call, memory=False)
     if path != "functorch":
         torch.testing.assert_close(fn(), functorch(), rtol=1e-3, atol=1e-5)
 
@@ -308,5 +307,4 @@ def test_device_data_path(benchmark, sizes, views):
         data.augment(data.train_x[idx], views=views, padding=4, flip=True, generator=gen)
         synchronize(DEVICE)
 
-    benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=1)
-    _record(benchmark, batch * views, call, memory=False)
+    _measure(benchmark, sizes, batch * views, call, memory=False)
