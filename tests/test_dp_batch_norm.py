@@ -33,8 +33,8 @@ from norms.stats_calibration import (
     refresh_statistics,
 )
 from tests.dp_oracles import grad_sample_mismatches, mixing_examples
-from tests.test_resume import Killed, cell, comparable, kill_at
-from tests.test_runner import TINY
+from tests.resume_tools import Killed, cell, comparable, kill_at
+from tests.tiny_suite import TINY
 
 
 def model_with(norm: str) -> nn.Module:

@@ -13,19 +13,8 @@ from bench.backbones import create_backbone, list_backbones
 from bench.config import TrainingConfig
 from bench.train.setup import build_dp_step
 from norms.kernel_norm import KNConvCore
-from tests.dp_oracles import (
-    grad_sample_mismatches,
-    mixing_examples,
-    norm_variants,
-    oracle_variant,
-    prepared_backbone,
-)
-
-#: Every registered norm and the variants it declares, deterministic for the oracles (e.g.
-#: statistics dropout off); the mixing test sweeps `MIXING_VARIANTS`, dropout on.
-MIXING_VARIANTS = norm_variants()
-NORM_VARIANTS = [oracle_variant(v) for v in MIXING_VARIANTS]
-WIDTH, SIZE = 0.125, 16
+from tests.dp_cases import GRAD_SAMPLE_CASES, MIXING_VARIANTS, SIZE, build
+from tests.dp_oracles import grad_sample_mismatches, mixing_examples
 
 
 def test_declared_test_variants_are_valid_and_differ_from_the_default():
@@ -35,19 +24,7 @@ def test_declared_test_variants_are_valid_and_differ_from_the_default():
             assert norms.resolve_norm(f"{name}[{variant}]") != spec.resolve(), (name, variant)
 
 
-def build(backbone: str, norm: str, dtype=torch.float64) -> nn.Module:
-    return prepared_backbone(backbone, norm, width=WIDTH, size=SIZE, dtype=dtype)
-
-
-CASES = [
-    pytest.param(b, n, mode, id=f"{b}-{n}-{mode}")
-    for b in sorted(list_backbones())
-    for n in NORM_VARIANTS
-    for mode in norms.resolve_norm(n).spec.grad_sample_modes
-]
-
-
-@pytest.mark.parametrize(("backbone", "norm", "mode"), CASES)
+@pytest.mark.parametrize(("backbone", "norm", "mode"), GRAD_SAMPLE_CASES)
 def test_per_sample_gradients_equal_gradients_of_one_example_batches(backbone, norm, mode):
     model = build(backbone, norm)
     x = torch.randn(3, 3, SIZE, SIZE, dtype=torch.float64)

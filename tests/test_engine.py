@@ -33,16 +33,8 @@ from bench.train.ema import EMA, ema_model
 from bench.train.reference import nonprivate_throughput
 from bench.train.setup import setup_run
 from bkclip import BookKeepingClipper, DPSGDStep
-from tests.test_runner import TINY
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return path
 
 
 def one_cell(tiny: Path, *overrides: str):

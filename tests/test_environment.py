@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from bench.cli import main
@@ -15,7 +14,6 @@ from bench.results.records import read_records
 from bench.results.stacks import constraints_text, differences, stack_of
 from bench.suite import load_suite
 from bench.train.cell import train_cell
-from tests.test_runner import TINY
 
 #: Record fields that are measurements of time or memory, which vary from run to run.
 TIMING_FIELDS = {
@@ -34,13 +32,6 @@ TIMING_FIELDS = {
     "train_wall_s",
     "wall_s",
 }
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return path
 
 
 def run(tiny: Path, out: Path, *extra: str) -> int:

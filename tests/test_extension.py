@@ -31,11 +31,11 @@ from bench.sweep.run import run_suite
 from bkclip import BookKeepingClipper, ClipRuleError
 from norms.clipping import ClipRule, per_example, register_clip_rule
 from norms.errors import NormPluginError
+from tests.bk_cases import assert_clipped_sums_match_the_oracle
+from tests.dp_cases import SIZE, WIDTH
 from tests.dp_oracles import grad_sample_mismatches, mixing_examples
-from tests.test_bk import assert_clipped_sums_match_the_oracle
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDTH, SIZE = 0.125, 16
 
 
 class PixelRMSNorm(nn.Module):

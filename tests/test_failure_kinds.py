@@ -22,14 +22,6 @@ from bench.sweep.cell import record_interrupted
 from bench.sweep.options import RunOptions, SlurmOptions
 from bench.sweep.run import run_suite
 from bench.sweep.slurm import SlurmCellJob, slurm_time_limit_min
-from tests.test_runner import TINY
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return path
 
 
 def newest(out: Path) -> dict[str, dict]:

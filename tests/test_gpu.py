@@ -33,11 +33,9 @@ from bkclip import BookKeepingClipper
 from norms.frozen_stats import frozen_stats_layers
 from norms.kernel_norm import KNConv2d, knconv2d_unfold_reference
 from norms.lifecycle import RunData
+from tests.bk_cases import BK_CASES, bk, oracle
+from tests.dp_cases import GRAD_SAMPLE_CASES, NORM_VARIANTS, SIZE, build
 from tests.dp_oracles import grad_sample_mismatches, norm_variants, oracle_variant
-from tests.test_bk import CASES as BK_CASES
-from tests.test_bk import bk, build, oracle
-from tests.test_dp_guarantees import CASES as GRAD_SAMPLE_CASES
-from tests.test_dp_guarantees import NORM_VARIANTS, SIZE
 
 pytestmark = [
     pytest.mark.gpu,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -14,6 +13,7 @@ import pytest
 from bench.errors import ConfigError, RecordsError
 from bench.results import figures, stats
 from bench.results.leaderboard import write_report
+from tests.report_records import make_record, write_run
 
 GOLDEN = Path(__file__).parent / "golden"
 RENDER_FIGURES = figures.write_figures
@@ -25,39 +25,6 @@ def figure_calls(monkeypatch: pytest.MonkeyPatch) -> list:
     calls: list = []
     monkeypatch.setattr(figures, "write_figures", lambda run_dir, points: calls.append(points))
     return calls
-
-
-def make_record(
-    backbone: str, norm: str, seed: int, acc: float | None, status: str = "ok", **extra: object
-) -> dict:
-    ok = status == "ok"
-    return {
-        "run_key": f"{backbone}|{norm}|{seed}",
-        "suite": "t",
-        "backbone": backbone,
-        "norm": norm,
-        "seed": seed,
-        "status": status,
-        "error": None if ok else f"{status} for a reason",
-        "test_acc": acc,
-        "throughput_img_s": 100.0 if ok else None,
-        "nonprivate_throughput_img_s": 400.0 if ok else None,
-        "peak_mem_bytes": 2**30 if ok else None,
-        "device": "cpu (2 threads)",
-        "epsilon_target": 8.0,
-        "epsilon_spent": 7.99 if ok else None,
-        "delta": 1e-5,
-        **extra,
-    }
-
-
-def write_run(run_dir: Path, records: list[dict], suite: dict | None = None) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(r, sort_keys=True) for r in records]
-    (run_dir / "records.jsonl").write_text("\n".join(lines) + "\n")
-    if suite is not None:
-        (run_dir / "suite.json").write_text(json.dumps(suite))
-    return run_dir
 
 
 def table_row(text: str, backbone: str, norm: str) -> list[str]:

@@ -24,50 +24,13 @@ from bench.sweep.slurm import SlurmCellJob
 from bench.train.cell import train_cell
 from bench.train.evaluate import evaluate
 from bench.train.setup import setup_run
-from tests.test_runner import ROOT, TINY
+from tests.resume_tools import Killed, cell, comparable, kill_at
+from tests.tiny_suite import ROOT, TINY
 
 CPU = torch.device("cpu")
-#: Fields that measure time, the machine or the process, and so differ between two runs.
-TIMING = {
-    "throughput_img_s",
-    "throughput_rel_se",
-    "throughput_timed_steps",
-    "dp_nonprivate_throughput_ratio",
-    "peak_rss_bytes",
-    "train_wall_s",
-    "wall_s",
-    "provenance",
-    "resumed_from_step",
-}
-
-
-class Killed(Exception):
-    """Stands for SIGKILL or a preemption at a given step."""
-
-
-def kill_at(step: int, error: type[BaseException] = Killed):
-    def progress(done: int, total: int, loss: float) -> None:
-        if done == step:
-            raise error(done)
-
-    return progress
-
-
-def cell(tmp_path: Path, *overrides: str):
-    suite = tmp_path / "tiny.yaml"
-    suite.write_text(TINY)
-    base = ["grid.seed=[0]", "grid.norm=[group_norm]", "training.steps=5"]
-    base += ["training.checkpoint_every=2", "training.measure_nonprivate=false"]
-    (c,) = load_suite(suite, [*base, *overrides]).cells()
-    return c
-
 
 #: DP statistics, noisy enough to leave DP-SGD part of epsilon 8 on 224 private examples.
 PRIVATE_DP = 'grid.norm=["dp_batch_norm[noise_multiplier=2.0,stats=private_dp]"]'
-
-
-def comparable(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in TIMING}
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import bench.data
 from bench.seeds import RUN_STREAMS, stream, stream_seed
 from bench.suite import load_suite
 from bench.train.cell import train_cell
-from tests.test_runner import TINY
+from tests.tiny_suite import TINY
 
 
 def test_streams_of_different_seeds_and_purposes_are_distinct():

@@ -23,10 +23,10 @@ from bench.train.cell import train_cell
 from bench.train.setup import setup_run
 from bkclip import ClipRuleError, DPSGDStep, make_optimizer
 from bkclip.rules import GroupNormRule
+from tests.dp_cases import NORM_VARIANTS, SIZE, WIDTH
 from tests.dp_oracles import prepared_backbone
-from tests.test_dp_guarantees import NORM_VARIANTS, SIZE, WIDTH
-from tests.test_resume import Killed, cell, comparable, kill_at
-from tests.test_runner import TINY
+from tests.resume_tools import Killed, cell, comparable, kill_at
+from tests.tiny_suite import TINY
 
 CPU = torch.device("cpu")
 MODES = ("bk", "hooks", "functorch")

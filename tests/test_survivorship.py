@@ -8,7 +8,7 @@ import pytest
 
 from bench.results import figures
 from bench.results.leaderboard import write_report
-from tests.test_report import make_record, write_run
+from tests.report_records import make_record, write_run
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bench.perf import OpacusGhostStep, make_step
+from tests.bk_cases import oracle
 from tests.dp_oracles import oracle_variant, prepared_backbone
-from tests.test_bk import oracle
 
 SIZE = 16
 

@@ -1,0 +1,27 @@
+"""The tiny suite the runner tests train (a few seconds of DP-SGD) and the repository root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """\
+name: tiny
+description: a few seconds of DP-SGD on generated data
+data: {source: synthetic, num_train: 256, num_test: 64, image_size: 16, public_split: 32}
+privacy: {epsilon: 8.0, delta: 1.0e-3, accountant: rdp}
+training:
+  batch_size: 64
+  max_physical_batch: 32
+  steps: 3
+  lr: 1.0
+  crop_padding: 2
+  eval_batch_size: 64
+  throughput_warmup_steps: 1
+  throughput_steps: 1
+grid:
+  backbone: ["resnet9[width=0.125]"]
+  norm: [group_norm, layer_norm]
+  seed: [0, 1, 2]
+"""
