@@ -12,7 +12,7 @@ from torch import nn
 
 from norms.errors import DuplicateNormError, NormPluginError, NormSpecError, UnknownNormError
 from norms.lifecycle import PrivacyCharge, RunData
-from specs import coerce_value, format_spec, parse_spec
+from specs import ResolvedSpec, coerce_value, parse_spec
 
 #: Per-sample-gradient paths a layer can take, as recorded in results.
 GRAD_SAMPLERS = ("opacus", "custom", "functorch", "none")
@@ -116,19 +116,8 @@ class NormSpec:
 
 
 @dataclass(frozen=True)
-class ResolvedNorm:
+class ResolvedNorm(ResolvedSpec[NormSpec]):
     """A norm with its parameters fixed: what a backbone builds and what a record names."""
-
-    spec: NormSpec
-    params: Mapping[str, Any]
-    explicit: Mapping[str, Any]
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def __str__(self) -> str:
-        return format_spec(self.spec.name, self.explicit)
 
     @property
     def post_residual(self) -> bool:

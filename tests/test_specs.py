@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from specs import SpecError, closest, coerce_value, format_spec, parse_spec
+from specs import ResolvedSpec, SpecError, closest, coerce_value, format_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,3 +55,12 @@ def test_specs_imports_neither_torch_nor_the_project():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_resolved_spec_names_its_spec_and_prints_its_explicit_parameters():
+    class Spec:
+        name = "group_norm"
+
+    resolved = ResolvedSpec(Spec(), {"num_groups": 8, "eps": 1e-5}, {"num_groups": 8})
+    assert resolved.name == "group_norm"
+    assert str(resolved) == "group_norm[num_groups=8]"

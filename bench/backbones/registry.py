@@ -14,7 +14,7 @@ from bench.config import DEFAULT_NORM
 from bench.errors import BackboneError
 from norms import ResolvedNorm, resolve_norm
 from norms.registry import resolve_params
-from specs import closest, format_spec, parse_spec
+from specs import ResolvedSpec, closest, parse_spec
 
 _COMMON = ("num_classes", "in_chans")
 
@@ -39,19 +39,8 @@ class BackboneSpec:
 
 
 @dataclass(frozen=True)
-class ResolvedBackbone:
+class ResolvedBackbone(ResolvedSpec[BackboneSpec]):
     """A backbone with its parameters fixed; ``str()`` is the canonical spec string."""
-
-    spec: BackboneSpec
-    params: Mapping[str, Any]
-    explicit: Mapping[str, Any]
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def __str__(self) -> str:
-        return format_spec(self.spec.name, self.explicit)
 
     def build(
         self, norm: str | ResolvedNorm = DEFAULT_NORM, *, num_classes: int = 10, in_chans: int = 3
