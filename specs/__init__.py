@@ -1,7 +1,8 @@
-"""Spec strings (``name[key=value,...]``): grammar, resolved specs, name suggestions; no torch."""
+"""Spec strings (``name[key=value,...]``): grammar, parameters, resolved specs, names; no torch."""
 
 from specs.grammar import SpecError, coerce_value, format_spec, format_value, parse_spec
 from specs.names import closest
+from specs.params import keyword_defaults, resolve_params, summary
 from specs.resolved import ResolvedSpec
 
 __all__ = [
@@ -11,5 +12,8 @@ __all__ = [
     "coerce_value",
     "format_spec",
     "format_value",
+    "keyword_defaults",
     "parse_spec",
+    "resolve_params",
+    "summary",
 ]

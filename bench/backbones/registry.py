@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -14,8 +13,7 @@ from bench.backbones.layers import ModelArgs
 from bench.config import DEFAULT_NORM
 from bench.errors import BackboneError
 from norms import ResolvedNorm, resolve_norm
-from norms.registry import resolve_params
-from specs import ResolvedSpec, closest, parse_spec
+from specs import ResolvedSpec, closest, keyword_defaults, parse_spec, resolve_params, summary
 
 #: Passed by the caller, never set by a spec.
 _COMMON = ("num_classes", "in_chans")
@@ -75,19 +73,13 @@ def register_backbone(
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise BackboneError(f"backbone {name!r} is already registered")
-        sig = inspect.signature(builder)
-        own = {
-            k: p.default
-            for k, p in sig.parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in _COMMON
-        }
-        doc = inspect.getdoc(builder) or ""
+        own = keyword_defaults(builder, _COMMON, BackboneError)
         spec = BackboneSpec(
             name=name,
             timm_name=timm_name or name,
             builder=builder,
             defaults={**_SHARED, **own},
-            description=doc.splitlines()[0] if doc else "",
+            description=summary(builder),
         )
         _REGISTRY[name] = spec
         register_model(_timm_entrypoint(spec))
