@@ -1,4 +1,4 @@
-"""Shared building blocks: how a backbone turns a resolved norm into conv/norm layers."""
+"""Shared building blocks: the arguments every backbone takes, and its norm turned into layers."""
 
 from __future__ import annotations
 
