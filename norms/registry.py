@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -12,7 +11,7 @@ from torch import nn
 
 from norms.errors import DuplicateNormError, NormPluginError, NormSpecError, UnknownNormError
 from norms.lifecycle import PrivacyCharge, RunData
-from specs import coerce_value, format_spec, parse_spec
+from specs import ResolvedSpec, keyword_defaults, parse_spec, resolve_params, summary
 
 #: Per-sample-gradient paths a layer can take, as recorded in results.
 GRAD_SAMPLERS = ("opacus", "custom", "functorch", "none")
@@ -110,25 +109,20 @@ class NormSpec:
                 choices.
         """
         full, explicit = resolve_params(
-            "norm", self.name, self.defaults, params or {}, self.choices, self.always_shown
+            "norm",
+            self.name,
+            self.defaults,
+            params or {},
+            self.choices,
+            self.always_shown,
+            error=NormSpecError,
         )
         return ResolvedNorm(spec=self, params=full, explicit=explicit)
 
 
 @dataclass(frozen=True)
-class ResolvedNorm:
+class ResolvedNorm(ResolvedSpec[NormSpec]):
     """A norm with its parameters fixed: what a backbone builds and what a record names."""
-
-    spec: NormSpec
-    params: Mapping[str, Any]
-    explicit: Mapping[str, Any]
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def __str__(self) -> str:
-        return format_spec(self.spec.name, self.explicit)
 
     @property
     def post_residual(self) -> bool:
@@ -247,12 +241,11 @@ def register_norm(
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise DuplicateNormError(f"norm {name!r} is already registered")
-        doc = inspect.getdoc(factory) or ""
         _REGISTRY[name] = NormSpec(
             name=name,
             factory=factory,
-            description=doc.splitlines()[0] if doc else "",
-            defaults=_keyword_defaults(factory),
+            description=summary(factory),
+            defaults=keyword_defaults(factory, _RESERVED, NormSpecError),
             choices=dict(choices or {}),
             post_residual=post_residual,
             fused_conv=fused_conv_factory is not None,
@@ -329,42 +322,6 @@ def list_norms() -> list[str]:
     return list(_REGISTRY)
 
 
-def resolve_params(
-    what: str,
-    name: str,
-    defaults: Mapping[str, Any],
-    params: Mapping[str, Any],
-    choices: Mapping[str, tuple[Any, ...]] | None = None,
-    always_shown: tuple[str, ...] = (),
-    error: type[Exception] = NormSpecError,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check spec parameters against a factory's keyword defaults: the one rule norms and
-    backbones share.
-
-    Returns:
-        ``(full, explicit)``: every parameter with its value, and those that differ from the
-        default (or are always shown), which the canonical spec string prints.
-
-    Raises:
-        error: An unknown parameter, a value of the wrong type, or one outside its choices.
-    """
-    choices = choices or {}
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        allowed = ", ".join(sorted(defaults)) or "none"
-        raise error(f"{what} {name!r} takes no parameter {unknown[0]!r}; its parameters: {allowed}")
-    full = dict(defaults)
-    for key, value in params.items():
-        full[key] = coerce_value(name, key, value, defaults[key], what=what, error=error)
-        if key in choices and full[key] not in choices[key]:
-            raise error(
-                f"{what} {name!r}: {key}={full[key]!r} is not allowed; "
-                f"allowed: {', '.join(map(str, choices[key]))}"
-            )
-    explicit = {k: v for k, v in full.items() if v != defaults[k] or k in always_shown}
-    return full, explicit
-
-
 def resolve_norm(name_or_spec: str | ResolvedNorm, **params: Any) -> ResolvedNorm:
     """Resolve a name or spec string (plus extra keyword parameters) to a `ResolvedNorm`."""
     if isinstance(name_or_spec, ResolvedNorm):
@@ -387,15 +344,3 @@ def create_norm(
 ) -> nn.Module:
     """Build the norm layer named by ``name_or_spec`` for ``num_channels`` channels."""
     return resolve_norm(name_or_spec, **params).layer(num_channels, device=device, dtype=dtype)
-
-
-def _keyword_defaults(factory: Callable[..., nn.Module]) -> dict[str, Any]:
-    sig = inspect.signature(factory)
-    defaults = {}
-    for pname, p in sig.parameters.items():
-        if p.kind is not inspect.Parameter.KEYWORD_ONLY or pname in _RESERVED:
-            continue
-        if p.default is inspect.Parameter.empty:
-            raise NormSpecError(f"{factory.__name__}: parameter {pname!r} needs a default")
-        defaults[pname] = p.default
-    return defaults

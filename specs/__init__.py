@@ -1,6 +1,19 @@
-"""The spec-string grammar (``name[key=value,...]``) and name suggestions, free of torch."""
+"""Spec strings (``name[key=value,...]``): grammar, parameters, resolved specs, names; no torch."""
 
 from specs.grammar import SpecError, coerce_value, format_spec, format_value, parse_spec
 from specs.names import closest
+from specs.params import keyword_defaults, resolve_params, summary
+from specs.resolved import ResolvedSpec
 
-__all__ = ["SpecError", "closest", "coerce_value", "format_spec", "format_value", "parse_spec"]
+__all__ = [
+    "ResolvedSpec",
+    "SpecError",
+    "closest",
+    "coerce_value",
+    "format_spec",
+    "format_value",
+    "keyword_defaults",
+    "parse_spec",
+    "resolve_params",
+    "summary",
+]

@@ -79,3 +79,12 @@ def test_weight_standardisation_is_optional_on_wrn():
     plain = create_backbone("wrn16_4[ws=false]", width=0.125)
     assert any(isinstance(m, timm.layers.ScaledStdConv2d) for m in ws.modules())
     assert not any(isinstance(m, timm.layers.ScaledStdConv2d) for m in plain.modules())
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_backbone_takes_the_shared_width_and_activation(backbone):
+    defaults = get_backbone(backbone).defaults
+    assert {k: defaults[k] for k in ("width", "act_layer")} == {"width": 1.0, "act_layer": "relu"}
+    kinds = {type(m) for m in create_backbone(f"{backbone}[act_layer=gelu]", width=0.125).modules()}
+    assert type(timm.layers.create_act_layer("gelu")) in kinds
+    assert nn.ReLU not in kinds

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from specs import SpecError, closest, coerce_value, format_spec, parse_spec
+from specs import (
+    ResolvedSpec,
+    SpecError,
+    closest,
+    coerce_value,
+    format_spec,
+    keyword_defaults,
+    parse_spec,
+    resolve_params,
+    summary,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,3 +65,31 @@ def test_specs_imports_neither_torch_nor_the_project():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_resolved_spec_names_its_spec_and_prints_its_explicit_parameters():
+    class Spec:
+        name = "group_norm"
+
+    resolved = ResolvedSpec(Spec(), {"num_groups": 8, "eps": 1e-5}, {"num_groups": 8})
+    assert resolved.name == "group_norm"
+    assert str(resolved) == "group_norm[num_groups=8]"
+
+
+def test_a_factory_declares_its_parameters_and_description():
+    def factory(channels, *, groups=16, device=None, eps=1e-5):
+        """GroupNorm.
+
+        More."""
+
+    def no_default(channels, *, groups):
+        pass
+
+    assert keyword_defaults(factory, skip=("device",)) == {"groups": 16, "eps": 1e-5}
+    assert summary(factory) == "GroupNorm." and summary(no_default) == ""
+    with pytest.raises(KeyError, match="'groups' needs a default"):
+        keyword_defaults(no_default, error=KeyError)
+    full, explicit = resolve_params("norm", "g", {"groups": 16, "eps": 1e-5}, {"groups": "8"})
+    assert (full, explicit) == ({"groups": 8, "eps": 1e-5}, {"groups": 8})
+    with pytest.raises(SpecError, match="takes no parameter 'x'; its parameters: eps, groups"):
+        resolve_params("norm", "g", {"groups": 16, "eps": 1e-5}, {"x": 1})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from bench.backbones.layers import NormPlan, Residual, act, scaled
+from bench.backbones.layers import ModelArgs, NormPlan, Residual
 from bench.backbones.registry import register_backbone
 from norms import ResolvedNorm
 
@@ -24,37 +26,30 @@ class KNResNet13(nn.Module):
     Inputs are not mean/std-normalised by the authors for KN models (a data option here).
     """
 
-    def __init__(
-        self,
-        plan: NormPlan,
-        *,
-        num_classes: int = 10,
-        in_chans: int = 3,
-        width: float = 1.0,
-        act_layer: str = "relu",
-    ):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        c64, c128, c256 = (scaled(c, width) for c in (64, 128, 256))
+        plan = args.plan
+        c64, c128, c256 = args.channels(64, 128, 256)
 
         def block(c: int) -> Residual:
             branch = nn.Sequential(
-                act(act_layer), plan.norm_conv(c, c, 3), act(act_layer), plan.norm_conv(c, c, 3)
+                args.act(), plan.norm_conv(c, c, 3), args.act(), plan.norm_conv(c, c, 3)
             )
             return Residual(branch, post=plan.post_residual(c))
 
         # The stem convolves the image first for non-fused norms: normalising 3 raw colour
         # channels with a channel-grouped norm is ill-defined (groups of 16 or group sizes).
-        layers: list[nn.Module] = [plan.conv_norm(in_chans, c64, 3), block(c64)]
+        layers: list[nn.Module] = [plan.conv_norm(args.in_chans, c64, 3), block(c64)]
         cin = c64
         for cout in (c128, c256, c256):
-            layers += [act(act_layer), plan.norm_conv(cin, cout, 3), nn.MaxPool2d(2), block(cout)]
+            layers += [args.act(), plan.norm_conv(cin, cout, 3), nn.MaxPool2d(2), block(cout)]
             cin = cout
         self.features = nn.Sequential(*layers)
         self.head_norm = plan.layer(cin)
-        self.head_act = act(act_layer)
+        self.head_act = args.act()
         self.pool = nn.AdaptiveAvgPool2d(2)
         self.num_features = 4 * cin
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc = nn.Linear(self.num_features, args.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.head_act(self.head_norm(self.features(x))))
@@ -62,15 +57,6 @@ class KNResNet13(nn.Module):
 
 
 @register_backbone("knresnet13")
-def knresnet13(
-    norm: ResolvedNorm,
-    *,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    width: float = 1.0,
-    act_layer: str = "relu",
-) -> KNResNet13:
+def knresnet13(norm: ResolvedNorm, **common: Any) -> KNResNet13:
     """KNResNet-13 (Nasirigerdeh et al.), built for KernelNorm; other norms take Norm -> Conv."""
-    return KNResNet13(
-        NormPlan(norm), num_classes=num_classes, in_chans=in_chans, width=width, act_layer=act_layer
-    )
+    return KNResNet13(ModelArgs(NormPlan(norm), **common))

@@ -1,6 +1,8 @@
-"""Shared building blocks: how a backbone turns a resolved norm into conv/norm layers."""
+"""Shared building blocks: the arguments every backbone takes, and its norm turned into layers."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from timm.layers import ScaledStdConv2d, create_act_layer, make_divisible
@@ -101,3 +103,33 @@ class NormPlan:
         if self.fused:
             return self.norm.fused_conv_layer(cin, cout, k, stride=stride)
         return nn.Sequential(self.layer(cin), self.conv(cin, cout, k, stride, bias=True))
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """What every backbone's model is built from: the part all builders share, written once.
+
+    ``width`` and ``act_layer`` are spec parameters of every backbone (the registry reads their
+    defaults here); ``num_classes`` and ``in_chans`` come from the caller, not the spec.
+
+    Attributes:
+        plan: The layers the run's norm gives.
+        num_classes: Outputs of the classifier.
+        in_chans: Channels of the input image.
+        width: Channel multiplier (see `scaled`).
+        act_layer: A timm activation name.
+    """
+
+    plan: NormPlan
+    num_classes: int = 10
+    in_chans: int = 3
+    width: float = 1.0
+    act_layer: str = "relu"
+
+    def act(self) -> nn.Module:
+        """A new activation layer (see `act`)."""
+        return act(self.act_layer)
+
+    def channels(self, *base: int) -> list[int]:
+        """The channel counts ``base`` at this width."""
+        return [scaled(c, self.width) for c in base]

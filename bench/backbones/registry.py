@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from timm.models import register_model
 from torch import nn
 
+from bench.backbones.layers import ModelArgs
 from bench.config import DEFAULT_NORM
 from bench.errors import BackboneError
 from norms import ResolvedNorm, resolve_norm
-from norms.registry import resolve_params
-from specs import closest, format_spec, parse_spec
+from specs import ResolvedSpec, closest, keyword_defaults, parse_spec, resolve_params, summary
 
+#: Passed by the caller, never set by a spec.
 _COMMON = ("num_classes", "in_chans")
+#: Spec parameters every backbone takes (``width``, ``act_layer``), with their defaults.
+_SHARED = {f.name: f.default for f in fields(ModelArgs) if f.name not in ("plan", *_COMMON)}
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,9 @@ class BackboneSpec:
     Attributes:
         name: Stable identifier used in YAML, records and reports.
         timm_name: The name in timm's registry (differs only where timm already uses the name).
-        builder: ``builder(norm, *, num_classes, in_chans, **params) -> nn.Module``.
-        defaults: The builder's own keyword parameters with their defaults.
+        builder: ``builder(norm, *, num_classes, in_chans, **params) -> nn.Module``; it takes
+            the shared parameters of `ModelArgs` through ``**`` and declares only its own.
+        defaults: The spec parameters with their defaults: the shared ones, then the builder's.
         description: One line for ``bench list``.
     """
 
@@ -39,19 +42,8 @@ class BackboneSpec:
 
 
 @dataclass(frozen=True)
-class ResolvedBackbone:
+class ResolvedBackbone(ResolvedSpec[BackboneSpec]):
     """A backbone with its parameters fixed; ``str()`` is the canonical spec string."""
-
-    spec: BackboneSpec
-    params: Mapping[str, Any]
-    explicit: Mapping[str, Any]
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def __str__(self) -> str:
-        return format_spec(self.spec.name, self.explicit)
 
     def build(
         self, norm: str | ResolvedNorm = DEFAULT_NORM, *, num_classes: int = 10, in_chans: int = 3
@@ -81,19 +73,13 @@ def register_backbone(
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise BackboneError(f"backbone {name!r} is already registered")
-        sig = inspect.signature(builder)
-        defaults = {
-            k: p.default
-            for k, p in sig.parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in _COMMON
-        }
-        doc = inspect.getdoc(builder) or ""
+        own = keyword_defaults(builder, _COMMON, BackboneError)
         spec = BackboneSpec(
             name=name,
             timm_name=timm_name or name,
             builder=builder,
-            defaults=defaults,
-            description=doc.splitlines()[0] if doc else "",
+            defaults={**_SHARED, **own},
+            description=summary(builder),
         )
         _REGISTRY[name] = spec
         register_model(_timm_entrypoint(spec))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from bench.backbones.layers import NormPlan, Residual, act, scaled
+from bench.backbones.layers import ModelArgs, NormPlan, Residual
 from bench.backbones.registry import register_backbone
 from norms import ResolvedNorm
 
@@ -15,14 +17,15 @@ class _BasicBlock(nn.Module):
     is out of place, activations are not in place, and ScaleNorm's norm sits between the add and
     the activation (add -> ScaleNorm -> ReLU)."""
 
-    def __init__(self, plan: NormPlan, cin: int, cout: int, stride: int, act_layer: str):
+    def __init__(self, args: ModelArgs, cin: int, cout: int, stride: int):
         super().__init__()
+        plan = args.plan
         branch = nn.Sequential(
-            plan.conv_norm(cin, cout, 3, stride), act(act_layer), plan.conv_norm(cout, cout, 3)
+            plan.conv_norm(cin, cout, 3, stride), args.act(), plan.conv_norm(cout, cout, 3)
         )
         shortcut = plan.conv_norm(cin, cout, 1, stride) if stride != 1 or cin != cout else None
         self.residual = Residual(branch, shortcut, post=plan.post_residual(cout))
-        self.act = act(act_layer)
+        self.act = args.act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.residual(x))
@@ -31,44 +34,26 @@ class _BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """Stem conv3x3(64)-norm-act, four stages of BasicBlocks (64-512), global mean pool, Linear."""
 
-    def __init__(
-        self,
-        plan: NormPlan,
-        *,
-        layers: tuple[int, ...] = (2, 2, 2, 2),
-        num_classes: int = 10,
-        in_chans: int = 3,
-        width: float = 1.0,
-        act_layer: str = "relu",
-    ):
+    def __init__(self, args: ModelArgs, *, layers: tuple[int, ...] = (2, 2, 2, 2)):
         super().__init__()
-        widths = [scaled(64 * 2**i, width) for i in range(len(layers))]
-        self.stem = nn.Sequential(plan.conv_norm(in_chans, widths[0], 3), act(act_layer))
+        widths = args.channels(*(64 * 2**i for i in range(len(layers))))
+        self.stem = nn.Sequential(args.plan.conv_norm(args.in_chans, widths[0], 3), args.act())
         blocks: list[nn.Module] = []
         cin = widths[0]
         for i, (n, cout) in enumerate(zip(layers, widths, strict=True)):
             for b in range(n):
                 stride = 2 if (b == 0 and i > 0) else 1
-                blocks.append(_BasicBlock(plan, cin, cout, stride, act_layer))
+                blocks.append(_BasicBlock(args, cin, cout, stride))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.num_features = cin
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(cin, args.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.blocks(self.stem(x)).mean(dim=(2, 3)))
 
 
 @register_backbone("resnet18", timm_name="resnet18_cifar")
-def resnet18(
-    norm: ResolvedNorm,
-    *,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    width: float = 1.0,
-    act_layer: str = "relu",
-) -> CifarResNet:
+def resnet18(norm: ResolvedNorm, **common: Any) -> CifarResNet:
     """ResNet-18 with a CIFAR stem (timm name ``resnet18_cifar``: timm's own is for ImageNet)."""
-    return CifarResNet(
-        NormPlan(norm), num_classes=num_classes, in_chans=in_chans, width=width, act_layer=act_layer
-    )
+    return CifarResNet(ModelArgs(NormPlan(norm), **common))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from bench.backbones.layers import NormPlan, Residual, act, scaled
+from bench.backbones.layers import ModelArgs, NormPlan, Residual
 from bench.backbones.registry import register_backbone
 from norms import ResolvedNorm
 
@@ -19,20 +21,13 @@ class ResNet9(nn.Module):
     activation after it, as in the authors' model).
     """
 
-    def __init__(
-        self,
-        plan: NormPlan,
-        *,
-        num_classes: int = 10,
-        in_chans: int = 3,
-        width: float = 1.0,
-        act_layer: str = "relu",
-    ):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        c64, c128, c256 = (scaled(c, width) for c in (64, 128, 256))
+        plan = args.plan
+        c64, c128, c256 = args.channels(64, 128, 256)
 
         def block(cin: int, cout: int, pool: bool = False) -> nn.Sequential:
-            layers = [plan.conv_norm(cin, cout, 3), act(act_layer)]
+            layers = [plan.conv_norm(cin, cout, 3), args.act()]
             if pool:
                 layers.append(nn.MaxPool2d(2))
             return nn.Sequential(*layers)
@@ -41,7 +36,7 @@ class ResNet9(nn.Module):
             return Residual(nn.Sequential(block(c, c), block(c, c)), post=plan.post_residual(c))
 
         self.features = nn.Sequential(
-            block(in_chans, c64),
+            block(args.in_chans, c64),
             block(c64, c128, pool=True),
             res(c128),
             block(c128, c256, pool=True),
@@ -50,22 +45,13 @@ class ResNet9(nn.Module):
         )
         self.pool = nn.AdaptiveMaxPool2d(2)
         self.num_features = 4 * c256
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc = nn.Linear(self.num_features, args.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
 @register_backbone("resnet9")
-def resnet9(
-    norm: ResolvedNorm,
-    *,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    width: float = 1.0,
-    act_layer: str = "relu",
-) -> ResNet9:
+def resnet9(norm: ResolvedNorm, **common: Any) -> ResNet9:
     """ResNet-9 (Klause et al.), 2.5M parameters at width 1."""
-    return ResNet9(
-        NormPlan(norm), num_classes=num_classes, in_chans=in_chans, width=width, act_layer=act_layer
-    )
+    return ResNet9(ModelArgs(NormPlan(norm), **common))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from bench.backbones.layers import NormPlan, Residual, act, scaled
+from bench.backbones.layers import ModelArgs, NormPlan, Residual
 from bench.backbones.registry import register_backbone
 from norms import ResolvedNorm
 
@@ -19,45 +21,35 @@ class WideResNet(nn.Module):
     Head: ``Act -> Norm -> global mean pool -> Linear``.
     """
 
-    def __init__(
-        self,
-        plan: NormPlan,
-        *,
-        depth: int = 16,
-        widen: int = 4,
-        num_classes: int = 10,
-        in_chans: int = 3,
-        width: float = 1.0,
-        act_layer: str = "relu",
-    ):
+    def __init__(self, args: ModelArgs, *, depth: int = 16, widen: int = 4):
         super().__init__()
+        plan = args.plan
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         blocks = (depth - 4) // 6
-        stem = scaled(16, width)
-        widths = [scaled(16 * widen * 2**i, width) for i in range(3)]
-        self.stem = plan.conv(in_chans, stem, 3, bias=True)
+        stem, *widths = args.channels(16, *(16 * widen * 2**i for i in range(3)))
+        self.stem = plan.conv(args.in_chans, stem, 3, bias=True)
         stages: list[nn.Module] = []
         cin = stem
         for i, cout in enumerate(widths):
             for b in range(blocks):
                 stride = (1 if i == 0 else 2) if b == 0 else 1
                 branch = nn.Sequential(
-                    act(act_layer),
+                    args.act(),
                     plan.norm_conv(cin, cout, 3, stride),
-                    act(act_layer),
+                    args.act(),
                     plan.norm_conv(cout, cout, 3),
                 )
                 shortcut = None
                 if b == 0:
-                    shortcut = nn.Sequential(act(act_layer), plan.norm_conv(cin, cout, 1, stride))
+                    shortcut = nn.Sequential(args.act(), plan.norm_conv(cin, cout, 1, stride))
                 stages.append(Residual(branch, shortcut, post=plan.post_residual(cout)))
                 cin = cout
         self.blocks = nn.Sequential(*stages)
-        self.head_act = act(act_layer)
+        self.head_act = args.act()
         self.head_norm = plan.layer(cin)
         self.num_features = cin
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(cin, args.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head_norm(self.head_act(self.blocks(self.stem(x))))
@@ -65,22 +57,6 @@ class WideResNet(nn.Module):
 
 
 @register_backbone("wrn16_4")
-def wrn16_4(
-    norm: ResolvedNorm,
-    *,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    width: float = 1.0,
-    ws: bool = True,
-    act_layer: str = "relu",
-) -> WideResNet:
+def wrn16_4(norm: ResolvedNorm, *, ws: bool = True, **common: Any) -> WideResNet:
     """WRN-16-4 (De et al.), pre-activation, weight standardisation on by default (``ws``)."""
-    return WideResNet(
-        NormPlan(norm, ws=ws),
-        depth=16,
-        widen=4,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        width=width,
-        act_layer=act_layer,
-    )
+    return WideResNet(ModelArgs(NormPlan(norm, ws=ws), **common), depth=16, widen=4)
