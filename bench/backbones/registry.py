@@ -48,7 +48,7 @@ class ResolvedBackbone(ResolvedSpec[BackboneSpec]):
     def build(
         self, norm: str | ResolvedNorm = DEFAULT_NORM, *, num_classes: int = 10, in_chans: int = 3
     ) -> nn.Module:
-        """Build the model with ``norm``; raises `bench.errors.IncompatibleError` on refusal."""
+        """Build the model with ``norm``."""
         resolved = resolve_norm(norm)
         model = self.spec.builder(
             resolved, num_classes=num_classes, in_chans=in_chans, **self.params
@@ -147,7 +147,6 @@ def create_backbone(
     Raises:
         BackboneError: Unknown backbone or parameter.
         norms.NormError: Unknown norm or norm parameter.
-        bench.errors.IncompatibleError: The backbone refuses the norm (with the reason).
     """
     resolved = resolve_backbone(name)
     if params:
