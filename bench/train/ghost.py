@@ -25,7 +25,8 @@ class OpacusGhostStep(OpacusDPStep):
     the norms, the second for the sum of clipped gradients, each example's loss weighted by
     min(1, C / norm)), and `DPOptimizerFastGradientClipping` adds the noise, scales by the
     expected batch and updates. A logical batch is split into physical batches as the
-    engine's steps split it (Opacus' skip-step accumulation).
+    engine's steps split it (Opacus' skip-step accumulation). The parameters are
+    `bkclip.steps.OpacusDPStep`'s.
 
     Opacus clips per image, so augmentation multiplicity (K views sharing one clipped
     gradient) has no equivalent here: only one view per example is accepted. Only fp32: in bf16
