@@ -124,43 +124,61 @@ def calibrate_noise(
     """
     extra = tuple((float(s), float(q), int(n)) for s, q, n in extra)
     return _calibrate(
-        float(target_epsilon), float(delta), float(sample_rate), int(steps), extra, accountant
+        _Question(
+            float(target_epsilon), float(delta), float(sample_rate), int(steps), extra, accountant
+        )
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _calibrate(
-    target_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    steps: int,
-    extra: tuple[tuple[float, float, int], ...],
-    accountant: str,
-) -> Calibration:
-    if not (0 < sample_rate <= 1) or steps < 1:
-        raise PrivacyError(
-            f"sample rate must be in (0, 1] and steps >= 1, got q={sample_rate}, steps={steps}"
-        )
+@dataclass(frozen=True)
+class _Question:
+    """What one calibration asks: the run's privacy plan and the one accountant to answer it.
 
-    def eps_at(sigma: float) -> float:
-        result = epsilon([*extra, (sigma, sample_rate, steps)], delta, accountant)
-        if result.accountant != accountant:
+    Hashable, so that `_calibrate` memoises on it.
+    """
+
+    target_epsilon: float
+    delta: float
+    sample_rate: float
+    steps: int
+    extra: tuple[tuple[float, float, int], ...]
+    accountant: str
+
+    def eps_at(self, sigma: float) -> float:
+        """Epsilon of the full history at DP-SGD noise ``sigma``.
+
+        Raises:
+            _AccountantFailed: When the accountant fell back rather than answer itself.
+        """
+        history = [*self.extra, (sigma, self.sample_rate, self.steps)]
+        result = epsilon(history, self.delta, self.accountant)
+        if result.accountant != self.accountant:
             raise _AccountantFailed(result.note)
         return result.epsilon
 
-    if accountant != "rdp":
+
+@functools.lru_cache(maxsize=256)
+def _calibrate(question: _Question) -> Calibration:
+    if not (0 < question.sample_rate <= 1) or question.steps < 1:
+        raise PrivacyError(
+            "sample rate must be in (0, 1] and steps >= 1, "
+            f"got q={question.sample_rate}, steps={question.steps}"
+        )
+    if question.accountant != "rdp":
         # One accountant per run: if PRV cannot answer anywhere on the way, the whole search
         # is redone with RDP (a sigma accepted on PRV's value would exceed the target under
         # RDP), and the run reports under RDP too.
         try:
-            return _search(target_epsilon, delta, sample_rate, steps, extra, accountant, eps_at)
+            return _search(question)
         except _AccountantFailed as failed:
-            rdp = _calibrate(target_epsilon, delta, sample_rate, steps, extra, "rdp")
+            rdp = _calibrate(dataclasses.replace(question, accountant="rdp"))
             reason = str(failed).split(";")[0]
             return dataclasses.replace(
-                rdp, note=f"{reason}; calibrated and reported with RDP", requested=accountant
+                rdp,
+                note=f"{reason}; calibrated and reported with RDP",
+                requested=question.accountant,
             )
-    return _search(target_epsilon, delta, sample_rate, steps, extra, accountant, eps_at)
+    return _search(question)
 
 
 def _only(history: History, delta: float, accountant: str) -> float | None:
@@ -173,85 +191,68 @@ class _AccountantFailed(Exception):
     """PRV could not answer during a calibration (the message says why)."""
 
 
-def _search(
-    target_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    steps: int,
-    extra: tuple[tuple[float, float, int], ...],
-    accountant: str,
-    eps_at: Callable[[float], float],
-) -> Calibration:
-    """Bracket and bisect sigma under one accountant (``eps_at`` raises if it falls back)."""
-    if extra:
-        _check_other_costs(target_epsilon, delta, extra, accountant)
-    lo, hi = _bracket(target_epsilon, delta, sample_rate, steps, extra, accountant, eps_at)
-    sigma = _bisect(lo, hi, target_epsilon, eps_at)
-    history = [*extra, (sigma, sample_rate, steps)]
-    final = eps_at(sigma)
-    by_acc = {a: final if a == accountant else _only(history, delta, a) for a in ACCOUNTANTS}
+def _search(question: _Question) -> Calibration:
+    """Bracket and bisect sigma under the question's one accountant (raises if it falls back)."""
+    if question.extra:
+        _check_other_costs(question)
+    lo, hi = _bracket(question)
+    sigma = _bisect(lo, hi, question.target_epsilon, question.eps_at)
+    history = [*question.extra, (sigma, question.sample_rate, question.steps)]
+    final = question.eps_at(sigma)
+    by_acc = {
+        a: final if a == question.accountant else _only(history, question.delta, a)
+        for a in ACCOUNTANTS
+    }
     return Calibration(
         noise_multiplier=sigma,
-        sample_rate=sample_rate,
-        steps=steps,
-        extra=extra,
-        accountant=accountant,
+        sample_rate=question.sample_rate,
+        steps=question.steps,
+        extra=question.extra,
+        accountant=question.accountant,
         epsilon=final,
         epsilon_by_accountant=by_acc,
-        requested=accountant,
+        requested=question.accountant,
     )
 
 
-def _check_other_costs(
-    target_epsilon: float,
-    delta: float,
-    extra: tuple[tuple[float, float, int], ...],
-    accountant: str,
-) -> None:
+def _check_other_costs(question: _Question) -> None:
     """Refuse a run whose charges besides DP-SGD already spend the whole target."""
-    alone = epsilon(extra, delta, accountant)
-    if alone.accountant != accountant:
+    alone = epsilon(question.extra, question.delta, question.accountant)
+    if alone.accountant != question.accountant:
         raise _AccountantFailed(alone.note)
     base = alone.epsilon
-    if base >= target_epsilon:
+    if base >= question.target_epsilon:
         raise PrivacyError(
             f"the run's other privacy costs alone spend epsilon={base:.3g}, "
-            f"above the target {target_epsilon}; lower them (e.g. a larger "
+            f"above the target {question.target_epsilon}; lower them (e.g. a larger "
             f"noise multiplier for the norm's statistics)"
         )
 
 
-def _bracket(
-    target_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    steps: int,
-    extra: tuple[tuple[float, float, int], ...],
-    accountant: str,
-    eps_at: Callable[[float], float],
-) -> tuple[float, float]:
+def _bracket(question: _Question) -> tuple[float, float]:
     """``(lo, hi)`` with ``eps_at(lo) > target >= eps_at(hi)``."""
-    if accountant == "rdp":  # cheap at any sigma: bracket from 1 by doubling and halving
+    target, q, steps = question.target_epsilon, question.sample_rate, question.steps
+    if question.accountant == "rdp":  # cheap at any sigma: bracket from 1 by doubling and halving
         start, factor = 1.0, 2.0
     else:
         # PRV is slow far from the answer (minutes per evaluation at small sigma), and RDP's
         # epsilon bounds the same run from above, so its sigma is a close upper guess: bracket
         # PRV around it in small steps.
-        start = _calibrate(target_epsilon, delta, sample_rate, steps, extra, "rdp").noise_multiplier
+        start = _calibrate(dataclasses.replace(question, accountant="rdp")).noise_multiplier
         factor = 1.25
     lo, hi = max(start / factor, SIGMA_FLOOR), start
-    while eps_at(hi) > target_epsilon:
+    while question.eps_at(hi) > target:
         lo, hi = hi, hi * factor
         if hi > 1e4:
             raise PrivacyError(
-                f"no noise multiplier below 1e4 reaches epsilon={target_epsilon} "
-                f"with q={sample_rate:.4g}, {steps} steps"
+                f"no noise multiplier below 1e4 reaches epsilon={target} "
+                f"with q={q:.4g}, {steps} steps"
             )
-    while eps_at(lo) <= target_epsilon:
+    while question.eps_at(lo) <= target:
         if lo <= SIGMA_FLOOR:
             raise PrivacyError(
-                f"epsilon={target_epsilon} needs a noise multiplier below {SIGMA_FLOOR} "
-                f"(q={sample_rate:.4g}, {steps} steps), where the accountants are slow and "
+                f"epsilon={target} needs a noise multiplier below {SIGMA_FLOOR} "
+                f"(q={q:.4g}, {steps} steps), where the accountants are slow and "
                 "unreliable and the run is hardly private; allowed: an epsilon reached at "
                 f"noise multiplier >= {SIGMA_FLOOR}, or a non-private run"
             )

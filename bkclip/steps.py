@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +79,77 @@ class SGDStep:
         return total
 
 
-class DPSGDStep:
+class OpacusDPStep:
+    """What every DP-SGD step on an Opacus DP optimiser shares: its privacy parameters, and a
+    logical batch accumulated over physical batches into one noised update.
+
+    A subclass says how the model is wrapped for per-sample gradients (`_wrap`) and which
+    Opacus optimiser adds the noise (`dp_optimizer`).
+
+    Attributes:
+        model: The wrapped model (use ``module`` for the plain one).
+    """
+
+    #: The Opacus optimiser wrapped around the base one: clipping, noise, scaling, update.
+    dp_optimizer: type[DPOptimizer] = DPOptimizer
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        max_physical_batch: int,
+        precision: str = "fp32",
+        generator: torch.Generator | None = None,
+        secure_mode: bool = False,
+    ):
+        self.precision, self.max_physical_batch = precision, max_physical_batch
+        self.module = model
+        self.model = self._wrap(model, max_grad_norm)
+        self.optimizer = self.dp_optimizer(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=generator,
+            # Opacus' secure mode: each noise draw is a sum of Gaussians, against attacks on
+            # the floating-point representation of one sample.
+            secure_mode=secure_mode,
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _wrap(self, model: nn.Module, max_grad_norm: float) -> nn.Module:
+        """The model the step runs: ``model`` wrapped for per-sample gradients (or norms)."""
+        raise NotImplementedError
+
+    def _accumulate(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        backward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        step: Callable[[], None],
+    ) -> float:
+        """Mean loss of the logical batch, split into physical batches: each one's
+        ``backward`` (which returns its loss) and then ``step``, Opacus' skip-step
+        accumulation making only the last step a noised update."""
+        chunks = list(
+            zip(x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True)
+        )
+        total = 0.0
+        for i, (xc, yc) in enumerate(chunks):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = backward(xc, yc)
+            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+            step()
+            total += float(loss.detach()) * xc.shape[0] / x.shape[0]
+        return total
+
+
+class DPSGDStep(OpacusDPStep):
     """A DP-SGD step with Opacus: per-sample gradients, clipping to C, Gaussian noise, update.
 
     ``mode`` picks how per-sample gradients are obtained: ``hooks`` (Opacus' per-layer
@@ -93,6 +164,11 @@ class DPSGDStep:
     over its views, so its gradient is the mean of the per-view gradients, taken before
     clipping. An empty logical batch is a noise-only step.
 
+    Args:
+        mode: One of `MODES`.
+        sparsity: Coordinates that are pruned, or dropped at a step.
+        **dp: The privacy and batch parameters of `OpacusDPStep`.
+
     Attributes:
         model: The wrapped model (use ``module`` for the plain one).
         steps_taken: Noised updates made so far.
@@ -103,46 +179,27 @@ class DPSGDStep:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        expected_batch_size: int,
-        max_physical_batch: int,
         mode: str = "hooks",
-        precision: str = "fp32",
-        generator: torch.Generator | None = None,
-        secure_mode: bool = False,
         sparsity: CoordinateMasks | None = None,
+        **dp: Any,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.mode, self.precision = mode, precision
-        self.max_physical_batch = max_physical_batch
-        self.module = model
-        # Coordinates that are pruned, or dropped at this step.
+        self.mode = mode
         self.sparsity = sparsity if sparsity is not None and sparsity.active else None
-        if mode == "bk":
-            self.model = model
-            self.clipper = BookKeepingClipper(model, sparsity=self.sparsity)
-        else:
-            self.model = GradSampleModule(
-                model, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch"
-            )
-        self.optimizer = DPOptimizer(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-            generator=generator,
-            # Opacus' secure mode: each noise draw is a sum of Gaussians, against attacks on
-            # the floating-point representation of one sample.
-            secure_mode=secure_mode,
-        )
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        super().__init__(model, optimizer, **dp)
         self.steps_taken = 0
         self._step_hooks: list[Callable[[DPOptimizer], None]] = []
         # Runs in DPOptimizer's pre_step once the noise is added: masks, then the hooks.
         self.optimizer.attach_step_hook(self._after_noise)
+
+    def _wrap(self, model: nn.Module, max_grad_norm: float) -> nn.Module:
+        if self.mode == "bk":
+            self.clipper = BookKeepingClipper(model, sparsity=self.sparsity)
+            return model
+        return GradSampleModule(
+            model, batch_first=True, loss_reduction="mean", force_functorch=self.mode == "functorch"
+        )
 
     def attach_step_hook(self, fn: Callable[[DPOptimizer], None]) -> None:
         """Call ``fn`` after every noised update (an accountant's hook)."""
@@ -201,31 +258,29 @@ class DPSGDStep:
         if x.shape[0] == 0:
             self._noise_only()
             return math.nan
-        k = x.shape[1]
-        chunks = list(
-            zip(x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True)
-        )
-        total = 0.0
-        for i, (xc, yc) in enumerate(chunks):
-            self.optimizer.zero_grad(set_to_none=True)
-            with autocast(x.device, self.precision):
-                loss = F.cross_entropy(self.model(xc.flatten(0, 1)), yc.repeat_interleave(k))
-            loss.backward()
-            for p in self.params:
-                gs = p.grad_sample
-                if k > 1:
-                    gs = gs.view(-1, k, *p.shape).mean(1)
-                # Opacus clips in the per-sample gradients' dtype; in bf16 the rounded norms
-                # and sums let a clipped gradient overshoot C (~0.3%), so clip in fp32.
-                p.grad_sample = at_least_fp32(gs)
-            if self.sparsity is not None:  # clip over the trained coordinates only
-                for p, mask in self.sparsity.masks(self.params):
-                    p.grad_sample = p.grad_sample * mask
-            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
-            if self.optimizer.pre_step():  # DPOptimizer.step, with `_update` as the update
-                self._update()
-            total += float(loss.detach()) * xc.shape[0] / x.shape[0]
-        return total
+        return self._accumulate(x, y, self._clippable_backward, self._dp_update)
+
+    def _clippable_backward(self, xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+        """One physical batch's loss, with its per-sample gradients ready for Opacus to clip."""
+        k = xc.shape[1]
+        with autocast(xc.device, self.precision):
+            loss = F.cross_entropy(self.model(xc.flatten(0, 1)), yc.repeat_interleave(k))
+        loss.backward()
+        for p in self.params:
+            gs = p.grad_sample
+            if k > 1:
+                gs = gs.view(-1, k, *p.shape).mean(1)
+            # Opacus clips in the per-sample gradients' dtype; in bf16 the rounded norms
+            # and sums let a clipped gradient overshoot C (~0.3%), so clip in fp32.
+            p.grad_sample = at_least_fp32(gs)
+        if self.sparsity is not None:  # clip over the trained coordinates only
+            for p, mask in self.sparsity.masks(self.params):
+                p.grad_sample = p.grad_sample * mask
+        return loss
+
+    def _dp_update(self) -> None:
+        if self.optimizer.pre_step():  # DPOptimizer.step, with `_update` as the update
+            self._update()
 
     def _bk_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Clipped sums from `BookKeepingClipper`, then DPOptimizer's noise and update."""

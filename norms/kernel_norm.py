@@ -83,17 +83,11 @@ class KNConvCore(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        # nn.Conv2d's default initialisation, without keeping a Conv2d that Opacus would hook
+        # (it depends on the weight's shape alone, so the conv's geometry is left out).
         conv = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            bias=bias,
-            device=device,
-            dtype=dtype,
+            in_channels, out_channels, kernel_size, bias=bias, device=device, dtype=dtype
         )
-        # nn.Conv2d's default initialisation, without keeping a Conv2d that Opacus would hook.
         self.weight = conv.weight
         self.bias = conv.bias
 

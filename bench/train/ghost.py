@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -10,8 +11,10 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
+from bkclip.steps import OpacusDPStep
 
-class OpacusGhostStep:
+
+class OpacusGhostStep(OpacusDPStep):
     """A DP-SGD step through Opacus' fast gradient clipping (``grad_sample_mode="ghost"``).
 
     The three objects ``PrivacyEngine.make_private(..., grad_sample_mode="ghost")`` builds,
@@ -22,7 +25,8 @@ class OpacusGhostStep:
     the norms, the second for the sum of clipped gradients, each example's loss weighted by
     min(1, C / norm)), and `DPOptimizerFastGradientClipping` adds the noise, scales by the
     expected batch and updates. A logical batch is split into physical batches as the
-    engine's steps split it (Opacus' skip-step accumulation).
+    engine's steps split it (Opacus' skip-step accumulation). The parameters are
+    `bkclip.steps.OpacusDPStep`'s.
 
     Opacus clips per image, so augmentation multiplicity (K views sharing one clipped
     gradient) has no equivalent here: only one view per example is accepted. Only fp32: in bf16
@@ -30,40 +34,25 @@ class OpacusGhostStep:
     gradient can overshoot C).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        expected_batch_size: int,
-        max_physical_batch: int,
-        precision: str = "fp32",
-        generator: torch.Generator | None = None,
-    ):
-        if precision != "fp32":
-            raise ValueError(f"dp-opacus-ghost runs in fp32 only, got precision={precision!r}")
-        self.module, self.max_physical_batch = model, max_physical_batch
-        self.model = GradSampleModuleFastGradientClipping(
+    dp_optimizer = DPOptimizerFastGradientClipping
+
+    def _wrap(self, model: nn.Module, max_grad_norm: float) -> nn.Module:
+        if self.precision != "fp32":
+            raise ValueError(f"dp-opacus-ghost runs in fp32 only, got precision={self.precision!r}")
+        return GradSampleModuleFastGradientClipping(
             model,
             batch_first=True,
             loss_reduction="mean",
             max_grad_norm=max_grad_norm,
             use_ghost_clipping=True,
         )
-        self.optimizer = DPOptimizerFastGradientClipping(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-            generator=generator,
-        )
-        self.criterion = DPLossFastGradientClipping(
+
+    @functools.cached_property
+    def criterion(self) -> DPLossFastGradientClipping:
+        """The loss whose backward runs Opacus' two passes over the wrapped model."""
+        return DPLossFastGradientClipping(
             self.model, self.optimizer, nn.CrossEntropyLoss(), loss_reduction="mean"
         )
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
         if x.shape[1] != 1:
@@ -76,15 +65,10 @@ class OpacusGhostStep:
                 p.grad = torch.zeros_like(p)
             self.optimizer.step()
             return math.nan
-        chunks = list(
-            zip(x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True)
-        )
-        total = 0.0
-        for i, (xc, yc) in enumerate(chunks):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.criterion(self.model(xc[:, 0]), yc)
-            loss.backward()
-            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
-            self.optimizer.step()
-            total += float(loss.detach()) * xc.shape[0] / x.shape[0]
-        return total
+        return self._accumulate(x, y, self._two_pass_backward, self.optimizer.step)
+
+    def _two_pass_backward(self, xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+        """One physical batch's loss; its backward takes the norms, then the clipped sum."""
+        loss = self.criterion(self.model(xc[:, 0]), yc)
+        loss.backward()
+        return loss
