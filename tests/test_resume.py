@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import checkpoint
+from bench import atomic, checkpoint
 from bench.cli import main
 from bench.results.records import read_records
 from bench.suite import load_suite
@@ -215,7 +215,7 @@ def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_older_one_or_step
                 raise _Torn
             real(src, dst)
 
-        monkeypatch.setattr(checkpoint.os, "replace", replace_then_die)
+        monkeypatch.setattr(atomic.os, "replace", replace_then_die)
         with pytest.raises(_Torn):
             run_cell(c, records, "cpu")
         monkeypatch.undo()
