@@ -32,7 +32,7 @@ STAGES = ("tune", "final")
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """Per-norm tuning on the validation split (`bench.protocol`).
+    """Per-norm tuning on the validation split (`bench.sweep.protocol`).
 
     Attributes:
         keys: ``(dotted key, values)`` pairs to try, e.g. ``(("training.lr", (0.5, 1.0)),)``;
