@@ -9,7 +9,7 @@ renamed over the previous one, so a kill at any point leaves the previous checkp
 one. It is read with ``torch.load(weights_only=True)``: nothing in it can run code.
 
 A checkpoint that is truncated, unreadable, or made by a different configuration (its hash of
-the resolved cell, `bench.config.identity.cell_hash`, differs) is never used; the run starts
+the resolved cell, `bench.config.identity.checkpoint_hash`, differs) is never used; the run starts
 from step 0 and says why in one line.
 """
 
@@ -34,8 +34,18 @@ def checkpoint_path(directory: Path, run_key: str) -> Path:
     return Path(directory) / run_key / FILE
 
 
+#: Written into the folder that holds the runs' checkpoint folders: a checkpoint holds the
+#: un-noised loss and, under secure noise, the secret generators' states, so git must never
+#: pick one up, wherever ``--out`` puts it (inside ``reports/`` too).
+GITIGNORE = "# Written by bench: checkpoints hold run state that is not to be published.\n*\n"
+
+
 def save(path: Path, state: Mapping[str, Any], cfg_hash: str) -> None:
-    """Write ``state`` atomically (temporary file in the same folder, fsync, rename)."""
+    """Write ``state`` atomically (temporary file in the same folder, fsync, rename), in a
+    checkpoints folder that git ignores."""
+    ignore = Path(path).parent.parent / ".gitignore"
+    if not ignore.exists():
+        atomic.write_text(ignore, GITIGNORE)
     save_atomic(path, {"format": FORMAT, "config_hash": cfg_hash, "state": dict(state)})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import torch
 
 from bench import checkpoint
@@ -47,3 +49,21 @@ def test_a_checkpoint_holding_code_is_refused_not_run(tmp_path, capsys):
 def test_config_hash_is_order_independent():
     assert config_hash({"a": 1, "b": [2]}) == config_hash({"b": [2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_git_never_picks_up_a_checkpoint_wherever_it_is_written(tmp_path):
+    """A checkpoint holds the un-noised loss and, under secure noise, the secret streams'
+    states: the checkpoints folder ignores itself, inside ``reports/`` or any other repository."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    out = tmp_path / "reports" / "my_suite"
+    path = checkpoint.checkpoint_path(out / "checkpoints", "abc")
+    checkpoint.save(path, {"step": 1}, "hash-1")
+    (out / "records.jsonl").write_text("{}\n")
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    assert [line for line in status if line] == ["?? reports/my_suite/records.jsonl"]
