@@ -210,9 +210,10 @@ def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_older_one_or_step
         real, calls = os.replace, []
 
         def replace_then_die(src, dst):
-            calls.append(dst)
-            if len(calls) == 2:  # the step-4 checkpoint: written, fsynced, never renamed
-                raise _Torn
+            if Path(dst).name == checkpoint.FILE:
+                calls.append(dst)
+                if len(calls) == 2:  # the step-4 checkpoint: written, fsynced, never renamed
+                    raise _Torn
             real(src, dst)
 
         monkeypatch.setattr(atomic.os, "replace", replace_then_die)
