@@ -23,7 +23,7 @@ from bench.config import TrainingConfig
 from bench.data import DeviceData
 from bench.errors import ConfigError
 from bench.results.records import read_records
-from bench.seeds import run_stream, stream
+from bench.seeds import cell_stream_seed, run_stream, stream
 from bench.suite import load_suite
 from bench.sweep.options import RunOptions
 from bench.sweep.run import run_suite
@@ -91,11 +91,13 @@ def test_records_and_suite_json_carry_no_absolute_path_of_the_machine(tiny, tmp_
 
 def test_secure_noise_draws_secret_streams_from_the_os_and_keeps_the_rest_on_the_seed():
     def draw(purpose: str, secure: bool) -> torch.Tensor:
-        return torch.randn(8, generator=run_stream(3, purpose, secure=secure))
+        return torch.randn(8, generator=run_stream(3, purpose, cell_key="k", secure=secure))
 
     for purpose in ("noise", "sampling", "norm.dp_batch_norm.noise"):
         assert torch.equal(draw(purpose, False), draw(purpose, False))  # default: reproducible
-        assert torch.equal(draw(purpose, False), torch.randn(8, generator=stream(3, purpose)))
+        keyed = torch.Generator().manual_seed(cell_stream_seed(3, purpose, "k"))
+        assert torch.equal(draw(purpose, False), torch.randn(8, generator=keyed))  # the cell's
+        assert not torch.equal(draw(purpose, False), torch.randn(8, generator=stream(3, purpose)))
         assert not torch.equal(draw(purpose, True), draw(purpose, True))
     for purpose in ("augmentation", "init", "nonprivate"):
         assert torch.equal(draw(purpose, True), draw(purpose, False))

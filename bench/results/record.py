@@ -129,6 +129,7 @@ class Record(TypedDict, total=False):
     accountant_requested: str  # the suite's privacy.accountant ("prv" or "rdp")
     accountant_note: str  # why accountant differs from accountant_requested, else ""
     secure_noise: bool  # secret streams from os.urandom (privacy.secure_noise), not the seed
+    stream_scheme: str  # how secret streams derive (bench.seeds); absent: by (seed, purpose)
     epsilon_spent: float | None  # epsilon spent by the whole run under `accountant`
     epsilon_spent_by_accountant: dict[str, float | None]  # accountant -> epsilon spent
     noise_multiplier: float | None  # DP-SGD sigma, noise std in units of max_grad_norm

@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.measure import process_peak_rss
 from bench.privacy import epsilon_spent
+from bench.seeds import STREAM_SCHEME
 from bench.train import data_cache
 from bench.train.loop import Trained
 from bench.train.paths import grad_sample_paths, grad_sampler
@@ -120,6 +121,7 @@ def privacy_fields(run: Run) -> dict[str, Any]:
         "steps": plan.steps,
         "privacy_charges": [c.as_record() for c in plan.charges],
         "secure_noise": cell.privacy.secure_noise,
+        "stream_scheme": STREAM_SCHEME,
     }
 
 
@@ -145,7 +147,7 @@ def clipping_fields(run: Run) -> dict[str, Any]:
             + (
                 "; sampling, noise and norm streams from os.urandom"
                 if run.cell.privacy.secure_noise
-                else ""
+                else "; sampling, noise and norm streams sha256(seed, purpose, run key)"
             )
         ),
     }

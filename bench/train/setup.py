@@ -16,7 +16,7 @@ import norms
 from bench.config import Cell, TrainingConfig
 from bench.data import DeviceData
 from bench.plan import CellPlan, build_model, plan_cell, resolve_cell_norm
-from bench.seeds import run_stream, seed_global
+from bench.seeds import is_secret, run_stream, seed_global
 from bench.sparsity import PublicData, Sparsity
 from bench.train import data_cache
 from bench.train.ema import EMA, ema_model
@@ -142,11 +142,18 @@ class Run:
 
 
 def cell_stream(cell: Cell, data: DeviceData, purpose: str) -> torch.Generator:
-    """The seeded stream of ``purpose`` (`DeviceData.generator`), or under
-    ``privacy.secure_noise`` an unpredictable one for the secret purposes."""
-    if cell.privacy.secure_noise:
-        return run_stream(cell.seed, purpose, data.device, secure=True)
-    return data.generator(cell.seed, purpose)
+    """The seeded stream of ``purpose`` (`DeviceData.generator`) for a purpose that is not
+    secret; for a secret one (`bench.seeds.SECRET_STREAMS`) the cell's own stream, keyed by its
+    run key, or under ``privacy.secure_noise`` an unpredictable one."""
+    if not is_secret(purpose):
+        return data.generator(cell.seed, purpose)
+    return run_stream(
+        cell.seed,
+        purpose,
+        data.device,
+        cell_key=cell.run_key,
+        secure=cell.privacy.secure_noise,
+    )
 
 
 def _prepared(cell: Cell, data: DeviceData, model: nn.Module, norm: norms.ResolvedNorm):

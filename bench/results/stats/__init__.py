@@ -6,9 +6,11 @@ torch. Shared assumptions, stated once:
 - The per-seed accuracies of one (backbone, norm) cell are independent draws from a normal
   distribution; seeds are the only source of replication. t-based intervals and tests rely on
   this; with few seeds they are approximate for non-normal data.
-- Runs of two norms with the same seed share whatever that seed fixes (data order, sampling and
-  noise streams), so their results are paired by seed when possible: a paired test removes the
-  variance the seed shares across norms and is valid (if less useful) when it shares none.
+- Runs of two norms with the same seed share whatever that seed fixes (initialisation and
+  augmentation streams; the secret noise and sampling streams are the cell's own since
+  ``bench.seeds.STREAM_SCHEME``, shared by seed before it), so their results are paired by seed
+  when possible: a paired test removes the variance the seed shares across norms and is valid
+  (if less useful) when it shares none.
 - A family of tests is one backbone: p-values are Holm-corrected within a backbone, never
   across backbones (each backbone's leaderboard is read on its own).
 """
