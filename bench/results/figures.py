@@ -17,6 +17,8 @@ ACCURACY_VS_THROUGHPUT_PNG = "accuracy_vs_throughput.png"
 FIGURE_FILES = (ACCURACY_PNG, ACCURACY_VS_THROUGHPUT_PNG)
 #: Written only when the grid sweeps ``privacy.epsilon``; linked from its own section.
 PRIVACY_UTILITY_PNG = "privacy_utility.png"
+#: What a figure's name ends with when it draws TAN simulations (never beside DP runs).
+SIMULATED_SUFFIX = "_tan"
 
 _DPI = 120
 # Without this matplotlib writes its version into the PNG, so a library upgrade alone would
@@ -266,12 +268,24 @@ def privacy_utility_figure(points: Sequence[CurvePoint]) -> Figure:
     return fig
 
 
-def write_figures(run_dir: Path, points: Sequence[FigurePoint]) -> list[Path]:
+def figure_name(name: str, simulated: bool = False) -> str:
+    """A figure's file name: ``name``, or for TAN simulations ``name`` with `SIMULATED_SUFFIX`
+    before its extension (``accuracy_tan.png``)."""
+    if not simulated:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    return f"{stem}{SIMULATED_SUFFIX}{dot}{extension}"
+
+
+def write_figures(
+    run_dir: Path, points: Sequence[FigurePoint], *, simulated: bool = False
+) -> list[Path]:
     """Draw ``accuracy.png`` and ``accuracy_vs_throughput.png`` into ``run_dir``.
 
     Args:
         run_dir: Directory of the records file; the PNGs are written beside it.
         points: One point per (backbone, norm) with at least one ok run.
+        simulated: The points are TAN simulations: the files are named by `figure_name`.
 
     Returns:
         The paths written, in ``FIGURE_FILES`` order; empty (nothing written) without points.
@@ -284,24 +298,27 @@ def write_figures(run_dir: Path, points: Sequence[FigurePoint]) -> list[Path]:
         (ACCURACY_PNG, accuracy_figure),
         (ACCURACY_VS_THROUGHPUT_PNG, throughput_figure),
     ):
-        path = run_dir / name
+        path = run_dir / figure_name(name, simulated)
         draw(points).savefig(path, dpi=_DPI, metadata=_METADATA)
         paths.append(path)
     return paths
 
 
-def write_privacy_utility(run_dir: Path, points: Sequence[CurvePoint]) -> Path | None:
+def write_privacy_utility(
+    run_dir: Path, points: Sequence[CurvePoint], *, simulated: bool = False
+) -> Path | None:
     """Draw ``privacy_utility.png`` into ``run_dir``.
 
     Args:
         run_dir: Directory of the records file.
         points: One point per (panel, norm, epsilon) with at least one ok run.
+        simulated: The points are TAN simulations: the file is named by `figure_name`.
 
     Returns:
         The path written, or None (nothing written) without points.
     """
     if not points:
         return None
-    path = Path(run_dir) / PRIVACY_UTILITY_PNG
+    path = Path(run_dir) / figure_name(PRIVACY_UTILITY_PNG, simulated)
     privacy_utility_figure(points).savefig(path, dpi=_DPI, metadata=_METADATA)
     return path

@@ -11,6 +11,10 @@ from bench.results.record import Record, grid_value_text
 #: ok records by table (backbone plus swept keys, as the leaderboard names it), norm and seed.
 OkRuns = Mapping[str, Mapping[str, Mapping[object, Record]]]
 
+#: What a TAN simulation's table name ends with (``dp_valid: false``): it never shares a table,
+#: a sweep or a figure with DP runs.
+TAN_MARK = " [TAN simulation, not DP]"
+
 
 @dataclass
 class Cell:
@@ -68,11 +72,22 @@ def block_of(entry: Mapping) -> object:
     its own leaderboard instead of colliding with the others on (backbone, norm, seed)."""
     backbone, overrides = entry.get("backbone"), entry.get("overrides")
     # A TAN simulation is not private at the target: it never shares a table with DP runs.
-    tan = " [TAN simulation, not DP]" if entry.get("dp_valid") is False else ""
+    tan = TAN_MARK if entry.get("dp_valid") is False else ""
     if not isinstance(backbone, str) or not isinstance(overrides, Mapping) or not overrides:
         return f"{backbone}{tan}" if tan and isinstance(backbone, str) else backbone
     shown = ", ".join(f"{k}={grid_value_text(v)}" for k, v in sorted(overrides.items()))
     return f"{backbone} [{shown}]{tan}"
+
+
+def is_simulated(block: object) -> bool:
+    """Whether a table (`block_of`) holds TAN simulations, not DP runs."""
+    return isinstance(block, str) and block.endswith(TAN_MARK)
+
+
+def split_simulated(ok: OkRuns) -> tuple[OkRuns, OkRuns]:
+    """The ok runs of the DP tables and those of the TAN simulations' tables, apart."""
+    dp = {block: runs for block, runs in ok.items() if not is_simulated(block)}
+    return dp, {block: runs for block, runs in ok.items() if is_simulated(block)}
 
 
 def is_tuning(entry: Mapping) -> bool:

@@ -93,13 +93,16 @@ def curve_points(ok: OkRuns) -> list[figures.CurvePoint]:
     ]
 
 
-def privacy_utility_section(ok: OkRuns, alpha: float = 0.05) -> list[str]:
+def privacy_utility_section(
+    ok: OkRuns, alpha: float = 0.05, figure: str = figures.PRIVACY_UTILITY_PNG
+) -> list[str]:
     """Accuracy against epsilon per norm, as tables, a linked figure and each norm's slope per
     doubling of epsilon (:func:`trend`, Holm-corrected over the panel's norms).
 
     Args:
         ok: The ok records by table, norm and seed.
         alpha: Family-wise significance level of the slopes' tests.
+        figure: The figure's file name (TAN simulations have their own, `figures.figure_name`).
 
     Returns:
         The section's Markdown lines; empty when ``privacy.epsilon`` was not swept.
@@ -115,7 +118,7 @@ def privacy_utility_section(ok: OkRuns, alpha: float = 0.05) -> list[str]:
         "calibrated run (noise multiplier for that ε at the suite's δ); the numbers are those of "
         "the per-ε tables above.",
         "",
-        f"![privacy-utility]({figures.PRIVACY_UTILITY_PNG})",
+        f"![privacy-utility]({figure})",
         "",
     ]
     for curve in curves:
@@ -188,8 +191,9 @@ def _trend_table(curve: _Curve, alpha: float) -> list[str]:
         "(each seed at each ε one point, n - 2 degrees of freedom), with its t-interval; the "
         "test of a zero slope is Holm-corrected over the norms of the panel, and the "
         "detectable slope is the smallest that test finds with 80% power at α / the number of "
-        "norms tested. The runs at different ε share their seeds (initialisation and batches), so "
-        "the points are not independent: the interval treats them as if they were, an "
+        "norms tested. The runs at different ε share their seeds' initialisation and augmentation "
+        "(and their noise and batches too, in records that predate per-cell streams: see the "
+        "header), so the points are not independent: the interval treats them as if they were, an "
         "approximation (a seed's shared offset widens it; a seed-specific slope narrows it). A "
         "straight line in log ε is a model, not a finding: read the table as whether accuracy "
         "moves with the budget at all, and by about how much.",

@@ -14,12 +14,14 @@ from bench.results.record import Record
 from bench.results.stacks import stack_text, stacks
 
 
-def figures_section(has_ok: bool) -> list[str]:
-    """Links to the figures `write_report` draws, or why there are none."""
+def figures_section(has_ok: bool, simulated: bool = False) -> list[str]:
+    """Links to the figures `write_report` draws, or why there are none; ``simulated``: the TAN
+    simulations' own figures (`figures.figure_name`)."""
     lines = ["## Figures", ""]
     if not has_ok:
         return [*lines, "No figures: there is no ok run.", ""]
     for name in figures.FIGURE_FILES:
+        name = figures.figure_name(name, simulated)
         lines += [f"![{Path(name).stem.replace('_', ' ')}]({name})", ""]
     return lines
 

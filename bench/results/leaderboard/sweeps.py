@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
-from bench.results.leaderboard.collect import OkRuns
+from bench.results.leaderboard.collect import TAN_MARK, OkRuns, is_simulated
 from bench.results.leaderboard.markdown import (
     NA,
     accuracy_text,
@@ -49,13 +49,16 @@ class Setting:
     block: str
     backbone: str
     overrides: Mapping[str, object]
+    simulated: bool = False  # a TAN simulation's table: never in one sweep with DP tables
 
     def context(self, key: str) -> str:
-        """The table's name without ``key``: what is held fixed while ``key`` varies."""
+        """The table's name without ``key``: what is held fixed while ``key`` varies (a TAN
+        simulation's says so, so DP and simulated tables never share a sweep)."""
         others = [
             f"{k}={grid_value_text(v)}" for k, v in sorted(self.overrides.items()) if k != key
         ]
-        return f"{self.backbone} [{', '.join(others)}]" if others else self.backbone
+        name = f"{self.backbone} [{', '.join(others)}]" if others else self.backbone
+        return name + (TAN_MARK if self.simulated else "")
 
 
 def settings_of(ok: OkRuns) -> list[Setting]:
@@ -67,7 +70,8 @@ def settings_of(ok: OkRuns) -> list[Setting]:
             continue
         overrides = record.get("overrides")
         if isinstance(overrides, Mapping) and overrides and isinstance(record["backbone"], str):
-            settings.append(Setting(block, record["backbone"], dict(overrides)))
+            simulated = is_simulated(block)
+            settings.append(Setting(block, record["backbone"], dict(overrides), simulated))
     return settings
 
 

@@ -15,11 +15,14 @@ from bench.results.leaderboard.backbone import (
 )
 from bench.results.leaderboard.collect import (
     Collected,
+    OkRuns,
     block_of,
     collect,
+    is_simulated,
     is_tuning,
     measurements,
     planned_cells,
+    split_simulated,
 )
 from bench.results.leaderboard.header import header_lines
 from bench.results.leaderboard.settings import (
@@ -31,6 +34,7 @@ from bench.results.leaderboard.settings import (
     resolve_baseline,
     suite_section,
 )
+from bench.results.leaderboard.simulated import simulated_section
 from bench.results.record import Record
 from bench.results.records import read_records
 from bench.results.stats import BackboneAnalysis, mean_ci
@@ -67,14 +71,15 @@ def render_leaderboard(
     collected = records if isinstance(records, Collected) else collect(records)
     records = collected.records
     body, analyses = _backbone_tables(collected, suite, baseline, alpha)
-    ok = collected.ok_runs()
+    ok = split_simulated(collected.ok_runs())[0]  # DP tables only: TAN's are apart, below
     body += summary_section(analyses)
     body += sections.tuning_section(collected.tuning, suite)
     body += sections.privacy_section(records)
-    body += sweeps.rank_agreement_section(ok)
-    body += sweeps.value_effect_section(ok, suite_section(suite, "grid"), alpha)
-    body += privacy_utility.privacy_utility_section(ok, alpha)
+    body += _grouping_sections(ok, suite, alpha)
     body += sections.figures_section(any(a.results for a in analyses.values()))
+    simulated_body, simulated_analyses = _simulated_section(collected, suite, baseline, alpha)
+    body += simulated_body
+    analyses.update(simulated_analyses)
     body += sections.failed_section(collected.not_ok)
     body += sections.stacks_section(records)
     planned_all = planned_cells(suite)
@@ -88,11 +93,39 @@ def render_leaderboard(
     return "\n".join(header + body).rstrip("\n") + "\n"
 
 
-def _backbone_tables(
+def _grouping_sections(
+    ok: OkRuns, suite: Mapping, alpha: float, simulated: bool = False
+) -> list[str]:
+    """The sections that read across tables (rank agreement, effect of each swept value,
+    privacy-utility), over DP tables only or TAN simulations' tables only (``ok`` is one of
+    `split_simulated`'s halves)."""
+    figure = figures.figure_name(figures.PRIVACY_UTILITY_PNG, simulated)
+    return [
+        *sweeps.rank_agreement_section(ok),
+        *sweeps.value_effect_section(ok, suite_section(suite, "grid"), alpha),
+        *privacy_utility.privacy_utility_section(ok, alpha, figure),
+    ]
+
+
+def _simulated_section(
     collected: Collected, suite: Mapping, baseline: str, alpha: float
 ) -> tuple[list[str], dict[str, BackboneAnalysis]]:
-    """Every table's section, over the tables with records or planned cells, with their
-    statistics."""
+    """Everything about TAN simulations (``dp_valid: false``), under one "TAN simulation, not
+    DP" heading and apart from every DP section: their tables, ranks, sweeps and figures."""
+    tables, analyses = _backbone_tables(collected, suite, baseline, alpha, simulated=True)
+    if not analyses:
+        return [], {}
+    inner = tables + summary_section(analyses)
+    inner += _grouping_sections(split_simulated(collected.ok_runs())[1], suite, alpha, True)
+    inner += sections.figures_section(any(a.results for a in analyses.values()), True)
+    return simulated_section(inner), analyses
+
+
+def _backbone_tables(
+    collected: Collected, suite: Mapping, baseline: str, alpha: float, simulated: bool = False
+) -> tuple[list[str], dict[str, BackboneAnalysis]]:
+    """Every DP table's section (``simulated``: every TAN simulation's), over the tables with
+    records or planned cells, with their statistics."""
     planned_norms: dict[str, set[str]] = {}
     for c in planned_cells(suite):
         if is_tuning(c):
@@ -102,6 +135,8 @@ def _backbone_tables(
     body: list[str] = []
     analyses: dict[str, BackboneAnalysis] = {}
     for backbone in sorted(set(collected.cells) | set(planned_norms)):
+        if is_simulated(backbone) != simulated:
+            continue
         lines, analyses[backbone] = backbone_section(
             backbone,
             collected.cells.get(backbone, {}),
@@ -110,15 +145,20 @@ def _backbone_tables(
             alpha,
         )
         body += lines
-    if not analyses:
-        body += ["No records yet.", ""]
+    if not analyses and not simulated:
+        only_tan = any(is_simulated(b) for b in collected.cells)
+        body += [
+            "No DP run: every run is a TAN simulation (below)." if only_tan else "No records yet.",
+            "",
+        ]
     return body, analyses
 
 
-def figure_points(collected: Collected) -> list[figures.FigurePoint]:
-    """One figure point per (table, norm) with ok runs, sorted by table then norm."""
+def figure_points(collected: Collected, simulated: bool = False) -> list[figures.FigurePoint]:
+    """One figure point per DP table (``simulated``: TAN simulation's table) and norm with ok
+    runs, sorted by table then norm."""
     points = []
-    for backbone in sorted(collected.cells):
+    for backbone in sorted(b for b in collected.cells if is_simulated(b) == simulated):
         for norm, cell in sorted(collected.cells[backbone].items()):
             if not cell.ok:
                 continue
@@ -162,12 +202,20 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
     """
     run_dir = Path(run_dir)
     text, collected = _leaderboard(run_dir, baseline, alpha)
+    dp_ok, simulated_ok = split_simulated(collected.ok_runs())
     points = figure_points(collected)
     if points:
         figures.write_figures(run_dir, points)
-    curve = privacy_utility.curve_points(collected.ok_runs())
+    curve = privacy_utility.curve_points(dp_ok)
     if curve:
         figures.write_privacy_utility(run_dir, curve)
+    # TAN simulations' own figures (`figures.figure_name`), never drawn beside DP runs.
+    points = figure_points(collected, simulated=True)
+    if points:
+        figures.write_figures(run_dir, points, simulated=True)
+    curve = privacy_utility.curve_points(simulated_ok)
+    if curve:
+        figures.write_privacy_utility(run_dir, curve, simulated=True)
     path = run_dir / LEADERBOARD_FILE
     path.write_text(text, encoding="utf-8")
     return path
