@@ -9,6 +9,7 @@ from pathlib import Path
 from bench.results.leaderboard.collect import seed_key
 from bench.results.leaderboard.markdown import distinct, join, number_text
 from bench.results.leaderboard.methods import methods_lines
+from bench.results.leaderboard.randomness import randomness_lines
 from bench.results.leaderboard.settings import RECORDS_FILE, suite_section
 from bench.results.record import Record
 from bench.results.stacks import STACK_KEYS, stacks
@@ -51,6 +52,7 @@ def header_lines(
         f"- **Privacy target:** "
         f"{_privacy_text(suite_section(suite, 'privacy'), records, suite_section(suite, 'grid'))}",
         *_tan_lines(records),
+        *randomness_lines(records),
         f"- **Hardware:** {join(distinct(r.get('device') for r in records))}"
         + _hosts_text(provenance),
         f"- **Versions:** {join(versions)}" + _mixed_note(records),
