@@ -38,8 +38,9 @@ def train_cell(
 
     The cell's identity (run key, backbone, norm, seed, targets, config) is the runner's part
     of the record (`bench.sweep.cell.run_cell`), written the same way whatever the outcome. Every
-    random source draws from its own named stream of the cell's seed (`bench.seeds`), or, for
-    the secret ones under ``privacy.secure_noise``, from the operating system's entropy.
+    random source draws from its own named stream of the cell's seed (`bench.seeds`); the secret
+    ones (noise, sampling, a norm's DP statistics) from the cell's own, keyed by its run key,
+    or under ``privacy.secure_noise`` from the operating system's entropy.
 
     What leaves the run is DP or public: the test accuracy, the noise and privacy figures,
     timings and memory; the un-noised loss of private batches only with
