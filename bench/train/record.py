@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.measure import process_peak_rss
 from bench.privacy import epsilon_spent
+from bench.privacy_tuning import with_tuning_fields
 from bench.train import data_cache
 from bench.train.loop import Trained
 from bench.train.paths import grad_sample_paths, grad_sampler
@@ -41,6 +42,7 @@ def score_fields(run: Run, accuracy: float, eval_weights: str, loss: float) -> d
     return {
         "test_acc": accuracy if scored_on == "test" else None,
         "val_acc": accuracy if scored_on == "val" else None,
+        "val_score_noise": cell.score_noise if scored_on == "val" else None,
         "dp_valid": plan.dp_valid,
         "simulated": None
         if plan.dp_valid
@@ -105,9 +107,11 @@ def memory_fields(
 
 def privacy_fields(run: Run) -> dict[str, Any]:
     """Epsilon spent by the steps taken and the charges made (`bench.privacy.epsilon_spent`),
-    and the privacy plan the noise was calibrated on."""
+    the privacy plan the noise was calibrated on, and, for a final run of a tuned suite, the
+    whole procedure's epsilon (`bench.privacy_tuning`)."""
     cell, plan, history = run.cell, run.plan, run.accountant.history
     spent = epsilon_spent(plan.calibration, history, cell.privacy.delta)
+    taken = [*plan.calibration.extra, *history]
     return {
         "epsilon_spent": spent.epsilon,
         "epsilon_spent_by_accountant": spent.by_accountant,
@@ -120,6 +124,7 @@ def privacy_fields(run: Run) -> dict[str, Any]:
         "steps": plan.steps,
         "privacy_charges": [c.as_record() for c in plan.charges],
         "secure_noise": cell.privacy.secure_noise,
+        **with_tuning_fields(cell.tuning_history, taken, cell.privacy.delta, spent.accountant),
     }
 
 
