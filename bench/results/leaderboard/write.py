@@ -69,7 +69,7 @@ def render_leaderboard(
     body, analyses = _backbone_tables(collected, suite, baseline, alpha)
     ok = collected.ok_runs()
     body += summary_section(analyses)
-    body += sections.tuning_section(collected.tuning, suite)
+    body += sections.tuning_section(collected.tuning, suite, records)
     body += sections.privacy_section(records)
     body += sweeps.rank_agreement_section(ok)
     body += sweeps.value_effect_section(ok, suite_section(suite, "grid"), alpha)
