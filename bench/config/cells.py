@@ -29,8 +29,8 @@ from bench.config.sections import (
 #: Run stages: tuning runs (validation split held out, scored on it) and final runs.
 STAGES = ("tune", "final")
 #: Default std of the Gaussian noise on a tuning run's correct count over the validation split
-#: (``tune.score_noise``, in examples): 0.2 points of accuracy on 5,000 examples, and a
-#: charge of epsilon about 0.5 at delta 1e-5 for one score alone (RDP alpha / (2 sigma^2)).
+#: (``tune.score_noise``, in examples): 0.2 points of accuracy on 5,000 examples, and
+#: epsilon about 0.35 at delta 1e-5 for one score alone (a Gaussian of sensitivity 1).
 SCORE_NOISE = 10.0
 
 
