@@ -22,6 +22,7 @@ The bound assumes each run's noise and sampling are independent of every other r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,14 +36,6 @@ METHOD = "composition"
 METHOD_TEXT = (
     "composition of every tuning run of the norm's grid point (its DP-SGD steps, its charges "
     "and its noisy validation score) and the final run, in one accountant history"
-)
-
-#: A record's fields about the whole procedure's epsilon (null without tuning).
-WITH_TUNING_FIELDS = (
-    "epsilon_with_tuning",
-    "epsilon_with_tuning_accountant",
-    "epsilon_with_tuning_method",
-    "epsilon_with_tuning_history",
 )
 
 
@@ -116,25 +109,15 @@ def epsilon_with_tuning(
         delta: The delta the epsilon is given at.
         accountant: ``prv`` or ``rdp`` (PRV falls back to RDP, as `bench.privacy.epsilon`).
     """
+    return _epsilon(composed([tuning, run]), float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=64)
+def _epsilon(history: tuple, delta: float, accountant: str) -> EpsilonResult:
+    """Memoised: the seeds of a grid point compose the same history (PRV takes seconds)."""
     from bench.privacy import epsilon  # Opacus: only when computing, not when planning a cell
 
-    return epsilon(composed([tuning, run]), delta, accountant)
-
-
-def with_tuning_fields(
-    tuning: History | None, run: History, delta: float, accountant: str
-) -> dict[str, Any]:
-    """A record's ``epsilon_with_tuning`` fields: null for a run of an untuned suite (and for a
-    tuning run), else the whole procedure's epsilon, its accountant, method and history."""
-    if tuning is None:
-        return dict.fromkeys(WITH_TUNING_FIELDS)
-    result = epsilon_with_tuning(tuning, run, delta, accountant)
-    return {
-        "epsilon_with_tuning": result.epsilon,
-        "epsilon_with_tuning_accountant": result.accountant,
-        "epsilon_with_tuning_method": METHOD,
-        "epsilon_with_tuning_history": [list(e) for e in composed([tuning, run])],
-    }
+    return epsilon(history, delta, accountant)
 
 
 def group_costs(plans_by_group: Mapping[Any, Sequence[Any]]) -> dict[Any, tuple]:

@@ -102,8 +102,9 @@ class Selection:
 
     Attributes:
         values: The chosen tuning values (dotted keys).
-        val_acc: Their mean validation accuracy over the tuning seeds.
-        table: Every candidate's mean validation accuracy (None: no ok tuning run), in order.
+        val_acc: Their mean validation score over the tuning seeds (each a noisy count over
+            the split's size, as published: the selection reads nothing else).
+        table: Every candidate's mean validation score (None: no ok tuning run), in order.
         missing: Tuning runs without an ok record (the selection waits for them).
     """
 

@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from bench.measure import process_peak_rss
-from bench.privacy import epsilon_spent
-from bench.privacy_tuning import with_tuning_fields
+from bench.privacy import History, epsilon_spent
+from bench.privacy_tuning import METHOD, composed, epsilon_with_tuning
 from bench.train import data_cache
 from bench.train.loop import Trained
 from bench.train.paths import grad_sample_paths, grad_sampler
@@ -125,6 +125,28 @@ def privacy_fields(run: Run) -> dict[str, Any]:
         "privacy_charges": [c.as_record() for c in plan.charges],
         "secure_noise": cell.privacy.secure_noise,
         **with_tuning_fields(cell.tuning_history, taken, cell.privacy.delta, spent.accountant),
+    }
+
+
+def with_tuning_fields(
+    tuning: History | None, taken: History, delta: float, accountant: str
+) -> dict[str, Any]:
+    """For a final run of a tuned suite (``tuning``: its grid point's tuning history), the
+    whole procedure's epsilon (`bench.privacy_tuning`), its accountant, method and the history
+    composed; null otherwise (an untuned suite's run, a tuning run)."""
+    if tuning is None:
+        return {
+            "epsilon_with_tuning": None,
+            "epsilon_with_tuning_accountant": None,
+            "epsilon_with_tuning_method": None,
+            "epsilon_with_tuning_history": None,
+        }
+    result = epsilon_with_tuning(tuning, taken, delta, accountant)
+    return {
+        "epsilon_with_tuning": result.epsilon,
+        "epsilon_with_tuning_accountant": result.accountant,
+        "epsilon_with_tuning_method": METHOD,
+        "epsilon_with_tuning_history": [list(e) for e in composed([tuning, taken])],
     }
 
 

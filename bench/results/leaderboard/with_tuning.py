@@ -41,8 +41,9 @@ def header_lines(records: Sequence[Record], suite: Mapping) -> list[str]:
 
 
 def _statement(records: Sequence[Record]) -> str:
-    """What the final runs' ε covers, and the whole procedure's where the records give it."""
-    finals = _finals(records)
+    """What the final runs' ε covers, and the whole procedure's where the records give it
+    (DP runs only: a TAN simulation's ε is in the table, under its own heading)."""
+    finals = [r for r in _finals(records) if r.get("dp_valid") is not False]
     n_tuning = sum(is_tuning(r) for r in records)
     predate = [r for r in finals if "epsilon_with_tuning" not in r]
     values = [float(r["epsilon_with_tuning"]) for r in finals if _number(r)]
