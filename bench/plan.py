@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from bench.config import Cell, DataConfig
 from bench.errors import ConfigError, PrivacyError
+from bench.privacy_tuning import ScoreCharge
 from bench.results.record import grid_value_text
 
 if TYPE_CHECKING:
@@ -76,7 +77,8 @@ class CellPlan:
             simulation.
         calibrations: The noise calibration under each accountant asked for, at the suite's
             batch B (for a TAN simulation: sigma_ref, which `noise_multiplier` scales by b/B).
-        charges: The run's other privacy costs (a norm's preparation), composed into the
+        charges: The run's other privacy costs (a norm's preparation; a tuning run's noisy
+            validation score, `bench.privacy_tuning.ScoreCharge`), composed into the
             calibration.
         norm: The cell's norm, resolved once (`resolve_cell_norm`).
     """
@@ -172,6 +174,8 @@ def plan_cell(
         model = build_model(cell, size.num_classes, "cpu", norm)
     charge = norm.charge(model, n)
     charges = (charge,) if charge else ()
+    if cell.score_noise is not None:  # a tuning run releases its validation score, noised
+        charges += (ScoreCharge(cell.score_noise, size.n_val),)
     extra = [c.history_entry() for c in charges]
     calibrations = {
         acc: calibrate_noise(

@@ -259,7 +259,8 @@ def test_a_norm_run_in_a_grad_sample_mode_it_does_not_declare_is_refused(tiny):
 #: record is built by one function per section, `bench.train.record`).
 MEASURED_FIELDS = (
     "status", "error", "norm_name", "norm_params", "n_private", "n_test", "n_val", "stage",
-    "tuned", "num_classes", "dataset_sha256", "test_acc", "val_acc", "dp_valid", "simulated",
+    "tuned", "num_classes", "dataset_sha256", "test_acc", "val_acc", "val_score_noise", "dp_valid",
+    "simulated",
     "eval_weights", "final_train_loss", "nonprivate_diagnostics", "throughput_img_s",
     "throughput_rel_se", "nonprivate_throughput_img_s", "nonprivate_throughput_rel_se",
     "nonprivate_timed_steps", "dp_nonprivate_throughput_ratio", "throughput_timed_steps",
@@ -267,7 +268,9 @@ MEASURED_FIELDS = (
     "nonprivate_peak_mem_abs_bytes", "peak_rss_bytes", "memory_measure", "nonprivate_measure",
     "device", "epsilon_spent", "epsilon_spent_by_accountant", "accountant",
     "accountant_requested", "accountant_note", "steps_done", "noise_multiplier", "sample_rate",
-    "steps", "privacy_charges", "secure_noise", "augmult", "grad_sample_mode", "grad_sampler",
+    "steps", "privacy_charges", "secure_noise", "epsilon_with_tuning",
+    "epsilon_with_tuning_accountant", "epsilon_with_tuning_method", "epsilon_with_tuning_history",
+    "augmult", "grad_sample_mode", "grad_sampler",
     "norm_grad_sampler", "norm_dp_status", "norm_dp_note", "grad_sample_paths",
     "bk_fallback_classes", "bk_unreached_layers", "random_streams", "sparsity",
     "resumed_from_step", "model_path", "train_wall_s", "wall_s", "provenance",

@@ -74,7 +74,7 @@ def test_the_protocol_tunes_on_validation_then_runs_the_final_seeds(suite_file, 
         assert r["steps"] == 3
     board = (out / "leaderboard.md").read_text()
     assert "## Tuning (validation split)" in board and "selected" in board
-    assert "not in the reported ε" in board
+    assert "- **ε with tuning:** ε = " in board and "noisy count" in board
 
 
 def test_tuning_never_reads_the_test_set(suite_file, tmp_path, monkeypatch):

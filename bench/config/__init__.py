@@ -1,6 +1,14 @@
 """The suite schema, its cells and their identity, and what records publish of them."""
 
-from bench.config.cells import STAGES, Cell, Suite, TuneConfig, cell_to_dict, suite_to_dict
+from bench.config.cells import (
+    SCORE_NOISE,
+    STAGES,
+    Cell,
+    Suite,
+    TuneConfig,
+    cell_to_dict,
+    suite_to_dict,
+)
 from bench.config.identity import checkpoint_hash, config_hash, run_key, sha256_json, sha256_text
 from bench.config.public import public_path
 from bench.config.sections import (
@@ -27,6 +35,7 @@ __all__ = [
     "GRID_REQUIRED",
     "GRID_SECTIONS",
     "PRUNE_METHODS",
+    "SCORE_NOISE",
     "SECTIONS",
     "STAGES",
     "TOP_LEVEL_KEYS",

@@ -28,6 +28,10 @@ from bench.config.sections import (
 
 #: Run stages: tuning runs (validation split held out, scored on it) and final runs.
 STAGES = ("tune", "final")
+#: Default std of the Gaussian noise on a tuning run's correct count over the validation split
+#: (``tune.score_noise``, in examples): 0.2 points of accuracy on 5,000 examples, and
+#: epsilon about 0.35 at delta 1e-5 for one score alone (a Gaussian of sensitivity 1).
+SCORE_NOISE = 10.0
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,15 @@ class TuneConfig:
         seeds: Seeds of each tuning cell.
         overrides: ``(dotted key, value)`` pairs applied to tuning runs only, e.g. a shorter
             budget ``(("training.steps", 40),)``; final runs keep the suite's values.
+        score_noise: Std of the Gaussian noise added to each tuning run's number of correct
+            validation examples before it leaves the run (sensitivity 1, charged in the
+            run's epsilon); the published ``val_acc`` is that noisy count over the split size.
     """
 
     keys: tuple[tuple[str, tuple[Any, ...]], ...]
     seeds: tuple[int, ...] = (0,)
     overrides: tuple[tuple[str, Any], ...] = ()
+    score_noise: float = SCORE_NOISE
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,12 @@ class Cell:
         tuned: The tuning values this cell runs at (a candidate in ``tune``, the selected
             ones in ``final``); empty without a ``tune`` section. Already applied to the
             configs, so the run key holds them.
+        score_noise: A tuning cell's ``tune.score_noise`` (its validation score is released
+            noised); None for a final cell. In the run key when set.
+        tuning_history: A final cell of a tuned suite: the accountant history of every tuning
+            run its selection read (DP-SGD steps, charges, noisy scores), composed with the
+            run's own into ``epsilon_with_tuning``; None without tuning. Not in the run key:
+            it follows from the suite's tuning stage.
     """
 
     suite: str
@@ -77,12 +91,23 @@ class Cell:
     training: TrainingConfig
     stage: str = "final"
     tuned: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    score_noise: float | None = None
+    tuning_history: tuple[tuple[float, float, int], ...] | None = field(
+        default=None, hash=False, compare=False
+    )
 
     @property
     def run_key(self) -> str:
         """The cell's identity in records and folders (`bench.config.identity.run_key`)."""
         return identity.run_key(
-            self.backbone, self.norm, self.seed, self.data, self.privacy, self.training, self.stage
+            self.backbone,
+            self.norm,
+            self.seed,
+            self.data,
+            self.privacy,
+            self.training,
+            self.stage,
+            score_noise=self.score_noise,
         )
 
     @property
@@ -170,6 +195,7 @@ def suite_to_dict(suite: Suite) -> dict[str, Any]:
             "keys": {k: jsonable(list(v)) for k, v in suite.tune.keys},
             "seeds": list(suite.tune.seeds),
             "overrides": {k: jsonable(v) for k, v in suite.tune.overrides},
+            "score_noise": suite.tune.score_noise,
         },
     }
 
@@ -185,4 +211,6 @@ def cell_to_dict(cell: Cell) -> dict[str, Any]:
         "training": jsonable(dataclasses.asdict(cell.training)),
         "stage": cell.stage,
         "tuned": jsonable(dict(cell.tuned)),
+        # Only where set, so that the config (and checkpoint hash) of a final cell stays as it was.
+        **({} if cell.score_noise is None else {"score_noise": cell.score_noise}),
     }

@@ -47,11 +47,15 @@ def run_key(
     privacy: PrivacyConfig,
     training: TrainingConfig,
     stage: str,
+    *,
+    score_noise: float | None = None,
 ) -> str:
     """First 16 hex digits of the SHA-256 of everything that changes a cell's result.
 
     The suite's name, description and report settings are left out, so renaming a suite or
-    rewording it keeps finished runs.
+    rewording it keeps finished runs. ``score_noise`` (a tuning cell's noisy validation score)
+    enters only when set: final cells keep their keys, and a tuning run scored with noise
+    never takes the key of one that published its exact score.
     """
     data = data_to_dict(data_config)
     for name in _NOT_IN_RUN_KEY:
@@ -71,6 +75,8 @@ def run_key(
     }
     if stage != "final":  # a final run is the run a suite without tuning makes
         payload["stage"] = stage
+    if score_noise is not None:
+        payload["score_noise"] = score_noise
     return sha256_json(payload)[:16]
 
 

@@ -90,7 +90,8 @@ class Record(TypedDict, total=False):
     grad_sample_paths: dict[str, str]  # trainable layer type -> path its per-sample grads took
     stage: str  # "final" (test set) or "tune" (validation split held out and scored)
     tuned: dict[str, Any]  # tuning values the run ran at: a candidate (tune) or the selection
-    val_acc: float | None  # top-1 accuracy on the validation split (tune stage), a fraction
+    val_acc: float | None  # noisy correct count over n_val (tune stage), a fraction in [0, 1]
+    val_score_noise: float | None  # std of the noise on val_acc's correct count, in examples
     n_val: int | None  # validation examples scored (tune stage)
     dp_valid: bool  # False for a TAN simulation: not private at the target
     simulated: dict[str, Any] | None  # TAN: the simulated target, batch and reference sigma
@@ -137,6 +138,10 @@ class Record(TypedDict, total=False):
     steps: int  # DP-SGD steps planned (count)
     steps_done: int  # DP-SGD steps the optimiser took, as the accountant saw them (count)
     privacy_charges: list[PrivacyCharge]  # other privacy costs composed into epsilon_spent
+    epsilon_with_tuning: float | None  # whole tuned procedure's epsilon (final runs); else null
+    epsilon_with_tuning_accountant: str | None  # accountant of epsilon_with_tuning
+    epsilon_with_tuning_method: str | None  # how it is composed: "composition"
+    epsilon_with_tuning_history: list[list[float]] | None  # [sigma, q, steps] entries composed
 
     # Time and provenance.
     train_wall_s: float  # seconds from the start of the run to the end of training
@@ -168,6 +173,7 @@ NUMERIC_FIELDS = (
     "num_classes",
     "peak_rss_bytes",
     "epsilon_spent",
+    "epsilon_with_tuning",
     "noise_multiplier",
     "sample_rate",
     "steps",

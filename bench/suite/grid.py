@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from bench.backbones import resolve_backbone
-from bench.config import GRID_REQUIRED, GRID_SECTIONS, SECTIONS, TuneConfig
+from bench.config import GRID_REQUIRED, GRID_SECTIONS, SCORE_NOISE, SECTIONS, TuneConfig
 from bench.errors import BackboneError
 from bench.suite.coercion import coerce, field_hints, is_tuple_hint, reject_unknown
 from bench.suite.reading import Context
@@ -16,15 +17,18 @@ from norms.errors import NormError
 
 #: What a grid is, for errors about a missing or malformed one.
 GRID_ALLOWED = "a mapping with backbone, norm and seed"
-_TUNE_KEYS = ("keys", "seeds", "overrides")
+_TUNE_KEYS = ("keys", "seeds", "overrides", "score_noise")
 
 
 def parse_tune(raw: Any, grid: Mapping[str, Any], data: Any, ctx: Context) -> TuneConfig | None:
-    """The ``tune`` section: dotted keys with the values to try, tuning seeds, and overrides
-    applied to tuning runs only (a shorter budget)."""
+    """The ``tune`` section: dotted keys with the values to try, tuning seeds, overrides
+    applied to tuning runs only (a shorter budget), and the noise on their validation scores."""
     if raw is None:
         return None
-    allowed = "keys: {training.lr: [0.5, 1, 2]}, seeds: [0, 1], overrides: {training.steps: 40}"
+    allowed = (
+        "keys: {training.lr: [0.5, 1, 2]}, seeds: [0, 1], overrides: {training.steps: 40}, "
+        f"score_noise: {SCORE_NOISE:g}"
+    )
     if not isinstance(raw, dict):
         raise ctx.error("tune", "must be a mapping", given=raw, allowed=allowed)
     reject_unknown(raw, _TUNE_KEYS, "tune.", ctx)
@@ -68,7 +72,21 @@ def parse_tune(raw: Any, grid: Mapping[str, Any], data: Any, ctx: Context) -> Tu
             given=data.val_split,
             allowed="data.val_split > 0 examples held out of the private set",
         )
-    return TuneConfig(tuple(parsed), tuple(seeds), tuple(parsed_overrides))
+    score_noise = _score_noise(raw.get("score_noise", SCORE_NOISE), ctx)
+    return TuneConfig(tuple(parsed), tuple(seeds), tuple(parsed_overrides), score_noise)
+
+
+def _score_noise(raw: Any, ctx: Context) -> float:
+    """``tune.score_noise``: a finite number > 0 (an exact score would leave the run un-noised)."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw < math.inf:
+        raise ctx.error(
+            "tune.score_noise",
+            "must be a number > 0: the std of the Gaussian noise on each tuning run's count of "
+            "correct validation examples (an exact count is not private)",
+            given=raw,
+            allowed=f"a number > 0, e.g. {SCORE_NOISE:g} (the default)",
+        )
+    return float(raw)
 
 
 def parse_grid(raw: Any, ctx: Context) -> tuple[tuple[str, tuple[Any, ...]], ...]:

@@ -84,6 +84,7 @@ def load_cell(config: Mapping[str, Any], where: str, data_root: str | None = Non
         overrides=dict(config.get("overrides") or {}),
         stage=config.get("stage", "final"),
         tuned=dict(config.get("tuned") or {}),
+        score_noise=config.get("score_noise"),
         **sections,
     )
 

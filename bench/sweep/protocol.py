@@ -1,17 +1,17 @@
 """The two-stage protocol: tune each (backbone, norm) on a validation split, then final runs.
 
 *Tune*: every backbone x norm x (other grid keys) x tuning value x tuning seed, trained on the
-private set minus ``data.val_split`` examples and scored on those (``val_acc``); the test set is
-not even moved to the device. *Final*: the grid's seeds at the value with the best mean
-validation accuracy for that point of the grid, trained on the whole private set (validation
-examples included) and reported on the test set. Both stages are ordinary cells with their
-own run keys, so both resume like any sweep; a final cell's run key holds what was selected,
-because the selected values are part of its config.
+private set minus ``data.val_split`` examples and scored on those (``val_acc``, released as a
+noisy count: `bench.train.score`); the test set is not even moved to the device. *Final*: the
+grid's seeds at the value with the best mean validation score for that point of the grid,
+trained on the whole private set (validation examples included) and reported on the test set.
+Both stages are ordinary cells with their own run keys, so both resume like any sweep; a final
+cell's run key holds what was selected, because the selected values are part of its config.
 
-What this does not account: the tuning runs read the private data (the validation split and
-the training examples), and their privacy cost is not in the final runs' epsilon, as in the
-literature; Papernot and Steinke (ICLR 2022) show how it could be. Each final run's epsilon is
-what that run spent.
+Privacy: each run's ``epsilon_spent`` is what that run spent (a tuning run's includes its
+score), as in the literature; each final run also records ``epsilon_with_tuning``, the whole
+procedure's (every tuning run of its grid point, their scores, the selection, the final run),
+by composition (`bench.privacy_tuning`).
 """
 
 from __future__ import annotations
@@ -67,9 +67,19 @@ def _tune_cells_per_point(suite: Suite) -> list[Cell]:
                         seed=seed,
                         stage="tune",
                         tuned=values,
+                        score_noise=suite.tune.score_noise,
                     )
                 )
     return cells
+
+
+def tuning_by_group(suite: Suite) -> dict[tuple, list[Cell]]:
+    """Per grid point (`group_of`), every tuning cell its selection reads, shared ones
+    included: what the point's ``epsilon_with_tuning`` composes."""
+    out: dict[tuple, list[Cell]] = {}
+    for cell in _tune_cells_per_point(suite):
+        out.setdefault(group_of(cell), []).append(cell)
+    return out
 
 
 def tune_cells(suite: Suite) -> list[Cell]:
@@ -92,8 +102,9 @@ class Selection:
 
     Attributes:
         values: The chosen tuning values (dotted keys).
-        val_acc: Their mean validation accuracy over the tuning seeds.
-        table: Every candidate's mean validation accuracy (None: no ok tuning run), in order.
+        val_acc: Their mean validation score over the tuning seeds (each a noisy count over
+            the split's size, as published: the selection reads nothing else).
+        table: Every candidate's mean validation score (None: no ok tuning run), in order.
         missing: Tuning runs without an ok record (the selection waits for them).
     """
 
@@ -140,15 +151,34 @@ def select(suite: Suite, records: Iterable[Mapping[str, Any]]) -> dict[tuple, Se
     return out
 
 
-def final_cells(suite: Suite, selections: Mapping[tuple, Selection]) -> list[Cell]:
+def final_cells(
+    suite: Suite,
+    selections: Mapping[tuple, Selection],
+    tuning_costs: Mapping[tuple, tuple] | None = None,
+) -> list[Cell]:
     """The final stage: the grid's cells at their point's selected values. Points whose
-    selection is not made yet (missing tuning runs, or none ok) are left out."""
+    selection is not made yet (missing tuning runs, or none ok) are left out.
+
+    Args:
+        tuning_costs: Per grid point, the composed history of its tuning runs
+            (`bench.privacy_tuning.group_costs`), which each final cell carries to compose
+            into its ``epsilon_with_tuning``; None: not computed (the record's is null).
+    """
     cells = []
     for cell in suite.cells():
         chosen = selections.get(group_of(cell))
         if chosen is None or chosen.values is None:
             continue
-        cells.append(_with(cell, chosen.values, stage="final", tuned=dict(chosen.values)))
+        cost = None if tuning_costs is None else tuning_costs[group_of(cell)]
+        cells.append(
+            _with(
+                cell,
+                chosen.values,
+                stage="final",
+                tuned=dict(chosen.values),
+                tuning_history=cost,
+            )
+        )
     return cells
 
 

@@ -29,6 +29,7 @@ from bench.config import Cell, Suite
 from bench.environment import capture_environment, check_stack
 from bench.errors import ExecutorError
 from bench.plan import plan_cells
+from bench.privacy_tuning import group_costs
 from bench.provenance import environment_facts
 from bench.results.leaderboard import write_report
 from bench.results.records import read_records
@@ -37,7 +38,14 @@ from bench.sweep.executor import Executor
 from bench.sweep.local import LocalExecutor
 from bench.sweep.options import RunOptions
 from bench.sweep.outputs import default_out_dir, records_path, reproduce_command, write_suite_json
-from bench.sweep.protocol import final_cells, planned_cells, select, selection_lines, tune_cells
+from bench.sweep.protocol import (
+    final_cells,
+    planned_cells,
+    select,
+    selection_lines,
+    tune_cells,
+    tuning_by_group,
+)
 from bench.sweep.resume import pending_cells
 from bench.sweep.slurm import SlurmExecutor
 
@@ -151,9 +159,15 @@ def _final_stage(
     if options.progress:
         for line in selection_lines(selections):
             print(f"tune: {line}", file=sys.stderr)
-    finals = final_cells(suite, selections)
+    finals = final_cells(suite, selections, _tuning_costs(suite))
     todo, already = pending_cells(finals, records, options.force, options.retry_failed)
     return finals, todo, already
+
+
+def _tuning_costs(suite: Suite) -> dict[tuple, tuple]:
+    """Per grid point, the composed planned history of its tuning runs (planned: a run that
+    failed or stopped early is charged in full), for its final runs' ``epsilon_with_tuning``."""
+    return group_costs({g: plan_cells(c) for g, c in tuning_by_group(suite).items()})
 
 
 def _check_environment(

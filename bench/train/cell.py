@@ -11,7 +11,7 @@ import torch
 from bench import saved_model
 from bench.config import Cell
 from bench.provenance import record_provenance
-from bench.train.evaluate import evaluate
+from bench.train.evaluate import correct_count
 from bench.train.loop import Progress, Trained, train_loop
 from bench.train.record import (
     clipping_fields,
@@ -23,6 +23,7 @@ from bench.train.record import (
     throughput_fields,
 )
 from bench.train.reference import NonPrivateMeasure, nonprivate_throughput
+from bench.train.score import noisy_score
 from bench.train.setup import Run, setup_run
 
 
@@ -42,9 +43,10 @@ def train_cell(
     ones (noise, sampling, a norm's DP statistics) from the cell's own, keyed by its run key,
     or under ``privacy.secure_noise`` from the operating system's entropy.
 
-    What leaves the run is DP or public: the test accuracy, the noise and privacy figures,
-    timings and memory; the un-noised loss of private batches only with
-    ``training.log_private_loss``, listed in ``nonprivate_diagnostics``.
+    What leaves the run is DP or public: the test accuracy, a tuning run's validation score
+    as a noisy count (`bench.train.score`), the noise and privacy figures, timings and memory;
+    the un-noised loss of private batches only with ``training.log_private_loss``, listed in
+    ``nonprivate_diagnostics``.
 
     Args:
         checkpoint_dir: Where the run's checkpoints live (``<dir>/<run_key>/``): it resumes
@@ -81,11 +83,15 @@ def train_cell(
 
 def _score(run: Run, model_dir: Path | None) -> tuple[float, str, str | None]:
     """``(accuracy, weights scored, saved model path)``: the EMA's weights when there is one,
-    else the final ones, scored on the run's split and saved when ``training.save_model``."""
+    else the final ones, scored on the run's split and saved when ``training.save_model``.
+    On the validation split (a tuning run, whose examples are private) the accuracy is the
+    noisy count's (`noisy_score`); on the test set, which is not private, the exact one."""
     training = run.cell.training
     eval_model = run.ema.module if run.ema is not None else run.model
     eval_weights = "ema" if run.ema is not None else "final"
-    accuracy = evaluate(eval_model, run.data, training.eval_batch_size, training.precision)
+    correct = correct_count(eval_model, run.data, training.eval_batch_size, training.precision)
+    n = int(run.data.test_x.shape[0])
+    accuracy = noisy_score(correct, n, run.cell) if run.data.eval_split == "val" else correct / n
     model_path = None
     if training.save_model and model_dir is not None:
         ema = run.ema.module if run.ema is not None else None

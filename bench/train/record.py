@@ -6,7 +6,8 @@ import time
 from typing import Any
 
 from bench.measure import process_peak_rss
-from bench.privacy import epsilon_spent
+from bench.privacy import History, epsilon_spent
+from bench.privacy_tuning import METHOD, composed, epsilon_with_tuning
 from bench.seeds import STREAM_SCHEME
 from bench.train import data_cache
 from bench.train.loop import Trained
@@ -42,6 +43,7 @@ def score_fields(run: Run, accuracy: float, eval_weights: str, loss: float) -> d
     return {
         "test_acc": accuracy if scored_on == "test" else None,
         "val_acc": accuracy if scored_on == "val" else None,
+        "val_score_noise": cell.score_noise if scored_on == "val" else None,
         "dp_valid": plan.dp_valid,
         "simulated": None
         if plan.dp_valid
@@ -106,9 +108,11 @@ def memory_fields(
 
 def privacy_fields(run: Run) -> dict[str, Any]:
     """Epsilon spent by the steps taken and the charges made (`bench.privacy.epsilon_spent`),
-    and the privacy plan the noise was calibrated on."""
+    the privacy plan the noise was calibrated on, and, for a final run of a tuned suite, the
+    whole procedure's epsilon (`bench.privacy_tuning`)."""
     cell, plan, history = run.cell, run.plan, run.accountant.history
     spent = epsilon_spent(plan.calibration, history, cell.privacy.delta)
+    taken = [*plan.calibration.extra, *history]
     return {
         "epsilon_spent": spent.epsilon,
         "epsilon_spent_by_accountant": spent.by_accountant,
@@ -122,6 +126,29 @@ def privacy_fields(run: Run) -> dict[str, Any]:
         "privacy_charges": [c.as_record() for c in plan.charges],
         "secure_noise": cell.privacy.secure_noise,
         "stream_scheme": STREAM_SCHEME,
+        **with_tuning_fields(cell.tuning_history, taken, cell.privacy.delta, spent.accountant),
+    }
+
+
+def with_tuning_fields(
+    tuning: History | None, taken: History, delta: float, accountant: str
+) -> dict[str, Any]:
+    """For a final run of a tuned suite (``tuning``: its grid point's tuning history), the
+    whole procedure's epsilon (`bench.privacy_tuning`), its accountant, method and the history
+    composed; null otherwise (an untuned suite's run, a tuning run)."""
+    if tuning is None:
+        return {
+            "epsilon_with_tuning": None,
+            "epsilon_with_tuning_accountant": None,
+            "epsilon_with_tuning_method": None,
+            "epsilon_with_tuning_history": None,
+        }
+    result = epsilon_with_tuning(tuning, taken, delta, accountant)
+    return {
+        "epsilon_with_tuning": result.epsilon,
+        "epsilon_with_tuning_accountant": result.accountant,
+        "epsilon_with_tuning_method": METHOD,
+        "epsilon_with_tuning_history": [list(e) for e in composed([tuning, taken])],
     }
 
 

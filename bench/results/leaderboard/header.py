@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bench.results.leaderboard import with_tuning
 from bench.results.leaderboard.collect import seed_key
 from bench.results.leaderboard.markdown import distinct, join, number_text
 from bench.results.leaderboard.methods import methods_lines
@@ -53,6 +54,7 @@ def header_lines(
         f"{_privacy_text(suite_section(suite, 'privacy'), records, suite_section(suite, 'grid'))}",
         *_tan_lines(records),
         *randomness_lines(records),
+        *with_tuning.header_lines(records, suite),
         f"- **Hardware:** {join(distinct(r.get('device') for r in records))}"
         + _hosts_text(provenance),
         f"- **Versions:** {join(versions)}" + _mixed_note(records),

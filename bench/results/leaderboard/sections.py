@@ -10,6 +10,7 @@ from bench.results import figures
 from bench.results.leaderboard.collect import block_of, is_tuning, seed_key
 from bench.results.leaderboard.markdown import NA, cell_text, code, distinct, join, table
 from bench.results.leaderboard.settings import SUITE_FILE, suite_section
+from bench.results.leaderboard.with_tuning import tuning_privacy_lines
 from bench.results.record import Record
 from bench.results.stacks import stack_text, stacks
 
@@ -148,9 +149,13 @@ def failed_section(not_ok: Sequence[Record]) -> list[str]:
     return [*lines, shown, ""]
 
 
-def tuning_section(tuning: Sequence[Record], suite: Mapping) -> list[str]:
-    """The protocol statement and the tuning table: each norm's mean validation accuracy per
-    candidate value, the selected one marked (the best mean; the first listed wins a tie)."""
+def tuning_section(
+    tuning: Sequence[Record], suite: Mapping, records: Sequence[Record] = ()
+) -> list[str]:
+    """The protocol statement, what the scores reveal and what ε covers
+    (`with_tuning.tuning_privacy_lines`, from ``records``: every record), and the tuning table:
+    each norm's mean validation accuracy per candidate value, the selected one marked (the
+    best mean; the first listed wins a tie)."""
     if not tuning and not suite.get("tune"):
         return []
     n_val = distinct(r.get("n_val") for r in tuning) or distinct(
@@ -163,10 +168,9 @@ def tuning_section(tuning: Sequence[Record], suite: Mapping) -> list[str]:
         f"{join(n_val)} private training examples, held out of the tuning runs, which are "
         "scored on it and never read the test set; the final runs above train on the whole "
         "private set (validation split included) at each norm's selected values and are scored "
-        "on the test set. As in the literature, the privacy cost of the tuning stage itself is "
-        "not in the reported ε (Papernot and Steinke, ICLR 2022, show how it could be "
-        "accounted); each final run's ε is what that run spent.",
+        "on the test set.",
         "",
+        *tuning_privacy_lines(records or tuning),
     ]
     tune = suite.get("tune") if isinstance(suite.get("tune"), Mapping) else {}
     changed = tune.get("overrides") if isinstance(tune.get("overrides"), Mapping) else {}

@@ -73,7 +73,7 @@ def render_leaderboard(
     body, analyses = _backbone_tables(collected, suite, baseline, alpha)
     ok = split_simulated(collected.ok_runs())[0]  # DP tables only: TAN's are apart, below
     body += summary_section(analyses)
-    body += sections.tuning_section(collected.tuning, suite)
+    body += sections.tuning_section(collected.tuning, suite, records)
     body += sections.privacy_section(records)
     body += _grouping_sections(ok, suite, alpha)
     body += sections.figures_section(any(a.results for a in analyses.values()))
