@@ -128,6 +128,13 @@ def test_an_unknown_source_is_a_config_error_with_the_closest_name(tmp_path):
         load_suite(suite)
 
 
+def test_statistics_for_the_wrong_number_of_channels_are_a_config_error(tmp_path):
+    cfg = private_copy(tmp_path, "mnist")
+    data = {"source": "mnist", "root": cfg.root, "verify_checksum": False, "mean": [0.5] * 3}
+    with pytest.raises(ConfigError, match=r"data\.mean: has 3 values for mnist's 1-channel"):
+        load_suite(suite_file(tmp_path, data))
+
+
 def test_a_suite_fills_in_the_datasets_declared_statistics_and_name(tmp_path):
     """A grey dataset gets its one-channel statistics; a swept source gets each its own."""
     cfg = private_copy(tmp_path, "mnist")

@@ -114,6 +114,13 @@ def _train_examples(data: DataConfig, where, ctx: Context) -> int:
         raise ctx.error(
             where("data", "root"), "directory does not exist", given=data.root, allowed=hint
         )
+    channels = source.declared("channels", data)
+    for name in ("mean", "std"):
+        value = getattr(data, name)
+        if value is not None and len(value) != channels:
+            message = f"has {len(value)} values for {data.source}'s {channels}-channel images"
+            allowed = f"{channels} numbers, or null for the dataset's declared statistics"
+            raise ctx.error(where("data", name), message, given=list(value), allowed=allowed)
     try:
         return data_size(data).n_train
     except BenchError as err:
