@@ -254,3 +254,26 @@ def test_bench_list_shows_every_dataset_with_what_it_implies():
 def test_the_registry_refuses_a_second_dataset_of_the_same_name(restore_datasets):
     with pytest.raises(DataError, match="already registered"):
         registry.register_dataset("mnist")(lambda cfg: None)
+
+
+def test_torchvision_downloads_only_where_download_is_on(tmp_path, monkeypatch):
+    """``data.download: true`` runs torchvision's downloader, into its own layout; off, the
+    missing files are an error and nothing is fetched."""
+    import torchvision.datasets  # here: only this test replaces the downloader
+
+    calls = []
+
+    class FakeMNIST:
+        resources = torchvision.datasets.MNIST.resources
+
+        def __init__(self, root, download=False):
+            calls.append(download)
+            write_idx(Path(root) / "FakeMNIST" / "raw")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    cfg = DataConfig(source="mnist", root=str(tmp_path), verify_checksum=False)
+    with pytest.raises(DataError, match="not found in"):
+        load_dataset(cfg)
+    assert calls == []
+    data = load_dataset(dataclasses.replace(cfg, download=True))
+    assert calls == [True] and tuple(data.train_x.shape[1:]) == (1, 28, 28)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import urllib.error
 from collections.abc import Callable, Sequence
@@ -62,16 +63,28 @@ def verify(cfg: DataConfig, path: Path, md5: str | None) -> None:
         )
 
 
-def download(label: str, fetch: Callable[[], object]) -> None:
-    """Run a torchvision dataset constructor with ``download=True`` (``fetch``), turning a
-    network failure into one line.
+def find_or_download(
+    cfg: DataConfig,
+    names: Sequence[str],
+    label: str,
+    how_to_get: str,
+    subdirs: Sequence[str],
+    fetch: Callable[[], object],
+) -> list[Path]:
+    """`find_files`; where they are missing and ``data.download`` is on, run ``fetch`` (a
+    torchvision dataset constructor with ``download=True``) and look again.
 
     Raises:
-        DataError: The download failed (no network, a refused request).
+        DataError: The files are missing (one line), or the download failed.
     """
+    paths = find_files(cfg, names, label, how_to_get, subdirs)
+    if paths is not None:
+        return paths
     try:
         fetch()
     except (RuntimeError, OSError, urllib.error.URLError) as err:
         raise DataError(
             f"{label}: download failed ({err}); copy the publisher's files into data.root instead"
         ) from None
+    offline = dataclasses.replace(cfg, download=False)  # now a missing file is an error
+    return find_files(offline, names, label, how_to_get, subdirs) or []

@@ -52,10 +52,9 @@ def cifar100(cfg: DataConfig, *, labels: str = "fine") -> Decoded:
     """CIFAR-100 (Krizhevsky 2009): 50,000 + 10,000 32x32 colour images, 100 classes (20 coarse)."""
     from torchvision.datasets import CIFAR100  # heavy import: its MD5 table and download only
 
-    paths = files.find_files(cfg, _NAMES, "CIFAR-100", _HOW, (_FOLDER,))
-    if paths is None:
-        files.download("CIFAR-100", lambda: CIFAR100(cfg.root, download=True))
-        paths = files.find_files(cfg, _NAMES, "CIFAR-100", _HOW, (_FOLDER,))
+    paths = files.find_or_download(
+        cfg, _NAMES, "CIFAR-100", _HOW, (_FOLDER,), lambda: CIFAR100(cfg.root, download=True)
+    )
     md5 = dict(CIFAR100.train_list + CIFAR100.test_list)
     md5["meta"] = CIFAR100.meta["md5"]
     for path in paths:

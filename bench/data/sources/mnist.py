@@ -100,10 +100,9 @@ def _load(cfg: DataConfig, pad: int, label: str, tv_class, classes, url: str) ->
     if pad < 0:
         raise DataError(f"{label}: pad={pad} must be >= 0")
     subdirs = (f"{tv_class.__name__}/raw",)
-    paths = files.find_files(cfg, _NAMES, label, _how(url), subdirs)
-    if paths is None:
-        files.download(label, lambda: tv_class(cfg.root, download=True))
-        paths = files.find_files(cfg, _NAMES, label, _how(url), subdirs)
+    paths = files.find_or_download(
+        cfg, _NAMES, label, _how(url), subdirs, lambda: tv_class(cfg.root, download=True)
+    )
     md5 = dict(tv_class.resources)
     for path in paths:
         files.verify(cfg, path, md5[path.name])

@@ -51,11 +51,12 @@ def svhn(cfg: DataConfig, *, extra: bool = False) -> Decoded:
     from torchvision.datasets import SVHN  # heavy import: its MD5 table and download only
 
     names = _names({"extra": extra})
-    paths = files.find_files(cfg, names, "SVHN", _HOW)
-    if paths is None:
+
+    def fetch() -> None:
         for split in ("train", "test", "extra")[: len(names)]:
-            files.download("SVHN", lambda s=split: SVHN(cfg.root, split=s, download=True))
-        paths = files.find_files(cfg, names, "SVHN", _HOW)
+            SVHN(cfg.root, split=split, download=True)
+
+    paths = files.find_or_download(cfg, names, "SVHN", _HOW, (), fetch)
     md5 = {name: digest for _, name, digest in SVHN.split_list.values()}
     for path in paths:
         files.verify(cfg, path, md5[path.name])
