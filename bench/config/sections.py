@@ -50,8 +50,8 @@ class DataConfig:
         download: Let torchvision download the publisher's files into ``root`` when missing.
         verify_checksum: Check the publisher's files against their published checksums
             (false for tests and private copies, whose sizes are then counted by decoding).
-        dataset: Human name for reports; None gives ``synthetic``, ``CIFAR-10`` or the basename
-            of an imagefolder root.
+        dataset: Human name for reports; None gives the name the dataset declares
+            (``CIFAR-100``, ``SVHN``, the basename of an imagefolder root).
         num_train: Training examples, public split included: the size of the synthetic set
             (None: 2048), a cap for the other sources taken as a deterministic subset
             (None: all).
