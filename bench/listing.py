@@ -1,4 +1,4 @@
-"""The text of ``python -m bench list``: registered norms and backbones with their parameters."""
+"""The text of ``python -m bench list``: the registered norms, backbones and datasets."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from tabulate import tabulate
 
 import norms
 from bench.backbones import get_backbone, list_backbones
+from bench.config import DataConfig
+from bench.data import get_dataset, list_datasets
 
 
 def _params(defaults, choices=None) -> str:
@@ -56,6 +58,7 @@ def render_listing() -> str:
     for name in list_backbones():
         spec = get_backbone(name)
         backbone_rows.append([name, spec.timm_name, _params(spec.defaults), spec.description])
+    dataset_rows = _dataset_rows()
     return "\n".join(
         [
             f"Norms ({len(norm_rows)})",
@@ -73,5 +76,28 @@ def render_listing() -> str:
             "",
             f"Backbones ({len(backbone_rows)})",
             tabulate(backbone_rows, headers=["name", "timm name", "parameters", "description"]),
+            "",
+            f"Datasets ({len(dataset_rows)}; data.source)",
+            tabulate(
+                dataset_rows,
+                headers=["name", "parameters", "image", "classes", "train", "flip", "description"],
+            ),
         ]
     )
+
+
+def _dataset_rows() -> list[list[str]]:
+    """One row per dataset: what it implies at its default parameters (``-``: its files tell)."""
+    rows = []
+    cfg = DataConfig()  # the synthetic set's sizes, for the one source that reads them
+    for name in list_datasets():
+        spec = get_dataset(name)
+        source = spec.resolve()
+        side = source.declared("image_size", cfg)
+        shape = f"{source.declared('channels', cfg)}x{side}x{side}" if side else "-"
+        classes = source.declared("num_classes", cfg)
+        train = source.declared("num_train", cfg)
+        flip = "yes" if source.declared("flip", cfg) else "no"
+        params = _params(spec.defaults, spec.choices)
+        rows.append([name, params, shape, classes or "-", train or "-", flip, spec.description])
+    return rows

@@ -34,12 +34,16 @@ class DataSize:
         n_public: Examples held out as public data.
         num_classes: Number of classes.
         n_val: Private examples held out for tuning (the validation split).
+        channels: Image channels the dataset declares (a backbone's ``in_chans``).
+        image_size: Image side the dataset declares, or None where only decoding tells.
     """
 
     n_train: int
     n_public: int
     num_classes: int
     n_val: int = 0
+    channels: int = 3
+    image_size: int | None = None
 
     @property
     def n_private(self) -> int:
@@ -58,9 +62,11 @@ def data_size(cfg: DataConfig) -> DataSize:
     Raises:
         DataError: When the data cannot be counted (names the path).
     """
-    from bench.data import count_classes, count_train_examples  # torch: only when counting
+    from bench.data import count_classes, count_train_examples, image_shape  # torch: only here
 
-    return DataSize(count_train_examples(cfg), cfg.public_split, count_classes(cfg), cfg.val_split)
+    channels, side = image_shape(cfg)
+    n_train, n_classes = count_train_examples(cfg), count_classes(cfg)
+    return DataSize(n_train, cfg.public_split, n_classes, cfg.val_split, channels, side)
 
 
 @dataclass(frozen=True)
@@ -171,7 +177,7 @@ def plan_cell(
     }
     q_run = run_batch(cell) / n
     if model is None:
-        model = build_model(cell, size.num_classes, "cpu", norm)
+        model = build_model(cell, size.num_classes, "cpu", norm, size.channels)
     charge = norm.charge(model, n)
     charges = (charge,) if charge else ()
     if cell.score_noise is not None:  # a tuning run releases its validation score, noised
@@ -201,10 +207,10 @@ def plan_cells(cells: Iterable[Cell], accountants: Sequence[str] | None = None) 
     for cell in cells:
         norm = resolve_cell_norm(cell)
         size = data_size(cell.data)
-        key = (cell.backbone, cell.norm, size.num_classes)
+        key = (cell.backbone, cell.norm, size.num_classes, size.channels)
         if key not in models:
             models.clear()
-            models[key] = build_model(cell, size.num_classes, "cpu", norm)
+            models[key] = build_model(cell, size.num_classes, "cpu", norm, size.channels)
         model = models[key]
         try:
             plans.append(
@@ -260,16 +266,20 @@ def check_grad_sample_mode(cell: Cell, norm: ResolvedNorm | None = None) -> None
         )
 
 
-def build_model(cell: Cell, num_classes: int, device, norm: ResolvedNorm | None = None):
+def build_model(
+    cell: Cell, num_classes: int, device, norm: ResolvedNorm | None = None, in_chans: int = 3
+):
     """The cell's backbone with its norm, on ``device``.
 
     Args:
         norm: The cell's resolved norm (default: parsed from the cell's spec).
+        in_chans: Image channels, as the data declares them (1 for grey images).
     """
     from bench.backbones import create_backbone  # torch: only when building
 
     spec = norm or cell.norm
-    return create_backbone(cell.backbone, norm=spec, num_classes=num_classes).to(device)
+    model = create_backbone(cell.backbone, norm=spec, num_classes=num_classes, in_chans=in_chans)
+    return model.to(device)
 
 
 def cell_label(cell: Cell) -> str:

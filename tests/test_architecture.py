@@ -184,6 +184,39 @@ def test_bench_names_no_norm_and_no_norm_class():
     assert hits == []
 
 
+#: Where bench/ may name a dataset outside its registry entries (bench/data/sources/ and the
+#: imagefolder source's own module): the schema's default source and the report names it falls
+#: back on (it cannot import the registry), CIFAR-10's root kept out of published run keys, and
+#: the class counts of records written before records held ``num_classes``.
+DATASET_NAMED_AT = {
+    ("bench/config/sections.py", "synthetic"),
+    ("bench/config/sections.py", "cifar10"),
+    ("bench/config/sections.py", "imagefolder"),
+    ("bench/config/identity.py", "cifar10"),
+    ("bench/results/leaderboard/survivorship.py", "cifar10"),
+    ("bench/results/leaderboard/survivorship.py", "synthetic"),
+}
+DATASET_ENTRIES = ("bench/data/sources/", "bench/data/imagefolder.py")
+
+
+def test_bench_names_no_dataset_outside_its_registry_entries():
+    """A dataset is one registered file (or another package's): nothing else in bench/
+    special-cases one, so a new dataset changes no code outside its entry."""
+    from bench.data import list_datasets  # torch: only this test needs the registry
+
+    names = set(list_datasets())
+    assert {"cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagenet32"} <= names
+    pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, names))) + r")\b")
+    hits = [
+        f"{rel}:{line}: {word!r}"
+        for p in sorted((ROOT / "bench").rglob("*.py"))
+        if not (rel := str(p.relative_to(ROOT))).startswith(DATASET_ENTRIES)
+        for line, word in code_words(p)
+        if (match := pattern.search(word)) and (rel, match.group(1)) not in DATASET_NAMED_AT
+    ]
+    assert hits == []
+
+
 def test_the_norm_finder_sees_a_norm_named_in_code(tmp_path):
     module = tmp_path / "m.py"
     module.write_text('"""Mentions GroupNorm in prose."""\nx = nn.GroupNorm(2, 4)  # GroupNorm\n')

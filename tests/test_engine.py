@@ -259,9 +259,9 @@ def test_a_norm_run_in_a_grad_sample_mode_it_does_not_declare_is_refused(tiny):
 #: record is built by one function per section, `bench.train.record`).
 MEASURED_FIELDS = (
     "status", "error", "norm_name", "norm_params", "n_private", "n_test", "n_val", "stage",
-    "tuned", "num_classes", "dataset_sha256", "test_acc", "val_acc", "val_score_noise", "dp_valid",
-    "simulated",
-    "eval_weights", "final_train_loss", "nonprivate_diagnostics", "throughput_img_s",
+    "tuned", "num_classes", "dataset_sha256", "image_shape", "augment_flip", "test_acc",
+    "val_acc", "val_score_noise", "dp_valid", "simulated", "eval_weights", "final_train_loss",
+    "nonprivate_diagnostics", "throughput_img_s",
     "throughput_rel_se", "nonprivate_throughput_img_s", "nonprivate_throughput_rel_se",
     "nonprivate_timed_steps", "dp_nonprivate_throughput_ratio", "throughput_timed_steps",
     "peak_mem_bytes", "peak_mem_abs_bytes", "nonprivate_peak_mem_bytes",

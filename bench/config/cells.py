@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,9 @@ class Suite:
         tune: Per-norm tuning on the validation split, or None (one stage).
         path: The suite file it was loaded from.
         overrides: The ``--set`` strings applied on top of the file.
+        resolve_data: Fills in what a cell's dataset declares (its normalisation statistics,
+            its name) after the grid's overrides; the loader passes the dataset registry's
+            (`bench.data.resolve_data_config`), which the schema cannot import.
     """
 
     name: str
@@ -144,6 +147,9 @@ class Suite:
     path: Path | None = None
     overrides: tuple[str, ...] = ()
     tune: TuneConfig | None = None
+    resolve_data: Callable[[DataConfig], DataConfig] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def cells(self) -> list[Cell]:
         """The cartesian product of the grid, backbone outermost, extra keys innermost."""
@@ -161,6 +167,8 @@ class Suite:
                 }
                 if changes:
                     sections[section] = dataclasses.replace(sections[section], **changes)
+            if self.resolve_data is not None:
+                sections["data"] = self.resolve_data(sections["data"])
             cells.append(
                 Cell(
                     suite=self.name,

@@ -20,7 +20,8 @@ _DIAGNOSTIC_FIELDS = {"training": ("log_private_loss", "checkpoint_every", "save
 #: Per section, fields added after records were published, with their defaults: they enter the
 #: run key only when set to something else, so every published run key stays valid.
 _IN_RUN_KEY_WHEN_SET = {
-    "data": {"val_split": 0},
+    # A private copy read without its checksum may differ from the publisher's: its own key.
+    "data": {"val_split": 0, "verify_checksum": True},
     "privacy": {"secure_noise": False, "simulate_batch_size": None},
     "training": {"pre_prune": None, "grad_drop": None},
 }

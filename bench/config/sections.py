@@ -42,12 +42,16 @@ class DataConfig:
     """Where the images come from, how they are split and how they are standardised.
 
     Attributes:
-        source: ``synthetic`` (generated, learnable), ``cifar10`` (torchvision) or
-            ``imagefolder`` (``root/train/<class>/*`` and ``root/test/<class>/*``).
-        root: Data directory; required for ``cifar10`` and ``imagefolder``. ``~`` is expanded.
-        download: Let torchvision download CIFAR-10 into ``root`` when it is missing.
-        dataset: Human name for reports; None gives ``synthetic``, ``CIFAR-10`` or the basename
-            of an imagefolder root.
+        source: A registered dataset (``bench list``), as a spec string: ``synthetic``
+            (generated, learnable), ``cifar10``, ``cifar100[labels=coarse]``, ``svhn``,
+            ``mnist[pad=2]``, ``fashion_mnist``, ``imagenet32``, ``imagefolder``
+            (``root/train/<class>/*`` and ``root/test/<class>/*``) or a plugin's.
+        root: Data directory; required for every source that reads files. ``~`` is expanded.
+        download: Let torchvision download the publisher's files into ``root`` when missing.
+        verify_checksum: Check the publisher's files against their published checksums
+            (false for tests and private copies, whose sizes are then counted by decoding).
+        dataset: Human name for reports; None gives the name the dataset declares
+            (``CIFAR-100``, ``SVHN``, the basename of an imagefolder root).
         num_train: Training examples, public split included: the size of the synthetic set
             (None: 2048), a cap for the other sources taken as a deterministic subset
             (None: all).
@@ -65,14 +69,17 @@ class DataConfig:
             images; independent of the run seeds so that every norm and seed sees the same
             data.
         normalize: Standardise inputs with ``mean`` and ``std`` after scaling to [0, 1].
-        mean: Per-channel mean of the [0, 1] inputs (CIFAR-10's by default).
-        std: Per-channel standard deviation of the [0, 1] inputs (CIFAR-10's by default).
+        mean: Per-channel mean of the [0, 1] inputs, one per channel; None: the constants
+            the dataset declares (CIFAR-10's for ``cifar10``, ``synthetic`` and ``imagefolder``),
+            filled in when a suite file is read.
+        std: Per-channel standard deviation of the [0, 1] inputs; None: the dataset's.
         cache_dir: Where decoded imagefolder tensors are cached; None disables the cache.
     """
 
-    source: Literal["synthetic", "cifar10", "imagefolder"] = "synthetic"
+    source: str = "synthetic"
     root: str | None = None
     download: bool = False
+    verify_checksum: bool = True
     dataset: str | None = None
     num_train: int | None = None
     num_test: int | None = None
@@ -82,8 +89,8 @@ class DataConfig:
     val_split: int = 0
     split_seed: int = 0
     normalize: bool = True
-    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     cache_dir: str | None = "~/.cache/dp-norm-bench"
 
     SYNTHETIC_NUM_TRAIN: ClassVar[int] = 2048
@@ -121,8 +128,6 @@ class DataConfig:
 
     def problems(self) -> Iterator[Problem]:
         """Impossible values, as ``(field, message, allowed)``; types are checked by the loader."""
-        if self.root is None and self.source != "synthetic":
-            yield "root", f"is required for source {self.source!r}", "a directory path"
         for name in ("num_train", "num_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -137,8 +142,8 @@ class DataConfig:
             yield "val_split", "must not be negative", "an integer >= 0"
         if self.split_seed < 0:
             yield "split_seed", "must not be negative", "an integer >= 0"
-        if any(s <= 0 for s in self.std):
-            yield "std", "must be positive", "three numbers > 0"
+        if self.std is not None and any(s <= 0 for s in self.std):
+            yield "std", "must be positive", "one number > 0 per image channel"
 
 
 @dataclass(frozen=True)

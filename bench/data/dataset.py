@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import urllib.error
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from bench.config import DataConfig
-from bench.data.imagefolder import class_names, folder_root, image_files, load_imagefolder
+from bench.data import sources  # noqa: F401  (registers the built-in datasets)
+from bench.data.registry import Decoded, ResolvedDataset, resolve_source
 from bench.errors import DataError
 from bench.seeds import stream
-
-#: Training examples in CIFAR-10.
-CIFAR10_NUM_TRAIN = 50_000
-#: Classes in CIFAR-10.
-CIFAR10_NUM_CLASSES = 10
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A decoded dataset: uint8 images ``(N, 3, H, W)`` and int64 labels, on the CPU.
+    """A decoded dataset: uint8 images ``(N, C, H, W)`` and int64 labels, on the CPU.
 
     Attributes:
         name: Human name for reports, e.g. ``CIFAR-10``.
@@ -38,6 +32,8 @@ class Dataset:
         classes: Class names, in label order.
         val_index: Indices into ``train_x`` of the validation split (tuning runs hold them out
             and are scored on them; final runs train on them), or None without one.
+        flip: Whether a horizontal flip keeps the class, as the dataset declares it (False for
+            digits); augmentation flips only where it does.
     """
 
     name: str
@@ -48,10 +44,16 @@ class Dataset:
     public_x: torch.Tensor | None
     public_y: torch.Tensor | None
     num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     classes: tuple[str, ...] = ()
     val_index: torch.Tensor | None = None
+    flip: bool = True
+
+    @property
+    def channels(self) -> int:
+        """C: image channels (1 for grey images, which are never silently tripled)."""
+        return int(self.train_x.shape[1])
 
 
 def dataset_checksum(dataset: Dataset) -> str:
@@ -76,23 +78,46 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     Raises:
         DataError: When the data is missing or malformed; the message names the path.
     """
-    if cfg.source == "synthetic":
-        train_x, train_y, test_x, test_y = _synthetic(cfg)
-        classes = tuple(f"class_{i}" for i in range(cfg.num_classes))
-    elif cfg.source == "cifar10":
-        train_x, train_y, test_x, test_y, classes = _cifar10(cfg)
-    elif cfg.source == "imagefolder":
-        train_x, train_y, test_x, test_y, classes = load_imagefolder(cfg)
-    else:
-        raise DataError(f"unknown data source {cfg.source!r}")
+    source = resolve_source(cfg.source)
+    train_x, train_y, test_x, test_y, classes = _decode(cfg)
     train_x, train_y = _subset(train_x, train_y, cfg.train_size, cfg.split_seed, "train")
     test_x, test_y = _subset(test_x, test_y, cfg.test_size, cfg.split_seed, "test")
     train_x, train_y, public_x, public_y = _split_public(cfg, train_x, train_y)
     # Drawn from the private set after the public split, so the two are disjoint.
     val_index = _val_index(cfg, len(train_y))
     tensors = (train_x, train_y, test_x, test_y, public_x, public_y)
-    stats = (cfg.mean, cfg.std)
-    return Dataset(cfg.dataset_name, *tensors, len(classes), *stats, tuple(classes), val_index)
+    stats = _statistics(cfg, source, train_x.shape[1])
+    flip = bool(source.declared("flip", cfg))
+    name = cfg.dataset or source.declared("label", cfg) or cfg.dataset_name
+    return Dataset(name, *tensors, len(classes), *stats, tuple(classes), val_index, flip)
+
+
+def _decode(cfg: DataConfig) -> Decoded:
+    """The source's files decoded and their shapes checked (the loader may be a plugin's)."""
+    decoded = resolve_source(cfg.source).load(cfg)
+    for split in ("train", "test"):
+        x, y = getattr(decoded, f"{split}_x"), getattr(decoded, f"{split}_y")
+        if x.dtype != torch.uint8 or x.ndim != 4 or len(x) != len(y):
+            raise DataError(
+                f"{cfg.source}: the loader returned {split} images {tuple(x.shape)} "
+                f"{x.dtype} with {len(y)} labels; expected uint8 (N, C, H, W) and N labels"
+            )
+    return decoded
+
+
+def _statistics(
+    cfg: DataConfig, source: ResolvedDataset, channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)``: the config's, else the dataset's declared constants; one per channel."""
+    mean = cfg.mean if cfg.mean is not None else source.declared("mean", cfg)
+    std = cfg.std if cfg.std is not None else source.declared("std", cfg)
+    for name, value in (("mean", mean), ("std", std)):
+        if len(value) != channels:
+            raise DataError(
+                f"{cfg.source}: data.{name} has {len(value)} values for {channels}-channel "
+                f"images (given: {list(value)})"
+            )
+    return tuple(mean), tuple(std)
 
 
 def _split_public(
@@ -127,83 +152,43 @@ def _val_index(cfg: DataConfig, n_private: int) -> torch.Tensor | None:
 
 
 def count_train_examples(cfg: DataConfig) -> int:
-    """Training examples (public split included) ``load_dataset`` will produce, without decoding.
+    """Training examples (public split included) ``load_dataset`` will produce.
 
-    Cheap enough for config validation: an imagefolder source costs one directory walk.
+    Cheap enough for config validation: the publisher's checksummed files have the sizes their
+    dataset declares (only their presence is checked), an imagefolder source costs one
+    directory walk, and anything else (a private copy with ``verify_checksum: false``, whose
+    sizes may differ from the publisher's) is decoded to be counted.
 
     Raises:
-        DataError: When an imagefolder root has no usable ``train/`` folder.
+        DataError: When the files are missing (one line: where, how to get them).
     """
-    if cfg.source == "synthetic":
-        available = cfg.train_size
-    elif cfg.source == "cifar10":
-        available = CIFAR10_NUM_TRAIN
-    else:
-        root = folder_root(cfg)
-        classes = class_names(root / "train")
-        available = sum(len(image_files(root / "train" / c)) for c in classes)
+    available, _ = _sizes(cfg)
     cap = cfg.train_size
     return available if cap is None else min(available, cap)
 
 
 def count_classes(cfg: DataConfig) -> int:
-    """Classes ``load_dataset`` will produce, without decoding (one directory listing)."""
-    if cfg.source == "synthetic":
-        return cfg.num_classes
-    if cfg.source == "cifar10":
-        return CIFAR10_NUM_CLASSES
-    return len(class_names(folder_root(cfg) / "train"))
+    """Classes ``load_dataset`` will produce, counted as `count_train_examples` counts."""
+    return _sizes(cfg)[1]
 
 
-def _synthetic(cfg: DataConfig) -> tuple[torch.Tensor, ...]:
-    """Learnable generated images: a fixed low-frequency colour pattern per class, plus noise.
-
-    The class patterns share a common background and differ by a moderate amplitude; each image
-    varies the contrast and colour of its pattern and adds pixel noise, so a linear classifier
-    on raw pixels is well above chance but not perfect, and crops and flips keep the class.
-    """
-    gen = split_generator(cfg.split_seed, "synthetic")
-    k, size = cfg.num_classes, cfg.image_size
-    n_train, n_test = cfg.train_size, cfg.test_size
-    n = n_train + n_test
-    # 4x4 colour grids upsampled: patterns survive a few pixels of shift, as real objects do.
-    background = torch.rand(1, 3, 4, 4, generator=gen)
-    offsets = torch.rand(k, 3, 4, 4, generator=gen) - 0.5
-    coarse = background + 0.45 * offsets
-    patterns = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-    labels = (torch.arange(n) % k)[torch.randperm(n, generator=gen)]
-    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gen)
-    colour = 0.1 * torch.randn(n, 3, 1, 1, generator=gen)
-    noise = 0.3 * torch.randn(n, 3, size, size, generator=gen)
-    images = 0.5 + contrast * (patterns[labels] - 0.5) + colour + noise
-    x = (images * 255).round().clamp(0, 255).to(torch.uint8)
-    return x[:n_train], labels[:n_train], x[n_train:], labels[n_train:]
+def image_shape(cfg: DataConfig) -> tuple[int, int | None]:
+    """``(channels, side)`` the dataset declares (the side is None where only decoding tells)."""
+    source = resolve_source(cfg.source)
+    return int(source.declared("channels", cfg)), source.declared("image_size", cfg)
 
 
-def _cifar10(cfg: DataConfig) -> tuple:
-    from torchvision.datasets import CIFAR10  # heavy import, only needed for this source
-
-    try:
-        train = CIFAR10(cfg.root, train=True, download=cfg.download)
-        test = CIFAR10(cfg.root, train=False, download=cfg.download)
-    except (RuntimeError, OSError, urllib.error.URLError) as err:
-        raise DataError(
-            f"{cfg.root}: CIFAR-10 is not there or cannot be read ({err}); set data.download: "
-            "true where the network allows, or decode a copy into train/ and test/ class folders "
-            "and use data.source: imagefolder"
-        ) from None
-    # `.data` is already one (N, 32, 32, 3) uint8 array: no per-image conversion needed.
-    return (
-        _hwc_to_chw(train.data),
-        torch.tensor(train.targets, dtype=torch.int64),
-        _hwc_to_chw(test.data),
-        torch.tensor(test.targets, dtype=torch.int64),
-        tuple(train.classes),
-    )
-
-
-def _hwc_to_chw(array) -> torch.Tensor:
-    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+def _sizes(cfg: DataConfig) -> tuple[int, int]:
+    source = resolve_source(cfg.source)
+    if source.spec.count is not None:
+        return source.spec.count(cfg, source.params)
+    if source.spec.check_files is not None and not cfg.download:
+        source.spec.check_files(cfg, source.params)
+    n, k = source.declared("num_train", cfg), source.declared("num_classes", cfg)
+    if n is not None and k is not None and (cfg.verify_checksum or cfg.download):
+        return n, k
+    decoded = _decode(cfg)
+    return len(decoded.train_y), len(decoded.classes)
 
 
 def split_generator(seed: int, purpose: str) -> torch.Generator:

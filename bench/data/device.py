@@ -25,7 +25,7 @@ class DeviceData:
 
     Attributes:
         device: Where the tensors live.
-        train_x: Private training images, uint8 ``(N, 3, H, W)`` (without the validation split
+        train_x: Private training images, uint8 ``(N, C, H, W)`` (without the validation split
             in a tuning run).
         train_y: Their labels, int64 ``(N,)``.
         test_x: The evaluation images, uint8: the test set, or the validation split in a
@@ -35,6 +35,8 @@ class DeviceData:
         public_x: Public images (held out of the private set), or None.
         public_y: Public labels, or None.
         num_classes: Number of classes.
+        channels: C, image channels.
+        flip: Whether augmentation may flip horizontally (the dataset declares it).
     """
 
     def __init__(
@@ -68,11 +70,13 @@ class DeviceData:
         self.public_x = None if dataset.public_x is None else dataset.public_x.to(self.device)
         self.public_y = None if dataset.public_y is None else dataset.public_y.to(self.device)
         self.num_classes = dataset.num_classes
+        self.channels, self.flip = dataset.channels, dataset.flip
         # (x / 255 - mean) / std folded into one multiply-add per pixel.
-        mean = torch.tensor(dataset.mean if normalize else (0.0, 0.0, 0.0), device=self.device)
-        std = torch.tensor(dataset.std if normalize else (1.0, 1.0, 1.0), device=self.device)
-        self._scale = (1.0 / (255.0 * std)).view(3, 1, 1)
-        self._shift = (-mean / std).view(3, 1, 1)
+        c = self.channels
+        mean = torch.tensor(dataset.mean if normalize else (0.0,) * c, device=self.device)
+        std = torch.tensor(dataset.std if normalize else (1.0,) * c, device=self.device)
+        self._scale = (1.0 / (255.0 * std)).view(c, 1, 1)
+        self._shift = (-mean / std).view(c, 1, 1)
 
     @property
     def num_private(self) -> int:
@@ -122,14 +126,14 @@ class DeviceData:
         padded image is never materialised.
 
         Args:
-            x: uint8 images ``(B, 3, H, W)`` on the device (B may be 0).
+            x: uint8 images ``(B, C, H, W)`` on the device (B may be 0).
             views: Views per image (augmentation multiplicity K).
             padding: Reflect padding in pixels before the crop back to ``(H, W)``; < H and W.
             flip: Flip each view horizontally with probability 1/2.
             generator: Generator on the device; fixes offsets and flips.
 
         Returns:
-            float32 ``(B, views, 3, H, W)``, scaled to [0, 1] and standardised if configured.
+            float32 ``(B, views, C, H, W)``, scaled to [0, 1] and standardised if configured.
         """
         b, c, h, w = x.shape
         if padding >= min(h, w):
@@ -152,7 +156,7 @@ class DeviceData:
         return self._to_float(views_u8)
 
     def prepare_eval(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, 3, H, W)`` to float32, scaled and standardised like training inputs."""
+        """uint8 ``(B, C, H, W)`` to float32, scaled and standardised like training inputs."""
         return self._to_float(x)
 
     def _to_float(self, x: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,8 @@ class Record(TypedDict, total=False):
     n_test: int  # test examples evaluated (count)
     num_classes: int  # classes of the data (chance accuracy is 1 / num_classes)
     dataset_sha256: str  # SHA-256 of the decoded arrays the run read (bench.data.dataset_checksum)
+    image_shape: list[int]  # [channels, height, width] of the inputs, padding included (pixels)
+    augment_flip: bool  # random horizontal flips were valid for the data and used (not digits)
     augmult: int  # augmentation multiplicity K, views per example per step
     grad_sample_mode: str  # per-sample clipping path: "bk", "hooks" or "functorch"
     grad_sampler: str  # what clipped the per-example gradients: "bk" or "opacus"

@@ -10,6 +10,7 @@ import torch
 
 from bench.backbones import create_backbone
 from bench.config import GRID_SECTIONS, Cell, DataConfig, Suite
+from bench.data.registry import resolve_source
 from bench.errors import BenchError
 from bench.plan import data_size, grad_sample_mode_problem
 from bench.suite.reading import Context
@@ -102,15 +103,24 @@ def _check_builds(suite: Suite, key_form: str, norm_index: Mapping[str, int], ct
 
 
 def _train_examples(data: DataConfig, where, ctx: Context) -> int:
-    """Training examples (public split included); checks that the data directory exists."""
-    must_exist = data.source == "imagefolder" or (data.source == "cifar10" and not data.download)
-    if data.root is not None and must_exist and not os.path.isdir(data.root):
-        hint = "an existing directory"
-        if data.source == "cifar10":
-            hint += ", or download: true"
+    """Training examples (public split included); checks that the data's files are there."""
+    source = resolve_source(data.source)  # the loader has checked the name
+    if source.spec.needs_root and data.root is None:
+        message = f"is required for source {data.source!r}"
+        raise ctx.error(where("data", "root"), message, allowed="a directory path")
+    if source.spec.needs_root and not data.download and not os.path.isdir(data.root):
+        # A source whose sizes only a directory walk tells (a folder of images) cannot download.
+        hint = "an existing directory" + ("" if source.spec.count else ", or download: true")
         raise ctx.error(
             where("data", "root"), "directory does not exist", given=data.root, allowed=hint
         )
+    channels = source.declared("channels", data)
+    for name in ("mean", "std"):
+        value = getattr(data, name)
+        if value is not None and len(value) != channels:
+            message = f"has {len(value)} values for {data.source}'s {channels}-channel images"
+            allowed = f"{channels} numbers, or null for the dataset's declared statistics"
+            raise ctx.error(where("data", name), message, given=list(value), allowed=allowed)
     try:
         return data_size(data).n_train
     except BenchError as err:

@@ -1,4 +1,4 @@
-"""The grid and tune sections: swept values, canonical backbone and norm specs."""
+"""The grid and tune sections: swept values, canonical backbone, norm and dataset specs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 
 from bench.backbones import resolve_backbone
 from bench.config import GRID_REQUIRED, GRID_SECTIONS, SCORE_NOISE, SECTIONS, TuneConfig
-from bench.errors import BackboneError
+from bench.data.registry import resolve_source
+from bench.errors import BackboneError, DataError
 from bench.suite.coercion import coerce, field_hints, is_tuple_hint, reject_unknown
 from bench.suite.reading import Context
 from norms import resolve_norm
@@ -147,6 +148,8 @@ def parse_grid_values(key: str, raw: Any, ctx: Context, where: str = "grid") -> 
                     ikey, "must be a non-negative integer", given=item, allowed="an integer >= 0"
                 )
             value = item
+        elif key == "data.source":
+            value = canonical_spec("dataset", item, ikey, ctx)
         else:
             value = coerce(item, hint, ikey, ctx)
         if value in seen:
@@ -165,11 +168,13 @@ def parse_grid_values(key: str, raw: Any, ctx: Context, where: str = "grid") -> 
 _SPEC_KINDS = {
     "norm": (resolve_norm, NormError, "a name or name[key=value,...] that `bench list` shows"),
     "backbone": (resolve_backbone, BackboneError, "e.g. wrn16_4 or wrn16_4[width=0.5]"),
+    "dataset": (resolve_source, DataError, "a name or name[key=value,...] that `bench list` shows"),
 }
 
 
 def canonical_spec(kind: str, spec: Any, key: str, ctx: Context) -> str:
-    """The canonical spec string of a norm or backbone, or an error naming file and key."""
+    """The canonical spec string of a norm, backbone or dataset, or an error naming file and
+    key."""
     resolve, error, example = _SPEC_KINDS[kind]
     if not isinstance(spec, str):
         raise ctx.error(key, f"must be a {kind} spec string", given=spec, allowed=example)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import GRID_REQUIRED, GRID_SECTIONS, SECTIONS, TOP_LEVEL_KEYS, Cell, Suite
+from bench.data.registry import resolve_data_config
 from bench.errors import ConfigError
 from bench.suite.checks import check_cells
 from bench.suite.coercion import parse_section, reject_unknown
@@ -109,8 +110,18 @@ def _build_suite(raw: dict[str, Any], ctx: Context, path: Path, overrides: tuple
     if not isinstance(description, str):
         raise ctx.error("description", "must be a string", given=description, allowed="text")
     sections = {s: parse_section(s, raw.get(s), ctx) for s in SECTIONS}
+    source = canonical_spec("dataset", sections["data"].source, "data.source", ctx)
+    sections["data"] = dataclasses.replace(sections["data"], source=source)
     baseline = canonical_spec("norm", sections["report"].baseline, "report.baseline", ctx)
     sections["report"] = dataclasses.replace(sections["report"], baseline=baseline)
     sections["grid"] = parse_grid(raw["grid"], ctx)
     tune = parse_tune(raw.get("tune"), dict(sections["grid"]), sections["data"], ctx)
-    return Suite(name, description, path=path, overrides=overrides, tune=tune, **sections)
+    return Suite(
+        name,
+        description,
+        path=path,
+        overrides=overrides,
+        tune=tune,
+        resolve_data=resolve_data_config,
+        **sections,
+    )

@@ -68,7 +68,7 @@ def measure_step_s(cell: Cell, device: str | None = None, steps: int = 2) -> flo
     dev = resolve_device(device)
     size = data_size(cell.data)
     t = cell.training
-    model = build_model(cell, size.num_classes, dev)
+    model = build_model(cell, size.num_classes, dev, in_chans=size.channels)
     # Pre-pruning and gradient dropping change the step's cost: time them too, with their
     # random methods (no public data here; a public choice adds its saliency every k steps).
     sparsity = Sparsity(
@@ -81,8 +81,8 @@ def measure_step_s(cell: Cell, device: str | None = None, steps: int = 2) -> flo
     step = build_dp_step(
         model, t, noise_multiplier=1.0, max_grad_norm=cell.privacy.max_grad_norm, sparsity=sparsity
     )
-    side = cell.data.image_size if cell.data.source == "synthetic" else 32
-    x = torch.randn(t.batch_size, t.augmult, 3, side, side, device=dev)
+    side = size.image_size or 32  # a folder of images declares no size: CIFAR's
+    x = torch.randn(t.batch_size, t.augmult, size.channels, side, side, device=dev)
     y = torch.randint(0, size.num_classes, (t.batch_size,), device=dev)
     step(x, y)  # warm-up
     synchronize(dev)

@@ -32,6 +32,8 @@ def identity_fields(run: Run) -> dict[str, Any]:
         "tuned": dict(cell.tuned),
         "num_classes": run.plan.num_classes,
         "dataset_sha256": data_cache.cached_checksum(cell.data),
+        "image_shape": list(data.train_x.shape[1:]),
+        "augment_flip": bool(cell.training.augment and data.flip),
     }
 
 

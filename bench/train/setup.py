@@ -202,7 +202,7 @@ def setup_run(cell: Cell, device: torch.device) -> Run:
     # copied to the device, so nothing in it can read the test set.
     data = DeviceData(dataset, device, normalize=cell.data.normalize, holdout=cell.stage == "tune")
     seed_global(cell.seed, "init")
-    model = build_model(cell, dataset.num_classes, device, norm)
+    model = build_model(cell, dataset.num_classes, device, norm, dataset.channels)
     plan = plan_cell(cell, norm=norm, model=model)
     sparsity, run_data = _prepared(cell, data, model, norm)
     # The untrained model for the non-private measurement, copied only when it is wanted.

@@ -20,7 +20,11 @@ class Views:
         x_u8, y = self.data.train_x[idx], self.data.train_y[idx]
         if t.augment:
             x = self.data.augment(
-                x_u8, views=t.augmult, padding=t.crop_padding, flip=True, generator=self.generator
+                x_u8,
+                views=t.augmult,
+                padding=t.crop_padding,
+                flip=self.data.flip,  # as the dataset declares: never for digits
+                generator=self.generator,
             )
         else:
             x = self.data.prepare_eval(x_u8).unsqueeze(1)
