@@ -268,7 +268,7 @@ MEASURED_FIELDS = (
     "nonprivate_peak_mem_abs_bytes", "peak_rss_bytes", "memory_measure", "nonprivate_measure",
     "device", "epsilon_spent", "epsilon_spent_by_accountant", "accountant",
     "accountant_requested", "accountant_note", "steps_done", "noise_multiplier", "sample_rate",
-    "steps", "privacy_charges", "secure_noise", "epsilon_with_tuning",
+    "steps", "privacy_charges", "secure_noise", "stream_scheme", "epsilon_with_tuning",
     "epsilon_with_tuning_accountant", "epsilon_with_tuning_method", "epsilon_with_tuning_history",
     "augmult", "grad_sample_mode", "grad_sampler",
     "norm_grad_sampler", "norm_dp_status", "norm_dp_note", "grad_sample_paths",
