@@ -196,6 +196,15 @@ MALFORMED = [
         id="unknown-baseline-norm",
     ),
     pytest.param(
+        {"report": {"rope_pp": 0}}, (), ["report.rope_pp", "must be in (0, 100)"], id="rope-zero"
+    ),
+    pytest.param(
+        {"report": {"primary": "training.steps"}},
+        (),
+        ["report.primary", "key=value"],
+        id="primary-without-value",
+    ),
+    pytest.param(
         {"privacy": 5}, (), ["privacy", "must be a mapping", "5"], id="section-not-mapping"
     ),
     pytest.param({"name": "My Suite"}, (), ["name", "'My Suite'"], id="name-not-snake-case"),
@@ -361,6 +370,9 @@ def test_run_key_changes_with_any_result_changing_field(tmp_path, override):
         "name=renamed",
         "report.alpha=0.01",
         "report.baseline=layer_norm",
+        "report.rope_pp=2",
+        "report.collapse_pp=5",
+        "report.primary=training.steps=120",
         "data.dataset=renamed",
         "grid.norm=['group_norm[num_groups=16]', layer_norm]",
         "data.num_test=64",

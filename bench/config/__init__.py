@@ -19,6 +19,7 @@ from bench.config.sections import (
     ReportConfig,
     TrainingConfig,
     alpha_problem,
+    primary_pairs,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "cell_to_dict",
     "checkpoint_hash",
     "config_hash",
+    "primary_pairs",
     "public_path",
     "run_key",
     "sha256_json",

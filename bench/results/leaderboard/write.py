@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.results import figures
-from bench.results.leaderboard import privacy_utility, sections, sweeps
+from bench.results.leaderboard import blocked, privacy_utility, sections, sweeps
 from bench.results.leaderboard.backbone import (
     CONFIDENCE,
     backbone_section,
@@ -22,6 +22,7 @@ from bench.results.leaderboard.collect import (
     planned_cells,
 )
 from bench.results.leaderboard.header import header_lines
+from bench.results.leaderboard.protocol import Protocol, resolve_protocol
 from bench.results.leaderboard.settings import (
     LEADERBOARD_FILE,
     RECORDS_FILE,
@@ -66,13 +67,15 @@ def render_leaderboard(
     """
     collected = records if isinstance(records, Collected) else collect(records)
     records = collected.records
-    body, analyses = _backbone_tables(collected, suite, baseline, alpha)
+    protocol = resolve_protocol(suite, records)
+    body, analyses = _backbone_tables(collected, suite, baseline, alpha, protocol)
     ok = collected.ok_runs()
     body += summary_section(analyses)
     body += sections.tuning_section(collected.tuning, suite)
     body += sections.privacy_section(records)
     body += sweeps.rank_agreement_section(ok)
     body += sweeps.value_effect_section(ok, suite_section(suite, "grid"), alpha)
+    body += blocked.blocked_section(collected, protocol, baseline, suite_section(suite, "grid"))
     body += privacy_utility.privacy_utility_section(ok, alpha)
     body += sections.figures_section(any(a.results for a in analyses.values()))
     body += sections.failed_section(collected.not_ok)
@@ -89,7 +92,7 @@ def render_leaderboard(
 
 
 def _backbone_tables(
-    collected: Collected, suite: Mapping, baseline: str, alpha: float
+    collected: Collected, suite: Mapping, baseline: str, alpha: float, protocol: Protocol
 ) -> tuple[list[str], dict[str, BackboneAnalysis]]:
     """Every table's section, over the tables with records or planned cells, with their
     statistics."""
@@ -108,6 +111,7 @@ def _backbone_tables(
             planned_norms.get(backbone, ()),
             baseline,
             alpha,
+            protocol,
         )
         body += lines
     if not analyses:
@@ -157,8 +161,9 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
     Raises:
         RecordsError: When the records file is missing or unreadable, or suite.json is not
             valid JSON.
-        ConfigError: When alpha is not in (0, 0.5), or ``baseline`` names no norm of the
-            records.
+        ConfigError: When alpha is not in (0, 0.5), ``baseline`` names no norm of the
+            records, or the suite's ``report`` protocol is invalid (see
+            :func:`~bench.results.leaderboard.protocol.resolve_protocol`).
     """
     run_dir = Path(run_dir)
     text, collected = _leaderboard(run_dir, baseline, alpha)
