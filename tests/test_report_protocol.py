@@ -168,7 +168,7 @@ def test_blocked_model_finds_the_planted_slope_and_interaction_the_per_cell_test
     steep_rows = [line for line in effects.splitlines() if line.startswith("| `steep`")]
     assert len(steep_rows) == 3 and all("no significant difference" in r for r in steep_rows)
     blocked = text.split("## Swept keys as one blocked model")[1].split("\n## ")[0]
-    trend = table_rows(blocked.split("Trend model")[1], "norm")["steep"]
+    trend = table_rows(blocked.split("Trend along")[1], "norm")["steep"]
     slope, p_slope, difference, p_difference = trend[1:5]
     assert slope.startswith("+0.6") and float(p_slope.lstrip("<")) < 0.01
     assert difference.startswith("+0.6") and float(p_difference.lstrip("<")) < 0.01

@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from bench.results import stats
 from bench.results.stats import exact
-from bench.results.stats.blocked import cell_model, trend_model
+from bench.results.stats.blocked import paired_differences, setting_model, trend_model
 from bench.results.stats.evidence import rope_evidence
 from bench.results.stats.itt import failure_rate, intention_to_treat
 
@@ -144,40 +144,46 @@ def test_rope_posterior_is_the_student_t_of_the_paired_differences() -> None:
 
 def planted_sweep(slope: float = 0.006) -> dict:
     """Two norms over log2 x = 0..3, two seeds with large seed offsets and small noise; the
-    norm "b" gains ``slope`` per doubling, the baseline "a" is flat."""
+    norm "b" gains ``slope`` per doubling, the baseline "a" is flat. Norm -> x -> seed -> acc."""
     rng = np.random.default_rng(1)
     offsets = {0: -0.03, 1: 0.03}
-    grid = {}
-    for norm, gain in (("a", 0.0), ("b", slope)):
-        for x in range(4):
-            grid[(norm, 2**x)] = {
-                s: 0.5 + offsets[s] + gain * x + rng.normal(0, 0.001) for s in offsets
-            }
-    return grid
+    return {
+        norm: {
+            2**x: {s: 0.5 + offsets[s] + gain * x + rng.normal(0, 0.001) for s in offsets}
+            for x in range(4)
+        }
+        for norm, gain in (("a", 0.0), ("b", slope))
+    }
 
 
 def test_blocked_model_recovers_a_planted_slope_that_per_cell_tests_miss() -> None:
-    grid = planted_sweep()
+    sweep = planted_sweep()
+    b = sweep["b"]
     # Per cell: each value against the first by a 2-seed paired test, Holm over the table.
-    judged = stats.compare_family([(grid[("b", v)], grid[("b", 1)]) for v in (2, 4, 8)], alpha=0.05)
+    judged = stats.compare_family([(b[v], b[1]) for v in (2, 4, 8)], alpha=0.05)
     assert all(j.verdict == stats.NO_DIFFERENCE for j in judged)
     # The old trend: one slope over the runs, seeds as independent replicates.
-    xs = [math.log2(v) for (n, v), seeds in grid.items() if n == "b" for _ in seeds]
-    ys = [acc for (n, _), seeds in grid.items() if n == "b" for acc in seeds.values()]
+    xs = [math.log2(v) for v, seeds in b.items() for _ in seeds]
+    ys = [acc for seeds in b.values() for acc in seeds.values()]
     assert stats.trend(xs, ys).pvalue > 0.05
-    fit = trend_model(grid, {v: math.log2(v) for v in (1, 2, 4, 8)})
-    slope = fit.contrast({("b", "slope"): 1.0})
+    covariate = {v: math.log2(v) for v in (1, 2, 4, 8)}
+    slope = trend_model(b, covariate).contrast({"slope": 1.0})
     assert slope.pvalue < 0.001
     assert abs(slope.estimate - 0.006) < slope.half_width
-    interaction = fit.contrast({("b", "slope"): 1.0, ("a", "slope"): -1.0})
-    assert interaction.pvalue < 0.001
+    differences = paired_differences(b, sweep["a"])
+    interaction = trend_model(differences, covariate).contrast({"slope": 1.0})
+    assert interaction.pvalue < 0.001 and abs(interaction.estimate - 0.006) < 0.001
 
 
-def test_cell_model_contrasts_equal_the_paired_means_in_a_balanced_grid() -> None:
-    grid = planted_sweep()
-    fit = cell_model(grid)
-    c = fit.contrast({("b", 8): 1.0, ("b", 1): -1.0})
-    paired = np.mean([grid[("b", 8)][s] - grid[("b", 1)][s] for s in (0, 1)])
-    assert c.estimate == pytest.approx(paired)
-    # 16 observations, 8 cells, 1 seed block: 7 residual df.
-    assert fit.df == 7
+def test_setting_model_change_is_the_mean_paired_change_with_seed_blocks() -> None:
+    b = planted_sweep()["b"]
+    fit = setting_model(b)
+    c = fit.contrast({8: 1.0, 1: -1.0})
+    assert c.estimate == pytest.approx(np.mean([b[8][s] - b[1][s] for s in (0, 1)]))
+    # 8 runs, 4 setting means, 1 seed block: 3 residual df, where each paired test has 1.
+    assert fit.df == 3
+    # The same model by hand: residuals after removing setting and seed means (balanced).
+    y = np.array([[b[v][s] for s in (0, 1)] for v in (1, 2, 4, 8)])
+    resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    se = math.sqrt((resid**2).sum() / 3 * (2 / 2))
+    assert c.se == pytest.approx(se)

@@ -1,5 +1,5 @@
-"""One blocked linear model for a grid of settings: accuracy ~ norm x setting + seed block,
-fitted by least squares, with contrasts, interactions and per-norm trend slopes."""
+"""Blocked linear models of a sweep: accuracy ~ setting + seed block for one norm (or for the
+per-seed differences of two norms), fitted by least squares, with contrasts and trend slopes."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from scipy import stats as sps
 
 from bench.results.stats.descriptive import ZERO_SD, t_quantile
 
-#: Accuracy per seed of each (norm, setting) cell.
-Grid = Mapping[tuple[str, Hashable], Mapping[Hashable, float]]
+#: Accuracy (or a paired difference) per seed at each setting of a swept key.
+Series = Mapping[Hashable, Mapping[Hashable, float]]
 
 
 @dataclass(frozen=True)
@@ -109,24 +109,48 @@ def fit_ols(
     return Fit(tuple(names), beta[:k], cov[:k, :k], df, confidence)
 
 
-def cell_model(grid: Grid, confidence: float = 0.95) -> Fit:
-    """accuracy ~ norm x setting (one mean per cell) + seed block; columns are the cells."""
+def paired_differences(series: Series, reference: Series) -> dict:
+    """Per setting, each seed's accuracy minus the reference norm's with the same seed (the
+    seeds both ran at that setting): the series whose model tests one norm against another."""
+    return {
+        setting: {
+            seed: acc - reference[setting][seed]
+            for seed, acc in seeds.items()
+            if seed in reference.get(setting, {})
+        }
+        for setting, seeds in series.items()
+        if setting in reference
+    }
+
+
+def setting_model(series: Series, confidence: float = 0.95) -> Fit:
+    """y ~ one mean per setting + seed block; the columns are the settings.
+
+    Fitted per norm (or per pair of norms, on their paired differences) rather than over all
+    norms at once, so each norm keeps its own error variance and its own seed effects: norms'
+    spreads differ several-fold (a norm that sometimes fails), and a seed's offset differs
+    between norms, so pooling either would move one norm's verdicts with another's noise.
+    """
     columns, y, seeds = [], [], []
-    for cell, values in sorted(grid.items(), key=repr):
+    for setting, values in sorted(series.items(), key=repr):
         for seed, acc in values.items():
-            columns.append({cell: 1.0})
+            columns.append({setting: 1.0})
             y.append(acc)
             seeds.append(seed)
     return fit_ols(columns, y, seeds, confidence)
 
 
-def trend_model(grid: Grid, covariate: Mapping[Hashable, float], confidence: float = 0.95) -> Fit:
-    """accuracy ~ norm + norm:covariate + seed block: one straight line per norm, shared seed
-    blocks; columns ``(norm, "intercept")`` and ``(norm, "slope")``."""
+def trend_model(
+    series: Series, covariate: Mapping[Hashable, float], confidence: float = 0.95
+) -> Fit:
+    """y ~ intercept + slope * covariate + seed block: one straight line with seed blocks;
+    columns ``"intercept"`` and ``"slope"``. As :func:`setting_model`, fitted per norm or on a
+    pair's paired differences (then the slope is the interaction: how much faster one norm
+    gains than the other)."""
     columns, y, seeds = [], [], []
-    for (norm, setting), values in sorted(grid.items(), key=repr):
+    for setting, values in sorted(series.items(), key=repr):
         for seed, acc in values.items():
-            columns.append({(norm, "intercept"): 1.0, (norm, "slope"): covariate[setting]})
+            columns.append({"intercept": 1.0, "slope": covariate[setting]})
             y.append(acc)
             seeds.append(seed)
     return fit_ols(columns, y, seeds, confidence)
