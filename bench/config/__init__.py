@@ -2,6 +2,7 @@
 
 from bench.config.cells import STAGES, Cell, Suite, TuneConfig, cell_to_dict, suite_to_dict
 from bench.config.identity import checkpoint_hash, config_hash, run_key, sha256_json, sha256_text
+from bench.config.primary import primary_allowed, primary_mismatch, same_grid_value
 from bench.config.public import public_path
 from bench.config.sections import (
     DEFAULT_NORM,
@@ -45,9 +46,12 @@ __all__ = [
     "cell_to_dict",
     "checkpoint_hash",
     "config_hash",
+    "primary_allowed",
+    "primary_mismatch",
     "primary_pairs",
     "public_path",
     "run_key",
+    "same_grid_value",
     "sha256_json",
     "sha256_text",
     "suite_to_dict",

@@ -3,11 +3,10 @@ collapse threshold and the ROPE, and which table's family is primary."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from bench.config import primary_pairs
+from bench.config import primary_allowed, primary_mismatch, primary_pairs, same_grid_value
 from bench.errors import ConfigError
 from bench.results.leaderboard.collect import Cell
 from bench.results.leaderboard.settings import suite_section
@@ -52,18 +51,10 @@ class Protocol:
         overrides = overrides if isinstance(overrides, Mapping) else {}
         if set(overrides) != set(self.primary):
             return EXPLORATORY
-        same = all(_same_value(grid_value_text(overrides[k]), v) for k, v in self.primary.items())
+        same = all(
+            same_grid_value(grid_value_text(overrides[k]), v) for k, v in self.primary.items()
+        )
         return PRIMARY if same else EXPLORATORY
-
-
-def _same_value(shown: str, given: str) -> bool:
-    """Whether a grid value's text and a declared value name the same value (``8`` = ``8.0``)."""
-    if shown == given:
-        return True
-    try:
-        return math.isclose(float(shown), float(given))
-    except ValueError:
-        return False
 
 
 def _number(report: Mapping, key: str, default_pp: float, low: float, high: float) -> float:
@@ -120,16 +111,11 @@ def resolve_protocol(suite: Mapping, records: Iterable[Record]) -> Protocol:
     given = report.get("primary")
     if given is None:
         return Protocol({k: values[-1] for k, values in swept.items()}, False, collapse, rope)
-    pairs = dict(primary_pairs(str(given)))
-    allowed = ", ".join(f"{k}={'|'.join(v)}" for k, v in sorted(swept.items())) or "null"
-    bad = set(pairs) ^ set(swept) or {
-        k for k, v in pairs.items() if not any(_same_value(s, v) for s in swept[k])
-    }
-    if bad:
+    if primary_mismatch(str(given), swept):
         raise ConfigError(
             "the primary grid point must give one listed value of every swept key",
             key="report.primary",
             given=given,
-            allowed=allowed,
+            allowed=primary_allowed(swept),
         )
-    return Protocol(pairs, True, collapse, rope)
+    return Protocol(dict(primary_pairs(str(given))), True, collapse, rope)
