@@ -436,7 +436,8 @@ class ReportConfig:
             swept grid keys joined by ``,`` (``training.steps=120``): every norm against the
             baseline there is the one family the suite's claims rest on; every other family
             is exploratory. None: the last value the grid lists of each swept key (the final
-            budget or target); a grid that sweeps nothing has one point.
+            budget or target; for ``privacy.simulate_batch_size``, null, the private run); a
+            grid that sweeps nothing has one point.
         collapse_pp: An ok run whose test accuracy is within this many percentage points of
             chance (1 / classes) is flagged collapsed and counted as a failure, at chance.
         rope_pp: Half-width, in percentage points, of the region of practical equivalence of

@@ -18,6 +18,9 @@ from bench.results.stats.itt import DEFAULT_COLLAPSE
 FIXED_KEYS = ("backbone", "norm", "seed")
 PRIMARY = "primary"
 EXPLORATORY = "exploratory"
+#: A grid key whose non-null values simulate a run without privacy (TAN): its default primary
+#: value is the private run's, null, whatever the grid lists last.
+SIMULATION_KEY = "privacy.simulate_batch_size"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Protocol:
         record = next(
             (r for c in norms.values() for r in (*c.ok.values(), *c.failed_records)), None
         )
+        if record is not None and record.get("dp_valid") is False:
+            return EXPLORATORY  # a TAN simulation gives no privacy: no claim rests on it
         overrides = record.get("overrides") if record is not None else None
         overrides = overrides if isinstance(overrides, Mapping) else {}
         if set(overrides) != set(self.primary):
@@ -97,6 +102,14 @@ def _text_order(text: str) -> tuple:
         return (1, 0.0, text)
 
 
+def _default(key: str, values: list[str]) -> str:
+    """The default primary value of a swept key: the last listed (the final budget or target),
+    except that a TAN simulation key defaults to its private run (``none``) when listed."""
+    if key == SIMULATION_KEY and "none" in values:
+        return "none"
+    return values[-1]
+
+
 def resolve_protocol(suite: Mapping, records: Iterable[Record]) -> Protocol:
     """The protocol of ``suite.json``'s ``report`` section, with the defaults it leaves out.
 
@@ -110,7 +123,7 @@ def resolve_protocol(suite: Mapping, records: Iterable[Record]) -> Protocol:
     swept = _swept(suite, records)
     given = report.get("primary")
     if given is None:
-        return Protocol({k: values[-1] for k, values in swept.items()}, False, collapse, rope)
+        return Protocol({k: _default(k, v) for k, v in swept.items()}, False, collapse, rope)
     if primary_mismatch(str(given), swept):
         raise ConfigError(
             "the primary grid point must give one listed value of every swept key",
