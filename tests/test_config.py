@@ -196,6 +196,21 @@ MALFORMED = [
         id="unknown-baseline-norm",
     ),
     pytest.param(
+        {"report": {"rope_pp": 0}}, (), ["report.rope_pp", "must be in (0, 100)"], id="rope-zero"
+    ),
+    pytest.param(
+        {"report": {"primary": "training.steps"}},
+        (),
+        ["report.primary", "key=value"],
+        id="primary-without-value",
+    ),
+    pytest.param(
+        {"report": {"primary": "training.steps=120"}},
+        (),
+        ["report.primary", "must give one listed value", "null (the grid sweeps no key"],
+        id="primary-not-swept",
+    ),
+    pytest.param(
         {"privacy": 5}, (), ["privacy", "must be a mapping", "5"], id="section-not-mapping"
     ),
     pytest.param({"name": "My Suite"}, (), ["name", "'My Suite'"], id="name-not-snake-case"),
@@ -363,6 +378,8 @@ def test_run_key_changes_with_any_result_changing_field(tmp_path, override):
         "name=renamed",
         "report.alpha=0.01",
         "report.baseline=layer_norm",
+        "report.rope_pp=2",
+        "report.collapse_pp=5",
         "data.dataset=renamed",
         "grid.norm=['group_norm[num_groups=16]', layer_norm]",
         "data.num_test=64",
@@ -375,6 +392,11 @@ def test_run_key_changes_with_any_result_changing_field(tmp_path, override):
 def test_run_key_ignores_fields_and_spellings_that_do_not_change_the_result(tmp_path, override):
     path = write_suite(tmp_path)
     assert _keys(load_suite(path)) == _keys(load_suite(path, [override]))
+
+
+def test_a_declared_primary_grid_point_leaves_the_run_keys_alone(tmp_path):
+    path = write_suite(tmp_path, {"grid.training.steps": [5, 10]})
+    assert _keys(load_suite(path)) == _keys(load_suite(path, ["report.primary=training.steps=10"]))
 
 
 def test_overrides_apply_before_validation(tmp_path):

@@ -434,23 +434,23 @@ def test_rank_agreement_point_estimate_matches_scipy_on_the_shared_norms() -> No
     assert result.low <= result.tau <= result.high
 
 
-def test_rank_agreement_interval_is_the_percentile_bootstrap_of_scipy_tau() -> None:
-    """Replays the documented draws and computes each resample's tau with scipy."""
+def test_rank_agreement_interval_is_the_seed_joint_percentile_bootstrap_of_scipy_tau() -> None:
+    """Replays the documented draws (one draw of seeds shared by every cell) and computes each
+    resample's tau with scipy."""
     n_resamples, seed = 400, 9
     result = stats.rank_agreement(FIRST, SECOND, n_resamples=n_resamples, seed=seed)
-    rng = np.random.default_rng(seed)
     norms = list(result.norms)
-    resampled = []
-    for setting in (FIRST, SECOND):
-        columns = []
-        for norm in norms:
-            values = np.array([setting[norm][s] for s in sorted(setting[norm])])
-            index = rng.integers(0, values.size, size=(n_resamples, values.size))
-            columns.append(values[index].mean(axis=1))
-        resampled.append(np.stack(columns, axis=1))
-    taus = np.array(
-        [sps.kendalltau(resampled[0][i], resampled[1][i]).statistic for i in range(n_resamples)]
-    )
+    seeds = sorted({s for setting in (FIRST, SECOND) for n in norms for s in setting[n]})
+    draws = np.random.default_rng(seed).integers(0, len(seeds), size=(n_resamples, len(seeds)))
+    taus = []
+    for row in draws:
+        drawn = [seeds[j] for j in row]
+        means = [
+            [np.mean([setting[n][s] for s in drawn if s in setting[n]] or [np.nan]) for n in norms]
+            for setting in (FIRST, SECOND)
+        ]
+        taus.append(sps.kendalltau(*means).statistic if np.all(np.isfinite(means)) else np.nan)
+    taus = np.array(taus)
     low, high = np.percentile(taus[np.isfinite(taus)], [2.5, 97.5])
     assert (result.low, result.high) == (pytest.approx(low), pytest.approx(high))
 

@@ -10,6 +10,7 @@ from bench.config.cells import (
     suite_to_dict,
 )
 from bench.config.identity import checkpoint_hash, config_hash, run_key, sha256_json, sha256_text
+from bench.config.primary import primary_allowed, primary_mismatch, same_grid_value
 from bench.config.public import public_path
 from bench.config.sections import (
     DEFAULT_NORM,
@@ -27,6 +28,7 @@ from bench.config.sections import (
     ReportConfig,
     TrainingConfig,
     alpha_problem,
+    primary_pairs,
 )
 
 __all__ = [
@@ -53,8 +55,12 @@ __all__ = [
     "cell_to_dict",
     "checkpoint_hash",
     "config_hash",
+    "primary_allowed",
+    "primary_mismatch",
+    "primary_pairs",
     "public_path",
     "run_key",
+    "same_grid_value",
     "sha256_json",
     "sha256_text",
     "suite_to_dict",

@@ -37,6 +37,32 @@ def alpha_problem(alpha: object) -> str | None:
     return None
 
 
+#: The form of ``report.primary``.
+PRIMARY_FORM = "key=value pairs of swept grid keys joined by ',', e.g. training.steps=120"
+
+
+def primary_pairs(text: str) -> list[tuple[str, str]]:
+    """``report.primary`` split into ``(key, value text)`` pairs (whitespace stripped)."""
+    pairs = []
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def primary_problem(text: str) -> str | None:
+    """What is wrong with a ``report.primary`` grid point's form, or None."""
+    pairs = primary_pairs(text)
+    if any(
+        not key or not value or "=" not in part
+        for (key, value), part in zip(pairs, text.split(","), strict=True)
+    ):
+        return "must be key=value pairs"
+    if len({key for key, _ in pairs}) != len(pairs):
+        return "names a key twice"
+    return None
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images come from, how they are split and how they are standardised.
@@ -411,16 +437,35 @@ class ReportConfig:
     Attributes:
         baseline: Norm spec every other norm is compared with.
         alpha: Family-wise significance level (Holm-corrected), in (0, 0.5).
+        primary: The grid point of the primary comparison family, as ``key=value`` pairs of
+            swept grid keys joined by ``,`` (``training.steps=120``): every norm against the
+            baseline there is the one family the suite's claims rest on; every other family
+            is exploratory. None: the last value the grid lists of each swept key (the final
+            budget or target; for ``privacy.simulate_batch_size``, null, the private run); a
+            grid that sweeps nothing has one point.
+        collapse_pp: An ok run whose test accuracy is within this many percentage points of
+            chance (1 / classes) is flagged collapsed and counted as a failure, at chance.
+        rope_pp: Half-width, in percentage points, of the region of practical equivalence of
+            the graded evidence (posterior mass beyond it, TOST within it).
     """
 
     baseline: str = DEFAULT_NORM
     alpha: float = 0.05
+    primary: str | None = None
+    collapse_pp: float = 2.0
+    rope_pp: float = 1.0
 
     def problems(self) -> Iterator[Problem]:
         """Impossible values, as ``(field, message, allowed)``; types are checked by the loader."""
         problem = alpha_problem(self.alpha)
         if problem is not None:
             yield "alpha", problem, "0 < alpha < 0.5"
+        if self.primary is not None and primary_problem(self.primary) is not None:
+            yield "primary", str(primary_problem(self.primary)), PRIMARY_FORM
+        if not 0 <= self.collapse_pp < 50:
+            yield "collapse_pp", "must be in [0, 50)", "percentage points, 0 <= x < 50"
+        if not 0 < self.rope_pp < 100:
+            yield "rope_pp", "must be in (0, 100)", "percentage points, 0 < x < 100"
 
 
 #: The config dataclass of each suite section.

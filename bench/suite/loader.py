@@ -8,9 +8,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.config import GRID_REQUIRED, GRID_SECTIONS, SECTIONS, TOP_LEVEL_KEYS, Cell, Suite
+from bench.config import (
+    GRID_REQUIRED,
+    GRID_SECTIONS,
+    SECTIONS,
+    TOP_LEVEL_KEYS,
+    Cell,
+    Suite,
+    primary_allowed,
+    primary_mismatch,
+)
 from bench.data.registry import resolve_data_config
 from bench.errors import ConfigError
+from bench.results.record import grid_value_text
 from bench.suite.checks import check_cells
 from bench.suite.coercion import parse_section, reject_unknown
 from bench.suite.grid import GRID_ALLOWED, canonical_spec, parse_grid, parse_tune
@@ -115,6 +125,7 @@ def _build_suite(raw: dict[str, Any], ctx: Context, path: Path, overrides: tuple
     baseline = canonical_spec("norm", sections["report"].baseline, "report.baseline", ctx)
     sections["report"] = dataclasses.replace(sections["report"], baseline=baseline)
     sections["grid"] = parse_grid(raw["grid"], ctx)
+    _check_primary(sections["report"].primary, sections["grid"], ctx)
     tune = parse_tune(raw.get("tune"), dict(sections["grid"]), sections["data"], ctx)
     return Suite(
         name,
@@ -125,3 +136,18 @@ def _build_suite(raw: dict[str, Any], ctx: Context, path: Path, overrides: tuple
         resolve_data=resolve_data_config,
         **sections,
     )
+
+
+def _check_primary(primary: str | None, grid: Sequence[tuple[str, Sequence]], ctx: Context):
+    """``report.primary`` names one listed value of every swept key, checked before any run
+    (the report would refuse it only after the sweep)."""
+    if primary is None:
+        return
+    swept = {k: [grid_value_text(v) for v in vs] for k, vs in grid if k not in GRID_REQUIRED}
+    if primary_mismatch(primary, swept):
+        raise ctx.error(
+            "report.primary",
+            "must give one listed value of every swept grid key",
+            given=primary,
+            allowed=primary_allowed(swept),
+        )

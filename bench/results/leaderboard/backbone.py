@@ -6,6 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from bench.results.leaderboard.collect import Cell, measurements
+from bench.results.leaderboard.graded import (
+    equivalence_text,
+    evidence_text,
+    exact_p_text,
+    failures_text,
+)
 from bench.results.leaderboard.markdown import (
     NA,
     accuracy_text,
@@ -16,10 +22,12 @@ from bench.results.leaderboard.markdown import (
     number_text,
     optional_text,
     p_with_test_text,
+    pp_text,
     pvalue_text,
     table,
 )
-from bench.results.leaderboard.survivorship import survivorship_lines
+from bench.results.leaderboard.protocol import Protocol
+from bench.results.leaderboard.survivorship import cell_outcomes, family_lines, sensitivity_lines
 from bench.results.stats import (
     MAX_SEEDS,
     BackboneAnalysis,
@@ -28,6 +36,9 @@ from bench.results.stats import (
     average_ranks,
     friedman,
 )
+from bench.results.stats.exact import ENUMERATED
+from bench.results.stats.itt import Outcomes
+from bench.results.stats.ranks import FriedmanResult
 
 CONFIDENCE = 0.95
 
@@ -38,10 +49,18 @@ def backbone_section(
     planned_norms: Iterable[str],
     baseline: str,
     alpha: float,
+    protocol: Protocol | None = None,
 ) -> tuple[list[str], BackboneAnalysis]:
-    """The Markdown lines of one backbone's table, and the statistics behind it."""
-    accuracy = {norm: cell.accuracy for norm, cell in norms.items() if cell.ok}
-    analysis = analyse_backbone(accuracy, baseline, alpha, CONFIDENCE)
+    """The Markdown lines of one backbone's table, and the statistics behind it.
+
+    The table is the intention-to-treat analysis (every attempted run, a failed or collapsed
+    one at chance); the per-protocol analysis of the ok runs follows it as a sensitivity table
+    when the two differ.
+    """
+    protocol = protocol or Protocol({})
+    outcomes = cell_outcomes(norms, protocol.collapse)
+    accuracy = {norm: o.scores for norm, o in outcomes.items() if o.scores}
+    analysis = analyse_backbone(accuracy, baseline, alpha, CONFIDENCE, protocol.rope)
     lines = [f"## Backbone `{backbone}`", ""]
     if not analysis.has_baseline:
         lines += [
@@ -52,7 +71,7 @@ def backbone_section(
     headers = [
         "letters",
         "norm",
-        "accuracy % (mean ± 95% CI, n)",
+        "accuracy % (ITT: mean ± 95% CI, n)",
         "Δ vs baseline (pp, 95% CI)",
         "p (Holm)",
         "verdict",
@@ -61,24 +80,33 @@ def backbone_section(
         "DP/non-DP throughput",
         "peak memory (MiB)",
         "ε spent (max)",
+        "failures (rate, 95% CI)",
+        "sign-flip p (Holm)",
+        f"equivalence (TOST, ±{pp_text(protocol.rope)} pp)",
+        f"P(Δ < −{pp_text(protocol.rope)} / within / > +{pp_text(protocol.rope)} pp)",
     ]
-    rows = [_result_row(result, norms[result.norm]) for result in analysis.results]
+    rows = [
+        _result_row(result, norms[result.norm], outcomes[result.norm], alpha)
+        for result in analysis.results
+    ]
     ranked = {result.norm for result in analysis.results}
     for norm in sorted((set(norms) | set(planned_norms)) - ranked):
         rows.append([NA, code(norm), _no_ok_text(norms.get(norm)), *[NA] * (len(headers) - 3)])
     lines += [table(rows, headers), ""]
+    lines += family_lines(analysis, protocol, protocol.family_of(norms))
     lines += [_power_text(analysis), ""]
     if any(r.accuracy.n == 1 for r in analysis.results):
         lines += [
             "Cells with one seed (n=1) have no interval, are not tested and not ranked (—).",
             "",
         ]
-    lines += survivorship_lines(norms)
+    lines += sensitivity_lines(norms, outcomes, baseline, alpha, protocol.collapse)
     return lines, analysis
 
 
-def _result_row(result: NormResult, cell: Cell) -> list[str]:
-    """A ranked norm's row: accuracy, its comparison with the baseline, letters and cost."""
+def _result_row(result: NormResult, cell: Cell, outcome: Outcomes, alpha: float) -> list[str]:
+    """A ranked norm's row: accuracy, failures, its comparison with the baseline, letters and
+    cost."""
     measured = measurements(cell)
     comparison = result.vs_baseline
     memory = measured["memory"]
@@ -94,6 +122,10 @@ def _result_row(result: NormResult, cell: Cell) -> list[str]:
         optional_text(measured["ratio"], ".2f"),
         optional_text(None if memory is None else memory / 2**20, ".0f"),
         epsilon_text(measured["epsilon"], measured["epsilon_target_exceeded"]),
+        failures_text(outcome.rate),
+        exact_p_text(result),
+        equivalence_text(result, alpha),
+        evidence_text(result),
     ]
 
 
@@ -168,11 +200,28 @@ def summary_section(analyses: Mapping[str, BackboneAnalysis]) -> list[str]:
     if result.ran:
         lines.append(
             f"Friedman test (do the norms rank alike on every backbone?): "
-            f"χ² = {result.statistic:.2f}, p = {pvalue_text(result.pvalue)}, "
-            f"over {len(result.norms)} norms ({', '.join(f'`{n}`' for n in result.norms)}) on "
+            f"χ² = {result.statistic:.2f}, p = {pvalue_text(result.pvalue)} (chi-square "
+            f"approximation), {_exact_text(result)}, over {len(result.norms)} norms "
+            f"({', '.join(f'`{n}`' for n in result.norms)}) on "
             f"{len(result.backbones)} backbones ({', '.join(f'`{b}`' for b in result.backbones)})."
-            " With few backbones the chi-square approximation is rough."
+            " With few backbones the chi-square approximation is rough: read the permutation p."
         )
     else:
         lines.append(f"Friedman test not run: {result.reason}.")
     return [*lines, ""]
+
+
+def _exact_text(result: FriedmanResult) -> str:
+    """The Friedman test's permutation p-value and how it was found."""
+    exact = result.exact
+    if exact is None:
+        return "no permutation p"
+    if exact.method == ENUMERATED:
+        return (
+            f"exact permutation p = {pvalue_text(exact.pvalue)} (all {exact.count:,} "
+            "arrangements enumerated)"
+        )
+    return (
+        f"Monte Carlo permutation p = {pvalue_text(exact.pvalue)} ({exact.count:,} random "
+        "arrangements, fixed seed)"
+    )

@@ -21,12 +21,31 @@ def methods_lines(alpha: float, analyses: Sequence[BackboneAnalysis]) -> list[st
     return [
         f"**Statistics** (α = {number_text(alpha)}):",
         "",
+        "- Intention to treat (the primary analysis): every run that started and decided its "
+        "outcome counts. A failed run (a diverged loss, a crash) is scored at chance accuracy "
+        "(1 / classes), and so is an ok run that ended within `report.collapse_pp` (default 2) "
+        "pp of chance, flagged collapsed: a method that delivers no model scores as one. The "
+        "failures column gives failed plus collapsed runs over attempted ones with an exact "
+        "(Clopper-Pearson) binomial interval. The per-protocol analysis (ok runs only, at "
+        "their own accuracy) follows a table that has a failure, as a sensitivity analysis.",
         "- Accuracy: mean over seeds with a 95% Student-t interval; one seed gives no interval.",
         "- Δ vs baseline (percentage points, 95% interval): paired t-test on the seeds both norms "
         "ran when they share at least 2 (pairing by seed removes the variance a seed shares "
-        f"across norms), otherwise Welch's unpaired t-test. Tests used here: {used}.",
-        "- p (Holm): Holm-corrected across the comparisons with the baseline on each backbone; a "
-        "verdict of better or worse needs a corrected p ≤ α, otherwise no significant difference.",
+        f"across norms), otherwise Welch's unpaired t-test. Tests used here: {used}. Beside it, "
+        "the exact sign-flip (permutation) p of the same paired differences, which assumes "
+        "only symmetry about 0; with n seeds it cannot go below 2 / 2^n (0.0625 for 5), so a "
+        "verdict significant by the t-test alone says normality carries it.",
+        "- Families: each p-value belongs to one family, Holm-corrected within it and named "
+        "under its table. The primary family is every norm against the baseline at the primary "
+        "grid point (`report.primary`; default: the last value the grid lists of each swept "
+        "key); every other family (other grid points, letters, swept-value effects, the "
+        "blocked model's columns) is exploratory. A verdict of better or worse needs a "
+        "corrected p ≤ α, otherwise no significant difference.",
+        "- Graded evidence: P(Δ below / within / above ±`report.rope_pp` pp, default 1, the "
+        "region of practical equivalence), from the Student-t posterior of the mean difference "
+        "(Bayesian paired comparison, non-informative prior). Where there is no significant "
+        "difference, two one-sided tests (TOST, at α, per comparison) say whether the "
+        "difference is shown to lie within that region (equivalent) or not.",
         "- Letters (compact letter display): every pair of norms with at least 2 seeds on the "
         "backbone is tested as above and the p-values are Holm-corrected over all pairs of the "
         "backbone; norms sharing a letter are not significantly different, norms with no letter "
@@ -45,14 +64,11 @@ def methods_lines(alpha: float, analyses: Sequence[BackboneAnalysis]) -> list[st
         "from few seeds: read these figures as indicative.",
         "- Rank agreement (when the grid sweeps an extra key): Kendall's τ-b between the norms' "
         "rankings by mean accuracy at two values of the key, with a 95% percentile bootstrap "
-        f"interval over seeds ({BOOTSTRAP_RESAMPLES} resamples, each (value, norm) cell's "
-        "seeds redrawn with replacement independently, fixed generator seed).",
+        f"interval over seeds ({BOOTSTRAP_RESAMPLES} resamples, seeds redrawn jointly for "
+        "every cell, fixed generator seed).",
+        "- Swept keys: one blocked model per key, accuracy ~ norm × value + seed block, with "
+        "contrasts, norm × value interactions and per-norm slopes per doubling.",
         "- Across backbones: average rank by mean accuracy and a Friedman test on a complete "
-        "norms × backbones table.",
-        "- Failed runs (survivorship): the tests and letters above use ok runs only, so a norm "
-        "whose seeds fail (a diverged loss, a crash) would look as good as its survivors. Under "
-        "each table, ok / attempted counts every run that started (ok or failed; skipped and "
-        "interrupted ones did not decide their outcome), and the norms are ranked again with "
-        "each failed run counted at chance accuracy (1 / classes), beside the ok-only mean.",
+        "norms × backbones table, with its exact permutation p-value.",
         "",
     ]

@@ -196,7 +196,9 @@ def _trend_table(curve: _Curve, alpha: float) -> list[str]:
         "header), so the points are not independent: the interval treats them as if they were, an "
         "approximation (a seed's shared offset widens it; a seed-specific slope narrows it). A "
         "straight line in log ε is a model, not a finding: read the table as whether accuracy "
-        "moves with the budget at all, and by about how much.",
+        "moves with the budget at all, and by about how much. An exploratory family; the trend "
+        "with seed blocks (below, *Swept keys as one blocked model*) removes each seed's shared "
+        "offset, and where the two disagree it is the one to read.",
         "",
         table(rows, headers),
         "",

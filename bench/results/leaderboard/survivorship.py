@@ -1,17 +1,28 @@
-"""Survivorship under a backbone's table: ok / attempted runs, and the ranking with each failed
-run counted at chance accuracy."""
+"""Failures under a backbone's table: each cell's runs under intention to treat, the collapsed
+runs, the family its p-values belong to, and the per-protocol (ok runs only) sensitivity table."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 
-from bench.results.leaderboard.collect import Cell, mean
-from bench.results.leaderboard.markdown import NA, code, pp_text, table
+from bench.results.leaderboard.collect import Cell
+from bench.results.leaderboard.markdown import (
+    NA,
+    accuracy_text,
+    code,
+    difference_text,
+    number_text,
+    p_with_test_text,
+    pp_text,
+    table,
+)
+from bench.results.leaderboard.protocol import PRIMARY, Protocol
 from bench.results.record import Record
+from bench.results.stats import BackboneAnalysis, analyse_backbone
+from bench.results.stats.itt import DEFAULT_COLLAPSE, Outcomes, intention_to_treat
 
 
-def _chance(records: Iterable[Record]) -> float | None:
+def chance_of(records: Iterable[Record]) -> float | None:
     """Chance accuracy, 1 / classes, of the data these records ran on: from a record's
     ``num_classes``, else from its config (synthetic data or CIFAR-10); None when unknown."""
     records = list(records)
@@ -32,59 +43,115 @@ def _chance(records: Iterable[Record]) -> float | None:
     return None
 
 
-def _ranks(values: Mapping[str, float]) -> dict[str, float]:
-    """Rank 1 = largest value; tied values share the average of their ranks."""
-    ordered = sorted(values.items(), key=lambda item: -item[1])
-    ranks: dict[str, float] = {}
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1][1] == ordered[i][1]:
-            j += 1
-        for norm, _ in ordered[i : j + 1]:
-            ranks[norm] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def survivorship_lines(norms: Mapping[str, Cell]) -> list[str]:
-    """The table of ok / attempted runs per norm and the ranking with failed runs counted at
-    chance accuracy, beside the ok-only mean."""
-    attempted = {n: c for n, c in norms.items() if c.ok or c.failed}
-    if not attempted:
-        return []
-    chance = _chance([r for c in norms.values() for r in (*c.ok.values(), *c.failed_records)])
-    imputed: dict[str, float] = {}
-    for norm, cell in attempted.items():
-        if chance is not None or not cell.failed:
-            scores = [*cell.accuracy.values(), *[chance or 0.0] * cell.failed]
-            imputed[norm] = math.fsum(scores) / len(scores)
-    ranks = _ranks(imputed)
-    rows = []
-    for norm in sorted(attempted, key=lambda n: (ranks.get(n, math.inf), n)):
-        cell = attempted[norm]
-        ok_mean = mean(cell.accuracy.values())
-        rows.append(
-            [
-                code(norm),
-                f"{len(cell.ok)} / {len(cell.ok) + cell.failed}",
-                NA if ok_mean is None else pp_text(ok_mean),
-                NA if norm not in imputed else pp_text(imputed[norm]),
-                NA if norm not in ranks else f"{ranks[norm]:g}",
-            ]
+def cell_outcomes(
+    norms: Mapping[str, Cell], collapse: float = DEFAULT_COLLAPSE
+) -> dict[str, Outcomes]:
+    """Each norm's runs of one table under intention to treat, at the table's chance."""
+    chance = chance_of(r for c in norms.values() for r in (*c.ok.values(), *c.failed_records))
+    return {
+        norm: intention_to_treat(
+            cell.accuracy, [r.get("seed") for r in cell.failed_records], chance, collapse
         )
-    unknown = "chance unknown: no record names the classes"
-    chance_text = unknown if chance is None else f"{pp_text(chance)} %"
-    headers = [
-        "norm",
-        "ok / attempted",
-        "accuracy % (ok runs)",
-        "accuracy % (failed at chance)",
-        "rank (failed at chance)",
-    ]
+        for norm, cell in norms.items()
+    }
+
+
+def family_lines(analysis: BackboneAnalysis, protocol: Protocol, family: str) -> list[str]:
+    """Which family the table's p-values belong to, and how to read it."""
+    m = sum(r.p_holm is not None for r in analysis.results)
+    if not m:
+        return []
+    ranked = sum(r.letters not in (None, "") for r in analysis.results)
+    members = (
+        f"the {m} comparison(s) with `{analysis.baseline}` in this table, Holm-corrected "
+        "together (t-test and sign-flip p each over the same family)"
+    )
+    if family == PRIMARY and not protocol.primary:
+        head = (
+            f"**Family: primary** — {members}; the grid sweeps no key beyond backbone, norm and "
+            "seed, so this is its primary grid point. The suite's claims rest on these verdicts."
+        )
+    elif family == PRIMARY:
+        how = (
+            "declared by `report.primary`"
+            if protocol.declared
+            else "the default: the last value the grid lists of each swept key"
+        )
+        head = (
+            f"**Family: primary** — {members}, at the primary grid point "
+            f"({protocol.point_text()}; {how}). The suite's claims rest on these verdicts."
+        )
+    else:
+        head = (
+            f"**Family: exploratory** — {members}. This table is not at the primary grid point "
+            f"({protocol.point_text()}): its verdicts suggest, they do not establish."
+        )
+    letters = (
+        f" Letters: exploratory, Holm over the {ranked * (ranked - 1) // 2} pairs of the "
+        f"{ranked} ranked norms."
+        if ranked >= 2
+        else ""
+    )
+    return [head + letters, ""]
+
+
+def _collapsed_text(outcomes: Mapping[str, Outcomes], collapse: float) -> list[str]:
+    """The runs flagged collapsed, or nothing."""
+    flagged = [(n, o) for n, o in sorted(outcomes.items()) if o.collapsed]
+    if not flagged:
+        return []
+    chance = next(o.chance for _, o in flagged)
+    runs = "; ".join(
+        f"`{norm}` seed {', '.join(str(s) for s in o.collapsed)}" for norm, o in flagged
+    )
     return [
-        f"Failed runs counted at chance accuracy ({chance_text}):",
+        f"**Collapsed** (status ok, but test accuracy within {pp_text(collapse)} pp of chance, "
+        f"{pp_text(chance)} %; counted as failures, at chance): {runs}.",
         "",
-        table(rows, headers),
+    ]
+
+
+def sensitivity_lines(
+    norms: Mapping[str, Cell],
+    outcomes: Mapping[str, Outcomes],
+    baseline: str,
+    alpha: float,
+    collapse: float = DEFAULT_COLLAPSE,
+) -> list[str]:
+    """The collapsed runs, and the per-protocol analysis (ok runs at their own accuracy, failed
+    runs left out) as a sensitivity table when any run failed or collapsed."""
+    if not any(o.failed or o.collapsed for o in outcomes.values()):
+        return []
+    chance = next((o.chance for o in outcomes.values()), None)
+    lines = _collapsed_text(outcomes, collapse)
+    if chance is None:
+        lines += [
+            "Chance accuracy is unknown (no record names the classes), so failed runs could not "
+            "be scored: the table above leaves them out, as the per-protocol analysis does.",
+            "",
+        ]
+        return lines
+    ok = {norm: cell.accuracy for norm, cell in norms.items() if cell.ok}
+    analysis = analyse_backbone(ok, baseline, alpha)
+    rows = [
+        [
+            code(r.norm),
+            f"{len(norms[r.norm].ok)} / {len(norms[r.norm].ok) + outcomes[r.norm].failed}",
+            accuracy_text(r.accuracy),
+            difference_text(r.vs_baseline),
+            p_with_test_text(r.p_holm, r.vs_baseline.test if r.vs_baseline else None),
+            r.verdict,
+        ]
+        for r in analysis.results
+    ]
+    headers = ["norm", "ok / attempted", "accuracy % (ok runs)", "Δ vs baseline (pp, 95% CI)"]
+    return [
+        *lines,
+        f"Per-protocol sensitivity (ok runs only, each at its own accuracy, collapsed ones "
+        f"included; failed runs left out; Holm at α = {number_text(alpha)} over this table's "
+        "own comparisons): where a verdict here differs from the table above, it depends on "
+        "leaving the failures out.",
+        "",
+        table(rows, [*headers, "p (Holm)", "verdict"]) if rows else NA,
         "",
     ]

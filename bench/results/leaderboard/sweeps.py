@@ -157,8 +157,9 @@ def rank_agreement_section(ok: OkRuns) -> list[str]:
         "values (other swept keys held fixed): Kendall's τ-b between the norms' mean accuracies "
         "at the two values, over the norms with ok runs at both (+1: same order, −1: reversed). "
         f"95% interval: percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples; "
-        "each (value, norm) cell's seeds redrawn with replacement, independently of the other "
-        "cells; fixed generator seed, so the report is reproducible). The cheaper value is the "
+        "seeds redrawn with replacement jointly, the same draw for every cell, since a seed "
+        "fixes the data order and noise of every cell it ran; fixed generator seed, so the "
+        "report is reproducible). The cheaper value is the "
         "one whose ok runs took less wall-clock time on average (by at least 10%; otherwise "
         "'similar' and the values are in sorted order). With few norms τ takes few values, and "
         "with 2-3 seeds a cell has few distinct resampled means: read the interval as rough.",
@@ -208,7 +209,7 @@ def _agreement_row(
     ]
 
 
-def _reference_value(
+def reference_value(
     key: str, values: Sequence[tuple[object, Setting]], grid: Mapping
 ) -> tuple[object, Setting]:
     """The value every other is compared with: the grid's first listed value of ``key`` when it
@@ -277,7 +278,9 @@ def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float =
         f"Holm-corrected over the table's comparisons; {_HIGHER} or {_LOWER} needs a corrected "
         f"p ≤ α = {alpha:g}, whatever the interval. The detectable Δ is the smallest true change "
         "the row's test finds with 80% power at Holm's first threshold (α / the table's number "
-        "of tests), from its observed standard error; above 100 pp it reads `> 100`." + few,
+        "of tests), from its observed standard error; above 100 pp it reads `> 100`. Each "
+        "table is its own exploratory family (ok runs only); the blocked model below tests "
+        "the same changes with seed blocks and failures counted." + few,
         "",
         *lines,
     ]
@@ -293,7 +296,7 @@ def _effect_table(
 ) -> tuple[list[str], list[int]]:
     """One table of the effect section: each norm at each value against the reference value,
     Holm over the table; with the pairs each paired test had."""
-    reference_value, reference = _reference_value(key, values, grid)
+    reference_value_, reference = reference_value(key, values, grid)
     at_reference = accuracy_of(ok[reference.block])
     found = []
     unmatched = []  # a norm with runs at a value but none at the reference
@@ -321,7 +324,7 @@ def _effect_table(
         ]
         for (norm, value, seeds), j in zip(found, judged, strict=True)
     ]
-    reference_name = grid_value_text(reference_value)
+    reference_name = grid_value_text(reference_value_)
     headers = [
         "norm",
         "value",

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.results import figures
-from bench.results.leaderboard import privacy_utility, sections, sweeps
+from bench.results.leaderboard import blocked, privacy_utility, sections, sweeps
 from bench.results.leaderboard.backbone import (
     CONFIDENCE,
     backbone_section,
@@ -15,7 +15,6 @@ from bench.results.leaderboard.backbone import (
 )
 from bench.results.leaderboard.collect import (
     Collected,
-    OkRuns,
     block_of,
     collect,
     is_simulated,
@@ -25,6 +24,7 @@ from bench.results.leaderboard.collect import (
     split_simulated,
 )
 from bench.results.leaderboard.header import header_lines
+from bench.results.leaderboard.protocol import Protocol, resolve_protocol
 from bench.results.leaderboard.settings import (
     LEADERBOARD_FILE,
     RECORDS_FILE,
@@ -70,14 +70,16 @@ def render_leaderboard(
     """
     collected = records if isinstance(records, Collected) else collect(records)
     records = collected.records
-    body, analyses = _backbone_tables(collected, suite, baseline, alpha)
-    ok = split_simulated(collected.ok_runs())[0]  # DP tables only: TAN's are apart, below
+    protocol = resolve_protocol(suite, records)
+    body, analyses = _backbone_tables(collected, suite, baseline, alpha, protocol)
     body += summary_section(analyses)
     body += sections.tuning_section(collected.tuning, suite, records)
     body += sections.privacy_section(records)
-    body += _grouping_sections(ok, suite, alpha)
+    body += _grouping_sections(collected, suite, baseline, alpha, protocol)
     body += sections.figures_section(any(a.results for a in analyses.values()))
-    simulated_body, simulated_analyses = _simulated_section(collected, suite, baseline, alpha)
+    simulated_body, simulated_analyses = _simulated_section(
+        collected, suite, baseline, alpha, protocol
+    )
     body += simulated_body
     analyses.update(simulated_analyses)
     body += sections.failed_section(collected.not_ok)
@@ -94,35 +96,47 @@ def render_leaderboard(
 
 
 def _grouping_sections(
-    ok: OkRuns, suite: Mapping, alpha: float, simulated: bool = False
+    collected: Collected,
+    suite: Mapping,
+    baseline: str,
+    alpha: float,
+    protocol: Protocol,
+    simulated: bool = False,
 ) -> list[str]:
-    """The sections that read across tables (rank agreement, effect of each swept value,
-    privacy-utility), over DP tables only or TAN simulations' tables only (``ok`` is one of
-    `split_simulated`'s halves)."""
+    """The sections that read across tables (rank agreement, effect of each swept value, the
+    blocked model, privacy-utility), over DP tables only or TAN simulations' tables only."""
+    ok = split_simulated(collected.ok_runs())[int(simulated)]
+    grid = suite_section(suite, "grid")
     figure = figures.figure_name(figures.PRIVACY_UTILITY_PNG, simulated)
     return [
         *sweeps.rank_agreement_section(ok),
-        *sweeps.value_effect_section(ok, suite_section(suite, "grid"), alpha),
+        *sweeps.value_effect_section(ok, grid, alpha),
+        *blocked.blocked_section(collected, protocol, baseline, grid, simulated),
         *privacy_utility.privacy_utility_section(ok, alpha, figure),
     ]
 
 
 def _simulated_section(
-    collected: Collected, suite: Mapping, baseline: str, alpha: float
+    collected: Collected, suite: Mapping, baseline: str, alpha: float, protocol: Protocol
 ) -> tuple[list[str], dict[str, BackboneAnalysis]]:
     """Everything about TAN simulations (``dp_valid: false``), under one "TAN simulation, not
     DP" heading and apart from every DP section: their tables, ranks, sweeps and figures."""
-    tables, analyses = _backbone_tables(collected, suite, baseline, alpha, simulated=True)
+    tables, analyses = _backbone_tables(collected, suite, baseline, alpha, protocol, True)
     if not analyses:
         return [], {}
     inner = tables + summary_section(analyses)
-    inner += _grouping_sections(split_simulated(collected.ok_runs())[1], suite, alpha, True)
+    inner += _grouping_sections(collected, suite, baseline, alpha, protocol, True)
     inner += sections.figures_section(any(a.results for a in analyses.values()), True)
     return simulated_section(inner), analyses
 
 
 def _backbone_tables(
-    collected: Collected, suite: Mapping, baseline: str, alpha: float, simulated: bool = False
+    collected: Collected,
+    suite: Mapping,
+    baseline: str,
+    alpha: float,
+    protocol: Protocol,
+    simulated: bool = False,
 ) -> tuple[list[str], dict[str, BackboneAnalysis]]:
     """Every DP table's section (``simulated``: every TAN simulation's), over the tables with
     records or planned cells, with their statistics."""
@@ -143,6 +157,7 @@ def _backbone_tables(
             planned_norms.get(backbone, ()),
             baseline,
             alpha,
+            protocol,
         )
         body += lines
     if not analyses and not simulated:
@@ -197,8 +212,9 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
     Raises:
         RecordsError: When the records file is missing or unreadable, or suite.json is not
             valid JSON.
-        ConfigError: When alpha is not in (0, 0.5), or ``baseline`` names no norm of the
-            records.
+        ConfigError: When alpha is not in (0, 0.5), ``baseline`` names no norm of the
+            records, or the suite's ``report`` protocol is invalid (see
+            :func:`~bench.results.leaderboard.protocol.resolve_protocol`).
     """
     run_dir = Path(run_dir)
     text, collected = _leaderboard(run_dir, baseline, alpha)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bench.results.stats.descriptive import MeanCI, Seeds, mean_ci, values_of
+from bench.results.stats.evidence import DEFAULT_ROPE, Evidence, rope_evidence
 from bench.results.stats.family import compare_family
 from bench.results.stats.letters import by_mean, letter_display
 from bench.results.stats.power import Power, backbone_power
@@ -28,6 +29,10 @@ class NormResult:
         detectable: Smallest difference from the baseline (as a fraction) this comparison would
             find with 80% power at the verdicts' level (:func:`detectable_difference` on its own
             standard error and degrees of freedom); None when not tested.
+        p_exact_holm: Holm-corrected exact sign-flip p-value of the same comparison, or None.
+        normality_carries: Whether the verdict is significant by the t-test only (the exact
+            sign-flip test at the same level is not), so normality decides it.
+        evidence: Posterior mass below, inside and above the ROPE and the TOST p-value, or None.
     """
 
     norm: str
@@ -37,6 +42,9 @@ class NormResult:
     verdict: str
     letters: str | None
     detectable: float | None = None
+    p_exact_holm: float | None = None
+    normality_carries: bool = False
+    evidence: Evidence | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ def analyse_backbone(
     baseline: str,
     alpha: float = 0.05,
     confidence: float = 0.95,
+    rope: float = DEFAULT_ROPE,
 ) -> BackboneAnalysis:
     """The leaderboard statistics of one backbone.
 
@@ -88,6 +97,8 @@ def analyse_backbone(
         baseline: The baseline norm's spec string; it may be absent from ``acc_by_norm``.
         alpha: Family-wise significance level.
         confidence: Confidence level of the intervals.
+        rope: Half-width of the region of practical equivalence (a fraction) of each
+            comparison's graded evidence (:func:`rope_evidence`).
 
     Returns:
         The per-norm results, best mean first.
@@ -125,6 +136,9 @@ def analyse_backbone(
                 verdict=label,
                 letters=letters[norm],
                 detectable=None if judgement is None else judgement.detectable,
+                p_exact_holm=None if judgement is None else judgement.p_exact_holm,
+                normality_carries=judgement is not None and judgement.normality_carries(alpha),
+                evidence=None if judgement is None else rope_evidence(judgement.test, rope),
             )
         )
     tested = [j.test for j in judged.values() if j is not None and j.test.tested]

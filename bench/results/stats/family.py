@@ -8,7 +8,15 @@ from dataclasses import dataclass
 
 from bench.results.stats.descriptive import Seeds
 from bench.results.stats.power import detectable_difference
-from bench.results.stats.significance import Comparison, Trend, compare, holm, verdict
+from bench.results.stats.significance import (
+    BETTER,
+    WORSE,
+    Comparison,
+    Trend,
+    compare,
+    holm,
+    verdict,
+)
 
 
 @dataclass(frozen=True)
@@ -22,12 +30,25 @@ class Judged:
             :func:`~bench.results.stats.significance.verdict`).
         detectable: Smallest true difference (or slope) its test finds with 80% power at level
             alpha / m, m the family's tested members; None when not tested.
+        p_exact_holm: The Holm-corrected sign-flip p-value (over the members that have one);
+            None without one.
     """
 
     test: Comparison | Trend
     p_holm: float | None
     verdict: str
     detectable: float | None
+    p_exact_holm: float | None = None
+
+    def normality_carries(self, alpha: float) -> bool:
+        """Whether the verdict is significant by the t-test but not by the exact sign-flip
+        test of the same differences at the same family-wise level: then the t-test's
+        normality assumption decides it."""
+        return (
+            self.verdict in (BETTER, WORSE)
+            and self.p_exact_holm is not None
+            and self.p_exact_holm > alpha
+        )
 
 
 def judge_family(tests: Sequence[Comparison | Trend], alpha: float) -> list[Judged]:
@@ -44,6 +65,7 @@ def judge_family(tests: Sequence[Comparison | Trend], alpha: float) -> list[Judg
         One judgement per test, in the input order.
     """
     adjusted = holm([t.pvalue for t in tests])
+    exact = holm([getattr(t, "exact_p", None) for t in tests])
     m = sum(p is not None for p in adjusted)
     return [
         Judged(
@@ -53,8 +75,9 @@ def judge_family(tests: Sequence[Comparison | Trend], alpha: float) -> list[Judg
             detectable=detectable_difference(test.se, test.df, alpha / m)
             if m and test.tested
             else None,
+            p_exact_holm=e,
         )
-        for test, p in zip(tests, adjusted, strict=True)
+        for test, p, e in zip(tests, adjusted, exact, strict=True)
     ]
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import stats as sps
 
 from bench.results.stats.descriptive import Seeds, values_of
+from bench.results.stats.exact import PermutationP, friedman_permutation_p
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class FriedmanResult:
         norms: The norms (treatments) in the test.
         backbones: The backbones (blocks) in the test.
         reason: Why the test was not run, else None.
+        exact: The permutation p-value of the same statistic (see
+            :func:`~bench.results.stats.exact.friedman_permutation_p`); None when not run.
     """
 
     statistic: float | None
@@ -70,6 +73,7 @@ class FriedmanResult:
     norms: tuple[str, ...]
     backbones: tuple[str, ...]
     reason: str | None = None
+    exact: PermutationP | None = None
 
     @property
     def ran(self) -> bool:
@@ -85,7 +89,9 @@ def friedman(means: Mapping[str, Mapping[str, float]]) -> FriedmanResult:
     ``friedmanchisquare`` needs 3 groups) and at least 2 blocks. When some cells are missing,
     the larger (in cells) of two complete tables is used: all norms over the backbones that
     have them all, or all backbones over the norms that every backbone has (ties: more
-    backbones). The chi-square approximation is rough with few blocks; read p as indicative.
+    backbones). The chi-square approximation is rough with few blocks (8 norms on 2 blocks: 0.10
+    where the exact p is 0.029), so the permutation p-value is given beside it and is the one
+    to read.
 
     Args:
         means: Mean accuracy per norm, per backbone (``means[backbone][norm]``).
@@ -119,8 +125,13 @@ def friedman(means: Mapping[str, Mapping[str, float]]) -> FriedmanResult:
         )
     samples = [[means[b][norm] for b in use_blocks] for norm in use_norms]
     result = sps.friedmanchisquare(*samples)
+    exact = friedman_permutation_p([[means[b][norm] for norm in use_norms] for b in use_blocks])
     return FriedmanResult(
-        float(result.statistic), float(result.pvalue), tuple(use_norms), tuple(use_blocks)
+        float(result.statistic),
+        float(result.pvalue),
+        tuple(use_norms),
+        tuple(use_blocks),
+        exact=exact,
     )
 
 
@@ -181,15 +192,17 @@ def rank_agreement(
     """Kendall's tau-b between the norm rankings of two settings, with a bootstrap interval.
 
     The point estimate is tau-b between the norms' mean accuracies in the two settings. The
-    interval is a percentile bootstrap over seeds, stratified by cell: each resample redraws,
-    with replacement, each (setting, norm) cell's seeds to that cell's own count, independently
-    of the other cells, recomputes the means and tau-b; the interval is the
-    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of the resampled taus
-    (resamples where tau is undefined are dropped). Draws are made with
-    ``numpy.random.default_rng(seed)``: for the first setting, then the second, for each norm
-    in name order, ``rng.integers(0, n, size=(n_resamples, n))`` indexes the cell's values in
-    seed order. A one-seed cell never varies; with 2-3 seeds per cell the bootstrap sees few
-    distinct means, so the interval is rough.
+    interval is a percentile bootstrap over seeds drawn jointly: a seed fixes the data order
+    and noise streams of every cell it ran, so cells that share seeds are correlated, and
+    resampling each cell on its own would treat them as independent. Each resample draws, with
+    replacement, as many seeds as the union of the cells' seeds holds, from that union; every
+    cell's mean is recomputed over the drawn seeds it ran (with their multiplicities), and
+    tau-b from those means. The interval is the ``(1 - confidence) / 2`` and
+    ``(1 + confidence) / 2`` percentiles of the resampled taus (resamples where tau is
+    undefined, or where some cell drew none of its seeds, are dropped). Draws are
+    ``numpy.random.default_rng(seed).integers(0, S, size=(n_resamples, S))`` over the union's
+    S seeds in sorted order. With 2-3 seeds the bootstrap sees few distinct means, so the
+    interval is rough.
 
     Args:
         first: Accuracy per seed for each norm in the first setting.
@@ -211,14 +224,7 @@ def rank_agreement(
     if not math.isfinite(tau):
         why = "undefined: every norm has the same mean in one setting"
         return RankAgreement(None, None, None, norms, n_resamples, confidence, why)
-    rng = np.random.default_rng(seed)
-    resampled = [
-        np.stack(
-            [v[rng.integers(0, v.size, size=(n_resamples, v.size))].mean(axis=1) for v in setting],
-            axis=-1,
-        )
-        for setting in cells
-    ]
+    resampled = _seed_joint_means([first, second], norms, n_resamples, seed)
     taus = kendall_tau_b(resampled[0], resampled[1])
     taus = taus[np.isfinite(taus)]
     if not taus.size:
@@ -226,3 +232,20 @@ def rank_agreement(
     tail = 100 * (1 - confidence) / 2
     low, high = (float(q) for q in np.percentile(taus, [tail, 100 - tail]))
     return RankAgreement(tau, low, high, norms, n_resamples, confidence)
+
+
+def _seed_joint_means(
+    settings: list[Mapping[str, Seeds]], norms: tuple[str, ...], n_resamples: int, seed: int
+) -> list[np.ndarray]:
+    """Per setting, the (n_resamples, norms) cell means over seeds resampled jointly across
+    every cell; nan where a cell drew none of its seeds."""
+    seeds = sorted({s for setting in settings for n in norms for s in setting[n]}, key=repr)
+    draws = np.random.default_rng(seed).integers(0, len(seeds), size=(n_resamples, len(seeds)))
+    weights = np.stack([np.bincount(row, minlength=len(seeds)) for row in draws]).astype(float)
+    out = []
+    for setting in settings:
+        values = np.array([[setting[n].get(s, 0.0) for s in seeds] for n in norms]).T
+        present = np.array([[float(s in setting[n]) for s in seeds] for n in norms]).T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append((weights @ values) / (weights @ present))
+    return out

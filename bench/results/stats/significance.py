@@ -10,6 +10,7 @@ import numpy as np
 from scipy import stats as sps
 
 from bench.results.stats.descriptive import ZERO_SD, Seeds, degenerate_p, t_quantile, values_of
+from bench.results.stats.exact import sign_flip_p
 
 #: Names of the tests, as they appear in results and reports.
 PAIRED = "paired t-test"
@@ -40,6 +41,9 @@ class Comparison:
             Welch standard error otherwise); None when not tested.
         df: Degrees of freedom of the test (n - 1, or Welch-Satterthwaite); None when not tested
             or when the spread is zero.
+        exact_p: For the paired test, the exact sign-flip permutation p-value of the same
+            differences (:func:`~bench.results.stats.exact.sign_flip_p`), which does not
+            assume normality; None otherwise.
     """
 
     diff: float | None
@@ -50,6 +54,7 @@ class Comparison:
     reason: str | None = None
     se: float | None = None
     df: float | None = None
+    exact_p: float | None = None
 
     @property
     def tested(self) -> bool:
@@ -64,7 +69,8 @@ def compare(values: Seeds, reference: Seeds, confidence: float = 0.95) -> Compar
 
     - at least 2 shared seeds: paired t-test (``scipy.stats.ttest_rel``) on the shared seeds
       only; seeds run by one norm alone are left out, so the estimate is the mean per-seed
-      difference on the shared seeds;
+      difference on the shared seeds; the exact sign-flip p-value of the same differences is
+      given beside it;
     - otherwise, when both sides have at least 2 seeds: Welch's unpaired t-test
       (``scipy.stats.ttest_ind(equal_var=False)``), whose interval uses the
       Welch-Satterthwaite degrees of freedom;
@@ -89,12 +95,15 @@ def compare(values: Seeds, reference: Seeds, confidence: float = 0.95) -> Compar
         n = len(d)
         diff = float(d.mean())
         sd = float(d.std(ddof=1))
+        exact = sign_flip_p(d)
         if sd < ZERO_SD:
-            return Comparison(diff, 0.0, degenerate_p(diff), PAIRED, n, se=0.0)
+            return Comparison(diff, 0.0, degenerate_p(diff), PAIRED, n, se=0.0, exact_p=exact)
         pvalue = float(sps.ttest_rel(x, y).pvalue)
         se = sd / math.sqrt(n)
         half_width = t_quantile(confidence, n - 1) * se
-        return Comparison(diff, half_width, pvalue, PAIRED, n, se=se, df=float(n - 1))
+        return Comparison(
+            diff, half_width, pvalue, PAIRED, n, se=se, df=float(n - 1), exact_p=exact
+        )
 
     x, y = values_of(values), values_of(reference)
     diff = float(x.mean() - y.mean()) if x.size and y.size else None

@@ -1,0 +1,200 @@
+"""The leaderboard under the declared protocol: failures counted at chance in the primary table,
+collapsed runs flagged, each table's family named, sweeps as one blocked model."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.errors import ConfigError
+from bench.results import figures
+from bench.results.leaderboard import leaderboard_text
+from tests.report_records import make_record, write_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points: None)
+
+
+def table_rows(section: str, first_header: str) -> dict[str, list[str]]:
+    """Norm -> cells of the first Markdown table in ``section`` whose header starts with
+    ``first_header``."""
+    table = section.split(f"| {first_header}", 1)[1].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[next(c for c in cells if c.startswith("`")).strip("`")] = cells
+    return rows
+
+
+def backbone_text(text: str, block: str) -> str:
+    return text.split(f"## Backbone `{block}`")[1].split("\n## ")[0]
+
+
+def three_seeds(norm: str, acc: float, **extra: object) -> list[dict]:
+    return [make_record("r9", norm, s, acc + 0.01 * s, num_classes=10, **extra) for s in range(3)]
+
+
+def test_a_failed_run_changes_the_primary_mean_and_n(tmp_path: Path) -> None:
+    records = three_seeds("group_norm", 0.5)
+    records += [make_record("r9", "shaky", s, 0.7, num_classes=10) for s in (0, 1)]
+    records += [make_record("r9", "shaky", 2, None, status="failed")]
+    text = backbone_text(leaderboard_text(write_run(tmp_path, records)), "r9")
+    primary = table_rows(text, "letters")["shaky"]
+    assert primary[2].startswith("50.00 ± ") and primary[2].endswith("(n=3)")  # (.7+.7+.1)/3
+    assert primary[11] == "1/3 (33%; 95% CI 0.8–90.6%)"
+    per_protocol = table_rows(text.split("Per-protocol sensitivity")[1], "norm")["shaky"]
+    assert per_protocol[1:3] == ["2 / 3", "70.00 ± 0.00 (n=2)"]
+
+
+def test_a_run_that_collapses_to_chance_is_flagged_and_counted_as_a_failure(
+    tmp_path: Path,
+) -> None:
+    records = three_seeds("group_norm", 0.5)
+    records += [make_record("r9", "fragile", s, 0.6, num_classes=10) for s in (0, 1)]
+    records += [make_record("r9", "fragile", 2, 0.1002, num_classes=10)]
+    run = write_run(tmp_path / "a", records)
+    text = backbone_text(leaderboard_text(run), "r9")
+    assert "**Collapsed**" in text and "`fragile` seed 2" in text
+    assert table_rows(text, "letters")["fragile"][11].startswith("1/3 ")
+    # Declared off (collapse_pp 0), the same run is an ordinary ok run.
+    off = write_run(tmp_path / "b", records, {"report": {"collapse_pp": 0}})
+    text = backbone_text(leaderboard_text(off), "r9")
+    assert "**Collapsed**" not in text and table_rows(text, "letters")["fragile"][11].startswith(
+        "0/3"
+    )
+
+
+def stepped_records() -> list[dict]:
+    records = []
+    for steps in (40, 120):
+        for norm, acc in (("group_norm", 0.4), ("other", 0.45)):
+            for s in range(3):
+                records.append(
+                    make_record(
+                        "r9",
+                        norm,
+                        s,
+                        acc + steps / 1000 + 0.003 * s,
+                        num_classes=10,
+                        overrides={"training.steps": steps},
+                        run_key=f"{norm}|{s}|{steps}",
+                    )
+                )
+    return records
+
+
+GRID = {
+    "backbone": ["r9"],
+    "norm": ["group_norm", "other"],
+    "seed": [0, 1, 2],
+    "training.steps": [40, 120],
+}
+
+
+@pytest.mark.parametrize(
+    ("report", "primary", "exploratory", "declared"),
+    [({}, "120", "40", False), ({"primary": "training.steps=40"}, "40", "120", True)],
+)
+def test_each_table_names_its_family_and_the_declared_one_is_primary(
+    tmp_path: Path, report: dict, primary: str, exploratory: str, declared: bool
+) -> None:
+    suite = {"grid": GRID, "report": report}
+    text = leaderboard_text(write_run(tmp_path, stepped_records(), suite))
+    first = backbone_text(text, f"r9 [training.steps={primary}]")
+    second = backbone_text(text, f"r9 [training.steps={exploratory}]")
+    assert "**Family: primary** — the 1 comparison(s) with `group_norm`" in first
+    assert f"(training.steps={primary}; " in first
+    assert ("declared by `report.primary`" in first) == declared
+    assert "**Family: exploratory**" in second and "**Family: primary**" not in second
+
+
+def test_a_primary_point_the_grid_does_not_have_is_one_line_exit_2(tmp_path: Path) -> None:
+    run = write_run(
+        tmp_path, stepped_records(), {"grid": GRID, "report": {"primary": "training.steps=80"}}
+    )
+    with pytest.raises(ConfigError, match=r"report\.primary.*training\.steps=40\|120"):
+        leaderboard_text(run)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "report", str(run)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "report.primary" in done.stderr
+
+
+def test_blocked_model_finds_the_planted_slope_and_interaction_the_per_cell_tests_miss(
+    tmp_path: Path,
+) -> None:
+    """Two seeds with large offsets; `steep` gains 0.6 pp per doubling of epsilon, the baseline
+    is flat. The per-value paired tests (1 df each) find nothing; the blocked model finds the
+    slope and its difference from the baseline's."""
+    rng = np.random.default_rng(1)
+    records = []
+    for eps in (1.0, 2.0, 4.0, 8.0):
+        for norm, gain in (("group_norm", 0.0), ("steep", 0.006)):
+            for seed, offset in ((0, -0.03), (1, 0.03)):
+                acc = 0.5 + offset + gain * math.log2(eps) + rng.normal(0, 0.001)
+                records.append(
+                    make_record(
+                        "r9",
+                        norm,
+                        seed,
+                        acc,
+                        num_classes=10,
+                        overrides={"privacy.epsilon": eps},
+                        run_key=f"{norm}|{seed}|{eps}",
+                    )
+                )
+    grid = {
+        "backbone": ["r9"],
+        "norm": ["group_norm", "steep"],
+        "seed": [0, 1],
+        "privacy.epsilon": [1.0, 2.0, 4.0, 8.0],
+    }
+    text = leaderboard_text(write_run(tmp_path, records, {"grid": grid}))
+    effects = text.split("## Effect of each swept value")[1].split("\n## ")[0]
+    steep_rows = [line for line in effects.splitlines() if line.startswith("| `steep`")]
+    assert len(steep_rows) == 3 and all("no significant difference" in r for r in steep_rows)
+    blocked = text.split("## Swept keys as one blocked model")[1].split("\n## ")[0]
+    trend = table_rows(blocked.split("Trend along")[1], "norm")["steep"]
+    slope, p_slope, difference, p_difference = trend[1:5]
+    assert slope.startswith("+0.6") and float(p_slope.lstrip("<")) < 0.01
+    assert difference.startswith("+0.6") and float(p_difference.lstrip("<")) < 0.01
+
+
+def test_a_tan_simulation_is_never_the_primary_family(tmp_path: Path) -> None:
+    records = []
+    for batch in (None, 16):
+        for norm, acc in (("group_norm", 0.4), ("other", 0.45)):
+            for s in range(2):
+                records.append(
+                    make_record(
+                        "r9",
+                        norm,
+                        s,
+                        acc + 0.01 * s,
+                        num_classes=10,
+                        overrides={"privacy.simulate_batch_size": batch},
+                        dp_valid=batch is None,
+                        run_key=f"{norm}|{s}|{batch}",
+                    )
+                )
+    grid = {"backbone": ["r9"], "norm": ["group_norm", "other"], "seed": [0, 1]}
+    grid["privacy.simulate_batch_size"] = [None, 16]
+    text = leaderboard_text(write_run(tmp_path, records, {"grid": grid}))
+    dp = backbone_text(text, "r9 [privacy.simulate_batch_size=none]")
+    tan = backbone_text(text, "r9 [privacy.simulate_batch_size=16] [TAN simulation, not DP]")
+    assert "**Family: primary**" in dp and "privacy.simulate_batch_size=none; " in dp
+    assert "**Family: exploratory**" in tan
