@@ -50,6 +50,9 @@ from bench.provenance import REPO, environment_facts, git_commit, package_versio
 
 #: Seconds an isolated part may run past its time box before it is killed.
 GRACE_S = 15.0
+#: A part's error when SIGINT stopped the report (``gpu-window`` at its stage's deadline): the
+#: report is still written, with the part's measurements so far and the rest "not reached".
+STOPPED = "stopped by SIGINT (the caller's deadline)"
 
 
 def run_part(
@@ -74,6 +77,8 @@ def run_part(
     try:
         PARTS[name][1](run)
         result["status"] = "time box" if run.notes and time.time() >= deadline else "ok"
+    except KeyboardInterrupt:  # SIGINT from gpu-window at its deadline: keep what was measured
+        result.update(status="killed", error=STOPPED, stopped=True)
     except Exception as err:
         result.update(
             status="failed", error=error_line(err), traceback=traceback.format_exc(limit=-6)
@@ -117,15 +122,22 @@ def _run_isolated(
             )
     except subprocess.TimeoutExpired:
         status, error = "killed", f"killed {GRACE_S:.0f} s after its time box"
+    except KeyboardInterrupt:  # subprocess.run has killed the part's process
+        status, error = "killed", STOPPED
     try:
         result = json.loads(part_file.read_text())
         part_file.unlink()
     except (OSError, ValueError):
         result = {"name": name, "data": {}, "notes": []}
     if status is not None:
-        result.update(status=status, error=error)
+        result.update(status=status, error=error, stopped=error == STOPPED)
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def _not_reached(name: str) -> dict[str, Any]:
+    """A part the report did not start: it was stopped before (`STOPPED`)."""
+    return {"name": name, "status": "not reached", "error": STOPPED, "data": {}, "notes": []}
 
 
 def _nvidia_smi() -> str | None:
@@ -272,6 +284,9 @@ def write_report(
             file=sys.stderr,
             flush=True,
         )
+        if result.get("stopped"):
+            results += [_not_reached(p) for p in parts[parts.index(name) + 1 :]]
+            break
     wall = time.perf_counter() - started
     # After the parts: in the parent, CUDA's context (and its memory) is made only now.
     prov = provenance(device, sizes, command)

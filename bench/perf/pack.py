@@ -31,7 +31,7 @@ class Limits:
     """
 
     max_files: int = 8
-    max_file_bytes: int = 16 * 2**20
+    max_file_bytes: int = 16 * 2**20 - 2**16  # strictly under 16 MiB
     max_total_bytes: int = 64 * 2**20
     max_depth: int = 2
     name: re.Pattern[str] = re.compile(r"^[A-Za-z0-9._-]+$")

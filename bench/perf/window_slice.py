@@ -80,7 +80,7 @@ SLICE_SIZES = {
         3.0,
         1.0,
         0.8,
-        1,
+        2,  # one warm-up step and one timed: a throughput
         3,
     ),
 }
@@ -171,7 +171,7 @@ def overrides(sizes: SliceSizes, steps: int, data_root: Path | None) -> list[str
 def run(sets: list[str], out_dir: Path, device: str, deadline: float, log: Path) -> dict[str, Any]:
     """The runner in a subprocess, killed at ``deadline``; what it recorded, per norm."""
     cmd = [sys.executable, "-m", "bench", "run", str(SUITE.relative_to(REPO)), "--out"]
-    cmd += [str(out_dir), "--device", device, "--no-progress"]
+    cmd += [str(out_dir), "--device", device, "--workers", "1", "--no-progress"]
     for s in sets:
         cmd += ["--set", s]
     result: dict[str, Any] = {"command": "python -m bench " + " ".join(cmd[3:])}

@@ -4,7 +4,10 @@ the CPU; its files fit what a device machine returns; its slice is sized from th
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from bench.errors import UsageError
 from bench.perf import pack, window_slice
 from bench.perf.__main__ import main
 from bench.perf.window_summary import device_slug
+from bench.provenance import REPO
 
 SMALL = pack.Limits(max_files=8, max_file_bytes=4096, max_total_bytes=64 * 4096)
 
@@ -120,7 +124,7 @@ def jpeg_tarball(path: Path) -> Path:
     """A CIFAR-like imagefolder tarball: 2 classes, 40 + 8 images of 16x16."""
     from PIL import Image  # reason: only this helper draws images
 
-    root = path.parent / "cifar10-jpeg"
+    root = path.parent / "images"
     for split, n in (("train", 20), ("test", 4)):
         for c, name in enumerate(("airplane", "bird")):
             folder = root / split / name
@@ -135,14 +139,26 @@ def jpeg_tarball(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_the_whole_window_runs_on_the_cpu_and_unpacks_into_reports(tmp_path, monkeypatch):
-    # One thread a process: on 2 shared cores, torch's threads only wait for each other.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    """The device's own command, `scripts/gpu_window.sh`, from a folder holding what a device
+    call carries (`.data/`: the tarball and the commit; no `.whl/` here)."""
+    carried = tmp_path / "carried"
+    jpeg_tarball(carried / ".data" / "cifar10-jpeg.tar.gz")
+    (carried / ".data" / "COMMIT").write_text("abc123def456\n")
     out, work = tmp_path / "out", tmp_path / "work"
-    args = ["gpu-window", "--budget-s", "100", "--out", str(out), "--work", str(work)]
-    args += ["--cifar-tar", str(jpeg_tarball(tmp_path / "c.tar.gz"))]
-    assert main(args) == 0
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(REPO),
+        "HOME": str(tmp_path / "home"),  # the imagefolder cache goes to ~/.cache
+        # One thread a process: on 2 shared cores, torch's threads only wait for each other.
+        "OMP_NUM_THREADS": "1",
+    }
+    budget = os.environ.get("GPU_WINDOW_TEST_BUDGET_S", "120")  # more on a crowded machine
+    cmd = ["bash", str(REPO / "scripts" / "gpu_window.sh"), budget, "--work", str(work)]
+    limit = 2 * float(budget) + 120
+    proc = subprocess.run(cmd, cwd=carried, env=env, capture_output=True, text=True, timeout=limit)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [
         "gpu_window.log",
         pack.TARBALL,
@@ -153,9 +169,9 @@ def test_the_whole_window_runs_on_the_cpu_and_unpacks_into_reports(tmp_path, mon
     summary = json.loads((out / "summary.json").read_text())
     stages = {s["name"]: s for s in summary["stages"]}
     assert list(stages) == ["tests", "report", "slice"]
-    assert summary["on_gpu"] is False
+    assert summary["on_gpu"] is False and "--commit abc123def456" in summary["command"]
     assert stages["slice"]["status"] == "ok", stages["slice"]
-    assert stages["slice"]["steps"] >= 1
+    assert stages["slice"]["steps"] >= 2 and "table" in stages["report"]["parts"]
     text = (out / "summary.md").read_text()
     assert "**A rehearsal at tiny sizes, on the CPU**" in text
 
@@ -167,7 +183,11 @@ def test_the_whole_window_runs_on_the_cpu_and_unpacks_into_reports(tmp_path, mon
     assert "**These are CPU figures**" in page
     assert "## 1. CUDA tests" in page and "-m gpu tests/test_gpu.py -x" in page
     records = [json.loads(x) for x in (slice_dir / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 5 and {r["status"] for r in records} == {"ok"}
+    # Every norm ran; a cell may fail as a result (DP BatchNorm's noisy statistics of 40
+    # images can diverge), recorded with its reason.
+    assert len(records) == 5 and {r["status"] for r in records} <= {"ok", "failed"}
+    assert all(r["error"] for r in records if r["status"] == "failed")
+    assert next(r for r in records if r["norm"] == "group_norm")["status"] == "ok"
     assert {r["suite"] for r in records} == {window_slice.NAME}
     assert {r["steps"] for r in records} == {stages["slice"]["steps"]}
     assert {r["dataset"] for r in records} == {window_slice.JPEG_NAME}
