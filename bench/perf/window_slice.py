@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import signal
 import subprocess
 import sys
 import tarfile
@@ -26,6 +28,8 @@ from bench.results.records import read_records
 SUITE = REPO / "suites" / "cifar10_eps8_quick.yaml"
 #: The slice's suite name: its records are not the quick suite's (fewer steps, one seed).
 NAME = "cifar10_eps8_quick_slice"
+#: Seconds a stage's process has, after SIGINT at its deadline, to write what it has.
+STOP_GRACE_S = 20.0
 #: What the JPEG copy of CIFAR-10 is called wherever a number from it is reported.
 JPEG_NAME = "CIFAR-10 (JPEG q75 copy)"
 
@@ -168,24 +172,37 @@ def overrides(sizes: SliceSizes, steps: int, data_root: Path | None) -> list[str
     return out
 
 
+def run_until(cmd: list[str], log: Path, deadline: float) -> tuple[int | None, str | None]:
+    """Run ``cmd`` (output appended to ``log``) until ``deadline``; there, SIGINT (the runner and
+    the gpu-report then write what they have), and `STOP_GRACE_S` later a kill.
+
+    Returns:
+        The exit code (None when killed) and, when stopped at the deadline, how.
+    """
+    with log.open("a") as f:
+        f.write("\n$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            return proc.wait(timeout=max(0.1, deadline - time.time())), None
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=STOP_GRACE_S), "stopped (SIGINT) at its deadline"
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None, f"killed {STOP_GRACE_S:.0f} s after its deadline"
+
+
 def run(sets: list[str], out_dir: Path, device: str, deadline: float, log: Path) -> dict[str, Any]:
-    """The runner in a subprocess, killed at ``deadline``; what it recorded, per norm."""
+    """The runner in a subprocess, stopped at ``deadline``; what it recorded, per norm."""
     cmd = [sys.executable, "-m", "bench", "run", str(SUITE.relative_to(REPO)), "--out"]
     cmd += [str(out_dir), "--device", device, "--workers", "1", "--no-progress"]
     for s in sets:
         cmd += ["--set", s]
-    result: dict[str, Any] = {"command": "python -m bench " + " ".join(cmd[3:])}
-    with log.open("a") as f:
-        f.write(f"\n$ {result['command']}\n")
-        f.flush()
-        try:
-            proc = subprocess.run(
-                cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=deadline - time.time()
-            )
-            result["returncode"] = proc.returncode
-        except subprocess.TimeoutExpired:
-            result["returncode"] = None
-            result["killed"] = "killed at the slice's deadline"
+    result: dict[str, Any] = {"command": "python -m bench " + shlex.join(cmd[3:])}
+    result["returncode"], result["stopped"] = run_until(cmd, log, deadline)
     records = out_dir / "records.jsonl"
     read = read_records(records).records if records.is_file() else []
     fields = ("status", "error", "test_acc", "throughput_img_s", "epsilon_spent", "wall_s")

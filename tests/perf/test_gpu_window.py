@@ -9,14 +9,18 @@ import random
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import provenance
 from bench.errors import UsageError
-from bench.perf import pack, window_slice
+from bench.perf import gpu_report, pack, window_slice
 from bench.perf.__main__ import main
+from bench.perf.parts import PARTS, table
+from bench.perf.parts.base import TINY
 from bench.perf.window_summary import device_slug
 from bench.provenance import REPO
 
@@ -202,3 +206,48 @@ def test_without_a_repository_the_commit_is_the_one_the_window_was_given(tmp_pat
     assert provenance.git_commit() is None
     monkeypatch.setenv(provenance.COMMIT_ENV, "abc123def456")
     assert provenance.git_commit() == "abc123def456"
+
+
+def test_a_stage_past_its_deadline_gets_sigint_then_a_kill(tmp_path, monkeypatch):
+    monkeypatch.setattr(window_slice, "STOP_GRACE_S", 2.0)
+    log = tmp_path / "log"
+    polite = ["bash", "-c", "trap 'echo wrote what I had; kill $!; exit 7' INT; sleep 30 & wait"]
+    code, how = window_slice.run_until(polite, log, time.time() + 0.5)
+    assert (code, how) == (7, "stopped (SIGINT) at its deadline")
+    assert "wrote what I had" in log.read_text()
+    deaf = ["bash", "-c", "trap '' INT; exec sleep 30"]
+    assert window_slice.run_until(deaf, log, time.time() + 0.5) == (
+        None,
+        "killed 2 s after its deadline",
+    )
+    assert window_slice.run_until(["true", "x", "y"], log, time.time() + 30) == (0, None)
+
+
+def test_a_report_stopped_by_sigint_keeps_its_measurements_and_lists_the_rest(
+    tmp_path, monkeypatch
+):
+    def measured_then_stopped(run):
+        run.data["rows"] = [{"backbone": "b", "norm": "n", "kind": "dp", "seconds": 0.1}]
+        run.measured()
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(PARTS, "table", (PARTS["table"][0], measured_then_stopped, table.render))
+    path, results = gpu_report.write_report(
+        tmp_path,
+        sizes=TINY,
+        device=torch.device("cpu"),
+        parts=["table", "bf16", "recipe"],
+        isolate=False,
+        command="test",
+        prior=[{"name": "tests", "status": "ok", "data": {"summary": "3 passed"}, "notes": []}],
+    )
+    assert [(r["name"], r["status"]) for r in results] == [
+        ("tests", "ok"),
+        ("table", "killed"),
+        ("bf16", "not reached"),
+        ("recipe", "not reached"),
+    ]
+    assert results[1]["data"]["rows"][0]["seconds"] == 0.1
+    text = path.read_text()
+    assert "## 1. CUDA tests" in text and "3 passed" in text
+    assert "not reached: stopped by SIGINT" in text
