@@ -45,7 +45,7 @@ from bench.provenance import COMMIT_ENV
 #: Each stage's share of the budget left after `PACK_RESERVE_S`, per size; the slice takes the
 #: rest. At tiny sizes the report's parts fill their boxes with measurements nobody reads, and
 #: the CPU slice's fixed costs (imports, calibration) dominate, so the report gets less.
-SHARES = {"full": {"tests": 0.2, "report": 0.38}, "tiny": {"tests": 0.2, "report": 0.15}}
+SHARES = {"full": {"tests": 0.2, "report": 0.33}, "tiny": {"tests": 0.2, "report": 0.15}}
 #: Seconds kept at the end of the budget for the summary and the packing, per size.
 PACK_RESERVE_S = {"full": 15.0, "tiny": 2.0}
 #: The gpu-report parts stage (b) runs (its ``tests`` part is stage (a)).

@@ -63,7 +63,7 @@ class SliceSizes:
 
 
 SLICE_SIZES = {
-    "full": SliceSizes((), None, 30.0, 20.0, 0.5, 0.8, 10, 300),
+    "full": SliceSizes((), None, 15.0, 10.0, 0.5, 0.8, 10, 300),
     "tiny": SliceSizes(
         (
             'grid.backbone=["wrn16_4[width=0.125]"]',
