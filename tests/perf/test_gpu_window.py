@@ -251,3 +251,15 @@ def test_a_report_stopped_by_sigint_keeps_its_measurements_and_lists_the_rest(
     text = path.read_text()
     assert "## 1. CUDA tests" in text and "3 passed" in text
     assert "not reached: stopped by SIGINT" in text
+
+
+def test_unusable_flags_and_folders_are_one_line_errors(tmp_path, capsys):
+    assert main(["gpu-window", "--out", str(tmp_path / "o"), "--budget-s", "0"]) == 2
+    assert "--budget-s: must be positive (given: 0.0)" in capsys.readouterr().err
+    missing = str(tmp_path / "no.tar.gz")
+    assert main(["gpu-window", "--out", str(tmp_path / "o"), "--cifar-tar", missing]) == 2
+    assert f"--cifar-tar: no such file (given: {missing})" in capsys.readouterr().err
+    assert main(["gpu-window-unpack", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no readable summary.json of a GPU window" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
