@@ -68,8 +68,10 @@ def problems(out: Path, limits: Limits = DEVICE_LIMITS) -> list[str]:
 
 
 def _keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    """Leave excluded folders, links and special files out of the tarball."""
-    if EXCLUDED_DIRS.intersection(Path(info.name).parts):
+    """Leave excluded folders, hidden files (the records' lock), links and special files out of
+    the tarball."""
+    parts = Path(info.name).parts
+    if EXCLUDED_DIRS.intersection(parts) or any(p.startswith(".") for p in parts):
         return None
     return info if info.isfile() or info.isdir() else None
 

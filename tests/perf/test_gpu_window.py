@@ -39,6 +39,7 @@ def test_a_tarball_over_the_size_limit_is_split_and_joined_back(tmp_path):
     noise(report / "README.md", 3000)
     noise(report / "sub" / "data.bin", 9000)
     noise(report / "checkpoints" / "abc" / "checkpoint.pt", 5000)
+    noise(report / ".records.jsonl.lock", 10)
     log = noise(tmp_path / "work" / "gpu_window.log", 10_000)
     out = tmp_path / "out"
     written = pack.pack(out, {"report": report}, [log], SMALL)
@@ -54,6 +55,7 @@ def test_a_tarball_over_the_size_limit_is_split_and_joined_back(tmp_path):
     back = tmp_path / "back" / "report"
     assert (back / "sub" / "data.bin").read_bytes() == (report / "sub" / "data.bin").read_bytes()
     assert not (back / "checkpoints").exists()  # checkpoints never leave the device
+    assert sorted(p.name for p in back.iterdir()) == ["README.md", "sub"]
 
 
 def test_the_limit_checks_name_every_way_a_result_would_not_come_back(tmp_path):
@@ -193,9 +195,9 @@ def test_the_whole_window_runs_on_the_cpu_and_unpacks_into_reports(tmp_path, mon
     assert all(r["error"] for r in records if r["status"] == "failed")
     assert next(r for r in records if r["norm"] == "group_norm")["status"] == "ok"
     assert {r["suite"] for r in records} == {window_slice.NAME}
-    assert {r["steps"] for r in records} == {stages["slice"]["steps"]}
+    assert {r["steps"] for r in records if r["status"] == "ok"} == {stages["slice"]["steps"]}
     assert {r["dataset"] for r in records} == {window_slice.JPEG_NAME}
-    assert {r["n_private"] for r in records} == {40}  # the tarball's images
+    assert {r["n_private"] for r in records if r["status"] == "ok"} == {40}  # its images
     assert (slice_dir / "leaderboard.md").is_file() and (slice_dir / "window.md").is_file()
     assert not (slice_dir / "checkpoints").exists()
 
