@@ -83,3 +83,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     from norms.errors import NormError
 
     return (BenchError, NormError, ClipError)
+
+
+class UsageError(BenchError):
+    """Raised when a command-line flag's value is unusable (names the flag, the value given and
+    what is allowed)."""

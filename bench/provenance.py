@@ -21,6 +21,9 @@ RESULT_PACKAGES = ("torch", "torchvision", "opacus", "timm", "numpy", "scipy", "
 TOOL_PACKAGES = ("PyYAML", "matplotlib", "submitit", "tqdm", "tabulate")
 #: Every dependency ``environment.txt`` reports by its installed version.
 PACKAGES = RESULT_PACKAGES + TOOL_PACKAGES
+#: Where there is no git repository (a copy of the work tree on a device machine), the commit
+#: is taken from this variable, which ``python -m bench.perf gpu-window --commit`` sets.
+COMMIT_ENV = "DP_NORM_BENCH_COMMIT"
 
 
 def package_version(package: str) -> str | None:
@@ -37,6 +40,7 @@ def git_commit() -> str | None:
     Changes under ``reports/`` do not count: a sweep resumed into a committed report folder
     appends to its tracked ``records.jsonl`` and rewrites its leaderboard, which change no
     result, and would otherwise mark every record it adds as made from uncommitted code.
+    Without a repository (a copied work tree), the commit `COMMIT_ENV` names, if any.
     """
 
     def git(*args: str) -> str:
@@ -48,7 +52,7 @@ def git_commit() -> str | None:
         commit = git("rev-parse", "--short=12", "HEAD").strip()
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports")
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get(COMMIT_ENV) or None
     return commit + ("-dirty" if dirty.strip() else "")
 
 

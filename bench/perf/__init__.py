@@ -18,9 +18,16 @@ data loading.
 ``python -m bench.perf gpu-report --out DIR`` measures everything the GPU figures need, each
 part time-boxed and failure-isolated, and writes ``DIR/README.md`` (`bench.perf.gpu_report`).
 
+``python -m bench.perf gpu-window --budget-s 420 --out DIR`` is one device call: the CUDA tests,
+the gpu-report sized to its share of the budget and a CIFAR-10 slice sized from the report's
+step times, packed into the few files a device returns (`bench.perf.window`);
+``gpu-window-unpack`` puts them into ``reports/``.
+
 Modules: `bench.perf.kinds` (what is timed), `bench.perf.tables` (the two tables),
 `bench.perf.gpu_report` (the report), `bench.perf.parts` (the report's parts, one module
-each), `bench.perf.__main__` (the command line).
+each), `bench.perf.window` (the GPU window), `bench.perf.window_slice` (its CIFAR-10 slice),
+`bench.perf.window_summary` (its summary and unpacking), `bench.perf.pack` (the device's file
+limits), `bench.perf.__main__` (the command line).
 """
 
 from bench.perf.kinds import (

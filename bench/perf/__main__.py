@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import norms
 from bench.backbones import list_backbones
 from bench.config import DEFAULT_NORM
+from bench.errors import BenchError
+from bench.perf import window, window_slice, window_summary
 from bench.perf.gpu_report import add_arguments, run_from_args
 from bench.perf.kinds import KINDS, measure_one
 from bench.perf.tables import opacus_tutorial_comparison, table
@@ -49,13 +52,49 @@ def _parser() -> argparse.ArgumentParser:
     opa.add_argument("--steps", type=int, default=5)
     opa.add_argument("--workers", type=int, default=0, help="the tutorial DataLoader's workers")
     add_arguments(sub.add_parser("gpu-report", help="every GPU figure, as one Markdown report"))
+    window.add_arguments(
+        sub.add_parser("gpu-window", help="tests, gpu-report and a CIFAR-10 slice in one budget")
+    )
+    unpack = sub.add_parser("gpu-window-unpack", help="a gpu-window's files into reports/")
+    unpack.add_argument("files", type=Path, help="the folder holding the files it returned")
+    unpack.add_argument("--reports", type=Path, default=Path("reports"))
+    unpack.add_argument("--perf-name", help="the perf page's folder (default gpu_<device>)")
+    unpack.add_argument("--slice-name", default=window_slice.NAME)
+    unpack.add_argument("--allow-cpu", action="store_true", help="unpack a CPU rehearsal too")
+    unpack.add_argument("--force", action="store_true", help="replace existing folders")
     return parser
+
+
+def _unpack(args: argparse.Namespace) -> int:
+    placed = window_summary.unpack(
+        args.files,
+        args.reports,
+        perf_name=args.perf_name,
+        slice_name=args.slice_name,
+        allow_cpu=args.allow_cpu,
+        force=args.force,
+    )
+    for path in placed:
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args, argv)
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.cmd == "gpu-window":
+        return window.run_from_args(args, argv)
+    if args.cmd == "gpu-window-unpack":
+        return _unpack(args)
     if args.cmd == "gpu-report":
         return run_from_args(args, argv)
     if args.cmd == "opacus":

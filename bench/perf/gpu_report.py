@@ -42,6 +42,7 @@ import torch
 
 from bench import atomic
 from bench.environment import write_environment
+from bench.errors import UsageError
 from bench.measure import resolve_device
 from bench.perf.parts import PARTS
 from bench.perf.parts.base import SIZES, PartRun, Sizes, error_line
@@ -49,6 +50,9 @@ from bench.provenance import REPO, environment_facts, git_commit, package_versio
 
 #: Seconds an isolated part may run past its time box before it is killed.
 GRACE_S = 15.0
+#: A part's error when SIGINT stopped the report (``gpu-window`` at its stage's deadline): the
+#: report is still written, with the part's measurements so far and the rest "not reached".
+STOPPED = "stopped by SIGINT (the caller's deadline)"
 
 
 def run_part(
@@ -73,6 +77,8 @@ def run_part(
     try:
         PARTS[name][1](run)
         result["status"] = "time box" if run.notes and time.time() >= deadline else "ok"
+    except KeyboardInterrupt:  # SIGINT from gpu-window at its deadline: keep what was measured
+        result.update(status="killed", error=STOPPED, stopped=True)
     except Exception as err:
         result.update(
             status="failed", error=error_line(err), traceback=traceback.format_exc(limit=-6)
@@ -116,15 +122,22 @@ def _run_isolated(
             )
     except subprocess.TimeoutExpired:
         status, error = "killed", f"killed {GRACE_S:.0f} s after its time box"
+    except KeyboardInterrupt:  # subprocess.run has killed the part's process
+        status, error = "killed", STOPPED
     try:
         result = json.loads(part_file.read_text())
         part_file.unlink()
     except (OSError, ValueError):
         result = {"name": name, "data": {}, "notes": []}
     if status is not None:
-        result.update(status=status, error=error)
+        result.update(status=status, error=error, stopped=error == STOPPED)
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def _not_reached(name: str) -> dict[str, Any]:
+    """A part the report did not start: it was stopped before (`STOPPED`)."""
+    return {"name": name, "status": "not reached", "error": STOPPED, "data": {}, "notes": []}
 
 
 def _nvidia_smi() -> str | None:
@@ -247,12 +260,14 @@ def write_report(
     isolate: bool,
     budget_scale: float = 1.0,
     command: str,
+    prior: list[dict[str, Any]] | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run ``parts`` one after another and write ``out_dir/README.md``; returns its path and
-    each part's result."""
+    each part's result. ``prior`` holds results of parts measured before this call (by
+    ``gpu-window``, which runs the CUDA tests first), reported ahead of the others."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = []
+    results = [r for r in prior or [] if r.get("name") not in parts]
     for name in parts:
         budget = sizes.budgets_s[name] * budget_scale
         deadline = time.time() + budget
@@ -269,6 +284,9 @@ def write_report(
             file=sys.stderr,
             flush=True,
         )
+        if result.get("stopped"):
+            results += [_not_reached(p) for p in parts[parts.index(name) + 1 :]]
+            break
     wall = time.perf_counter() - started
     # After the parts: in the parent, CUDA's context (and its memory) is made only now.
     prov = provenance(device, sizes, command)
@@ -300,10 +318,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="each part in its own process (default: on a CUDA device)",
     )
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every time box")
+    p.add_argument(
+        "--prior",
+        type=Path,
+        help="JSON list of part results measured earlier (gpu-window's CUDA tests), reported first",
+    )
     # One part in this process, for --isolate (internal).
     p.add_argument("--part", choices=tuple(PARTS), help=argparse.SUPPRESS)
     p.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+
+
+def _read_prior(path: Path | None) -> list[dict[str, Any]]:
+    """The part results in ``path`` (a JSON list), those of unknown parts left out."""
+    if path is None:
+        return []
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"--prior {path}: not a readable JSON list of part results ({err})"
+        ) from None
+    if not isinstance(results, list):
+        raise UsageError(f"--prior {path}: holds {type(results).__name__}, not a list")
+    return [r for r in results if isinstance(r, dict) and r.get("name") in PARTS]
 
 
 def run_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -336,6 +374,7 @@ def run_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> in
         isolate=isolate,
         budget_scale=args.budget_scale,
         command=command,
+        prior=_read_prior(args.prior),
     )
     print(path)
     return 1 if any(r["status"] in ("failed", "killed") for r in results) else 0
