@@ -16,6 +16,7 @@ from bench.errors import BenchError
 from bench.measure import resolve_device
 from bench.provenance import record_provenance
 from bench.results.records import append_record
+from bench.sweep import processes
 from bench.sweep.outputs import checkpoint_dir
 from bench.train import cell as training
 from bench.train.loop import Diverged
@@ -49,6 +50,8 @@ def run_cell(
     device: str | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     keep_checkpoint: bool = False,
+    nproc: int = 1,
+    timeout_s: float = processes.DEFAULT_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Run one cell and append its record; a failure is recorded, not raised.
 
@@ -66,6 +69,9 @@ def run_cell(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...; None: auto.
         progress: Called with (step, steps, loss) as the run trains.
         keep_checkpoint: Keep the run's last checkpoint after its record is written.
+        nproc: Processes the cell runs on (`bench.sweep.processes`); a lost one makes the
+            record ``interrupted``.
+        timeout_s: Seconds a collective of a multi-process cell waits for the other ranks.
 
     Returns:
         The record appended.
@@ -74,17 +80,19 @@ def run_cell(
     started = time.perf_counter()
     base = _base_record(cell)
     try:
-        # Through the module, so that tests can stand in for the training of a cell.
-        measured = training.train_cell(
-            cell,
-            dev,
-            progress=progress,
-            checkpoint_dir=checkpoint_dir(records_path),
-            model_dir=records_path.parent / saved_model.FOLDER,
-        )
+        folders = {
+            "checkpoint_dir": checkpoint_dir(records_path),
+            "model_dir": records_path.parent / saved_model.FOLDER,
+        }
+        if nproc > 1:
+            measured = processes.train_cell_on(nproc, cell, dev, timeout_s=timeout_s, **folders)
+        else:  # through the module, so that tests can stand in for the training of a cell
+            measured = training.train_cell(cell, dev, progress=progress, **folders)
         record = {**base, **measured}
     except (KeyboardInterrupt, BenchError):
         raise
+    except processes.RankLost as err:
+        record = {**base, "status": "interrupted", "error": str(err)}
     except torch.cuda.OutOfMemoryError as err:
         record = {**base, "status": "failed", "error": f"out of memory: {err}".splitlines()[0]}
     except Diverged as err:
