@@ -3,15 +3,24 @@ same noise, the same epsilon and final weights equal to float tolerance."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import submitit
 import torch
 
+import bench.sweep.processes
+import bench.sweep.slurm
 from bench import saved_model
+from bench.cli import main
 from bench.errors import ConfigError
+from bench.sweep.cell import run_cell
+from bench.sweep.options import SlurmOptions
 from bench.sweep.processes import RankLost, check_nproc, train_cell_on
+from bench.sweep.slurm import SlurmCellJob
 from bench.train.cell import train_cell
 from bench.train.ranks import Ranks
-from tests.resume_tools import cell
+from tests.resume_tools import Killed, cell, kill_at
 
 CPU = torch.device("cpu")
 
@@ -24,7 +33,7 @@ CASES = {
         "training.grad_sample_mode=bk",
         "grid.norm=['dp_batch_norm[stats=private_dp]']",
         "training.grad_drop={rate: 0.5, method: random}",
-        "training.max_loss=1e30",  # private statistics of 224 examples are noisy: a large first loss
+        "training.max_loss=1e30",  # noisy statistics of 224 examples: a large first loss
     ],
 }
 
@@ -73,3 +82,78 @@ def test_more_processes_than_devices_is_refused_in_one_line():
         check_nproc(4096, CPU)
     with pytest.raises(ConfigError, match="at least 1"):
         check_nproc(0, CPU)
+
+
+def test_a_cell_resumes_on_another_number_of_processes(tmp_path):
+    """Killed after step 2 on one process, resumed on two: the weights of an uninterrupted run."""
+    c = cell(tmp_path, "training.save_model=true", "training.steps=4")
+    whole = train_cell(c, CPU, model_dir=tmp_path / "whole")
+    ckpts = tmp_path / "checkpoints"
+    with pytest.raises(Killed):
+        train_cell(c, CPU, progress=kill_at(3), checkpoint_dir=ckpts)
+    resumed = train_cell_on(2, c, CPU, checkpoint_dir=ckpts, model_dir=tmp_path / "resumed")
+    assert resumed["resumed_from_step"] == 2
+    assert resumed["epsilon_spent"] == whole["epsilon_spent"]
+    w1, w2 = _weights(tmp_path / "whole", c.run_key), _weights(tmp_path / "resumed", c.run_key)
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bench_run_nproc_writes_one_record_per_cell(tiny, tmp_path):
+    out = tmp_path / "out"
+    args = ["run", str(tiny), "--out", str(out), "--nproc", "2", "--no-progress"]
+    args += ["--set", "grid.seed=[0]", "--set", "grid.norm=[group_norm]"]
+    assert main(args) == 0
+    (record,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert record["status"] == "ok" and record["world_size"] == 2
+
+
+def test_a_lost_rank_makes_the_cell_interrupted(tmp_path, monkeypatch):
+    def lost(*args, **kwargs):
+        raise bench.sweep.processes.RankLost("a process of the cell ended abnormally: rank 1")
+
+    monkeypatch.setattr(bench.sweep.processes, "train_cell_on", lost)
+    record = run_cell(cell(tmp_path), tmp_path / "records.jsonl", "cpu", nproc=2)
+    assert record["status"] == "interrupted"
+    assert "rank 1" in record["error"]
+
+
+def test_a_half_set_launcher_environment_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=r"half set: .*MASTER_ADDR, MASTER_PORT not"):
+        bench.sweep.processes.launched_ranks()
+
+
+def test_a_multi_node_slurm_job_asks_for_its_nodes_and_tasks():
+    params = SlurmOptions(nodes=2, tasks_per_node=4, partition="gpu").submitit_parameters()
+    assert params == {
+        "slurm_partition": "gpu",
+        "nodes": 2,
+        "tasks_per_node": 4,
+        "gpus_per_node": 4,
+    }
+    assert "nodes" not in SlurmOptions().submitit_parameters()
+
+
+def test_a_slurm_task_of_a_multi_task_job_joins_through_submitit(monkeypatch, tmp_path):
+    """Each task exports submitit's torch.distributed variables, then runs the cell."""
+    calls = []
+
+    class Job:
+        num_tasks = 8
+
+    class Env:
+        def export(self, set_cuda_visible_devices=True):
+            calls.append(("export", set_cuda_visible_devices))
+            return self
+
+    monkeypatch.setattr(submitit, "JobEnvironment", Job)
+    monkeypatch.setattr(submitit.helpers, "TorchDistributedEnvironment", Env)
+    monkeypatch.setattr(
+        bench.sweep.slurm, "run_cell", lambda *a, **k: calls.append("run") or {"status": "ok"}
+    )
+    assert SlurmCellJob()(cell(tmp_path), str(tmp_path / "records.jsonl")) == "ok"
+    assert calls == [("export", False), "run"]

@@ -77,6 +77,9 @@ def run_cell(
         The record appended.
     """
     dev = resolve_device(device)
+    ranks = processes.launched_ranks(timeout_s)  # torchrun or a SLURM job of several tasks
+    if ranks.distributed:
+        dev = processes.launched_device(dev)
     started = time.perf_counter()
     base = _base_record(cell)
     try:
@@ -87,8 +90,10 @@ def run_cell(
         if nproc > 1:
             measured = processes.train_cell_on(nproc, cell, dev, timeout_s=timeout_s, **folders)
         else:  # through the module, so that tests can stand in for the training of a cell
-            measured = training.train_cell(cell, dev, progress=progress, **folders)
-        record = {**base, **measured}
+            shown = progress if ranks.writer else None
+            measured = training.train_cell(cell, dev, progress=shown, ranks=ranks, **folders)
+        # A launched rank other than 0 returns nothing: rank 0 records the cell.
+        record = {**base, **(measured or {"status": "ok"})}
     except (KeyboardInterrupt, BenchError):
         raise
     except processes.RankLost as err:
@@ -109,6 +114,8 @@ def run_cell(
         record.update(
             provenance=prov, device=prov["device_name"], wall_s=time.perf_counter() - started
         )
+    if not ranks.writer:
+        return record
     append_record(records_path, record)
     if not keep_checkpoint:
         checkpoint.remove(checkpoint.checkpoint_path(checkpoint_dir(records_path), cell.run_key))

@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from bench.config import Cell
 from bench.errors import ConfigError
 from bench.train import cell as training
-from bench.train.ranks import Ranks
+from bench.train.ranks import SINGLE, Ranks, current
 
 #: Seconds a collective may wait for the other ranks before the cell is given up.
 DEFAULT_TIMEOUT_S = 600.0
@@ -51,6 +51,47 @@ def check_nproc(nproc: int, device: torch.device) -> None:
             )
     elif nproc > (os.cpu_count() or 1):
         raise ConfigError(f"--nproc {nproc}: only {os.cpu_count()} CPU core(s) on this machine")
+
+
+#: The variables torch.distributed's ``env://`` initialisation reads (torchrun, and submitit's
+#: ``TorchDistributedEnvironment`` on SLURM, set them).
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_ranks(timeout_s: float = DEFAULT_TIMEOUT_S) -> Ranks:
+    """The ranks a launcher set up in this process's environment (``torchrun``, a SLURM job of
+    several tasks), the default process group joined once; `SINGLE` when none is set.
+
+    Raises:
+        ConfigError: Some of `LAUNCHER_VARIABLES` set and not the others.
+    """
+    present = [k for k in LAUNCHER_VARIABLES if k in os.environ]
+    if not present or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return SINGLE
+    missing = [k for k in LAUNCHER_VARIABLES if k not in os.environ]
+    if missing:
+        raise ConfigError(
+            f"the torch.distributed environment is half set: {', '.join(present)} set, "
+            f"{', '.join(missing)} not (launch with torchrun, or unset them)"
+        )
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl" if cuda else "gloo"
+        dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+    return current()
+
+
+def launched_device(device: torch.device) -> torch.device:
+    """A launched rank's device: its node-local GPU (``LOCAL_RANK``) on CUDA."""
+    return rank_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier() -> None:
+    """Wait for every launched rank (nothing on one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def rank_device(device: torch.device, rank: int) -> torch.device:
