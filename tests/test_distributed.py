@@ -14,6 +14,7 @@ import bench.sweep.slurm
 from bench import saved_model
 from bench.cli import main
 from bench.errors import ConfigError
+from bench.perf.__main__ import main as perf_main
 from bench.sweep.cell import run_cell
 from bench.sweep.options import SlurmOptions
 from bench.sweep.processes import RankLost, check_nproc, train_cell_on
@@ -157,3 +158,12 @@ def test_a_slurm_task_of_a_multi_task_job_joins_through_submitit(monkeypatch, tm
     )
     assert SlurmCellJob()(cell(tmp_path), str(tmp_path / "records.jsonl")) == "ok"
     assert calls == [("export", False), "run"]
+
+
+def test_the_scaling_table_has_a_row_per_process_count(tiny, capsys):
+    args = ["scaling", str(tiny), "--nproc", "1,2", "--device", "cpu"]
+    assert perf_main([*args, "--set", "grid.seed=[0]", "--set", "training.steps=3"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "processes" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2"]
+    assert "all-reduce share" in out and "%" in rows[1]

@@ -9,6 +9,7 @@ import sys
 import norms
 from bench.backbones import list_backbones
 from bench.config import DEFAULT_NORM
+from bench.perf import scaling
 from bench.perf.gpu_report import add_arguments, run_from_args
 from bench.perf.kinds import KINDS, measure_one
 from bench.perf.tables import opacus_tutorial_comparison, table
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     opa.add_argument("--steps", type=int, default=5)
     opa.add_argument("--workers", type=int, default=0, help="the tutorial DataLoader's workers")
     add_arguments(sub.add_parser("gpu-report", help="every GPU figure, as one Markdown report"))
+    scaling.add_arguments(sub.add_parser("scaling", help="one cell on 1 and W processes"))
     return parser
 
 
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "gpu-report":
         return run_from_args(args, argv)
+    if args.cmd == "scaling":
+        return scaling.run_from_args(args)
     if args.cmd == "opacus":
         loop = {k: getattr(args, k) for k in ("batch", "steps", "warmup", "workers")}
         print(json.dumps(opacus_tutorial_comparison(args.backbone, args.norm, **loop)))

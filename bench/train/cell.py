@@ -66,7 +66,10 @@ def train_cell(
     """
     run = setup_run(cell, device, ranks)
     trained = train_loop(run, progress, checkpoint_dir)
-    per_rank = ranks.gather((trained.timer.throughput, trained.peak_bytes, trained.peak_abs_bytes))
+    timer = trained.timer
+    reduce_share = ranks.reduce_s[0] / timer.seconds if timer.seconds else None
+    per_rank = ranks.gather((timer.throughput, trained.peak_bytes, trained.peak_abs_bytes))
+    shares = ranks.gather(reduce_share)
     if not ranks.writer:
         return None
     train_s = time.perf_counter() - run.started
@@ -85,7 +88,7 @@ def train_cell(
         **privacy,
         **clipping,
         **outcome_fields(sparsity, trained, model_path, train_s, run.started, prov),
-        **rank_fields(per_rank),
+        **rank_fields(per_rank, shares),
     }
 
 

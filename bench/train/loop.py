@@ -197,6 +197,8 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
     memory = StepMemory(run.device).start()
     run.model.train()
     for step in range(resumed.start, steps):
+        if step == resumed.start + training.throughput_warmup_steps:
+            run.ranks.reduce_s[0] = 0.0  # the all-reduce's share covers the timed steps only
         images: list[int] = []
         with timer.step(images):
             run.norm.on_step(run.model, run.run_data, step)

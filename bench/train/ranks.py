@@ -14,7 +14,8 @@ up to the order of a float sum.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +28,9 @@ class Ranks:
 
     rank: int = 0
     world_size: int = 1
+    reduce_s: list[float] = field(default_factory=lambda: [0.0], compare=False)
+    """Seconds this rank spent in `sum_` (waiting for the others included), in a one-item
+    list so that the frozen record of the ranks can count; the loop zeroes it after warm-up."""
 
     @property
     def distributed(self) -> bool:
@@ -48,8 +52,10 @@ class Ranks:
         """Sum each tensor over the ranks, in place (one all-reduce of their concatenation)."""
         if not self.distributed or not tensors:
             return
+        started = time.perf_counter()
         flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat)
+        self.reduce_s[0] += time.perf_counter() - started
         offset = 0
         for t in tensors:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))

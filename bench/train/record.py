@@ -170,10 +170,13 @@ def outcome_fields(
     }
 
 
-def rank_fields(per_rank: list[tuple[float | None, int | None, int | None]]) -> dict[str, Any]:
+def rank_fields(
+    per_rank: list[tuple[float | None, int | None, int | None]], shares: list[float | None]
+) -> dict[str, Any]:
     """The processes the cell ran on (``world_size``) and, on more than one, the total DP
-    throughput (the ranks step together, so their images/s add up), each rank's, and the
-    largest device peak; on one process the single-process fields stand as they are."""
+    throughput (the ranks step together, so their images/s add up), each rank's, the largest
+    device peak, and each rank's share of its timed steps spent in the all-reduce; on one
+    process the single-process fields stand as they are."""
     if len(per_rank) == 1:
         return {"world_size": 1}
     tputs = [t for t, _, _ in per_rank]
@@ -186,4 +189,5 @@ def rank_fields(per_rank: list[tuple[float | None, int | None, int | None]]) -> 
         "peak_mem_bytes": max((p for p in peaks if p is not None), default=None),
         "peak_mem_abs_bytes": max((a for a in abs_peaks if a is not None), default=None),
         "peak_mem_per_rank_bytes": peaks,
+        "allreduce_share_per_rank": shares,
     }
