@@ -168,6 +168,14 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="local worker processes (default: one per visible GPU)",
     )
+    _add_process_arguments(p_run)
+    _add_slurm_arguments(p_run)
+    p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_run.set_defaults(func=_cmd_run)
+
+
+def _add_process_arguments(p_run: argparse.ArgumentParser) -> None:
+    """``--nproc`` and its collective timeout (`RunOptions.nproc`, `bench.sweep.processes`)."""
     p_run.add_argument(
         "--nproc",
         type=int,
@@ -180,9 +188,6 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         default=600.0,
         help="seconds a multi-process cell waits for a rank before it is recorded interrupted",
     )
-    _add_slurm_arguments(p_run)
-    p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p_run.set_defaults(func=_cmd_run)
 
 
 def _add_slurm_arguments(p_run: argparse.ArgumentParser) -> None:
