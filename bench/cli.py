@@ -168,9 +168,26 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="local worker processes (default: one per visible GPU)",
     )
+    _add_process_arguments(p_run)
     _add_slurm_arguments(p_run)
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_run.set_defaults(func=_cmd_run)
+
+
+def _add_process_arguments(p_run: argparse.ArgumentParser) -> None:
+    """``--nproc`` and its collective timeout (`RunOptions.nproc`, `bench.sweep.processes`)."""
+    p_run.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes each cell runs on (one per GPU; gloo on the CPU); same result as one",
+    )
+    p_run.add_argument(
+        "--collective-timeout-s",
+        type=float,
+        default=600.0,
+        help="seconds a multi-process cell waits for a rank before it is recorded interrupted",
+    )
 
 
 def _add_slurm_arguments(p_run: argparse.ArgumentParser) -> None:
@@ -179,6 +196,15 @@ def _add_slurm_arguments(p_run: argparse.ArgumentParser) -> None:
     p_run.add_argument("--slurm-time-min", type=int)
     p_run.add_argument("--slurm-gpus", type=int, default=None)
     p_run.add_argument("--slurm-parallel", type=int, help="max array jobs running at once")
+    p_run.add_argument(
+        "--slurm-nodes", type=int, default=1, help="nodes per cell (one cell across nodes)"
+    )
+    p_run.add_argument(
+        "--slurm-tasks-per-node",
+        type=int,
+        default=1,
+        help="processes per node of each cell (one per GPU)",
+    )
     p_run.add_argument(
         "--slurm-cluster",
         choices=("slurm", "local", "debug"),

@@ -105,6 +105,7 @@ class OpacusDPStep:
         precision: str = "fp32",
         generator: torch.Generator | None = None,
         secure_mode: bool = False,
+        reduce: Callable[[list[torch.Tensor]], None] | None = None,
     ):
         self.precision, self.max_physical_batch = precision, max_physical_batch
         self.module = model
@@ -121,6 +122,25 @@ class OpacusDPStep:
             secure_mode=secure_mode,
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if reduce is not None:
+            self._sum_before_noise(reduce)
+
+    def _sum_before_noise(self, reduce: Callable[[list[torch.Tensor]], None]) -> None:
+        """Make the optimiser sum the clipped sums over processes (``reduce``, in place) just
+        before its noise: each process clipped its share of the logical batch, and the noise,
+        drawn from identically seeded generators, is then the same on every process.
+
+        Wrapping ``add_noise`` reaches every path (Opacus' ``pre_step`` for hooks and
+        functorch, and the book-keeping step, which calls it directly) at the one point where
+        the clipped sums are complete.
+        """
+        add_noise = self.optimizer.add_noise
+
+        def summed_then_noised() -> None:
+            reduce([p.summed_grad for p in self.params])
+            add_noise()
+
+        self.optimizer.add_noise = summed_then_noised  # type: ignore[method-assign]
 
     def _wrap(self, model: nn.Module, max_grad_norm: float) -> nn.Module:
         """The model the step runs: ``model`` wrapped for per-sample gradients (or norms)."""

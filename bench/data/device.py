@@ -118,6 +118,7 @@ class DeviceData:
         padding: int,
         flip: bool,
         generator: torch.Generator,
+        keep: slice = slice(None),
     ) -> torch.Tensor:
         """Reflect-pad, random-crop and random-flip ``views`` independent views of each image.
 
@@ -131,9 +132,13 @@ class DeviceData:
             padding: Reflect padding in pixels before the crop back to ``(H, W)``; < H and W.
             flip: Flip each view horizontally with probability 1/2.
             generator: Generator on the device; fixes offsets and flips.
+            keep: The examples whose views are built (a process's share of the batch); the
+                offsets and flips are drawn for all B, so the generator advances, and each
+                example gets its views, exactly as when every view is built.
 
         Returns:
-            float32 ``(B, views, C, H, W)``, scaled to [0, 1] and standardised if configured.
+            float32 ``(len(keep), views, C, H, W)``, scaled to [0, 1] and standardised if
+            configured.
         """
         b, c, h, w = x.shape
         if padding >= min(h, w):
@@ -150,6 +155,8 @@ class DeviceData:
         if flip:
             flipped = torch.rand(b, views, 1, generator=generator, device=dev) < 0.5
             cols = torch.where(flipped, cols.flip(-1), cols)
+        x, rows, cols = x[keep], rows[keep], cols[keep]
+        b = x.shape[0]
         batch = torch.arange(b, device=dev).view(b, 1, 1, 1, 1)
         channel = torch.arange(c, device=dev).view(1, 1, c, 1, 1)
         views_u8 = x[batch, channel, rows[:, :, None, :, None], cols[:, :, None, None, :]]

@@ -11,7 +11,7 @@ import norms
 from bench.backbones import list_backbones
 from bench.config import DEFAULT_NORM
 from bench.errors import BenchError
-from bench.perf import window, window_slice, window_summary
+from bench.perf import scaling, window, window_slice, window_summary
 from bench.perf.gpu_report import add_arguments, run_from_args
 from bench.perf.kinds import KINDS, measure_one
 from bench.perf.tables import opacus_tutorial_comparison, table
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     unpack.add_argument("--slice-name", default=window_slice.NAME)
     unpack.add_argument("--allow-cpu", action="store_true", help="unpack a CPU rehearsal too")
     unpack.add_argument("--force", action="store_true", help="replace existing folders")
+    scaling.add_arguments(sub.add_parser("scaling", help="one cell on 1 and W processes"))
     return parser
 
 
@@ -97,6 +98,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         return _unpack(args)
     if args.cmd == "gpu-report":
         return run_from_args(args, argv)
+    if args.cmd == "scaling":
+        return scaling.run_from_args(args)
     if args.cmd == "opacus":
         loop = {k: getattr(args, k) for k in ("batch", "steps", "warmup", "workers")}
         print(json.dumps(opacus_tutorial_comparison(args.backbone, args.norm, **loop)))

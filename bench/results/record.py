@@ -126,6 +126,10 @@ class Record(TypedDict, total=False):
     peak_rss_bytes: int  # peak resident set of the process so far, bytes (an upper bound)
     memory_measure: str  # how peak_mem_bytes was measured, in words
     device: str  # device the run was measured on (provenance device_name)
+    world_size: int  # processes the run's steps ran on (bench.train.ranks); absent before: 1
+    throughput_per_rank_img_s: list[float | None]  # each process's DP images/s (world_size > 1)
+    peak_mem_per_rank_bytes: list[int | None]  # each process's DP device peak (world_size > 1)
+    allreduce_share_per_rank: list[float | None]  # fraction of timed step time in the all-reduce
 
     # Privacy.
     accountant: str  # the one accountant the noise was calibrated and epsilon reported with

@@ -16,6 +16,7 @@ from bench.errors import BenchError
 from bench.measure import resolve_device
 from bench.provenance import record_provenance
 from bench.results.records import append_record
+from bench.sweep import processes
 from bench.sweep.outputs import checkpoint_dir
 from bench.train import cell as training
 from bench.train.loop import Diverged
@@ -49,6 +50,8 @@ def run_cell(
     device: str | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     keep_checkpoint: bool = False,
+    nproc: int = 1,
+    timeout_s: float = processes.DEFAULT_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Run one cell and append its record; a failure is recorded, not raised.
 
@@ -66,25 +69,35 @@ def run_cell(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...; None: auto.
         progress: Called with (step, steps, loss) as the run trains.
         keep_checkpoint: Keep the run's last checkpoint after its record is written.
+        nproc: Processes the cell runs on (`bench.sweep.processes`); a lost one makes the
+            record ``interrupted``.
+        timeout_s: Seconds a collective of a multi-process cell waits for the other ranks.
 
     Returns:
         The record appended.
     """
     dev = resolve_device(device)
+    ranks = processes.launched_ranks(timeout_s)  # torchrun or a SLURM job of several tasks
+    if ranks.distributed:
+        dev = processes.launched_device(dev)
     started = time.perf_counter()
     base = _base_record(cell)
     try:
-        # Through the module, so that tests can stand in for the training of a cell.
-        measured = training.train_cell(
-            cell,
-            dev,
-            progress=progress,
-            checkpoint_dir=checkpoint_dir(records_path),
-            model_dir=records_path.parent / saved_model.FOLDER,
-        )
-        record = {**base, **measured}
+        folders = {
+            "checkpoint_dir": checkpoint_dir(records_path),
+            "model_dir": records_path.parent / saved_model.FOLDER,
+        }
+        if nproc > 1:
+            measured = processes.train_cell_on(nproc, cell, dev, timeout_s=timeout_s, **folders)
+        else:  # through the module, so that tests can stand in for the training of a cell
+            shown = progress if ranks.writer else None
+            measured = training.train_cell(cell, dev, progress=shown, ranks=ranks, **folders)
+        # A launched rank other than 0 returns nothing: rank 0 records the cell.
+        record = {**base, **(measured or {"status": "ok"})}
     except (KeyboardInterrupt, BenchError):
         raise
+    except processes.RankLost as err:
+        record = {**base, "status": "interrupted", "error": str(err)}
     except torch.cuda.OutOfMemoryError as err:
         record = {**base, "status": "failed", "error": f"out of memory: {err}".splitlines()[0]}
     except Diverged as err:
@@ -101,6 +114,8 @@ def run_cell(
         record.update(
             provenance=prov, device=prov["device_name"], wall_s=time.perf_counter() - started
         )
+    if not ranks.writer:
+        return record
     append_record(records_path, record)
     if not keep_checkpoint:
         checkpoint.remove(checkpoint.checkpoint_path(checkpoint_dir(records_path), cell.run_key))

@@ -16,10 +16,13 @@ import torch
 from tqdm import tqdm
 
 from bench.config import Cell
+from bench.errors import ConfigError
+from bench.measure import resolve_device
 from bench.plan import cell_label
 from bench.sweep.cell import record_interrupted, run_cell
 from bench.sweep.executor import Executor
 from bench.sweep.options import RunOptions
+from bench.sweep.processes import check_nproc, launched_ranks
 from bench.sweep.resume import without_final_record
 
 
@@ -60,6 +63,8 @@ class SequentialExecutor(Executor):
                 self.options.device,
                 progress=_StepProgress(bar, label) if show else None,
                 keep_checkpoint=self.options.keep_checkpoints,
+                nproc=self.options.nproc,
+                timeout_s=self.options.collective_timeout_s,
             )
             statuses.append(record["status"])
             if record["status"] != "ok":
@@ -121,16 +126,32 @@ class WorkerPoolExecutor(Executor):
 
 class LocalExecutor(Executor):
     """``local``: a worker pool when there are several workers (one per visible GPU by default)
-    and several cells, else the cells in order in this process."""
+    and several cells, else the cells in order in this process; with ``nproc`` > 1, the cells
+    in order, each on ``nproc`` processes."""
+
+    def check(self) -> None:
+        """Refuse ``nproc`` beyond the devices here, or with several workers, in one line."""
+        if self.options.nproc == 1:
+            return
+        check_nproc(self.options.nproc, resolve_device(self.options.device))
+        if self.options.workers not in (None, 1):
+            raise ConfigError(
+                f"--nproc {self.options.nproc} runs each cell on every process; "
+                f"--workers {self.options.workers} cannot be combined with it"
+            )
 
     def run(self, cells: Sequence[Cell]) -> list[str]:
         n = worker_count(self.options)
-        chosen = WorkerPoolExecutor if n > 1 and len(cells) > 1 else SequentialExecutor
+        several = n > 1 and len(cells) > 1 and self.options.nproc == 1
+        chosen = WorkerPoolExecutor if several else SequentialExecutor
         return chosen(self.options, self.out_dir).run(cells)
 
 
 def worker_count(options: RunOptions) -> int:
-    """``options.workers``, or one per visible CUDA device (one without CUDA)."""
+    """``options.workers``, or one per visible CUDA device (one without CUDA); one when each
+    cell takes ``nproc`` > 1 processes."""
     if options.workers is not None:
         return options.workers
+    if options.nproc > 1 or launched_ranks().distributed:
+        return 1
     return torch.cuda.device_count() if torch.cuda.is_available() else 1

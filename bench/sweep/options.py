@@ -34,6 +34,13 @@ class SlurmOptions:
     """Seconds per DP step on the cluster's device, to size the time limit when ``time_min``
     is None; None: measured here."""
 
+    nodes: int = 1
+    """Nodes each cell's job spans; with ``tasks_per_node``, one cell runs on
+    ``nodes x tasks_per_node`` processes (`bench.train.ranks`)."""
+
+    tasks_per_node: int = 1
+    """Processes per node of each cell's job (one per GPU: ``gpus`` defaults to it)."""
+
     def submitit_parameters(self) -> dict[str, Any]:
         """The options given, under the names submitit's ``update_parameters`` takes."""
         given = {
@@ -42,7 +49,15 @@ class SlurmOptions:
             "gpus_per_node": self.gpus,
             "slurm_array_parallelism": self.parallel,
         }
+        if self.nodes * self.tasks_per_node > 1:  # one cell over several processes
+            given.update(nodes=self.nodes, tasks_per_node=self.tasks_per_node)
+            given["gpus_per_node"] = self.gpus if self.gpus is not None else self.tasks_per_node
         return {k: v for k, v in given.items() if v is not None}
+
+    @property
+    def world_size(self) -> int:
+        """Processes each cell's job runs."""
+        return self.nodes * self.tasks_per_node
 
 
 @dataclass(frozen=True)
@@ -87,3 +102,11 @@ class RunOptions:
 
     keep_checkpoints: bool = False
     """Keep each run's last checkpoint after its record is written."""
+
+    nproc: int = 1
+    """Local processes each cell runs on (``--nproc``): one per GPU on CUDA, gloo processes
+    sharing the cores on the CPU; the result is the one process's (`bench.train.ranks`)."""
+
+    collective_timeout_s: float = 600.0
+    """Seconds a multi-process cell's collective waits for the other ranks before the cell is
+    recorded ``interrupted``."""

@@ -38,6 +38,7 @@ from bench.sweep.executor import Executor
 from bench.sweep.local import LocalExecutor
 from bench.sweep.options import RunOptions
 from bench.sweep.outputs import default_out_dir, records_path, reproduce_command, write_suite_json
+from bench.sweep.processes import barrier, launched_ranks
 from bench.sweep.protocol import (
     final_cells,
     planned_cells,
@@ -119,23 +120,28 @@ def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
     options = options or RunOptions()
     out_dir = Path(options.out_dir) if options.out_dir else default_out_dir(suite)
     records = records_path(out_dir)
+    # Under torchrun every rank runs this sweep, each cell together; rank 0 alone writes.
+    writer = launched_ranks(options.collective_timeout_s).writer
     executor = create_executor(options, out_dir)
     executor.check()
     stage_cells = suite.cells() if suite.tune is None else tune_cells(suite)
     todo, already = pending_cells(stage_cells, records, options.force, options.retry_failed)
     env = _check_environment(todo, records, options.allow_mixed_env)
     preflight(todo if suite.tune is None else planned_cells(suite))
-    write_suite_json(suite, out_dir, stage_cells)
-    if env is not None:
+    if writer:
+        write_suite_json(suite, out_dir, stage_cells)
+    if env is not None and writer:
         _capture_environment(suite, out_dir, env)
     statuses = _run_stage(executor, todo, options.force)
     total, ran = len(stage_cells), len(todo)
     if suite.tune is not None:
+        barrier()  # every rank reads the tuning records rank 0 has written
         finals, final_todo, final_already = _final_stage(suite, records, options)
-        write_suite_json(suite, out_dir, [*stage_cells, *finals])
+        if writer:
+            write_suite_json(suite, out_dir, [*stage_cells, *finals])
         statuses += _run_stage(executor, final_todo, options.force)
         total, ran, already = total + len(finals), ran + len(final_todo), already + final_already
-    if options.report:
+    if options.report and writer:
         write_report(out_dir)
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}
     return SweepSummary(out_dir, total, already, ran, counts, time.perf_counter() - started)

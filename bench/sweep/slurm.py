@@ -44,6 +44,9 @@ class SlurmCellJob:
         device: str | None = None,
         keep_checkpoint: bool = False,
     ) -> str:
+        if submitit.JobEnvironment().num_tasks > 1:  # one cell over the job's tasks
+            # submitit's helper sets the env:// variables from SLURM's: no rendezvous of our own
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         return run_cell(cell, Path(records_path), device, keep_checkpoint=keep_checkpoint)["status"]
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -127,6 +130,12 @@ class SlurmExecutor(Executor):
             folder=self.out_dir / "submitit", cluster=self.options.slurm.cluster
         )
         executor.update_parameters(name=f"dpnb-{self.out_dir.name}", **params)
+        if self.options.slurm.world_size > 1:
+            print(
+                f"each cell on {self.options.slurm.nodes} node(s) x "
+                f"{self.options.slurm.tasks_per_node} task(s)",
+                file=sys.stderr,
+            )
         n = len(cells)
         jobs = executor.map_array(
             SlurmCellJob(),
@@ -141,7 +150,8 @@ class SlurmExecutor(Executor):
         statuses = []
         for job, cell in zip(jobs, cells, strict=True):
             try:
-                statuses.append(job.result())
+                result = job.result()  # a job of several tasks gives one result per task
+                statuses.append(result[0] if isinstance(result, list) else result)
             except submitit.core.utils.FailedJobError as err:
                 reason = f"the job raised: {str(err).strip().splitlines()[-1]}"
                 statuses.append(self._record_job_end(cell, "failed", reason))

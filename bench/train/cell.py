@@ -13,12 +13,14 @@ from bench.config import Cell
 from bench.provenance import record_provenance
 from bench.train.evaluate import correct_count
 from bench.train.loop import Progress, Trained, train_loop
+from bench.train.ranks import SINGLE, Ranks
 from bench.train.record import (
     clipping_fields,
     identity_fields,
     memory_fields,
     outcome_fields,
     privacy_fields,
+    rank_fields,
     score_fields,
     throughput_fields,
 )
@@ -34,7 +36,8 @@ def train_cell(
     progress: Progress | None = None,
     checkpoint_dir: Path | None = None,
     model_dir: Path | None = None,
-) -> dict[str, Any]:
+    ranks: Ranks = SINGLE,
+) -> dict[str, Any] | None:
     """Train one cell with DP-SGD and return its measured record fields (status ``ok``).
 
     The cell's identity (run key, backbone, norm, seed, targets, config) is the runner's part
@@ -55,13 +58,23 @@ def train_cell(
             (`bench.checkpoint.remove`). None: no checkpoints.
         model_dir: Where ``training.save_model`` writes the final and the EMA weights
             (`bench.saved_model`).
+        ranks: The processes this cell runs on (`bench.train.ranks`): each trains on its
+            share of every logical batch; rank 0 scores the model and returns the record
+            fields, the others return None. The non-private reference is measured on one
+            process only.
 
     Raises:
         Diverged: The loss became non-finite or exceeded ``max_loss``.
         ConfigError: The cell cannot run as configured.
     """
-    run = setup_run(cell, device)
+    run = setup_run(cell, device, ranks)
     trained = train_loop(run, progress, checkpoint_dir)
+    timer = trained.timer
+    reduce_share = ranks.reduce_s[0] / timer.seconds if timer.seconds else None
+    per_rank = ranks.gather((timer.throughput, trained.peak_bytes, trained.peak_abs_bytes))
+    shares = ranks.gather(reduce_share)
+    if not ranks.writer:
+        return None
     train_s = time.perf_counter() - run.started
     privacy = privacy_fields(run)
     accuracy, eval_weights, model_path = _score(run, model_dir)
@@ -78,6 +91,7 @@ def train_cell(
         **privacy,
         **clipping,
         **outcome_fields(sparsity, trained, model_path, train_s, run.started, prov),
+        **rank_fields(per_rank, shares),
     }
 
 
@@ -105,7 +119,7 @@ def _nonprivate(run: Run, trained: Trained) -> NonPrivateMeasure | None:
     """The non-private reference on the untrained copy, timed to the DP side's precision;
     None when ``training.measure_nonprivate`` is off. Call it after `Run.release`."""
     initial, run.initial = run.initial, None
-    if initial is None:
+    if initial is None or run.ranks.distributed:
         return None
     return nonprivate_throughput(
         initial,

@@ -38,6 +38,9 @@ class Diverged(RuntimeError):
         super().__init__(message)
         self.step = step
 
+    def __reduce__(self):  # pickles whole: a rank of a multi-process cell sends it back
+        return (type(self), (str(self), self.step))
+
 
 def _check_loss(value: float, step: int, training: TrainingConfig) -> None:
     """Stop a diverged run; the message carries the private loss only when it is logged."""
@@ -176,6 +179,10 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
     one is named in one line on stderr), and writes one every ``training.checkpoint_every``
     steps but after the last, outside the timed steps. The timer
     covers the steps of this process only; the memory peaks are the largest of all processes.
+
+    On several processes (``run.ranks``) each draws the same logical batch, builds the views
+    of its share and steps on it; all of them read the checkpoint, rank 0 alone writes it and
+    reports progress.
     """
     training, steps = run.cell.training, run.plan.steps
     generators = _generators(run)
@@ -190,21 +197,25 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
     memory = StepMemory(run.device).start()
     run.model.train()
     for step in range(resumed.start, steps):
+        if step == resumed.start + training.throughput_warmup_steps:
+            run.ranks.reduce_s[0] = 0.0  # the all-reduce's share covers the timed steps only
         images: list[int] = []
         with timer.step(images):
             run.norm.on_step(run.model, run.run_data, step)
-            x, y = views(run.data.poisson_batch(run.plan.batch_size, generators["sampling"]))
-            loss = run.dp_step(x, y)
+            idx = run.data.poisson_batch(run.plan.batch_size, generators["sampling"])
+            x, y = views(idx, run.ranks.shard(idx.shape[0]))
+            loss = run.ranks.mean_loss(run.dp_step(x, y), x.shape[0], run.device)
             after_update(run.scheduler, run.ema, run.model)
             images.append(x.shape[0] * x.shape[1])
-        if x.shape[0]:
+        if idx.shape[0]:
             loss_value = loss
             _check_loss(loss_value, step, training)
         done = step + 1
-        if path is not None and every and done % every == 0 and done < steps:
+        writes = path is not None and run.ranks.writer
+        if writes and every and done % every == 0 and done < steps:
             now = (_max(peaks[0], memory.above), _max(peaks[1], memory.absolute))
             checkpoint.save(path, _loop_state(run, done, loss_value, generators, now), cfg_hash)
-        if progress is not None:
+        if progress is not None and run.ranks.writer:
             # The live view on the operator's terminal; it never reaches a record.
             progress(done, steps, loss_value)
     above, absolute = _max(peaks[0], memory.above), _max(peaks[1], memory.absolute)

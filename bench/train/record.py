@@ -199,3 +199,26 @@ def outcome_fields(
         "wall_s": time.perf_counter() - started,
         "provenance": prov,
     }
+
+
+def rank_fields(
+    per_rank: list[tuple[float | None, int | None, int | None]], shares: list[float | None]
+) -> dict[str, Any]:
+    """The processes the cell ran on (``world_size``) and, on more than one, the total DP
+    throughput (the ranks step together, so their images/s add up), each rank's, the largest
+    device peak, and each rank's share of its timed steps spent in the all-reduce; on one
+    process the single-process fields stand as they are."""
+    if len(per_rank) == 1:
+        return {"world_size": 1}
+    tputs = [t for t, _, _ in per_rank]
+    peaks = [p for _, p, _ in per_rank]
+    abs_peaks = [a for _, _, a in per_rank]
+    return {
+        "world_size": len(per_rank),
+        "throughput_img_s": sum(tputs) if all(t is not None for t in tputs) else None,
+        "throughput_per_rank_img_s": tputs,
+        "peak_mem_bytes": max((p for p in peaks if p is not None), default=None),
+        "peak_mem_abs_bytes": max((a for a in abs_peaks if a is not None), default=None),
+        "peak_mem_per_rank_bytes": peaks,
+        "allreduce_share_per_rank": shares,
+    }

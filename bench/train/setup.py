@@ -21,6 +21,7 @@ from bench.sparsity import PublicData, Sparsity
 from bench.train import data_cache
 from bench.train.ema import EMA, ema_model
 from bench.train.ghost import OpacusGhostStep
+from bench.train.ranks import SINGLE, Ranks
 from bench.train.schedule import lr_scheduler
 from bkclip import DPSGDStep, SGDStep, make_optimizer
 from norms.lifecycle import RunData
@@ -55,6 +56,7 @@ def build_dp_step(
     generator: torch.Generator | None = None,
     secure_mode: bool = False,
     sparsity: Sparsity | None = None,
+    ranks: Ranks = SINGLE,
 ) -> DPSGDStep | OpacusGhostStep:
     """The DP-SGD step of ``training``'s recipe on ``model``: the one builder that training,
     the runner's step timing and the perf checks share, so that the timed step is the trained one.
@@ -67,6 +69,8 @@ def build_dp_step(
         generator: The noise's generator.
         secure_mode: Opacus' secure-mode noise (with an unpredictable ``generator``).
         sparsity: Pre-pruning and gradient dropping (not with `GHOST`).
+        ranks: The processes of the cell; each passes its share of the logical batch, and
+            the clipped sums are summed over them before the noise (`bench.train.ranks`).
 
     Raises:
         ValueError: `GHOST` asked for with secure-mode noise or sparsity, which it lacks.
@@ -78,6 +82,7 @@ def build_dp_step(
         "max_physical_batch": max_physical_batch or training.max_physical_batch,
         "precision": training.precision,
         "generator": generator,
+        "reduce": ranks.sum_ if ranks.distributed else None,
     }
     mode = mode or training.grad_sample_mode
     if mode == GHOST and (secure_mode or sparsity is not None):
@@ -118,6 +123,7 @@ class Run:
     started: float
     sparsity: Sparsity
     run_data: RunData
+    ranks: Ranks = SINGLE
 
     @property
     def norm(self) -> norms.ResolvedNorm:
@@ -185,11 +191,13 @@ def _prepared(cell: Cell, data: DeviceData, model: nn.Module, norm: norms.Resolv
     return sparsity, run_data
 
 
-def setup_run(cell: Cell, device: torch.device) -> Run:
+def setup_run(cell: Cell, device: torch.device, ranks: Ranks = SINGLE) -> Run:
     """Data on the device, the model, its norm prepared, the privacy plan and the DP step.
 
     The cell is resolved once here (norm, sizes, calibration: `bench.plan`) and the plan is
-    what the rest of the run reads.
+    what the rest of the run reads. On several processes (``ranks``) every one sets up the
+    same run (same data, model, streams, norm preparation) and the DP step sums the
+    processes' clipped sums before its noise.
 
     Raises:
         ConfigError: The norm does not declare the cell's grad-sample mode.
@@ -216,6 +224,7 @@ def setup_run(cell: Cell, device: torch.device) -> Run:
         generator=cell_stream(cell, data, "noise"),
         secure_mode=privacy.secure_noise,
         sparsity=sparsity,
+        ranks=ranks,
     )
     # Opacus' accountant records every step the optimizer actually takes, with its (sigma, q).
     accountant = RDPAccountant()
@@ -236,4 +245,5 @@ def setup_run(cell: Cell, device: torch.device) -> Run:
         started=started,
         sparsity=sparsity,
         run_data=run_data,
+        ranks=ranks,
     )

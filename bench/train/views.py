@@ -14,10 +14,15 @@ class Views:
     def __init__(self, data: DeviceData, training: TrainingConfig, generator: torch.Generator):
         self.data, self.training, self.generator = data, training, generator
 
-    def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)``: views of shape ``(B, K, C, H, W)`` and labels ``(B,)``."""
+    def __call__(
+        self, idx: torch.Tensor, keep: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``: views of shape ``(B, K, C, H, W)`` and labels ``(B,)`` of the examples
+        ``idx[keep]`` (a process's share), the augmentation stream advancing as for all of
+        ``idx``."""
         t = self.training
-        x_u8, y = self.data.train_x[idx], self.data.train_y[idx]
+        x_u8 = self.data.train_x[idx]
+        y = self.data.train_y[idx[keep]]
         if t.augment:
             x = self.data.augment(
                 x_u8,
@@ -25,7 +30,8 @@ class Views:
                 padding=t.crop_padding,
                 flip=self.data.flip,  # as the dataset declares: never for digits
                 generator=self.generator,
+                keep=keep,
             )
         else:
-            x = self.data.prepare_eval(x_u8).unsqueeze(1)
+            x = self.data.prepare_eval(x_u8[keep]).unsqueeze(1)
         return x, y

@@ -1,0 +1,82 @@
+"""The scaling table: one cell's DP training on 1 and W processes (``python -m bench.perf
+scaling``), with the all-reduce's share of a step.
+
+Each row trains the suite's first cell (after ``--set`` overrides) through the engine
+(`bench.train.cell.train_cell`, or `bench.sweep.processes.train_cell_on` for W > 1), so the
+figures are those a record would hold: DP images/s over the timed steps (warm-up excluded;
+sampling, augmentation, forward, backward, clipping, all-reduce, noise, update), summed over
+the ranks, and each rank's seconds inside the all-reduce (waiting for the slowest rank
+included) over its timed steps. The non-private reference is off: it is not what scales.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+import torch
+
+from bench.config import Cell
+from bench.measure import resolve_device
+from bench.provenance import cpu_model, device_name
+from bench.results.leaderboard.markdown import table
+from bench.suite import load_suite
+from bench.sweep.processes import check_nproc, train_cell_on
+from bench.train.cell import train_cell
+
+
+def scaling_rows(cell: Cell, device: torch.device, nprocs: list[int]) -> list[dict[str, Any]]:
+    """One record per process count in ``nprocs`` (1 trains in this process)."""
+    cell = dataclasses.replace(
+        cell, training=dataclasses.replace(cell.training, measure_nonprivate=False)
+    )
+    rows = []
+    for w in nprocs:
+        check_nproc(w, device)
+        rows.append(train_cell(cell, device) if w == 1 else train_cell_on(w, cell, device))
+    return rows
+
+
+def scaling_markdown(cell: Cell, device: torch.device, rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table under a line saying what was run, and where."""
+    base = rows[0]["throughput_img_s"]
+    body = []
+    for r in rows:
+        w, total = r["world_size"], r["throughput_img_s"]
+        per_rank = r.get("throughput_per_rank_img_s") or [total]
+        shares = [s for s in r.get("allreduce_share_per_rank") or [] if s is not None]
+        body.append(
+            [
+                str(w),
+                f"{total:.1f}",
+                " / ".join(f"{t:.1f}" for t in per_rank),
+                f"{total / base:.2f}x" if base else "—",
+                f"{max(shares):.1%}" if shares else "—",
+                f"{r['test_acc']:.4f}",
+            ]
+        )
+    where = device_name(device) if device.type == "cuda" else f"cpu ({cpu_model()})"
+    head = (
+        f"`{cell.backbone}` + `{cell.norm}`, batch {cell.training.batch_size}, "
+        f"{cell.training.augmult} view(s), {rows[0]['steps']} steps, on {where}"
+    )
+    headers = ["processes", "DP img/s (total)", "per rank", "speed-up", "all-reduce share", "acc"]
+    return head + "\n\n" + table(body, headers)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``scaling``'s arguments."""
+    parser.add_argument("suite", help="a suite file; its first cell (after --set) is timed")
+    parser.add_argument("--nproc", default="1,2", help="process counts, comma-separated")
+    parser.add_argument("--set", action="append", default=[], help="suite override KEY=VALUE")
+    parser.add_argument("--device", default="auto")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Print the scaling table for the parsed arguments."""
+    cell = load_suite(args.suite, args.set).cells()[0]
+    device = resolve_device(args.device)
+    nprocs = [int(w) for w in args.nproc.split(",")]
+    print(scaling_markdown(cell, device, scaling_rows(cell, device, nprocs)))
+    return 0

@@ -1,0 +1,169 @@
+"""A cell on two processes (gloo, CPU) computes what it computes on one: the same batches, the
+same noise, the same epsilon and final weights equal to float tolerance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import submitit
+import torch
+
+import bench.sweep.processes
+import bench.sweep.slurm
+from bench import saved_model
+from bench.cli import main
+from bench.errors import ConfigError
+from bench.perf.__main__ import main as perf_main
+from bench.sweep.cell import run_cell
+from bench.sweep.options import SlurmOptions
+from bench.sweep.processes import RankLost, check_nproc, train_cell_on
+from bench.sweep.slurm import SlurmCellJob
+from bench.train.cell import train_cell
+from bench.train.ranks import Ranks
+from tests.resume_tools import Killed, cell, kill_at
+
+CPU = torch.device("cpu")
+
+#: A covering design: every grad-sample mode once, with DP statistics, gradient dropping,
+#: augmentation multiplicity and odd logical batches spread over the three.
+CASES = {
+    "hooks-augmult": ["training.grad_sample_mode=hooks", "training.augmult=2"],
+    "functorch-layer_norm": ["training.grad_sample_mode=functorch", "grid.norm=[layer_norm]"],
+    "bk-private_stats-grad_drop": [
+        "training.grad_sample_mode=bk",
+        "grid.norm=['dp_batch_norm[stats=private_dp]']",
+        "training.grad_drop={rate: 0.5, method: random}",
+        "training.max_loss=1e30",  # noisy statistics of 224 examples: a large first loss
+    ],
+}
+
+
+def _weights(model_dir, run_key: str) -> dict[str, torch.Tensor]:
+    path = saved_model.model_path(model_dir, run_key)
+    return saved_model.load(path, run_key)["weights"]["final"]
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_two_processes_train_what_one_does(tmp_path, case):
+    c = cell(tmp_path, "training.save_model=true", "training.steps=3", *CASES[case])
+    one = train_cell(c, CPU, model_dir=tmp_path / "one")
+    two = train_cell_on(2, c, CPU, model_dir=tmp_path / "two")
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert len(two["throughput_per_rank_img_s"]) == 2
+    for field in ("epsilon_spent", "steps_done", "noise_multiplier", "sample_rate"):
+        assert two[field] == one[field], field
+    w1, w2 = _weights(tmp_path / "one", c.run_key), _weights(tmp_path / "two", c.run_key)
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert two["test_acc"] == pytest.approx(one["test_acc"], abs=2 / one["n_test"])
+
+
+def test_a_shard_is_contiguous_and_covers_the_batch_once():
+    for n in (0, 1, 5, 64):
+        for world in (1, 2, 3):
+            parts = [Ranks(r, world).shard(n) for r in range(world)]
+            covered = [i for p in parts for i in range(n)[p]]
+            assert covered == list(range(n))
+            sizes = [len(range(n)[p]) for p in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_an_error_every_rank_raises_comes_back_as_itself(tmp_path):
+    c = cell(tmp_path, "training.max_loss=1e-9")  # the first step's loss is above it
+    with pytest.raises(Exception) as raised:
+        train_cell_on(2, c, CPU)
+    assert type(raised.value).__name__ == "Diverged"
+    assert not isinstance(raised.value, RankLost)
+
+
+def test_more_processes_than_devices_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="--nproc 4096: only"):
+        check_nproc(4096, CPU)
+    with pytest.raises(ConfigError, match="at least 1"):
+        check_nproc(0, CPU)
+
+
+def test_a_cell_resumes_on_another_number_of_processes(tmp_path):
+    """Killed after step 2 on one process, resumed on two: the weights of an uninterrupted run."""
+    c = cell(tmp_path, "training.save_model=true", "training.steps=4")
+    whole = train_cell(c, CPU, model_dir=tmp_path / "whole")
+    ckpts = tmp_path / "checkpoints"
+    with pytest.raises(Killed):
+        train_cell(c, CPU, progress=kill_at(3), checkpoint_dir=ckpts)
+    resumed = train_cell_on(2, c, CPU, checkpoint_dir=ckpts, model_dir=tmp_path / "resumed")
+    assert resumed["resumed_from_step"] == 2
+    assert resumed["epsilon_spent"] == whole["epsilon_spent"]
+    w1, w2 = _weights(tmp_path / "whole", c.run_key), _weights(tmp_path / "resumed", c.run_key)
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bench_run_nproc_writes_one_record_per_cell(tiny, tmp_path):
+    out = tmp_path / "out"
+    args = ["run", str(tiny), "--out", str(out), "--nproc", "2", "--no-progress"]
+    args += ["--set", "grid.seed=[0]", "--set", "grid.norm=[group_norm]"]
+    assert main(args) == 0
+    (record,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert record["status"] == "ok" and record["world_size"] == 2
+
+
+def test_a_lost_rank_makes_the_cell_interrupted(tmp_path, monkeypatch):
+    def lost(*args, **kwargs):
+        raise bench.sweep.processes.RankLost("a process of the cell ended abnormally: rank 1")
+
+    monkeypatch.setattr(bench.sweep.processes, "train_cell_on", lost)
+    record = run_cell(cell(tmp_path), tmp_path / "records.jsonl", "cpu", nproc=2)
+    assert record["status"] == "interrupted"
+    assert "rank 1" in record["error"]
+
+
+def test_a_half_set_launcher_environment_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=r"half set: .*MASTER_ADDR, MASTER_PORT not"):
+        bench.sweep.processes.launched_ranks()
+
+
+def test_a_multi_node_slurm_job_asks_for_its_nodes_and_tasks():
+    params = SlurmOptions(nodes=2, tasks_per_node=4, partition="gpu").submitit_parameters()
+    assert params == {
+        "slurm_partition": "gpu",
+        "nodes": 2,
+        "tasks_per_node": 4,
+        "gpus_per_node": 4,
+    }
+    assert "nodes" not in SlurmOptions().submitit_parameters()
+
+
+def test_a_slurm_task_of_a_multi_task_job_joins_through_submitit(monkeypatch, tmp_path):
+    """Each task exports submitit's torch.distributed variables, then runs the cell."""
+    calls = []
+
+    class Job:
+        num_tasks = 8
+
+    class Env:
+        def export(self, set_cuda_visible_devices=True):
+            calls.append(("export", set_cuda_visible_devices))
+            return self
+
+    monkeypatch.setattr(submitit, "JobEnvironment", Job)
+    monkeypatch.setattr(submitit.helpers, "TorchDistributedEnvironment", Env)
+    monkeypatch.setattr(
+        bench.sweep.slurm, "run_cell", lambda *a, **k: calls.append("run") or {"status": "ok"}
+    )
+    assert SlurmCellJob()(cell(tmp_path), str(tmp_path / "records.jsonl")) == "ok"
+    assert calls == [("export", False), "run"]
+
+
+def test_the_scaling_table_has_a_row_per_process_count(tiny, capsys):
+    args = ["scaling", str(tiny), "--nproc", "1,2", "--device", "cpu"]
+    assert perf_main([*args, "--set", "grid.seed=[0]", "--set", "training.steps=3"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "processes" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2"]
+    assert "all-reduce share" in out and "%" in rows[1]
