@@ -1,0 +1,23 @@
+"""Every input a user gives is checked before anything runs: one line, exit code 2."""
+
+from __future__ import annotations
+
+from bench.cli import main
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_backbone_of_width_zero_is_refused_at_load_naming_the_key(capsys, tiny, tmp_path):
+    out = tmp_path / "out"
+    for width in ("0", "-1"):
+        spec = f"resnet9[width={width}]"
+        code = main(["run", str(tiny), "--set", f"grid.backbone=['{spec}']", "--out", str(out)])
+        assert code == 2
+        err = _one_line_error(capsys)
+        assert f"{tiny}: grid.backbone[0] (from --set): backbone 'resnet9': width=" in err
+        assert "allowed: a finite number > 0" in err
+    assert not out.exists()
