@@ -21,3 +21,15 @@ def test_a_backbone_of_width_zero_is_refused_at_load_naming_the_key(capsys, tiny
         assert f"{tiny}: grid.backbone[0] (from --set): backbone 'resnet9': width=" in err
         assert "allowed: a finite number > 0" in err
     assert not out.exists()
+
+
+def test_an_unknown_device_or_cuda_without_a_gpu_is_one_line_and_nothing_runs(
+    capsys, tiny, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    out = tmp_path / "out"
+    for device, says in (("foo", "unknown device 'foo'"), ("cuda", "no CUDA GPU is visible")):
+        assert main(["run", str(tiny), "--device", device, "--out", str(out)]) == 2
+        assert says in _one_line_error(capsys)
+    assert not out.exists()

@@ -28,6 +28,7 @@ from typing import Any
 from bench.config import Cell, Suite
 from bench.environment import capture_environment, check_stack
 from bench.errors import ExecutorError
+from bench.measure import resolve_device
 from bench.plan import plan_cells
 from bench.provenance import environment_facts
 from bench.results.leaderboard import write_report
@@ -111,6 +112,7 @@ def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
     options = options or RunOptions()
     out_dir = Path(options.out_dir) if options.out_dir else default_out_dir(suite)
     records = records_path(out_dir)
+    resolve_device(options.device)  # a device this machine lacks stops the sweep here
     executor = create_executor(options, out_dir)
     executor.check()
     stage_cells = suite.cells() if suite.tune is None else tune_cells(suite)
