@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from bench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _one_line_error(capsys) -> str:
@@ -33,3 +38,16 @@ def test_an_unknown_device_or_cuda_without_a_gpu_is_one_line_and_nothing_runs(
         assert main(["run", str(tiny), "--device", device, "--out", str(out)]) == 2
         assert says in _one_line_error(capsys)
     assert not out.exists()
+
+
+def test_a_mistyped_baseline_names_the_closest_recorded_norm_and_overwrites_nothing(
+    capsys, tmp_path
+):
+    for name in ("records.jsonl", "leaderboard.md"):
+        shutil.copy(ROOT / "reports" / "smoke" / name, tmp_path / name)
+    before = (tmp_path / "leaderboard.md").read_bytes()
+    assert main(["report", str(tmp_path), "--baseline", "batch_norm"]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("error: --baseline: the baseline matches no norm of the records")
+    assert err.endswith("(did you mean 'dp_batch_norm[stats=public]'?)")
+    assert (tmp_path / "leaderboard.md").read_bytes() == before
