@@ -51,3 +51,14 @@ def test_a_mistyped_baseline_names_the_closest_recorded_norm_and_overwrites_noth
     assert err.startswith("error: --baseline: the baseline matches no norm of the records")
     assert err.endswith("(did you mean 'dp_batch_norm[stats=public]'?)")
     assert (tmp_path / "leaderboard.md").read_bytes() == before
+
+
+def test_a_set_list_with_an_unquoted_bracketed_spec_says_to_quote_it(capsys, tiny):
+    override = "grid.norm=[group_norm[num_groups=8], layer_norm]"
+    assert main(["run", str(tiny), "--set", override, "--dry-run"]) == 2
+    err = _one_line_error(capsys)
+    assert f"{tiny}: grid.norm: cannot parse the value as YAML" in err
+    assert err.endswith(
+        "allowed: quote each bracketed spec inside a list, and the whole override for the "
+        "shell: --set \"grid.norm=['group_norm[num_groups=8]', layer_norm]\""
+    )
