@@ -16,7 +16,9 @@ from bench.errors import BenchError
 from bench.measure import resolve_device
 from bench.provenance import record_provenance
 from bench.results.records import append_record
+from bench.sweep.lock import cell_lock
 from bench.sweep.outputs import checkpoint_dir
+from bench.sweep.resume import record_count
 from bench.train import cell as training
 from bench.train.loop import Diverged
 
@@ -43,7 +45,49 @@ def _base_record(cell: Cell) -> dict[str, Any]:
     }
 
 
+#: The status `run_cell` returns, with no record written, for a cell another process runs or
+#: has recorded since this sweep chose it.
+SKIPPED = "skipped"
+
+
 def run_cell(
+    cell: Cell,
+    records_path: Path,
+    device: str | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    keep_checkpoint: bool = False,
+    recorded_before: int | None = None,
+) -> dict[str, Any]:
+    """Run one cell under its lock (`bench.sweep.lock`) and append its record, unless another
+    process holds the lock, or has recorded the cell since the sweep chose it: then nothing
+    is written and the returned record's status is `SKIPPED`, with the reason as its error.
+
+    Args:
+        cell: The cell to run.
+        records_path: The records file the record is appended to.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...; None: auto.
+        progress: Called with (step, steps, loss) as the run trains.
+        keep_checkpoint: Keep the run's last checkpoint after its record is written.
+        recorded_before: How many records the cell had when the sweep chose to run it; when
+            the records file holds more once the lock is held, another process ran it. None:
+            not checked.
+
+    Returns:
+        The record appended, or the skipped cell's.
+    """
+    with cell_lock(records_path, cell.run_key) as holder:
+        if holder is not None:
+            reason = f"another process ({holder}) is running this cell into the same folder"
+        elif recorded_before is not None and record_count(records_path, cell.run_key) > (
+            recorded_before
+        ):
+            reason = "another process recorded this cell after this sweep chose to run it"
+        else:
+            return _run_cell(cell, records_path, device, progress, keep_checkpoint)
+    return {"run_key": cell.run_key, "status": SKIPPED, "error": reason}
+
+
+def _run_cell(
     cell: Cell,
     records_path: Path,
     device: str | None = None,

@@ -39,7 +39,7 @@ from bench.sweep.local import LocalExecutor
 from bench.sweep.options import RunOptions
 from bench.sweep.outputs import default_out_dir, records_path, reproduce_command, write_suite_json
 from bench.sweep.protocol import final_cells, planned_cells, select, selection_lines, tune_cells
-from bench.sweep.resume import pending_cells
+from bench.sweep.resume import pending_cells, record_counts
 from bench.sweep.slurm import SlurmExecutor
 
 #: The executors by the name ``RunOptions.executor`` (``--executor``) gives.
@@ -116,18 +116,20 @@ def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
     executor = create_executor(options, out_dir)
     executor.check()
     stage_cells = suite.cells() if suite.tune is None else tune_cells(suite)
+    recorded = record_counts(records)  # read first: a record landing next keeps its cell out
     todo, already = pending_cells(stage_cells, records, options.force, options.retry_failed)
     env = _check_environment(todo, records, options.allow_mixed_env)
     preflight(todo if suite.tune is None else planned_cells(suite))
     write_suite_json(suite, out_dir, stage_cells)
     if env is not None:
         _capture_environment(suite, out_dir, env)
-    statuses = _run_stage(executor, todo, options.force)
+    statuses = _run_stage(executor, todo, options.force, recorded)
     total, ran = len(stage_cells), len(todo)
     if suite.tune is not None:
+        recorded = record_counts(records)
         finals, final_todo, final_already = _final_stage(suite, records, options)
         write_suite_json(suite, out_dir, [*stage_cells, *finals])
-        statuses += _run_stage(executor, final_todo, options.force)
+        statuses += _run_stage(executor, final_todo, options.force, recorded)
         total, ran, already = total + len(finals), ran + len(final_todo), already + final_already
     if options.report:
         write_report(out_dir)
@@ -135,8 +137,13 @@ def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
     return SweepSummary(out_dir, total, already, ran, counts, time.perf_counter() - started)
 
 
-def _run_stage(executor: Executor, cells: Sequence[Cell], force: bool) -> list[str]:
-    """Run ``cells``; forced, from step 0 (their checkpoints discarded first)."""
+def _run_stage(
+    executor: Executor, cells: Sequence[Cell], force: bool, recorded: dict[str, int]
+) -> list[str]:
+    """Run ``cells``; forced, from step 0 (their checkpoints discarded first). ``recorded``:
+    each run key's records when the cells were chosen; a cell that another process sharing
+    the folder records meanwhile is skipped (`Executor.recorded`)."""
+    executor.recorded = recorded
     if force and cells:
         discarded = discard_checkpoints(cells, executor.records_path)
         if discarded:
