@@ -106,7 +106,11 @@ def load(path: Path, cfg_hash: str, device: torch.device | str = "cpu") -> Loade
         with contextlib.suppress(FileNotFoundError):
             file.unlink()
     if previous.state is not None:  # the newest refused, or missing (a kill inside `save`)
-        said = f"{newest.reason}; discarded, resuming from the previous checkpoint" if refused else None
+        said = (
+            f"{newest.reason}; discarded, resuming from the previous checkpoint"
+            if refused
+            else None
+        )
         return Loaded(previous.state, said)
     if not refused:
         return Loaded(None, None)

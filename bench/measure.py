@@ -18,7 +18,6 @@ from torch.utils._pytree import tree_flatten
 
 from bench.errors import DeviceError
 
-
 #: What ``--device`` accepts, for its error message.
 DEVICES_ALLOWED = "auto, cpu, cuda, cuda:N (N a GPU index) or mps, where this machine has them"
 

@@ -12,6 +12,7 @@ from bench.backbones import create_backbone
 from bench.config import GRID_SECTIONS, Cell, DataConfig, Suite
 from bench.errors import BenchError
 from bench.plan import data_size, grad_sample_mode_problem
+from bench.suite.independence import check_batch_independence
 from bench.suite.reading import Context
 from norms import resolve_norm
 from norms.errors import NormError
@@ -56,6 +57,7 @@ def check_cells(suite: Suite, ctx: Context) -> None:
                 allowed=mode_problem[1],
             )
     _check_builds(suite, norm_key or "grid.norm[{}]", norm_index, ctx)
+    check_batch_independence(suite, norm_key or "grid.norm[{}]", norm_index, ctx)
 
 
 def _check_public_data(cell: Cell, norm_key: str, where, ctx: Context) -> None:

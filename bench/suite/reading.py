@@ -85,7 +85,7 @@ def _quoting_hint(key: str, text: str) -> str | None:
         return None
     return (
         "quote each bracketed spec inside a list, and the whole override for the shell: "
-        f"--set \"{key}={quoted}\""
+        f'--set "{key}={quoted}"'
     )
 
 
