@@ -46,8 +46,8 @@ def _base_record(cell: Cell) -> dict[str, Any]:
 
 
 #: The status `run_cell` returns, with no record written, for a cell another process runs or
-#: has recorded since this sweep chose it.
-SKIPPED = "skipped"
+#: has recorded since this sweep chose it (not a record's ``skipped``: nothing is recorded).
+ELSEWHERE = "run elsewhere"
 
 
 def run_cell(
@@ -60,7 +60,7 @@ def run_cell(
 ) -> dict[str, Any]:
     """Run one cell under its lock (`bench.sweep.lock`) and append its record, unless another
     process holds the lock, or has recorded the cell since the sweep chose it: then nothing
-    is written and the returned record's status is `SKIPPED`, with the reason as its error.
+    is written and the returned record's status is `ELSEWHERE`, with the reason as its error.
 
     Args:
         cell: The cell to run.
@@ -84,7 +84,7 @@ def run_cell(
             reason = "another process recorded this cell after this sweep chose to run it"
         else:
             return _run_cell(cell, records_path, device, progress, keep_checkpoint)
-    return {"run_key": cell.run_key, "status": SKIPPED, "error": reason}
+    return {"run_key": cell.run_key, "status": ELSEWHERE, "error": reason}
 
 
 def _run_cell(
