@@ -30,8 +30,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bench.measure import resolve_device  # reason: torch, kept out of torch-free commands
     from bench.suite import load_suite  # reason: torch, kept out of the torch-free commands
 
+    resolve_device(args.device)  # an unknown or absent device: one line before anything loads
     # --save-models is training.save_model for every cell: a diagnostic field, outside run keys.
     overrides = [*args.set, *(["training.save_model=true"] if args.save_models else [])]
     suite = load_suite(args.suite, overrides)

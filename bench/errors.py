@@ -69,6 +69,11 @@ class SavedModelError(BenchError):
     unreadable, not that run's, or does not fit the run's model."""
 
 
+class DeviceError(BenchError):
+    """Raised when a ``--device`` names no device, or one this machine does not have (CUDA
+    without a GPU, a GPU index past the last one)."""
+
+
 class BackboneError(BenchError):
     """Raised when a backbone name or spec string is unknown or malformed."""
 

@@ -16,12 +16,48 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from bench.errors import DeviceError
+
+#: What ``--device`` accepts, for its error message.
+DEVICES_ALLOWED = "auto, cpu, cuda, cuda:N (N a GPU index) or mps, where this machine has them"
+
 
 def resolve_device(name: str | None = None) -> torch.device:
-    """``auto`` (or None): the first CUDA device when there is one, else the CPU."""
+    """``auto`` (or None): the first CUDA device when there is one, else the CPU.
+
+    Raises:
+        DeviceError: ``name`` is no device, or one this machine lacks (CUDA without a GPU, a
+            GPU index past the last one, MPS off Apple silicon): one line before anything runs,
+            rather than a traceback from the first tensor moved there.
+    """
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceError(
+            f"--device: unknown device {name!r}; allowed: {DEVICES_ALLOWED}"
+        ) from None
+    missing = _missing(device)
+    if missing:
+        raise DeviceError(f"--device: {name!r} is not available here: {missing}")
+    return device
+
+
+def _missing(device: torch.device) -> str | None:
+    """Why this machine cannot run on ``device``, or None when it can."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            return "no CUDA GPU is visible (use --device cpu or auto)"
+        if device.index is not None and device.index >= count:
+            return f"{count} CUDA GPU(s) are visible, indices 0 to {count - 1}"
+        return None
+    if device.type == "mps":
+        return None if torch.backends.mps.is_available() else "MPS is not available"
+    if device.type == "cpu":
+        return None
+    return f"the benchmark runs on {DEVICES_ALLOWED}"
 
 
 def synchronize(device: torch.device) -> None:

@@ -73,6 +73,11 @@ class NormSpec:
             during training (e.g. statistics recomputed from public data); None: nothing.
         dp_note: ``dp_note(params) -> str``: one line saying what the norm reads across
             examples and what it costs, for records; None: the line of its `dp_status`.
+        reads_across_examples: The norm's forward pass reads other examples of the batch (a
+            statistic across it) and ``charge`` says what that costs the budget, or
+            ``dp_safe`` is False. Any other norm must pass the batch-independence check
+            before a sweep runs (`batch_dependence`): one example's output may not change
+            when the other examples of its batch do.
         test_variants: Parameter settings (``"group_size=8"``) whose layers differ enough from
             the default to be tested too; the tests take every norm and these from here.
         oracle_params: Parameters that make the forward pass deterministic (no dropout), which
@@ -98,6 +103,7 @@ class NormSpec:
     charge: ChargeHook | None = None
     on_step: StepHook | None = None
     dp_note: DPNote | None = None
+    reads_across_examples: BoolOrFn = False
     test_variants: tuple[str, ...] = ()
     oracle_params: Mapping[str, Any] = field(default_factory=dict)
 
@@ -145,6 +151,13 @@ class ResolvedNorm(ResolvedSpec[NormSpec]):
     @property
     def conv_bias(self) -> bool:
         return self.spec.conv_bias
+
+    @property
+    def reads_across_examples(self) -> bool:
+        """Whether the norm declares that its forward pass reads across the batch (and what
+        that costs): the batch-independence check does not apply to it."""
+        flag = self.spec.reads_across_examples
+        return bool(flag(self.params) if callable(flag) else flag)
 
     @property
     def dp_status(self) -> str:
@@ -227,6 +240,7 @@ def register_norm(
     charge: ChargeHook | None = None,
     on_step: StepHook | None = None,
     dp_note: DPNote | None = None,
+    reads_across_examples: BoolOrFn = False,
     test_variants: tuple[str, ...] = (),
     oracle_params: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -234,9 +248,17 @@ def register_norm(
 
     Raises:
         DuplicateNormError: When ``name`` is already registered.
+        NormSpecError: An unknown ``grad_sampler``, or ``reads_across_examples`` declared
+            without ``charge`` on a norm that claims to be DP (``dp_safe``).
     """
     if grad_sampler not in GRAD_SAMPLERS:
         raise NormSpecError(f"grad_sampler must be one of {GRAD_SAMPLERS}, got {grad_sampler!r}")
+    if reads_across_examples is not False and dp_safe and charge is None:
+        raise NormSpecError(
+            f"norm {name!r} declares reads_across_examples but not what it charges: give "
+            "charge= (its PrivacyCharge, as dp_batch_norm does for its statistics) or "
+            "dp_safe=False"
+        )
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
@@ -261,6 +283,7 @@ def register_norm(
             charge=charge,
             on_step=on_step,
             dp_note=dp_note,
+            reads_across_examples=reads_across_examples,
             test_variants=tuple(test_variants),
             oracle_params=dict(oracle_params or {}),
         )

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from torch.utils._pytree import tree_flatten
+
 from bench.config import Cell
 from bench.suite import load_suite
 from tests.tiny_suite import TINY
@@ -50,3 +53,16 @@ def cell(tmp_path: Path, *overrides: str) -> Cell:
 def comparable(record: dict) -> dict:
     """``record`` without the fields that differ between two runs of the same cell."""
     return {k: v for k, v in record.items() if k not in TIMING}
+
+
+def overwrite_mid_tensor(path: Path, state: dict) -> None:
+    """Overwrite 16 bytes in the middle of the largest tensor of ``state`` where ``path``
+    stores it (tensors are stored uncompressed), as a bad disk or a stray write would."""
+    tensors = [t for t in tree_flatten(state)[0] if isinstance(t, torch.Tensor)]
+    raw = max(tensors, key=lambda t: t.numel() * t.element_size()).cpu().numpy().tobytes()
+    data = bytearray(path.read_bytes())
+    start = data.find(raw)
+    assert start >= 0 and len(raw) >= 64, "the tensor's bytes are not in the file"
+    middle = start + len(raw) // 2
+    data[middle : middle + 16] = bytes(255 - b for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))

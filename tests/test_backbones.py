@@ -88,3 +88,16 @@ def test_every_backbone_takes_the_shared_width_and_activation(backbone):
     kinds = {type(m) for m in create_backbone(f"{backbone}[act_layer=gelu]", width=0.125).modules()}
     assert type(timm.layers.create_act_layer("gelu")) in kinds
     assert nn.ReLU not in kinds
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("width", "0"), ("width", "-1"), ("width", "inf"), ("width", "nan"), ("act_layer", "relu7")],
+)
+def test_a_value_no_backbone_can_build_is_refused_by_its_rule(backbone, param, value):
+    """width=0 once trained the 16-channel model and recorded it as width 0."""
+    with pytest.raises(BackboneError, match=f"{param}=.* is not allowed; allowed: "):
+        resolve_backbone(f"{backbone}[{param}={value}]")
+    with pytest.raises(BackboneError, match="is not allowed"):
+        timm.create_model(get_backbone(backbone).timm_name, **{param: value})

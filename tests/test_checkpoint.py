@@ -8,6 +8,7 @@ import torch
 
 from bench import checkpoint
 from bench.config import config_hash
+from tests.resume_tools import overwrite_mid_tensor
 
 
 def test_round_trip_and_refusals(tmp_path):
@@ -26,6 +27,8 @@ def test_round_trip_and_refusals(tmp_path):
 
     other = checkpoint.load(path, "hash-2")
     assert other.state is None and "another configuration" in other.reason
+    assert not path.exists()  # discarded: a later save must not keep it as the previous one
+    checkpoint.save(path, state, "hash-1")
     path.write_bytes(path.read_bytes()[:50])  # truncated by a kill mid-copy
     cut = checkpoint.load(path, "hash-1")
     assert cut.state is None and "unreadable" in cut.reason
@@ -67,3 +70,32 @@ def test_git_never_picks_up_a_checkpoint_wherever_it_is_written(tmp_path):
         check=True,
     ).stdout.split("\n")
     assert [line for line in status if line] == ["?? reports/my_suite/records.jsonl"]
+
+
+def test_bytes_overwritten_inside_a_tensor_fail_the_checksum_and_are_discarded(tmp_path):
+    """Such a checkpoint once loaded; the resumed run diverged and was recorded failed."""
+    path = checkpoint.checkpoint_path(tmp_path, "abc")
+    state = {"step": 4, "w": torch.linspace(-1, 1, 4096)}
+    checkpoint.save(path, state, "h")
+    overwrite_mid_tensor(path, state)
+    loaded = checkpoint.load(path, "h")
+    assert loaded.state is None
+    assert loaded.reason == f"checkpoint {path} fails its checksum (corrupted); discarded, " + (
+        "starting over"
+    )
+    assert not path.exists()
+
+
+def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    path = checkpoint.checkpoint_path(tmp_path, "abc")
+    for step in (2, 4):
+        checkpoint.save(path, {"step": step, "w": torch.full((4096,), float(step))}, "h")
+    overwrite_mid_tensor(path, {"w": torch.full((4096,), 4.0)})
+    loaded = checkpoint.load(path, "h")
+    assert loaded.state["step"] == 2 and torch.equal(loaded.state["w"], torch.full((4096,), 2.0))
+    assert "fails its checksum" in loaded.reason
+    assert loaded.reason.endswith("discarded, resuming from the previous checkpoint")
+    checkpoint.save(path, {"step": 4, "w": torch.zeros(3)}, "h")  # the run goes on from step 2
+    assert checkpoint.load(checkpoint.previous_path(path), "h").state["step"] == 2
+    checkpoint.remove(path)
+    assert not path.parent.exists()

@@ -447,6 +447,29 @@ def test_root_tilde_is_expanded(tmp_path, monkeypatch):
     assert load_suite(path).data.root == str(tmp_path / "images")
 
 
+def test_spellings_of_one_data_root_give_one_run_key(tmp_path, monkeypatch):
+    """A trailing slash on data.root once changed every run key: a finished sweep looked
+    unfinished."""
+    make_image_folder(tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tmp_path)
+    base = ["data.source=imagefolder", "data.num_train=null"]
+    keys = {
+        root: _keys(load_suite(path, [*base, f"data.root={root}"]))
+        for root in ("images", "images/", "./images", "./images//", "images/../images/.")
+    }
+    assert len({tuple(k) for k in keys.values()}) == 1, keys
+
+
+def test_normalising_data_root_moves_no_published_run_key():
+    """Published roots are normal once expanded: normalising changes none of their keys."""
+    for path in sorted((ROOT / "reports").glob("*/records.jsonl")):
+        for line in path.read_text().splitlines():
+            root = json.loads(line)["config"]["data"].get("root")
+            if isinstance(root, str):
+                assert os.path.normpath(os.path.expanduser(root)) == os.path.expanduser(root)
+
+
 def test_yaml_1_1_exponent_without_dot_reads_as_a_number(tmp_path):
     path = write_suite(tmp_path, {"privacy.delta": "1e-5"})
     assert load_suite(path).privacy.delta == 1e-5

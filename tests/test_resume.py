@@ -24,7 +24,7 @@ from bench.sweep.slurm import SlurmCellJob
 from bench.train.cell import train_cell
 from bench.train.evaluate import evaluate
 from bench.train.setup import setup_run
-from tests.resume_tools import Killed, cell, comparable, kill_at
+from tests.resume_tools import Killed, cell, comparable, kill_at, overwrite_mid_tensor
 from tests.tiny_suite import ROOT, TINY
 
 CPU = torch.device("cpu")
@@ -198,8 +198,10 @@ class _Torn(BaseException):
     """A kill between a checkpoint's write and its rename."""
 
 
-@pytest.mark.parametrize("kind", ["torn-temporary", "killed-before-rename", "torn-newest"])
-def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_older_one_or_step_0(
+@pytest.mark.parametrize(
+    "kind", ["torn-temporary", "killed-before-rename", "torn-newest", "corrupt-newest"]
+)
+def test_a_kill_or_a_bad_newest_checkpoint_resumes_from_the_older_one(
     tmp_path, monkeypatch, capsys, kind
 ):
     c = cell(tmp_path)
@@ -226,15 +228,21 @@ def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_older_one_or_step
         data = path.read_bytes()
         if kind == "torn-temporary":  # what SIGKILL mid-write leaves beside the checkpoint
             (path.parent / ".checkpoint.pt.k1ll3d.tmp").write_bytes(data[: len(data) // 2])
-        else:  # a copy of the newest checkpoint cut short (no atomic rename on the way)
+        elif kind == "torn-newest":  # a copy of the newest checkpoint cut short
             path.write_bytes(data[: len(data) // 2])
+        else:  # bytes overwritten inside a weight: once resumed from, diverged, recorded failed
+            overwrite_mid_tensor(path, checkpoint.load(path, c.checkpoint_hash).state)
     assert not records.exists()
     capsys.readouterr()
     record = run_cell(c, records, "cpu")
-    expected = {"torn-temporary": 4, "killed-before-rename": 2, "torn-newest": None}[kind]
+    expected = 2 if kind in ("killed-before-rename", "torn-newest", "corrupt-newest") else 4
     assert record["resumed_from_step"] == expected
-    refusals = [line for line in capsys.readouterr().err.splitlines() if "starting over" in line]
-    assert len(refusals) == (kind == "torn-newest")
+    err = capsys.readouterr().err.splitlines()
+    refusals = [line for line in err if "discarded, resuming from the previous checkpoint" in line]
+    assert len(refusals) == kind.endswith("-newest")
+    if kind == "corrupt-newest":
+        assert "fails its checksum" in refusals[0]
+    assert f"{c.run_key}: resuming from step {expected}" in err
     assert comparable({k: record[k] for k in whole}) == comparable(whole)
     assert not path.parent.exists()  # the checkpoint and any torn temporary are deleted
 

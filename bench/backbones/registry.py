@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from timm.layers import get_act_layer
 from timm.models import register_model
 from torch import nn
 
@@ -131,7 +133,28 @@ def _resolve(spec: BackboneSpec, params: Mapping[str, Any]) -> ResolvedBackbone:
     full, explicit = resolve_params(
         "backbone", spec.name, spec.defaults, params, error=BackboneError
     )
+    for key, (accepts, allowed) in _RULES.items():
+        if key in params and not accepts(full[key]):
+            raise BackboneError(
+                f"backbone {spec.name!r}: {key}={full[key]!r} is not allowed; allowed: {allowed}"
+            )
     return ResolvedBackbone(spec=spec, params=full, explicit=explicit)
+
+
+def _known_activation(name: Any) -> bool:
+    try:
+        return get_act_layer(name) is not None
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+#: The values each shared spec parameter accepts, with what the error says is allowed; the
+#: types are already checked against the defaults. Without these, ``width=0`` built a model of
+#: the smallest width (16 channels) that its record called width 0.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "width": (lambda w: math.isfinite(w) and w > 0, "a finite number > 0"),
+    "act_layer": (_known_activation, "a timm activation name such as relu, gelu, silu"),
+}
 
 
 def create_backbone(

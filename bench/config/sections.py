@@ -123,11 +123,13 @@ class DataConfig:
     SYNTHETIC_NUM_TEST: ClassVar[int] = 512
 
     def __post_init__(self) -> None:
-        # Expanded once here so that file access, records and run keys all see the same path.
+        # Expanded and normalised once here so that file access, records and run keys all see
+        # the same path, however it is spelled (``x/``, ``./x``, ``a/../x``). A published root
+        # was already normal once expanded, so normalising moves no published run key.
         for name in ("root", "cache_dir"):
             value = getattr(self, name)
-            if isinstance(value, str):
-                object.__setattr__(self, name, os.path.expanduser(value))
+            if isinstance(value, str) and value:
+                object.__setattr__(self, name, os.path.normpath(os.path.expanduser(value)))
 
     @property
     def dataset_name(self) -> str:

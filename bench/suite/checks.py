@@ -13,6 +13,7 @@ from bench.config import GRID_SECTIONS, Cell, DataConfig, Suite
 from bench.data.registry import resolve_source
 from bench.errors import BenchError
 from bench.plan import data_size, grad_sample_mode_problem
+from bench.suite.independence import check_batch_independence
 from bench.suite.reading import Context
 from norms import resolve_norm
 from norms.errors import NormError
@@ -57,6 +58,7 @@ def check_cells(suite: Suite, ctx: Context) -> None:
                 allowed=mode_problem[1],
             )
     _check_builds(suite, norm_key or "grid.norm[{}]", norm_index, ctx)
+    check_batch_independence(suite, norm_key or "grid.norm[{}]", norm_index, ctx)
 
 
 def _check_public_data(cell: Cell, norm_key: str, where, ctx: Context) -> None:

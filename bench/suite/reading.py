@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,26 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return copy.deepcopy(raw)
 
 
+#: A spec with parameters (``group_norm[num_groups=8]``): inside a YAML list its brackets
+#: read as a nested list unless the spec is quoted.
+_BRACKETED_SPEC = re.compile(r"(?<!['\"\w])([A-Za-z_]\w*\[[^\[\]]*\])")
+
+
+def _quoting_hint(key: str, text: str) -> str | None:
+    """The override with each bracketed spec quoted, when that is what makes it parse."""
+    quoted = _BRACKETED_SPEC.sub(r"'\1'", text)
+    if quoted == text:
+        return None
+    try:
+        yaml.safe_load(quoted)
+    except yaml.YAMLError:
+        return None
+    return (
+        "quote each bracketed spec inside a list, and the whole override for the shell: "
+        f'--set "{key}={quoted}"'
+    )
+
+
 def apply_override(raw: dict[str, Any], item: str, ctx: Context) -> None:
     """Set ``key.path=value`` in the raw mapping; a grid key keeps its dots (``training.lr``)."""
     key, sep, text = item.partition("=")
@@ -84,7 +105,10 @@ def apply_override(raw: dict[str, Any], item: str, ctx: Context) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ctx.error(
-            key, f"cannot parse the value as YAML: {getattr(err, 'problem', err)}", given=text
+            key,
+            f"cannot parse the value as YAML: {getattr(err, 'problem', err)}",
+            given=text,
+            allowed=_quoting_hint(key, text),
         ) from None
     parts = key.split(".")
     if parts[0] == "grid" and len(parts) > 2:

@@ -17,7 +17,9 @@ from bench.measure import resolve_device
 from bench.provenance import record_provenance
 from bench.results.records import append_record
 from bench.sweep import processes
+from bench.sweep.lock import cell_lock
 from bench.sweep.outputs import checkpoint_dir
+from bench.sweep.resume import record_count
 from bench.train import cell as training
 from bench.train.loop import Diverged
 
@@ -44,6 +46,11 @@ def _base_record(cell: Cell) -> dict[str, Any]:
     }
 
 
+#: The status `run_cell` returns, with no record written, for a cell another process runs or
+#: has recorded since this sweep chose it (not a record's ``skipped``: nothing is recorded).
+ELSEWHERE = "run elsewhere"
+
+
 def run_cell(
     cell: Cell,
     records_path: Path,
@@ -52,8 +59,58 @@ def run_cell(
     keep_checkpoint: bool = False,
     nproc: int = 1,
     timeout_s: float = processes.DEFAULT_TIMEOUT_S,
+    recorded_before: int | None = None,
 ) -> dict[str, Any]:
-    """Run one cell and append its record; a failure is recorded, not raised.
+    """Run one cell under its lock (`bench.sweep.lock`) and append its record, unless another
+    process holds the lock, or has recorded the cell since the sweep chose it: then nothing
+    is written and the returned record's status is `ELSEWHERE`, with the reason as its error.
+
+    Under a launcher (torchrun, a SLURM job of several tasks) every rank runs the cell
+    together, so none takes the lock (rank 0 alone writes); two launched sweeps sharing one
+    folder are not guarded against each other.
+
+    Args:
+        cell: The cell to run.
+        records_path: The records file the record is appended to.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...; None: auto.
+        progress: Called with (step, steps, loss) as the run trains.
+        keep_checkpoint: Keep the run's last checkpoint after its record is written.
+        nproc: Processes the cell runs on (`bench.sweep.processes`); a lost one makes the
+            record ``interrupted``.
+        timeout_s: Seconds a collective of a multi-process cell waits for the other ranks.
+        recorded_before: How many records the cell had when the sweep chose to run it; when
+            the records file holds more once the lock is held, another process ran it. None:
+            not checked.
+
+    Returns:
+        The record appended, or the skipped cell's.
+    """
+    run = (cell, records_path, device, progress, keep_checkpoint, nproc, timeout_s)
+    if processes.launched_ranks(timeout_s).distributed:
+        return _run_cell(*run)
+    with cell_lock(records_path, cell.run_key) as holder:
+        if holder is not None:
+            reason = f"another process ({holder}) is running this cell into the same folder"
+        elif recorded_before is not None and record_count(records_path, cell.run_key) > (
+            recorded_before
+        ):
+            reason = "another process recorded this cell after this sweep chose to run it"
+        else:
+            return _run_cell(*run)
+    return {"run_key": cell.run_key, "status": ELSEWHERE, "error": reason}
+
+
+def _run_cell(
+    cell: Cell,
+    records_path: Path,
+    device: str | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    keep_checkpoint: bool = False,
+    nproc: int = 1,
+    timeout_s: float = processes.DEFAULT_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Run one cell and append its record (`run_cell` without the lock); a failure is
+    recorded, not raised.
 
     ``KeyboardInterrupt`` and user errors (`BenchError`, e.g. unreadable data) propagate with
     no record written: the cell did not run, and a re-run will try it again.

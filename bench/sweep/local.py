@@ -65,6 +65,7 @@ class SequentialExecutor(Executor):
                 keep_checkpoint=self.options.keep_checkpoints,
                 nproc=self.options.nproc,
                 timeout_s=self.options.collective_timeout_s,
+                recorded_before=self.recorded_before(cell),
             )
             statuses.append(record["status"])
             if record["status"] != "ok":
@@ -78,12 +79,17 @@ def _worker(
     device: str | None,
     threads: int | None,
     keep_checkpoints: bool = False,
+    recorded_before: Sequence[int | None] | None = None,
 ) -> list[str]:
     """A worker process: run its share of the cells in order; returns their statuses."""
     if threads:
         torch.set_num_threads(threads)
+    before = recorded_before or [None] * len(cells)
     return [
-        run_cell(c, records_path, device, keep_checkpoint=keep_checkpoints)["status"] for c in cells
+        run_cell(c, records_path, device, keep_checkpoint=keep_checkpoints, recorded_before=n)[
+            "status"
+        ]
+        for c, n in zip(cells, before, strict=True)
     ]
 
 
@@ -109,6 +115,7 @@ class WorkerPoolExecutor(Executor):
                     f"cuda:{i}" if gpus else (device or "cpu"),
                     threads,
                     self.options.keep_checkpoints,
+                    [self.recorded_before(c) for c in share],
                 )
                 for i, share in enumerate(shares)
             ]

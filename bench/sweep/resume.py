@@ -37,3 +37,19 @@ def without_final_record(cells: Sequence[Cell], records: Path) -> list[Cell]:
     """The cells whose newest record is not one they ended on their own (none, or interrupted)."""
     newest = newest_statuses(records)
     return [c for c in cells if newest.get(c.run_key) not in FINAL_STATUSES]
+
+
+def record_count(records: Path, run_key: str) -> int:
+    """How many records ``run_key`` has in ``records`` (0 when the file does not exist)."""
+    if not records.exists():
+        return 0
+    return sum(r["run_key"] == run_key for r in read_records(records).records)
+
+
+def record_counts(records: Path) -> dict[str, int]:
+    """How many records each run key has in ``records`` (empty when the file does not exist)."""
+    counts: dict[str, int] = {}
+    if records.exists():
+        for r in read_records(records).records:
+            counts[r["run_key"]] = counts.get(r["run_key"], 0) + 1
+    return counts

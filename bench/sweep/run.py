@@ -28,6 +28,7 @@ from typing import Any
 from bench.config import Cell, Suite
 from bench.environment import capture_environment, check_stack
 from bench.errors import ExecutorError
+from bench.measure import resolve_device
 from bench.plan import plan_cells
 from bench.privacy_tuning import group_costs
 from bench.provenance import environment_facts
@@ -47,7 +48,7 @@ from bench.sweep.protocol import (
     tune_cells,
     tuning_by_group,
 )
-from bench.sweep.resume import pending_cells
+from bench.sweep.resume import pending_cells, record_counts
 from bench.sweep.slurm import SlurmExecutor
 
 #: The executors by the name ``RunOptions.executor`` (``--executor``) gives.
@@ -120,11 +121,13 @@ def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
     options = options or RunOptions()
     out_dir = Path(options.out_dir) if options.out_dir else default_out_dir(suite)
     records = records_path(out_dir)
+    resolve_device(options.device)  # a device this machine lacks stops the sweep here
     # Under torchrun every rank runs this sweep, each cell together; rank 0 alone writes.
     writer = launched_ranks(options.collective_timeout_s).writer
     executor = create_executor(options, out_dir)
     executor.check()
     stage_cells = suite.cells() if suite.tune is None else tune_cells(suite)
+    recorded = record_counts(records)  # read first: a record landing next keeps its cell out
     todo, already = pending_cells(stage_cells, records, options.force, options.retry_failed)
     env = _check_environment(todo, records, options.allow_mixed_env)
     preflight(todo if suite.tune is None else planned_cells(suite))
@@ -132,14 +135,15 @@ def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
         write_suite_json(suite, out_dir, stage_cells)
     if env is not None and writer:
         _capture_environment(suite, out_dir, env)
-    statuses = _run_stage(executor, todo, options.force)
+    statuses = _run_stage(executor, todo, options.force, recorded)
     total, ran = len(stage_cells), len(todo)
     if suite.tune is not None:
         barrier()  # every rank reads the tuning records rank 0 has written
+        recorded = record_counts(records)
         finals, final_todo, final_already = _final_stage(suite, records, options)
         if writer:
             write_suite_json(suite, out_dir, [*stage_cells, *finals])
-        statuses += _run_stage(executor, final_todo, options.force)
+        statuses += _run_stage(executor, final_todo, options.force, recorded)
         total, ran, already = total + len(finals), ran + len(final_todo), already + final_already
     if options.report and writer:
         write_report(out_dir)
@@ -147,8 +151,13 @@ def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
     return SweepSummary(out_dir, total, already, ran, counts, time.perf_counter() - started)
 
 
-def _run_stage(executor: Executor, cells: Sequence[Cell], force: bool) -> list[str]:
-    """Run ``cells``; forced, from step 0 (their checkpoints discarded first)."""
+def _run_stage(
+    executor: Executor, cells: Sequence[Cell], force: bool, recorded: dict[str, int]
+) -> list[str]:
+    """Run ``cells``; forced, from step 0 (their checkpoints discarded first). ``recorded``:
+    each run key's records when the cells were chosen; a cell that another process sharing
+    the folder records meanwhile is skipped (`Executor.recorded`)."""
+    executor.recorded = recorded
     if force and cells:
         discarded = discard_checkpoints(cells, executor.records_path)
         if discarded:

@@ -153,8 +153,8 @@ class _Resumed:
 def _resume(
     run: Run, path: Path | None, cfg_hash: str, generators: dict[str, torch.Generator]
 ) -> _Resumed:
-    """The run restored from its valid checkpoint at ``path``, if any; a refused one is named in
-    one line on stderr."""
+    """The run restored from its valid checkpoint at ``path``, if any, saying so on stderr
+    (``resuming from step N``); a refused one is named in one line there too."""
     if path is None:
         return _Resumed()
     found = checkpoint.load(path, cfg_hash, run.device)
@@ -164,6 +164,7 @@ def _resume(
         return _Resumed()
     _restore(run, found.state, generators)
     state = found.state
+    print(f"{run.cell.run_key}: resuming from step {int(state['step'])}", file=sys.stderr)
     return _Resumed(
         int(state["step"]), float(state["loss"]), (state["peak_bytes"], state["peak_abs_bytes"])
     )

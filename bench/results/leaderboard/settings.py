@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.config import DEFAULT_NORM, alpha_problem
 from bench.errors import ConfigError, RecordsError
 from bench.results.record import Record
-from specs import SpecError, coerce_value, format_spec, parse_spec
+from specs import SpecError, closest, coerce_value, format_spec, parse_spec
 
 RECORDS_FILE = "records.jsonl"
 SUITE_FILE = "suite.json"
@@ -90,13 +90,28 @@ def canonical_baseline(given: str, records: Sequence[Record]) -> str:
     found = [norm for norm in present if _named_by(norm, name, params, resolved.get(norm))]
     if len(found) == 1:
         return found[0]
+    allowed = ", ".join(found or present) or "none (no record names a norm)"
+    hint = None if found else _closest_norm(name, present)
     raise ConfigError(
         "the baseline matches " + ("no norm" if not found else "several norms") + " of the records",
         key="--baseline",
         given=given,
-        allowed=", ".join(found or present) or "none (no record names a norm)",
-        choices=present if not found else None,
+        allowed=allowed + (f" (did you mean {hint!r}?)" if hint else ""),
     )
+
+
+def _closest_norm(name: str, present: Sequence[str]) -> str | None:
+    """The recorded norm whose name is closest to ``name``, matched by name rather than by the
+    whole spec string: ``batch_norm`` means ``dp_batch_norm[stats=public]``, not
+    ``scale_norm``."""
+    by_name: dict[str, str] = {}
+    for norm in present:
+        try:
+            by_name.setdefault(parse_spec(norm)[0], norm)
+        except SpecError:
+            continue
+    hint = closest(name, by_name)
+    return by_name[hint] if hint else None
 
 
 def _named_by(norm: str, name: str, params: Mapping[str, str], full: Mapping | None) -> bool:
