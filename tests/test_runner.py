@@ -129,6 +129,8 @@ def test_a_diverging_run_is_recorded_failed_and_the_sweep_goes_on(tiny, tmp_path
         "--set",
         "grid.training.max_loss=[1.0e-6, 1.0e4]",
         "--set",
+        "training.divergence_check=private_loss",
+        "--set",
         "grid.seed=[0]",
     ]
     assert main(args) == 0

@@ -22,7 +22,7 @@ _DIAGNOSTIC_FIELDS = {"training": ("log_private_loss", "checkpoint_every", "save
 _IN_RUN_KEY_WHEN_SET = {
     "data": {"val_split": 0},
     "privacy": {"secure_noise": False, "simulate_batch_size": None},
-    "training": {"pre_prune": None, "grad_drop": None},
+    "training": {"pre_prune": None, "grad_drop": None, "divergence_check": "parameters"},
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from bench.provenance import record_provenance
 from bench.results.records import append_record
 from bench.sweep.outputs import checkpoint_dir
 from bench.train import cell as training
-from bench.train.loop import Diverged
+from bench.train.loop import Diverged, Progress
 
 
 def _base_record(cell: Cell) -> dict[str, Any]:
@@ -39,6 +39,7 @@ def _base_record(cell: Cell) -> dict[str, Any]:
         "delta": cell.privacy.delta,
         "accountant": cell.privacy.accountant,
         "max_grad_norm": cell.privacy.max_grad_norm,
+        "divergence_check": cell.training.divergence_check,
         "config": d,
     }
 
@@ -47,7 +48,7 @@ def run_cell(
     cell: Cell,
     records_path: Path,
     device: str | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Progress | None = None,
     keep_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Run one cell and append its record; a failure is recorded, not raised.
@@ -64,7 +65,7 @@ def run_cell(
         cell: The cell to run.
         records_path: The records file the record is appended to.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...; None: auto.
-        progress: Called with (step, steps, loss) as the run trains.
+        progress: Called with a `bench.train.loop.StepReport` after each step.
         keep_checkpoint: Keep the run's last checkpoint after its record is written.
 
     Returns:
@@ -88,7 +89,13 @@ def run_cell(
     except torch.cuda.OutOfMemoryError as err:
         record = {**base, "status": "failed", "error": f"out of memory: {err}".splitlines()[0]}
     except Diverged as err:
-        record = {**base, "status": "failed", "error": str(err), "diverged": True}
+        record = {
+            **base,
+            "status": "failed",
+            "error": str(err),
+            "diverged": True,
+            "nonprivate_diagnostics": list(err.nonprivate),
+        }
     except Exception as err:
         record = {
             **base,
