@@ -29,8 +29,9 @@ class _StepProgress:
     once a second; the un-noised loss only with ``training.log_private_loss`` (stderr is often
     a log file that outlives the run).
 
-    The throughput is steps per second times the expected batch b = q N: the size of the batch
-    drawn is a function of the private data, so it is not shown.
+    The throughput is steps per second times the images a step is expected to train on (b = q N
+    examples, ``augmult`` views each), as the record counts them: the size of the batch drawn
+    is a function of the private data, so it is not shown.
     """
 
     def __init__(self, bar: Any, label: str) -> None:
@@ -43,7 +44,7 @@ class _StepProgress:
             self.start = (now, report.step)
         if now - self.last > 1.0 or report.step == report.steps:
             t0, s0 = self.start
-            rate = (report.step - s0) * report.expected_batch / (now - t0) if now > t0 else 0.0
+            rate = (report.step - s0) * report.expected_images / (now - t0) if now > t0 else 0.0
             text = (
                 f"{self.label} | step {report.step}/{report.steps} | {rate:.0f} img/s"
                 f" | eps {report.epsilon():.3g} (rdp)"

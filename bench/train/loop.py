@@ -29,7 +29,8 @@ class StepReport:
     Attributes:
         step: Steps done.
         steps: Steps planned.
-        expected_batch: The expected batch b = q N (public; the drawn batch's size is not).
+        expected_images: Images a step is expected to train on: the expected batch b = q N
+            times ``augmult`` views (public; the drawn batch's size is not).
         epsilon: The epsilon the steps so far and the run's charges spent, under RDP (fast, and
             looser than PRV); computed when called.
         private_loss: The un-noised loss of the last private batch, or None unless
@@ -38,7 +39,7 @@ class StepReport:
 
     step: int
     steps: int
-    expected_batch: int
+    expected_images: int
     epsilon: Callable[[], float]
     private_loss: float | None = None
 
@@ -242,6 +243,7 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
     loss_value, peaks = resumed.loss, resumed.peaks
     timer = StepTimer(run.device, training.throughput_warmup_steps)
     memory = StepMemory(run.device).start()
+    expected = run.plan.batch_size * training.augmult
     run.model.train()
     for step in range(resumed.start, steps):
         images: list[int] = []
@@ -261,8 +263,6 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
             checkpoint.save(path, _loop_state(run, done, loss_value, generators, now), cfg_hash)
         if progress is not None:
             shown = loss_value if training.log_private_loss else None
-            progress(
-                StepReport(done, steps, run.plan.batch_size, lambda: _epsilon_so_far(run), shown)
-            )
+            progress(StepReport(done, steps, expected, lambda: _epsilon_so_far(run), shown))
     above, absolute = _max(peaks[0], memory.above), _max(peaks[1], memory.absolute)
     return Trained(loss_value, timer, above, absolute, resumed.start or None)
