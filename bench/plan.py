@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bench.config import Cell, DataConfig
-from bench.errors import ConfigError, PrivacyError
+from bench.errors import ConfigError, DataError, PrivacyError
 from bench.privacy_tuning import ScoreCharge
 from bench.results.record import grid_value_text
 
@@ -191,6 +191,33 @@ def plan_cell(
     }
     return CellPlan(
         **base, sample_rate=q_run, steps=steps, calibrations=calibrations, charges=charges
+    )
+
+
+def check_loaded_size(plan: CellPlan, n_loaded: int) -> None:
+    """Refuse a run whose loaded private set is not the N its sampling rate was calibrated at.
+
+    q = B / N and the noise that spends the target both come from the N counted without
+    decoding (`data_size`); a run that trains on another N samples at another rate than its
+    accounting says (the epsilon reported would not be the epsilon spent). They part when the
+    data changed between counting and loading, or a decoded-image cache is stale.
+
+    Args:
+        plan: The cell's plan.
+        n_loaded: The private examples the run actually holds for training.
+
+    Raises:
+        DataError: Naming both numbers and the data config.
+    """
+    if n_loaded == plan.n_private:
+        return
+    d = plan.cell.data
+    raise DataError(
+        f"data (source={d.source}, root={d.root}, num_train={d.num_train}, "
+        f"public_split={d.public_split}, val_split={d.val_split}, stage={plan.cell.stage}): "
+        f"{n_loaded} private training examples were loaded, but the sampling rate "
+        f"q={plan.sample_rate:.6g} and the noise were calibrated for N={plan.n_private}; "
+        f"the data changed since it was counted or its cache at data.cache_dir is stale"
     )
 
 

@@ -10,6 +10,7 @@ from torch.utils._pytree import tree_flatten
 
 from bench.config import Cell
 from bench.suite import load_suite
+from bench.train.loop import StepReport
 from tests.tiny_suite import TINY
 
 #: Fields that measure time, the machine or the process, and so differ between two runs.
@@ -30,12 +31,12 @@ class Killed(Exception):
     """Stands for SIGKILL or a preemption at a given step."""
 
 
-def kill_at(step: int, error: type[BaseException] = Killed) -> Callable[[int, int, float], None]:
+def kill_at(step: int, error: type[BaseException] = Killed) -> Callable[[StepReport], None]:
     """A progress callback that raises ``error`` once ``step`` steps are done."""
 
-    def progress(done: int, total: int, loss: float) -> None:
-        if done == step:
-            raise error(done)
+    def progress(report: StepReport) -> None:
+        if report.step == step:
+            raise error(report.step)
 
     return progress
 

@@ -358,6 +358,7 @@ def test_run_keys_are_stable_and_distinct(tmp_path):
         "training.augmult=2",
         "training.ema=0.99",
         "privacy.secure_noise=true",
+        "training.divergence_check=private_loss",
         "data.split_seed=1",
         "data.num_train=200",
         "data.normalize=false",

@@ -71,7 +71,7 @@ def test_a_shard_is_contiguous_and_covers_the_batch_once():
 
 
 def test_an_error_every_rank_raises_comes_back_as_itself(tmp_path):
-    c = cell(tmp_path, "training.max_loss=1e-9")  # the first step's loss is above it
+    c = cell(tmp_path, "training.divergence_check=private_loss", "training.max_loss=1e-9")
     with pytest.raises(Exception) as raised:
         train_cell_on(2, c, CPU)
     assert type(raised.value).__name__ == "Diverged"

@@ -62,14 +62,18 @@ def test_records_carry_the_private_training_loss_only_when_asked_and_then_say_so
     assert logged["run_key"] == quiet["run_key"]  # a diagnostic does not change the run
 
 
-def test_a_diverged_run_is_recorded_failed_and_diverged_without_its_private_loss(tiny, tmp_path):
-    record = run_one(tiny, tmp_path / "a", "training.max_loss=1.0e-6")
+def test_a_private_loss_stop_is_recorded_failed_diverged_and_listed_as_non_private(tiny, tmp_path):
+    check = "training.divergence_check=private_loss"
+    record = run_one(tiny, tmp_path / "a", "training.max_loss=1.0e-6", check)
     assert record["status"] == "failed" and record["diverged"] is True
     assert record["error"] == (
         "diverged: the training loss was not finite or above training.max_loss=1e-06 at step 0"
+        " (training.divergence_check=private_loss: a non-private stop)"
     )
+    assert record["divergence_check"] == "private_loss"
+    assert record["nonprivate_diagnostics"] == ["diverged"]
     logged = run_one(
-        tiny, tmp_path / "b", "training.max_loss=1.0e-6", "training.log_private_loss=true"
+        tiny, tmp_path / "b", "training.max_loss=1.0e-6", "training.log_private_loss=true", check
     )
     assert "(loss " in logged["error"] and "non-private diagnostic" in logged["error"]
 

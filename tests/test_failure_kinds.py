@@ -4,6 +4,7 @@ suite at load time."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -57,6 +58,7 @@ def test_an_interrupted_cell_reruns_on_a_plain_rerun_and_a_diverged_one_does_not
 ):
     out = tmp_path / "out"
     sets = ["grid.seed=[0]", "grid.training.max_loss=[1.0e-6, 1.0e4]"]
+    sets += ["training.divergence_check=private_loss"]
     args = ["run", str(tiny), "--out", str(out), "--no-progress"]
     args += [a for s in sets for a in ("--set", s)]
     assert main(args) == 0
@@ -73,6 +75,11 @@ def test_an_interrupted_cell_reruns_on_a_plain_rerun_and_a_diverged_one_does_not
     calls.clear()
     assert main([*args, "--retry-failed"]) == 0
     assert sorted(calls) == sorted(diverged)  # exactly the failed cells
+    # each re-run replaced its cell's record; the replaced ones are kept aside, out of the tables
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert len(lines) == len({json.loads(x)["run_key"] for x in lines}) == 4
+    old = [json.loads(x) for x in (out / "records.superseded.jsonl").read_text().splitlines()]
+    assert sorted(r["status"] for r in old) == ["failed", "failed", "interrupted", "ok"]
 
 
 def test_a_dead_worker_leaves_its_unfinished_cells_interrupted(tiny, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bench.errors import RecordsError
 from bench.results.record import NUMERIC_FIELDS
-from bench.results.records import append_record, finished_keys, read_records
+from bench.results.records import append_record, finished_keys, read_records, superseded_path
 
 
 def record(key: str, status: str = "ok", **fields: object) -> dict:
@@ -187,3 +187,30 @@ def test_any_json_record_round_trips(tmp_path: Path, extras: list[dict]) -> None
     for r in written:
         append_record(path, r)
     assert read_records(path).records == written
+
+
+def test_a_rerun_replaces_its_run_keys_record_and_the_old_one_moves_to_superseded(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "records.jsonl"
+    append_record(path, record("a", "failed", error="oom"))
+    append_record(path, record("b", test_acc=0.4))
+    with path.open("a") as f:
+        f.write("not json\n")
+    append_record(path, record("a", test_acc=0.7))  # a --retry-failed re-run
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["run_key"] for x in (lines[0], lines[2])] == ["b", "a"]
+    assert lines[1] == "not json"  # not a record: left for read_records to report
+    (old,) = superseded_path(path).read_text().splitlines()
+    assert json.loads(old)["status"] == "failed"
+    assert superseded_path(path) == tmp_path / "records.superseded.jsonl"
+
+
+def test_a_record_left_in_both_files_by_a_kill_is_superseded_once(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    append_record(path, record("a", "failed", error="oom"))
+    # Killed after the superseded file was written and before the records file was replaced.
+    superseded_path(path).write_bytes(path.read_bytes())
+    append_record(path, record("a", test_acc=0.7))
+    assert len(superseded_path(path).read_text().splitlines()) == 1
+    assert [r["test_acc"] for r in read_records(path).records] == [0.7]

@@ -129,6 +129,8 @@ def test_a_diverging_run_is_recorded_failed_and_the_sweep_goes_on(tiny, tmp_path
         "--set",
         "grid.training.max_loss=[1.0e-6, 1.0e4]",
         "--set",
+        "training.divergence_check=private_loss",
+        "--set",
         "grid.seed=[0]",
     ]
     assert main(args) == 0
@@ -175,17 +177,21 @@ def test_ctrl_c_stops_cleanly_without_a_false_record(tiny, tmp_path, monkeypatch
     assert keys_in_file(out / "records.jsonl") == [calls[0].run_key]
 
 
-def test_force_reruns_finished_cells_and_the_newest_record_wins(tiny, tmp_path):
+def test_force_replaces_each_cells_record_and_keeps_the_old_one_superseded(tiny, tmp_path):
     out = tmp_path / "out"
     args = ["run", str(tiny), "--out", str(out), "--no-progress", "--set", "grid.seed=[0]"]
     assert main(args) == 0
     assert main(args) == 0  # nothing to do: resumed
-    assert len(keys_in_file(out / "records.jsonl")) == 2
+    first = (out / "records.jsonl").read_text().splitlines()
+    assert len(first) == 2
     assert main([*args, "--force"]) == 0
-    lines = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(lines) == 4
-    read = {r["run_key"]: r for r in read_records(out / "records.jsonl").records}
-    assert read == {r["run_key"]: r for r in lines[2:]}  # the forced re-runs, not the first
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and not set(lines) & set(first)  # one record per cell: the re-run's
+    assert sorted((out / "records.superseded.jsonl").read_text().splitlines()) == sorted(first)
+    read = read_records(out / "records.jsonl")
+    assert read.problems == [] and [json.loads(x) for x in lines] == read.records
+    board = (out / "leaderboard.md").read_text()
+    assert "**Records:** 2 (2 ok, 0 failed" in board and "(n=2" not in board  # counted once
 
 
 def test_dry_run_prints_the_noise_of_each_accountant_and_writes_nothing(tiny, tmp_path, capsys):

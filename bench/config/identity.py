@@ -23,7 +23,7 @@ _IN_RUN_KEY_WHEN_SET = {
     # A private copy read without its checksum may differ from the publisher's: its own key.
     "data": {"val_split": 0, "verify_checksum": True},
     "privacy": {"secure_noise": False, "simulate_batch_size": None},
-    "training": {"pre_prune": None, "grad_drop": None},
+    "training": {"pre_prune": None, "grad_drop": None, "divergence_check": "parameters"},
 }
 
 

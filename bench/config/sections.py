@@ -328,10 +328,15 @@ class TrainingConfig:
         throughput_warmup_steps: Steps run before throughput is timed (excluded).
         throughput_steps: Steps timed for the steady-state throughput.
         measure_nonprivate: Also time the same model without DP for the DP/non-DP ratio.
-        max_loss: A training loss above this, or not finite, stops the run as diverged. The
-            stop reads the un-noised loss of private batches, so whether and when a run stops
-            is a data-dependent decision that the privacy accounting does not cover; a stopped
-            run publishes no model and no accuracy, and its record says ``diverged``.
+        max_loss: With ``divergence_check: private_loss``, a training loss above this, or not
+            finite, stops the run as diverged; read by no other check.
+        divergence_check: What stops a run as diverged (it publishes no model and no accuracy,
+            and its record says ``diverged``). ``parameters``: a parameter that is not finite
+            after an update; the parameters follow from the noised updates the accounting
+            already releases, so the stop reads no private data beyond the run's release.
+            ``private_loss``: also the un-noised loss of a private batch (``max_loss``); whether
+            and when a run stops is then a data-dependent release outside the accounting, and
+            every record of the run lists ``diverged`` in ``nonprivate_diagnostics``.
         log_private_loss: Put the un-noised training loss of the last private batch into the
             record (``final_train_loss``) and the divergence message. It is not DP: records
             say so in ``nonprivate_diagnostics``. Off by default; it never changes the run.
@@ -371,6 +376,7 @@ class TrainingConfig:
     throughput_steps: int = 5
     measure_nonprivate: bool = True
     max_loss: float = 1e4
+    divergence_check: Literal["parameters", "private_loss"] = "parameters"
     log_private_loss: bool = False
     checkpoint_every: int | None = 200
     save_model: bool = False

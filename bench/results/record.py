@@ -71,7 +71,9 @@ class Record(TypedDict, total=False):
     # Outcome.
     status: str  # one of STATUSES: "ok", "failed", "skipped", or "interrupted" (infrastructure)
     error: str | None  # why the run failed or was skipped; None when ok
-    diverged: bool  # failed: the loss crossed training.max_loss (a data-dependent stop)
+    diverged: bool  # failed: stopped by training.divergence_check (see divergence_check)
+    divergence_check: str  # "parameters" (non-finite after an update: reads only released
+    # values) or "private_loss" (also the un-noised loss: listed in nonprivate_diagnostics)
     traceback: str  # last frames of the traceback of an unexpected exception (failed only)
 
     # What was trained.
@@ -108,7 +110,8 @@ class Record(TypedDict, total=False):
     test_acc: float | None  # top-1 accuracy on the whole test set, a fraction in [0, 1]
     eval_weights: str  # weights evaluated: "ema" or "final"
     final_train_loss: float | None  # un-noised loss of the last private batch; null unless logged
-    nonprivate_diagnostics: list[str]  # fields holding non-DP values (training.log_private_loss)
+    nonprivate_diagnostics: list[str]  # fields holding non-DP values (log_private_loss, or
+    # "diverged" under divergence_check: private_loss)
 
     # Speed and memory.
     throughput_img_s: float | None  # DP training images/s, views included, warm-up excluded

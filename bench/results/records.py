@@ -74,14 +74,38 @@ def _writer_lock(path: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def append_record(path: Path, record: Mapping) -> None:
-    """Append one record to a records file, atomically.
+def superseded_path(path: Path) -> Path:
+    """Where the records a re-run replaced are kept: ``records.superseded.jsonl`` beside
+    ``records.jsonl``. No report reads it; it is the audit trail of ``--force`` and
+    ``--retry-failed``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.superseded{path.suffix}")
 
-    The new file (old bytes + one new line) is written to a temporary file in the same directory,
-    flushed and fsynced, then moved over the old one with ``os.replace``. A process killed at any
-    point (even by SIGKILL) therefore leaves either the old file or the new one, never a partial
-    line; at worst a stray ``.records*.tmp`` file is left beside it. Parent directories are
-    created. Floats that are nan or inf are written as null (strict JSON).
+
+def _run_key_of(line: bytes) -> str | None:
+    """The run key of one records line, or None for a line that is not a record."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record.get("run_key") if isinstance(record, dict) else None
+
+
+def append_record(path: Path, record: Mapping) -> None:
+    """Append one record to a records file, atomically, replacing its run key's older records.
+
+    A run key has one record in the file: the lines of earlier records with the same run key
+    (an ``interrupted`` attempt, the record a ``--force`` or ``--retry-failed`` re-run
+    replaces) move to `superseded_path`, never read by a report, and the new record becomes
+    the last line. Lines that are not records are left where they are, for `read_records` to
+    report.
+
+    Both files are written whole to a temporary file in the same directory, flushed and
+    fsynced, then moved over the old one (`bench.atomic`), the superseded file first. A process
+    killed at any point (even by SIGKILL) therefore leaves each file old or new, never a
+    partial line, and never loses a record: at worst an old record is in both files, and the
+    next write of its run key does not copy it twice. Parent directories are created. Floats
+    that are nan or inf are written as null (strict JSON).
 
     Args:
         path: The records file (``reports/<suite>/records.jsonl``).
@@ -98,11 +122,31 @@ def append_record(path: Path, record: Mapping) -> None:
             old = path.read_bytes()
         except FileNotFoundError:
             old = b""
-        # A line cut short by a crash of some other tool must stay a line of its own, or the
-        # new record would be glued onto it and lost with it.
-        if old and not old.endswith(b"\n"):
-            old += b"\n"
-        atomic.write_bytes(path, old + line)
+        # A line cut short by a crash of some other tool stays a line of its own, or the new
+        # record would be glued onto it and lost with it.
+        key = record.get("run_key")
+        kept: list[bytes] = []
+        replaced: list[bytes] = []
+        for raw in old.splitlines(keepends=True):
+            raw = raw if raw.endswith(b"\n") else raw + b"\n"
+            same = key is not None and bool(raw.strip()) and _run_key_of(raw) == key
+            (replaced if same else kept).append(raw)
+        if replaced:
+            _supersede(superseded_path(path), replaced)
+        atomic.write_bytes(path, b"".join([*kept, line]))
+
+
+def _supersede(path: Path, lines: list[bytes]) -> None:
+    """Append ``lines`` to the superseded file, atomically, skipping any already there (a
+    write killed between the two files left them in both)."""
+    try:
+        old = path.read_bytes()
+    except FileNotFoundError:
+        old = b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    present = set(old.splitlines(keepends=True))
+    atomic.write_bytes(path, old + b"".join(x for x in lines if x not in present))
 
 
 def read_records(path: Path) -> RecordsRead:
@@ -115,8 +159,9 @@ def read_records(path: Path) -> RecordsRead:
     ignored. The records returned therefore hold a finite number or None in every field of
     :data:`bench.results.record.NUMERIC_FIELDS` they have.
 
-    When one run key has several records, the LAST one wins: ``--force`` re-runs append a newer
-    record rather than rewriting the file, so the later line is the current result.
+    When one run key has several records, the LAST one wins. `append_record` keeps one per run
+    key (a re-run's record replaces the old one, which moves to `superseded_path`), but a file
+    written by an older version, or merged by hand, may hold several.
 
     Args:
         path: The records file.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from bench.sweep.lock import cell_lock
 from bench.sweep.outputs import checkpoint_dir
 from bench.sweep.resume import record_count
 from bench.train import cell as training
-from bench.train.loop import Diverged
+from bench.train.loop import Diverged, Progress
 
 
 def _base_record(cell: Cell) -> dict[str, Any]:
@@ -42,6 +42,7 @@ def _base_record(cell: Cell) -> dict[str, Any]:
         "delta": cell.privacy.delta,
         "accountant": cell.privacy.accountant,
         "max_grad_norm": cell.privacy.max_grad_norm,
+        "divergence_check": cell.training.divergence_check,
         "config": d,
     }
 
@@ -55,7 +56,7 @@ def run_cell(
     cell: Cell,
     records_path: Path,
     device: str | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Progress | None = None,
     keep_checkpoint: bool = False,
     nproc: int = 1,
     timeout_s: float = processes.DEFAULT_TIMEOUT_S,
@@ -73,7 +74,7 @@ def run_cell(
         cell: The cell to run.
         records_path: The records file the record is appended to.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...; None: auto.
-        progress: Called with (step, steps, loss) as the run trains.
+        progress: Called with a `bench.train.loop.StepReport` after each step.
         keep_checkpoint: Keep the run's last checkpoint after its record is written.
         nproc: Processes the cell runs on (`bench.sweep.processes`); a lost one makes the
             record ``interrupted``.
@@ -104,7 +105,7 @@ def _run_cell(
     cell: Cell,
     records_path: Path,
     device: str | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Progress | None = None,
     keep_checkpoint: bool = False,
     nproc: int = 1,
     timeout_s: float = processes.DEFAULT_TIMEOUT_S,
@@ -124,7 +125,7 @@ def _run_cell(
         cell: The cell to run.
         records_path: The records file the record is appended to.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...; None: auto.
-        progress: Called with (step, steps, loss) as the run trains.
+        progress: Called with a `bench.train.loop.StepReport` after each step.
         keep_checkpoint: Keep the run's last checkpoint after its record is written.
         nproc: Processes the cell runs on (`bench.sweep.processes`); a lost one makes the
             record ``interrupted``.
@@ -158,7 +159,13 @@ def _run_cell(
     except torch.cuda.OutOfMemoryError as err:
         record = {**base, "status": "failed", "error": f"out of memory: {err}".splitlines()[0]}
     except Diverged as err:
-        record = {**base, "status": "failed", "error": str(err), "diverged": True}
+        record = {
+            **base,
+            "status": "failed",
+            "error": str(err),
+            "diverged": True,
+            "nonprivate_diagnostics": list(err.nonprivate),
+        }
     except Exception as err:
         record = {
             **base,

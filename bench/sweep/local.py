@@ -24,18 +24,37 @@ from bench.sweep.executor import Executor
 from bench.sweep.options import RunOptions
 from bench.sweep.processes import check_nproc, launched_ranks
 from bench.sweep.resume import without_final_record
+from bench.train.loop import StepReport
 
 
 class _StepProgress:
-    """Shows the current cell's step and loss on the sweep's bar, at most once a second."""
+    """Shows the current cell's steps, throughput and epsilon spent on the sweep's bar, at most
+    once a second; the un-noised loss only with ``training.log_private_loss`` (stderr is often
+    a log file that outlives the run).
+
+    The throughput is steps per second times the images a step is expected to train on (b = q N
+    examples, ``augmult`` views each), as the record counts them: the size of the batch drawn
+    is a function of the private data, so it is not shown.
+    """
 
     def __init__(self, bar: Any, label: str) -> None:
         self.bar, self.label, self.last = bar, label, 0.0
+        self.start: tuple[float, int] | None = None
 
-    def __call__(self, step: int, total: int, loss: float) -> None:
+    def __call__(self, report: StepReport) -> None:
         now = time.perf_counter()
-        if now - self.last > 1.0 or step == total:
-            self.bar.set_postfix_str(f"{self.label} | step {step}/{total} loss {loss:.3f}")
+        if self.start is None:  # the first step includes set-up: time from its end
+            self.start = (now, report.step)
+        if now - self.last > 1.0 or report.step == report.steps:
+            t0, s0 = self.start
+            rate = (report.step - s0) * report.expected_images / (now - t0) if now > t0 else 0.0
+            text = (
+                f"{self.label} | step {report.step}/{report.steps} | {rate:.0f} img/s"
+                f" | eps {report.epsilon():.3g} (rdp)"
+            )
+            if report.private_loss is not None:
+                text += f" | loss {report.private_loss:.3f} (not DP)"
+            self.bar.set_postfix_str(text)
             self.last = now
 
 

@@ -48,7 +48,9 @@ def train_cell(
 
     What leaves the run is DP or public: the test accuracy, a tuning run's validation score
     as a noisy count (`bench.train.score`), the noise and privacy figures, timings and memory;
-    the un-noised loss of private batches only with ``training.log_private_loss``, listed in
+    the un-noised loss of private batches only with ``training.log_private_loss`` (in the
+    record and on the progress bar), and a divergence stop that read it only with
+    ``training.divergence_check: private_loss``, each listed in
     ``nonprivate_diagnostics``.
 
     Args:
@@ -64,7 +66,7 @@ def train_cell(
             process only.
 
     Raises:
-        Diverged: The loss became non-finite or exceeded ``max_loss``.
+        Diverged: The run diverged as ``training.divergence_check`` defines it.
         ConfigError: The cell cannot run as configured.
     """
     run = setup_run(cell, device, ranks)

@@ -14,36 +14,82 @@ import torch
 from bench import checkpoint
 from bench.config import TrainingConfig
 from bench.measure import StepMemory, StepTimer
+from bench.privacy import epsilon, merged_history
 from bench.seeds import seed_global
 from bench.train.schedule import after_update
 from bench.train.setup import Run
 from bench.train.views import Views
 
-Progress = Callable[[int, int, float], None]
+
+@dataclass(frozen=True)
+class StepReport:
+    """What the live view may show after a step: public figures, and the private loss only
+    when ``training.log_private_loss`` says so.
+
+    Attributes:
+        step: Steps done.
+        steps: Steps planned.
+        expected_images: Images a step is expected to train on: the expected batch b = q N
+            times ``augmult`` views (public; the drawn batch's size is not).
+        epsilon: The epsilon the steps so far and the run's charges spent, under RDP (fast, and
+            looser than PRV); computed when called.
+        private_loss: The un-noised loss of the last private batch, or None unless
+            ``training.log_private_loss`` (a non-private diagnostic).
+    """
+
+    step: int
+    steps: int
+    expected_images: int
+    epsilon: Callable[[], float]
+    private_loss: float | None = None
+
+
+Progress = Callable[[StepReport], None]
 
 
 class Diverged(RuntimeError):
-    """Raised when the training loss is not finite or exceeds ``training.max_loss``.
+    """Raised when a run diverged, as ``training.divergence_check`` defines it.
 
-    The message names the step and the threshold, never the private loss itself unless
-    ``training.log_private_loss`` is on. The stop is a data-dependent decision (it reads
-    un-noised private losses) that the accounting does not cover; the runner records such a
-    run ``failed`` with ``diverged: true`` and publishes no model or accuracy for it.
+    ``parameters`` (the default) stops a run when a parameter is not finite after an update.
+    The parameters are a function of the initialisation and the noised updates, which DP-SGD's
+    accounting already releases at every step, so the stop and its step read no private data
+    beyond the run's release. ``private_loss`` also stops it when the un-noised loss of a private
+    batch is not finite or above ``training.max_loss``: whether and when that fires is a
+    data-dependent release outside the accounting, and the record says so
+    (``nonprivate_diagnostics``). The message carries the private loss itself only with
+    ``training.log_private_loss``. The runner records the run ``failed`` with
+    ``diverged: true`` and publishes no model or accuracy for it.
 
     Attributes:
-        step: The step at which the loss crossed the threshold.
+        step: The step whose update (or loss) diverged.
+        nonprivate: The record fields the stop made non-private (``diverged``) or none.
     """
 
-    def __init__(self, message: str, step: int):
+    def __init__(self, message: str, step: int, nonprivate: tuple[str, ...] = ()):
         super().__init__(message)
         self.step = step
+        self.nonprivate = nonprivate
 
     def __reduce__(self):  # pickles whole: a rank of a multi-process cell sends it back
-        return (type(self), (str(self), self.step))
+        return (type(self), (str(self), self.step, self.nonprivate))
+
+
+def _check_parameters(model: torch.nn.Module, step: int) -> None:
+    """Stop a run whose update made a parameter non-finite (reads only released values)."""
+    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+    if not bool(finite):
+        raise Diverged(
+            f"diverged: a parameter was not finite after the update of step {step} "
+            f"(training.divergence_check=parameters: reads only the noised updates)",
+            step,
+        )
 
 
 def _check_loss(value: float, step: int, training: TrainingConfig) -> None:
-    """Stop a diverged run; the message carries the private loss only when it is logged."""
+    """Stop a run whose private loss crossed ``max_loss`` (``divergence_check: private_loss``
+    only); the message carries the private loss only when it is logged."""
+    if training.divergence_check != "private_loss":
+        return
     if not math.isfinite(value) or value > training.max_loss:
         shown = (
             f" (loss {value:.4g}: a non-private diagnostic, training.log_private_loss)"
@@ -52,9 +98,18 @@ def _check_loss(value: float, step: int, training: TrainingConfig) -> None:
         )
         raise Diverged(
             f"diverged: the training loss was not finite or above training.max_loss="
-            f"{training.max_loss:g} at step {step}{shown}",
+            f"{training.max_loss:g} at step {step} (training.divergence_check=private_loss: "
+            f"a non-private stop){shown}",
             step,
+            ("diverged",),
         )
+
+
+def _epsilon_so_far(run: Run) -> float:
+    """RDP's epsilon for the steps taken so far and the run's charges (the live view's; the
+    record's is `bench.privacy.epsilon_spent`, under the run's accountant)."""
+    history = merged_history([*run.plan.calibration.extra, *run.accountant.history])
+    return epsilon(history, run.cell.privacy.delta, "rdp").epsilon
 
 
 @dataclass(frozen=True)
@@ -196,6 +251,7 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
     loss_value, peaks = resumed.loss, resumed.peaks
     timer = StepTimer(run.device, training.throughput_warmup_steps)
     memory = StepMemory(run.device).start()
+    expected = run.plan.batch_size * training.augmult
     run.model.train()
     for step in range(resumed.start, steps):
         if step == resumed.start + training.throughput_warmup_steps:
@@ -208,6 +264,7 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
             loss = run.ranks.mean_loss(run.dp_step(x, y), x.shape[0], run.device)
             after_update(run.scheduler, run.ema, run.model)
             images.append(x.shape[0] * x.shape[1])
+        _check_parameters(run.model, step)
         if idx.shape[0]:
             loss_value = loss
             _check_loss(loss_value, step, training)
@@ -218,6 +275,7 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
             checkpoint.save(path, _loop_state(run, done, loss_value, generators, now), cfg_hash)
         if progress is not None and run.ranks.writer:
             # The live view on the operator's terminal; it never reaches a record.
-            progress(done, steps, loss_value)
+            shown = loss_value if training.log_private_loss else None
+            progress(StepReport(done, steps, expected, lambda: _epsilon_so_far(run), shown))
     above, absolute = _max(peaks[0], memory.above), _max(peaks[1], memory.absolute)
     return Trained(loss_value, timer, above, absolute, resumed.start or None)

@@ -58,7 +58,8 @@ def score_fields(run: Run, accuracy: float, eval_weights: str, loss: float) -> d
         },
         "eval_weights": eval_weights,
         "final_train_loss": loss if log_loss else None,
-        "nonprivate_diagnostics": ["final_train_loss"] if log_loss else [],
+        "nonprivate_diagnostics": (["final_train_loss"] if log_loss else [])
+        + (["diverged"] if cell.training.divergence_check == "private_loss" else []),
     }
 
 

@@ -15,7 +15,7 @@ from torch import nn
 import norms
 from bench.config import Cell, TrainingConfig
 from bench.data import DeviceData
-from bench.plan import CellPlan, build_model, plan_cell, resolve_cell_norm
+from bench.plan import CellPlan, build_model, check_loaded_size, plan_cell, resolve_cell_norm
 from bench.seeds import is_secret, run_stream, seed_global
 from bench.sparsity import PublicData, Sparsity
 from bench.train import data_cache
@@ -212,6 +212,7 @@ def setup_run(cell: Cell, device: torch.device, ranks: Ranks = SINGLE) -> Run:
     seed_global(cell.seed, "init")
     model = build_model(cell, dataset.num_classes, device, norm, dataset.channels)
     plan = plan_cell(cell, norm=norm, model=model)
+    check_loaded_size(plan, data.num_private)
     sparsity, run_data = _prepared(cell, data, model, norm)
     # The untrained model for the non-private measurement, copied only when it is wanted.
     initial = copy.deepcopy(model) if training.measure_nonprivate else None
