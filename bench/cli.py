@@ -36,11 +36,22 @@ def _run(args: argparse.Namespace) -> int:
     overrides = [*args.set, *(["training.save_model=true"] if args.save_models else [])]
     suite = load_suite(args.suite, overrides)
     out_dir = Path(args.out) if args.out else default_out_dir(suite)
+    from bench.sweep import cost  # reason: torch, only for this command
+
     if args.dry_run:
         from bench.dryrun import render_dry_run  # reason: torch, only for this command
 
-        print(render_dry_run(suite, records_path(out_dir)))
+        spend = cost.estimate(suite, records_path(out_dir), args.device, force=args.force)
+        print(
+            "\n".join(
+                [*cost.data_lines(suite), render_dry_run(suite, records_path(out_dir), spend)]
+            )
+        )
         return 0
+    cost.check_suite_data(suite)
+    spend = cost.estimate(suite, records_path(out_dir), args.device, force=args.force)
+    cost.print_cost(spend)
+    cost.confirm(spend, args.yes)
     from bench.sweep.run import run_suite  # reason: torch, only for this command
 
     try:
@@ -58,6 +69,13 @@ def _run(args: argparse.Namespace) -> int:
         f"recorded earlier) in {summary.wall_s:.1f} s; leaderboard: "
         f"{summary.out_dir / 'leaderboard.md'}"
     )
+    if summary.ran == 0 and summary.already_done:
+        print(
+            f"every cell is already recorded in {records_path(out_dir)}, so nothing trained; to "
+            f"train again add --force (re-runs every cell from step 0 into this folder) or give "
+            f"another --out folder",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -128,7 +146,11 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY.PATH=VALUE",
         help="override a suite value, e.g. --set training.steps=100 (repeatable)",
     )
-    p_run.add_argument("--out", help="output directory (default reports/<suite name>)")
+    p_run.add_argument(
+        "--out",
+        help="output directory (default runs/<suite name>, which git ignores; the published "
+        "reports/<suite name> is rewritten only when named here)",
+    )
     p_run.add_argument(
         "--force",
         action="store_true",
@@ -158,7 +180,13 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p_run.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the grid and the calibrated noise per accountant; no training",
+        help="print the device, the cells that will run, their estimated time (one measured "
+        "step each) and the grid with the calibrated noise per accountant; no training",
+    )
+    p_run.add_argument(
+        "--yes",
+        action="store_true",
+        help="run a sweep whose pre-flight estimate on this device is above 12 hours",
     )
     p_run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p_run.add_argument("--executor", choices=("local", "slurm"), default="local")

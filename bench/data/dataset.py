@@ -146,6 +146,20 @@ def count_train_examples(cfg: DataConfig) -> int:
     return available if cap is None else min(available, cap)
 
 
+def check_data(cfg: DataConfig) -> None:
+    """Make sure ``cfg``'s data is there before a sweep starts (CIFAR-10 is downloaded now when
+    ``data.download`` allows it; an imagefolder root is walked): a sweep then never stops at
+    its first cell for want of data.
+
+    Raises:
+        DataError: One line naming the path and what to do.
+    """
+    if cfg.source == "cifar10":
+        _cifar10(cfg)
+    elif cfg.source == "imagefolder":
+        count_train_examples(cfg)
+
+
 def count_classes(cfg: DataConfig) -> int:
     """Classes ``load_dataset`` will produce, without decoding (one directory listing)."""
     if cfg.source == "synthetic":
@@ -187,10 +201,14 @@ def _cifar10(cfg: DataConfig) -> tuple:
         train = CIFAR10(cfg.root, train=True, download=cfg.download)
         test = CIFAR10(cfg.root, train=False, download=cfg.download)
     except (RuntimeError, OSError, urllib.error.URLError) as err:
+        fetch = (
+            "data.download is true, so the download failed: check the network"
+            if cfg.download
+            else "set data.download: true where the network allows"
+        )
         raise DataError(
-            f"{cfg.root}: CIFAR-10 is not there or cannot be read ({err}); set data.download: "
-            "true where the network allows, or decode a copy into train/ and test/ class folders "
-            "and use data.source: imagefolder"
+            f"{cfg.root}: CIFAR-10 is not there or cannot be read ({err}); {fetch}, or decode "
+            "a copy into train/ and test/ class folders and use data.source: imagefolder"
         ) from None
     # `.data` is already one (N, 32, 32, 3) uint8 array: no per-image conversion needed.
     return (
