@@ -14,6 +14,9 @@ from bench.errors import BenchError, PrivacyError, user_errors
 from bench.sweep.options import RunOptions, SlurmOptions
 from bench.sweep.outputs import default_out_dir, records_path
 
+#: The exit code of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
+
 
 def _cmd_list(_args: argparse.Namespace) -> int:
     from bench.listing import render_listing  # reason: torch (the registry), only for this command
@@ -59,10 +62,11 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(
             f"interrupted: finished cells are recorded in {records_path(out_dir)}; "
-            f"run the same command again to resume",
+            f"run the same command again to resume (a cell stopped after a step resumes from "
+            f"its checkpoint)",
             file=sys.stderr,
         )
-        return 130
+        return INTERRUPTED
     counts = ", ".join(f"{n} {s}" for s, n in summary.statuses.items()) or "nothing to run"
     print(
         f"{summary.ran} of {summary.total} cells run ({counts}; {summary.already_done} "
@@ -274,4 +278,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED

@@ -17,6 +17,7 @@ from bench.measure import StepMemory, StepTimer
 from bench.seeds import seed_global
 from bench.train.schedule import after_update
 from bench.train.setup import Run
+from bench.train.stop import StopRequest
 from bench.train.views import Views
 
 Progress = Callable[[int, int, float], None]
@@ -174,7 +175,8 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
 
     With ``checkpoint_dir``, it starts from the run's valid checkpoint there, if any (a refused
     one is named in one line on stderr), and writes one every ``training.checkpoint_every``
-    steps but after the last, outside the timed steps. The timer
+    steps but after the last, outside the timed steps; Ctrl-C stops it when the current step
+    ends, with that step's checkpoint saved (`bench.train.stop.StopRequest`). The timer
     covers the steps of this process only; the memory peaks are the largest of all processes.
     """
     training, steps = run.cell.training, run.plan.steps
@@ -189,23 +191,27 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
     timer = StepTimer(run.device, training.throughput_warmup_steps)
     memory = StepMemory(run.device).start()
     run.model.train()
-    for step in range(resumed.start, steps):
-        images: list[int] = []
-        with timer.step(images):
-            run.norm.on_step(run.model, run.run_data, step)
-            x, y = views(run.data.poisson_batch(run.plan.batch_size, generators["sampling"]))
-            loss = run.dp_step(x, y)
-            after_update(run.scheduler, run.ema, run.model)
-            images.append(x.shape[0] * x.shape[1])
-        if x.shape[0]:
-            loss_value = loss
-            _check_loss(loss_value, step, training)
-        done = step + 1
-        if path is not None and every and done % every == 0 and done < steps:
-            now = (_max(peaks[0], memory.above), _max(peaks[1], memory.absolute))
-            checkpoint.save(path, _loop_state(run, done, loss_value, generators, now), cfg_hash)
-        if progress is not None:
-            # The live view on the operator's terminal; it never reaches a record.
-            progress(done, steps, loss_value)
+    with StopRequest() as stop:
+        for step in range(resumed.start, steps):
+            images: list[int] = []
+            with timer.step(images):
+                run.norm.on_step(run.model, run.run_data, step)
+                x, y = views(run.data.poisson_batch(run.plan.batch_size, generators["sampling"]))
+                loss = run.dp_step(x, y)
+                after_update(run.scheduler, run.ema, run.model)
+                images.append(x.shape[0] * x.shape[1])
+            if x.shape[0]:
+                loss_value = loss
+                _check_loss(loss_value, step, training)
+            done, stopping = step + 1, stop.step_ended()
+            due = stopping or (every and done % every == 0)
+            if path is not None and due and done < steps:
+                now = (_max(peaks[0], memory.above), _max(peaks[1], memory.absolute))
+                checkpoint.save(path, _loop_state(run, done, loss_value, generators, now), cfg_hash)
+            if stopping:
+                raise KeyboardInterrupt(f"stopped after step {done} of {steps}")
+            if progress is not None:
+                # The live view on the operator's terminal; it never reaches a record.
+                progress(done, steps, loss_value)
     above, absolute = _max(peaks[0], memory.above), _max(peaks[1], memory.absolute)
     return Trained(loss_value, timer, above, absolute, resumed.start or None)
