@@ -25,6 +25,8 @@ from bench.cli import main
 from bench.config import DataConfig
 from bench.data import check_data
 from bench.errors import DataError
+from bench.perf.tables import device_with_model
+from bench.provenance import cpu_model
 from bench.suite import load_suite
 from bench.sweep.cost import SweepCost, cells_to_run, estimate
 from bench.sweep.outputs import default_out_dir
@@ -213,3 +215,9 @@ def test_ctrl_c_stops_within_seconds_and_saves_the_current_steps_checkpoint(tmp_
         not (out / "records.jsonl").exists()
         or cell.run_key not in (out / "records.jsonl").read_text()
     )
+
+
+def test_the_perf_table_names_the_cpu_model_beside_the_device():
+    line = device_with_model("cpu x86_64 (2 threads)")
+    assert line == f"cpu x86_64 (2 threads), CPU model {cpu_model()}"
+    assert device_with_model("NVIDIA H100 80GB HBM3") == "NVIDIA H100 80GB HBM3"
