@@ -187,11 +187,6 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="print the device, the cells that will run, their estimated time (one measured "
         "step each) and the grid with the calibrated noise per accountant; no training",
     )
-    p_run.add_argument(
-        "--yes",
-        action="store_true",
-        help="run a sweep whose pre-flight estimate on this device is above 12 hours",
-    )
     p_run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p_run.add_argument("--executor", choices=("local", "slurm"), default="local")
     p_run.add_argument(
@@ -201,8 +196,18 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="local worker processes (default: one per visible GPU)",
     )
     _add_slurm_arguments(p_run)
+    _add_cost_arguments(p_run)
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_run.set_defaults(func=_cmd_run)
+
+
+def _add_cost_arguments(p_run: argparse.ArgumentParser) -> None:
+    """What the pre-flight's estimate asks of a long sweep (`bench.sweep.cost`)."""
+    p_run.add_argument(
+        "--yes",
+        action="store_true",
+        help="run a sweep whose pre-flight estimate on this device is above 12 hours",
+    )
 
 
 def _add_slurm_arguments(p_run: argparse.ArgumentParser) -> None:
