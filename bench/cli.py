@@ -54,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
     cost.check_suite_data(suite)
     spend = cost.estimate(suite, records_path(out_dir), args.device, force=args.force)
     cost.print_cost(spend)
-    cost.confirm(spend, args.yes)
+    if args.executor == "local":  # SLURM's jobs run elsewhere; their time limit is sized there
+        cost.confirm(spend, args.yes)
     from bench.sweep.run import run_suite  # reason: torch, only for this command
 
     try:
