@@ -14,6 +14,9 @@ from bench.errors import BenchError, PrivacyError, user_errors
 from bench.sweep.options import RunOptions, SlurmOptions
 from bench.sweep.outputs import default_out_dir, records_path
 
+#: The exit code of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
+
 
 def _cmd_list(_args: argparse.Namespace) -> int:
     from bench.listing import render_listing  # reason: torch (the registry), only for this command
@@ -38,11 +41,23 @@ def _run(args: argparse.Namespace) -> int:
     overrides = [*args.set, *(["training.save_model=true"] if args.save_models else [])]
     suite = load_suite(args.suite, overrides)
     out_dir = Path(args.out) if args.out else default_out_dir(suite)
+    from bench.sweep import cost  # reason: torch, only for this command
+
     if args.dry_run:
         from bench.dryrun import render_dry_run  # reason: torch, only for this command
 
-        print(render_dry_run(suite, records_path(out_dir)))
+        spend = cost.estimate(suite, records_path(out_dir), args.device, force=args.force)
+        print(
+            "\n".join(
+                [*cost.data_lines(suite), render_dry_run(suite, records_path(out_dir), spend)]
+            )
+        )
         return 0
+    cost.check_suite_data(suite)
+    spend = cost.estimate(suite, records_path(out_dir), args.device, force=args.force)
+    cost.print_cost(spend)
+    if args.executor == "local":  # SLURM's jobs run elsewhere; their time limit is sized there
+        cost.confirm(spend, args.yes)
     from bench.sweep.run import run_suite  # reason: torch, only for this command
 
     try:
@@ -50,16 +65,24 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(
             f"interrupted: finished cells are recorded in {records_path(out_dir)}; "
-            f"run the same command again to resume",
+            f"run the same command again to resume (a cell stopped after a step resumes from "
+            f"its checkpoint)",
             file=sys.stderr,
         )
-        return 130
+        return INTERRUPTED
     counts = ", ".join(f"{n} {s}" for s, n in summary.statuses.items()) or "nothing to run"
     print(
         f"{summary.ran} of {summary.total} cells run ({counts}; {summary.already_done} "
         f"recorded earlier) in {summary.wall_s:.1f} s; leaderboard: "
         f"{summary.out_dir / 'leaderboard.md'}"
     )
+    if summary.ran == 0 and summary.already_done:
+        print(
+            f"every cell is already recorded in {records_path(out_dir)}, so nothing trained; to "
+            f"train again add --force (re-runs every cell from step 0 into this folder) or give "
+            f"another --out folder",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -130,7 +153,11 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY.PATH=VALUE",
         help="override a suite value, e.g. --set training.steps=100 (repeatable)",
     )
-    p_run.add_argument("--out", help="output directory (default reports/<suite name>)")
+    p_run.add_argument(
+        "--out",
+        help="output directory (default runs/<suite name>, which git ignores; the published "
+        "reports/<suite name> is rewritten only when named here)",
+    )
     p_run.add_argument(
         "--force",
         action="store_true",
@@ -160,7 +187,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p_run.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the grid and the calibrated noise per accountant; no training",
+        help="print the device, the cells that will run, their estimated time (one measured "
+        "step each) and the grid with the calibrated noise per accountant; no training",
     )
     p_run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p_run.add_argument("--executor", choices=("local", "slurm"), default="local")
@@ -172,6 +200,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add_process_arguments(p_run)
     _add_slurm_arguments(p_run)
+    _add_cost_arguments(p_run)
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_run.set_defaults(func=_cmd_run)
 
@@ -189,6 +218,15 @@ def _add_process_arguments(p_run: argparse.ArgumentParser) -> None:
         type=float,
         default=600.0,
         help="seconds a multi-process cell waits for a rank before it is recorded interrupted",
+    )
+
+
+def _add_cost_arguments(p_run: argparse.ArgumentParser) -> None:
+    """What the pre-flight's estimate asks of a long sweep (`bench.sweep.cost`)."""
+    p_run.add_argument(
+        "--yes",
+        action="store_true",
+        help="run a sweep whose pre-flight estimate on this device is above 12 hours",
     )
 
 
@@ -274,4 +312,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED

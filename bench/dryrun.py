@@ -9,6 +9,7 @@ from tabulate import tabulate
 from bench.config import Suite
 from bench.plan import CellPlan, plan_cells
 from bench.results.records import finished_keys
+from bench.sweep.cost import SweepCost
 from bench.sweep.protocol import planned_cells
 
 
@@ -30,8 +31,9 @@ def _privacy_cells(plan: CellPlan) -> list[str]:
     ]
 
 
-def render_dry_run(suite: Suite, records_path: Path) -> str:
-    """A table with one row per cell: what would run and at which noise multiplier."""
+def render_dry_run(suite: Suite, records_path: Path, cost: SweepCost) -> str:
+    """The sweep's cost (`bench.sweep.cost`), then a table with one row per cell it may run:
+    what would run and at which noise multiplier."""
     done = finished_keys(records_path)
     rows = []
     for plan in plan_cells(planned_cells(suite), accountants=("prv", "rdp")):
@@ -54,10 +56,20 @@ def render_dry_run(suite: Suite, records_path: Path) -> str:
                 "yes" if cell.run_key in done else "no",
             ]
         )
+    listed = (
+        f"the table lists all {len(rows)} cells a selection can make (each tuning candidate's "
+        "final cells); one final cell per grid cell runs"
+        if suite.tune is not None
+        else f"{len(rows)} cells in the grid"
+    )
     head = (
-        f"suite {suite.name}: {len(rows)} cells; target (epsilon={suite.privacy.epsilon}, "
-        f"delta={suite.privacy.delta}); calibrated with each accountant; the run uses "
-        f"{suite.privacy.accountant}; records: {records_path}"
+        "\n".join(cost.lines())
+        + "\n"
+        + (
+            f"suite {suite.name}: {listed}; target (epsilon={suite.privacy.epsilon}, "
+            f"delta={suite.privacy.delta}); calibrated with each accountant; the run uses "
+            f"{suite.privacy.accountant}; records: {records_path}"
+        )
     )
     table = tabulate(
         rows,

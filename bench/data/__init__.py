@@ -2,6 +2,7 @@
 
 from bench.data.dataset import (
     Dataset,
+    check_data,
     count_classes,
     count_train_examples,
     dataset_checksum,
@@ -30,6 +31,7 @@ __all__ = [
     "Decoded",
     "DeviceData",
     "ResolvedDataset",
+    "check_data",
     "count_classes",
     "count_train_examples",
     "dataset_checksum",

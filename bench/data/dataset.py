@@ -167,6 +167,17 @@ def count_train_examples(cfg: DataConfig) -> int:
     return available if cap is None else min(available, cap)
 
 
+def check_data(cfg: DataConfig) -> None:
+    """Make sure ``cfg``'s data is there before a sweep starts (its source's files checked, or
+    counted where only counting tells; with ``data.download`` the files come with the first
+    cell): a sweep then never stops at its first cell for want of data.
+
+    Raises:
+        DataError: One line naming where the files were looked for and how to get them.
+    """
+    _sizes(cfg)
+
+
 def count_classes(cfg: DataConfig) -> int:
     """Classes ``load_dataset`` will produce, counted as `count_train_examples` counts."""
     return _sizes(cfg)[1]

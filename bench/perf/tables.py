@@ -32,7 +32,7 @@ from bench.perf.kinds import (
     prepare_for_timing,
     random_device_data,
 )
-from bench.provenance import device_name
+from bench.provenance import cpu_model, device_name
 
 #: The ratio column comparing Opacus' fast path with the engine's, when both were timed.
 GHOST_VS_BK = "Opacus ghost / book-keeping"
@@ -77,6 +77,12 @@ def ratio_headers(kinds: tuple[str, ...]) -> list[str]:
     return headers
 
 
+def device_with_model(device: str) -> str:
+    """A perf table's device as a record names it, with the CPU's model when it is the CPU:
+    a table's ratios belong to the host that measured them."""
+    return f"{device}, CPU model {cpu_model()}" if device.startswith("cpu") else device
+
+
 def table(
     backbones: list[str],
     norm_names: list[str],
@@ -105,7 +111,7 @@ def table(
                 flush=True,
             )
     probe = [backbones[0], norm_names[0], "nonprivate", "--batch=2", f"--width={width}"]
-    device = _subprocess([*probe, "--warmup=0", "--reps=1"])["device"]
+    device = device_with_model(_subprocess([*probe, "--warmup=0", "--reps=1"])["device"])
     return (
         f"device: {device}; batch {batch}, width {width}, {size}x{size}, median of {reps} "
         f"steps after {warmup} warm-up; mem: {base['mem_measure']}; host RSS: growth of the "

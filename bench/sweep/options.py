@@ -69,7 +69,8 @@ class RunOptions:
     """
 
     out_dir: Path | None = None
-    """Records, suite.json and the leaderboard go here; None: ``reports/<suite name>``."""
+    """Records, suite.json and the leaderboard go here; None: ``runs/<suite name>``
+    (git-ignored; the published ``reports/<suite>`` only with an explicit ``--out``)."""
 
     force: bool = False
     """Re-run every cell, whatever its record, from step 0: the checkpoints of the cells about

@@ -13,8 +13,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def default_out_dir(suite: Suite) -> Path:
-    """``reports/<suite name>`` in the repository."""
-    return REPO / "reports" / suite.name
+    """``runs/<suite name>`` in the repository, a folder git ignores: a plain run never
+    touches the published reports under ``reports/``, which only an explicit ``--out``
+    rewrites."""
+    return REPO / "runs" / suite.name
 
 
 def records_path(out_dir: Path) -> Path:

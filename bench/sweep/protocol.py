@@ -182,6 +182,18 @@ def final_cells(
     return cells
 
 
+def expected_final_cells(suite: Suite, selections: Mapping[tuple, Selection]) -> list[Cell]:
+    """One final cell per grid cell, as the sweep will run them: at the point's selection, or,
+    where none is made yet, at the first candidate (a stand-in, for sizing the sweep)."""
+    first = candidates(suite)[0]
+    cells = []
+    for cell in suite.cells():
+        chosen = selections.get(group_of(cell))
+        values = chosen.values if chosen is not None and chosen.values is not None else first
+        cells.append(_with(cell, values, stage="final", tuned=dict(values)))
+    return cells
+
+
 def final_candidates(suite: Suite) -> list[Cell]:
     """Every final cell the selection could produce, for the preflight (each candidate value's
     privacy calibration is checked before the first tuning run)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import Cell, Suite
+from bench.data import check_data
 from bench.environment import capture_environment, check_stack
 from bench.errors import ExecutorError
 from bench.measure import resolve_device
@@ -93,14 +94,19 @@ def create_executor(options: RunOptions, out_dir: Path) -> Executor:
 def preflight(cells: Sequence[Cell]) -> None:
     """Plan and calibrate every cell before the first cell runs (`bench.plan.plan_cells`).
 
-    A budget no noise multiplier can meet, or a data folder that cannot be counted, then stops
+    A budget no noise multiplier can meet, or data that is not there (CIFAR-10 not downloaded,
+    a data folder that cannot be counted), then stops
     the sweep before anything is written, instead of after the cells before it have run.
-    Seconds: the data is counted, not loaded, and calibrations are memoised across cells.
+    Seconds: the data is counted (CIFAR-10 read once), and calibrations are memoised across
+    cells.
 
     Raises:
         PrivacyError: Naming the first cell that cannot be calibrated.
+        DataError: Naming the data that is not there.
     """
     if cells:
+        for data in dict.fromkeys(c.data for c in cells):
+            check_data(data)  # the data is there: no cell stops for want of it
         plan_cells(cells)
 
 

@@ -18,6 +18,7 @@ from bench.privacy import epsilon, merged_history
 from bench.seeds import seed_global
 from bench.train.schedule import after_update
 from bench.train.setup import Run
+from bench.train.stop import StopRequest
 from bench.train.views import Views
 
 
@@ -225,6 +226,25 @@ def _resume(
     )
 
 
+def _step(
+    run: Run, views: Views, sampling: torch.Generator, timer: StepTimer, step: int
+) -> tuple[int, float]:
+    """One timed DP-SGD step: ``(examples in the logical batch, its mean loss)``.
+
+    The norm's per-step hook, the Poisson sample, this rank's share of its views, the DP
+    step, the schedule and the EMA, all inside the timer.
+    """
+    images: list[int] = []
+    with timer.step(images):
+        run.norm.on_step(run.model, run.run_data, step)
+        idx = run.data.poisson_batch(run.plan.batch_size, sampling)
+        x, y = views(idx, run.ranks.shard(idx.shape[0]))
+        loss = run.ranks.mean_loss(run.dp_step(x, y), x.shape[0], run.device)
+        after_update(run.scheduler, run.ema, run.model)
+        images.append(x.shape[0] * x.shape[1])
+    return int(idx.shape[0]), loss
+
+
 def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None) -> Trained:
     """The DP-SGD loop: the last non-empty step's loss, the step timer and the steps' memory.
 
@@ -233,7 +253,8 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
 
     With ``checkpoint_dir``, it starts from the run's valid checkpoint there, if any (a refused
     one is named in one line on stderr), and writes one every ``training.checkpoint_every``
-    steps but after the last, outside the timed steps. The timer
+    steps but after the last, outside the timed steps; Ctrl-C stops it when the current step
+    ends, with that step's checkpoint saved (`bench.train.stop.StopRequest`). The timer
     covers the steps of this process only; the memory peaks are the largest of all processes.
 
     On several processes (``run.ranks``) each draws the same logical batch, builds the views
@@ -253,29 +274,27 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
     memory = StepMemory(run.device).start()
     expected = run.plan.batch_size * training.augmult
     run.model.train()
-    for step in range(resumed.start, steps):
-        if step == resumed.start + training.throughput_warmup_steps:
-            run.ranks.reduce_s[0] = 0.0  # the all-reduce's share covers the timed steps only
-        images: list[int] = []
-        with timer.step(images):
-            run.norm.on_step(run.model, run.run_data, step)
-            idx = run.data.poisson_batch(run.plan.batch_size, generators["sampling"])
-            x, y = views(idx, run.ranks.shard(idx.shape[0]))
-            loss = run.ranks.mean_loss(run.dp_step(x, y), x.shape[0], run.device)
-            after_update(run.scheduler, run.ema, run.model)
-            images.append(x.shape[0] * x.shape[1])
-        _check_parameters(run.model, step)
-        if idx.shape[0]:
-            loss_value = loss
-            _check_loss(loss_value, step, training)
-        done = step + 1
-        writes = path is not None and run.ranks.writer
-        if writes and every and done % every == 0 and done < steps:
-            now = (_max(peaks[0], memory.above), _max(peaks[1], memory.absolute))
-            checkpoint.save(path, _loop_state(run, done, loss_value, generators, now), cfg_hash)
-        if progress is not None and run.ranks.writer:
-            # The live view on the operator's terminal; it never reaches a record.
-            shown = loss_value if training.log_private_loss else None
-            progress(StepReport(done, steps, expected, lambda: _epsilon_so_far(run), shown))
+    with StopRequest() as stop:
+        for step in range(resumed.start, steps):
+            if step == resumed.start + training.throughput_warmup_steps:
+                run.ranks.reduce_s[0] = 0.0  # the all-reduce's share: the timed steps only
+            n, loss = _step(run, views, generators["sampling"], timer, step)
+            _check_parameters(run.model, step)
+            if n:
+                loss_value = loss
+                _check_loss(loss_value, step, training)
+            # Every rank stops at the same step: one that stopped alone would leave the
+            # others waiting in the next all-reduce.
+            done, stopping = step + 1, run.ranks.any(stop.step_ended(), run.device)
+            due = stopping or (every and done % every == 0)
+            if path is not None and run.ranks.writer and due and done < steps:
+                now = (_max(peaks[0], memory.above), _max(peaks[1], memory.absolute))
+                checkpoint.save(path, _loop_state(run, done, loss_value, generators, now), cfg_hash)
+            if stopping:
+                raise KeyboardInterrupt(f"stopped after step {done} of {steps}")
+            if progress is not None and run.ranks.writer:
+                # The live view on the operator's terminal; it never reaches a record.
+                shown = loss_value if training.log_private_loss else None
+                progress(StepReport(done, steps, expected, lambda: _epsilon_so_far(run), shown))
     above, absolute = _max(peaks[0], memory.above), _max(peaks[1], memory.absolute)
     return Trained(loss_value, timer, above, absolute, resumed.start or None)

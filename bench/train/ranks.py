@@ -70,6 +70,15 @@ class Ranks:
         dist.all_reduce(part)
         return float(part[0] / part[1]) if part[1] else math.nan
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on any rank (every rank gets the same answer); ``device``
+        is where the backend reduces (NCCL: the rank's GPU)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (picklable), in rank order."""
         if not self.distributed:
