@@ -23,7 +23,7 @@ from bench.config import Cell, Suite
 from bench.data import check_data
 from bench.errors import BenchError, DataError
 from bench.measure import resolve_device
-from bench.plan import plan_cells
+from bench.plan import data_size, plan_cells
 from bench.provenance import cpu_model, device_name
 from bench.results.records import read_records
 from bench.sweep.protocol import expected_final_cells, select, tune_cells
@@ -127,11 +127,13 @@ def cells_to_run(
 def _step_key(cell: Cell) -> tuple:
     """What a DP step's cost depends on: two cells with the same key share a measurement."""
     t = cell.training
-    side = cell.data.image_size if cell.data.source == "synthetic" else 32
+    size = data_size(cell.data)  # the dataset's declared shape (a folder declares none)
+    side = size.image_size or 32
     return (
         cell.backbone,
         cell.norm,
         cell.data.source,
+        size.channels,
         side,
         t.batch_size,
         t.augmult,
