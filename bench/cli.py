@@ -55,13 +55,16 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     cost.check_suite_data(suite)
     spend = cost.estimate(suite, records_path(out_dir), args.device, force=args.force)
-    cost.print_cost(spend)
-    if args.executor == "local":  # SLURM's jobs run elsewhere; their time limit is sized there
-        cost.confirm(spend, args.yes)
+
+    def announce() -> None:  # once the sweep's own checks pass, before anything is written
+        cost.print_cost(spend)
+        if args.executor == "local":  # SLURM's jobs run elsewhere, their limits sized there
+            cost.confirm(spend, args.yes)
+
     from bench.sweep.run import run_suite  # reason: torch, only for this command
 
     try:
-        summary = run_suite(suite, _run_options(args, out_dir))
+        summary = run_suite(suite, _run_options(args, out_dir), announce)
     except KeyboardInterrupt:
         print(
             f"interrupted: finished cells are recorded in {records_path(out_dir)}; "

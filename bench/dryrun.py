@@ -20,7 +20,8 @@ def _eps(value: float | None) -> str:
 def _privacy_cells(plan: CellPlan) -> list[str]:
     prv, rdp = plan.calibrations["prv"], plan.calibrations["rdp"]
     chosen = plan.calibration
-    charges = "; ".join(f"{c.steps}x sigma={c.noise_multiplier}" for c in plan.charges) or "-"
+    entries = (c.history_entry() for c in plan.charges)  # (sigma, q, steps), any kind of charge
+    charges = "; ".join(f"{steps}x sigma={sigma}" for sigma, _, steps in entries) or "-"
     return [
         f"{plan.sample_rate:.5f}",
         str(plan.steps),

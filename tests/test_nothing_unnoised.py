@@ -26,7 +26,9 @@ def test_a_loaded_n_other_than_the_one_that_calibrated_q_stops_the_run_in_one_li
     out = tmp_path / "out"
     args = ["run", str(tiny), "--out", str(out), "--no-progress", "--set", "grid.seed=[0]"]
     assert main([*args, "--set", "grid.norm=[group_norm]"]) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    # The cost pre-flight's lines come first; the run then stops in one line.
+    lines = capsys.readouterr().err.strip().splitlines()
+    (line,) = [text for text in lines if not text.startswith("pre-flight: ")]
     assert "224 private training examples were loaded" in line  # 256 - 32 public
     assert "calibrated for N=225" in line and "source=synthetic" in line
     assert not (out / "records.jsonl").exists()  # the cell did not run: no record

@@ -168,14 +168,22 @@ def count_train_examples(cfg: DataConfig) -> int:
 
 
 def check_data(cfg: DataConfig) -> None:
-    """Make sure ``cfg``'s data is there before a sweep starts (its source's files checked, or
-    counted where only counting tells; with ``data.download`` the files come with the first
-    cell): a sweep then never stops at its first cell for want of data.
+    """Make sure ``cfg``'s data is there before a sweep starts: a sweep then never stops at
+    its first cell for want of data. A source that can check its files without reading them
+    does so (unless ``data.download`` will fetch them); a source that counts (a folder of
+    images) is counted; any other source of files is read once, through torchvision's
+    download where ``data.download`` allows it (CIFAR-10: seconds).
 
     Raises:
         DataError: One line naming where the files were looked for and how to get them.
     """
-    _sizes(cfg)
+    source = resolve_source(cfg.source)
+    if source.spec.check_files is not None and not cfg.download:
+        source.spec.check_files(cfg, source.params)
+    elif source.spec.count is not None:
+        source.spec.count(cfg, source.params)
+    elif source.spec.needs_root:
+        _decode(cfg)
 
 
 def count_classes(cfg: DataConfig) -> int:

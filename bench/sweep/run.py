@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +110,11 @@ def preflight(cells: Sequence[Cell]) -> None:
         plan_cells(cells)
 
 
-def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
+def run_suite(
+    suite: Suite,
+    options: RunOptions | None = None,
+    before_first_cell: Callable[[], None] | None = None,
+) -> SweepSummary:
     """Run every cell of ``suite`` that has no record yet (all of them with ``options.force``).
 
     With a ``tune`` section, the tuning stage runs first; the final stage then runs the cells
@@ -119,6 +123,9 @@ def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
     Args:
         suite: The validated suite.
         options: How to sweep it (default: `RunOptions` defaults).
+        before_first_cell: Called once every check has passed and before anything is
+            written (the command line's cost pre-flight and its ``--yes``); may raise a
+            `BenchError` to stop the sweep there.
 
     Returns:
         What the sweep did.
@@ -137,6 +144,8 @@ def run_suite(suite: Suite, options: RunOptions | None = None) -> SweepSummary:
     todo, already = pending_cells(stage_cells, records, options.force, options.retry_failed)
     env = _check_environment(todo, records, options.allow_mixed_env)
     preflight(todo if suite.tune is None else planned_cells(suite))
+    if before_first_cell is not None and writer:
+        before_first_cell()
     if writer:
         write_suite_json(suite, out_dir, stage_cells)
     if env is not None and writer:

@@ -44,13 +44,21 @@ class SlurmCellJob:
         device: str | None = None,
         keep_checkpoint: bool = False,
     ) -> str:
-        if submitit.JobEnvironment().num_tasks > 1:  # one cell over the job's tasks
+        if _job_tasks() > 1:  # one cell over the job's tasks
             # submitit's helper sets the env:// variables from SLURM's: no rendezvous of our own
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         return run_cell(cell, Path(records_path), device, keep_checkpoint=keep_checkpoint)["status"]
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _job_tasks() -> int:
+    """Tasks of the submitit job this runs in; 1 outside one (a direct call, a test)."""
+    try:
+        return submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # submitit knows no job environment here
+        return 1
 
 
 def slurm_time_limit_min(cells: Sequence[Cell], step_s: float) -> int:

@@ -85,10 +85,14 @@ def cifar10(cfg: DataConfig) -> Decoded:
         train = CIFAR10(cfg.root, train=True, download=cfg.download)
         test = CIFAR10(cfg.root, train=False, download=cfg.download)
     except (RuntimeError, OSError, urllib.error.URLError) as err:
+        fetch = (
+            "data.download is true, so the download failed: check the network"
+            if cfg.download
+            else "set data.download: true where the network allows"
+        )
         raise DataError(
-            f"{cfg.root}: CIFAR-10 is not there or cannot be read ({err}); set data.download: "
-            "true where the network allows, or decode a copy into train/ and test/ class folders "
-            "and use data.source: imagefolder"
+            f"{cfg.root}: CIFAR-10 is not there or cannot be read ({err}); {fetch}, or decode "
+            "a copy into train/ and test/ class folders and use data.source: imagefolder"
         ) from None
     # `.data` is already one (N, 32, 32, 3) uint8 array: no per-image conversion needed.
     return Decoded(
