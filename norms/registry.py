@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
 from torch import nn
 
 from norms.errors import DuplicateNormError, NormPluginError, NormSpecError, UnknownNormError
 from norms.lifecycle import PrivacyCharge, RunData
-from specs import ResolvedSpec, keyword_defaults, parse_spec, resolve_params, summary
+from specs import (
+    ResolvedSpec,
+    keyword_defaults,
+    load_entry_points,
+    parse_spec,
+    resolve_params,
+    summary,
+)
 
 #: Per-sample-gradient paths a layer can take, as recorded in results.
 GRAD_SAMPLERS = ("opacus", "custom", "functorch", "none")
@@ -308,21 +314,7 @@ def load_plugins() -> list[str]:
     Raises:
         NormPluginError: An entry point fails to import (names it and the error).
     """
-    loaded = []
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        key = f"{point.name}={point.value}"
-        if key in _PLUGINS_LOADED:
-            continue
-        _PLUGINS_LOADED.add(key)  # before loading: a plugin may look norms up as it loads
-        try:
-            point.load()
-        except Exception as err:
-            raise NormPluginError(
-                f"norm plugin {point.name!r} ({point.value}, entry point group "
-                f"{ENTRY_POINT_GROUP}) failed to import: {type(err).__name__}: {err}"
-            ) from err
-        loaded.append(point.name)
-    return loaded
+    return load_entry_points(ENTRY_POINT_GROUP, _PLUGINS_LOADED, "norm", NormPluginError)
 
 
 def get_norm(name: str) -> NormSpec:

@@ -3,6 +3,7 @@
 from specs.grammar import SpecError, coerce_value, format_spec, format_value, parse_spec
 from specs.names import closest
 from specs.params import keyword_defaults, resolve_params, summary
+from specs.plugins import load_entry_points
 from specs.resolved import ResolvedSpec
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "format_spec",
     "format_value",
     "keyword_defaults",
+    "load_entry_points",
     "parse_spec",
     "resolve_params",
     "summary",

@@ -5,12 +5,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, NamedTuple
 
 from bench.config import DataConfig
 from bench.errors import DataError
-from specs import ResolvedSpec, closest, keyword_defaults, parse_spec, resolve_params, summary
+from specs import (
+    ResolvedSpec,
+    closest,
+    keyword_defaults,
+    load_entry_points,
+    parse_spec,
+    resolve_params,
+    summary,
+)
 
 #: The entry-point group through which other packages add datasets: each entry point names a
 #: module (``my_package.my_data``) that registers its datasets with `register_dataset` on import.
@@ -156,21 +163,7 @@ def load_plugins() -> list[str]:
     Raises:
         DataError: An entry point fails to import (names it and the error).
     """
-    loaded = []
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        key = f"{point.name}={point.value}"
-        if key in _PLUGINS_LOADED:
-            continue
-        _PLUGINS_LOADED.add(key)  # before loading: a plugin may look datasets up as it loads
-        try:
-            point.load()
-        except Exception as err:
-            raise DataError(
-                f"dataset plugin {point.name!r} ({point.value}, entry point group "
-                f"{ENTRY_POINT_GROUP}) failed to import: {type(err).__name__}: {err}"
-            ) from err
-        loaded.append(point.name)
-    return loaded
+    return load_entry_points(ENTRY_POINT_GROUP, _PLUGINS_LOADED, "dataset", DataError)
 
 
 def get_dataset(name: str) -> DatasetSpec:

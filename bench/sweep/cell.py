@@ -110,8 +110,8 @@ def _run_cell(
     nproc: int = 1,
     timeout_s: float = processes.DEFAULT_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """Run one cell and append its record (`run_cell` without the lock); a failure is
-    recorded, not raised.
+    """Run one cell and append its record (`run_cell` without the lock; the same arguments);
+    a failure is recorded, not raised.
 
     ``KeyboardInterrupt`` and user errors (`BenchError`, e.g. unreadable data) propagate with
     no record written: the cell did not run, and a re-run will try it again.
@@ -120,19 +120,6 @@ def _run_cell(
     there (a requeued SLURM job, a re-run after a kill); the checkpoint is deleted once the
     record is written, unless ``keep_checkpoint``. ``training.save_model`` weights go to
     ``<records folder>/models/`` (`bench.saved_model`).
-
-    Args:
-        cell: The cell to run.
-        records_path: The records file the record is appended to.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...; None: auto.
-        progress: Called with a `bench.train.loop.StepReport` after each step.
-        keep_checkpoint: Keep the run's last checkpoint after its record is written.
-        nproc: Processes the cell runs on (`bench.sweep.processes`); a lost one makes the
-            record ``interrupted``.
-        timeout_s: Seconds a collective of a multi-process cell waits for the other ranks.
-
-    Returns:
-        The record appended.
     """
     dev = resolve_device(device)
     ranks = processes.launched_ranks(timeout_s)  # torchrun or a SLURM job of several tasks
