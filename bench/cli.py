@@ -46,7 +46,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from bench.dryrun import render_dry_run  # reason: torch, only for this command
 
-        spend = cost.estimate(suite, records_path(out_dir), args.device, force=args.force)
+        spend = cost.estimate(
+            suite, records_path(out_dir), args.device, force=args.force, nproc=_world(args)
+        )
         print(
             "\n".join(
                 [*cost.data_lines(suite), render_dry_run(suite, records_path(out_dir), spend)]
@@ -54,7 +56,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     cost.check_suite_data(suite)
-    spend = cost.estimate(suite, records_path(out_dir), args.device, force=args.force)
+    spend = cost.estimate(
+        suite, records_path(out_dir), args.device, force=args.force, nproc=_world(args)
+    )
 
     def announce() -> None:  # once the sweep's own checks pass, before anything is written
         cost.print_cost(spend)
@@ -87,6 +91,13 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _world(args: argparse.Namespace) -> int:
+    """Processes each cell runs on: ``--nproc``, or a SLURM job's nodes x tasks."""
+    if args.executor == "slurm":
+        return args.slurm_nodes * args.slurm_tasks_per_node
+    return args.nproc
 
 
 def _run_options(args: argparse.Namespace, out_dir: Path) -> RunOptions:

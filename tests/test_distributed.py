@@ -167,3 +167,15 @@ def test_the_scaling_table_has_a_row_per_process_count(tiny, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| ") and "processes" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["1", "2"]
     assert "all-reduce share" in out and "%" in rows[1]
+
+
+def test_the_dry_run_says_how_many_processes_each_cell_takes(tiny, tmp_path, capsys):
+    args = ["run", str(tiny), "--dry-run", "--out", str(tmp_path / "o"), "--set", "grid.seed=[0]"]
+    assert main([*args, "--nproc", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "processes per cell: 2" in out and "ideal scaling" in out
+    assert (
+        main([*args, "--executor", "slurm", "--slurm-nodes", "2", "--slurm-tasks-per-node", "4"])
+        == 0
+    )
+    assert "processes per cell: 8" in capsys.readouterr().out

@@ -64,6 +64,7 @@ class SweepCost:
     recorded: int
     cell_s: tuple[float, ...]
     step_s: tuple[float, ...]
+    nproc: int = 1
 
     @property
     def total_s(self) -> float:
@@ -88,6 +89,12 @@ class SweepCost:
                 f"(measured here, now: one DP step of at most {PROBE_IMAGES} images per distinct "
                 f"step, {_duration(min(self.step_s), 2)}-{_duration(max(self.step_s), 2)} per "
                 "step at the suite's batch, extrapolated linearly; an upper bound on a GPU)"
+            )
+        if self.nproc > 1:
+            lines.append(
+                f"processes per cell: {self.nproc}; the times above divide one process's by "
+                f"{self.nproc} (ideal scaling, a lower bound: `python -m bench.perf scaling` "
+                "measures the real speed-up)"
             )
         if self.total_s > CONFIRM_ABOVE_H * 3600:
             lines.append(f"above {CONFIRM_ABOVE_H:g} h on this device: the run asks for --yes")
@@ -182,9 +189,11 @@ def estimate(
     *,
     force: bool = False,
     retry_failed: bool = False,
+    nproc: int = 1,
 ) -> SweepCost:
     """The cost of sweeping ``suite`` into ``records`` now, on ``device`` (seconds per probe
-    step; the calibrations are memoised, so the pre-flight that follows repeats none)."""
+    step; the calibrations are memoised, so the pre-flight that follows repeats none), each
+    cell on ``nproc`` processes."""
     todo, tuning, recorded = cells_to_run(suite, records, force, retry_failed)
     measured: dict[tuple, float] = {}
     cell_s = []
@@ -192,7 +201,7 @@ def estimate(
         key = _step_key(plan.cell)
         if key not in measured:
             measured[key] = step_seconds(plan.cell, device)
-        cell_s.append(cell_seconds(plan.cell, plan.steps, measured[key]))
+        cell_s.append(cell_seconds(plan.cell, plan.steps, measured[key]) / nproc)
     return SweepCost(
         describe_device(device),
         len(todo),
@@ -200,6 +209,7 @@ def estimate(
         recorded,
         tuple(cell_s),
         tuple(measured.values()),
+        nproc,
     )
 
 
