@@ -19,30 +19,9 @@ from bench.suite import load_suite
 from bench.sweep.options import RunOptions
 from bench.sweep.protocol import final_cells, select, tune_cells
 from bench.sweep.run import run_suite
+from tests.tiny_suite import tiny_tune
 
-TUNE = """\
-name: tiny_tune
-data: {source: synthetic, num_train: 320, num_test: 64, image_size: 16, val_split: 64}
-privacy: {epsilon: 8.0, delta: 1.0e-3, accountant: rdp}
-training:
-  batch_size: 64
-  max_physical_batch: 64
-  steps: 3
-  lr: 1.0
-  crop_padding: 2
-  eval_batch_size: 64
-  throughput_warmup_steps: 1
-  throughput_steps: 1
-  measure_nonprivate: false
-tune:
-  keys: {training.lr: [0.5, 2.0]}
-  seeds: [0]
-  overrides: {training.steps: 2}
-grid:
-  backbone: ["resnet9[width=0.125]"]
-  norm: [group_norm, layer_norm]
-  seed: [0, 1]
-"""
+TUNE = tiny_tune()
 
 
 @pytest.fixture

@@ -25,34 +25,12 @@ from bench.sweep.protocol import tune_cells
 from bench.sweep.run import run_suite
 from bench.train.score import score_generator
 from tests.report_records import make_record
+from tests.tiny_suite import tiny_tune
 
 #: RDP orders for the direct computation (Opacus' defaults are not read: a different path).
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 128))
 
-SUITE = """\
-name: tiny_tuned
-data: {source: synthetic, num_train: 320, num_test: 64, image_size: 16, val_split: 64}
-privacy: {epsilon: 8.0, delta: 1.0e-3, accountant: rdp}
-training:
-  batch_size: 64
-  max_physical_batch: 64
-  steps: 3
-  lr: 1.0
-  crop_padding: 2
-  eval_batch_size: 64
-  throughput_warmup_steps: 1
-  throughput_steps: 1
-  measure_nonprivate: false
-tune:
-  keys: {training.lr: [0.5, 2.0]}
-  seeds: [0]
-  overrides: {training.steps: 2}
-  score_noise: 3.0
-grid:
-  backbone: ["resnet9[width=0.125]"]
-  norm: [group_norm]
-  seed: [0]
-"""
+SUITE = tiny_tune(name="tiny_tuned", score_noise=3.0, norms="group_norm", seeds="0")
 
 
 @pytest.fixture

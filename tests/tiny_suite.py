@@ -25,3 +25,38 @@ grid:
   norm: [group_norm, layer_norm]
   seed: [0, 1, 2]
 """
+
+
+def tiny_tune(
+    *,
+    name: str = "tiny_tune",
+    score_noise: float | None = None,
+    norms: str = "group_norm, layer_norm",
+    seeds: str = "0, 1",
+) -> str:
+    """A tiny tuned suite (two learning rates, one tuning seed, 2-step tuning runs) with a
+    validation split; ``score_noise`` None leaves the tune section's default."""
+    noise = "" if score_noise is None else f"\n  score_noise: {score_noise}"
+    return f"""\
+name: {name}
+data: {{source: synthetic, num_train: 320, num_test: 64, image_size: 16, val_split: 64}}
+privacy: {{epsilon: 8.0, delta: 1.0e-3, accountant: rdp}}
+training:
+  batch_size: 64
+  max_physical_batch: 64
+  steps: 3
+  lr: 1.0
+  crop_padding: 2
+  eval_batch_size: 64
+  throughput_warmup_steps: 1
+  throughput_steps: 1
+  measure_nonprivate: false
+tune:
+  keys: {{training.lr: [0.5, 2.0]}}
+  seeds: [0]
+  overrides: {{training.steps: 2}}{noise}
+grid:
+  backbone: ["resnet9[width=0.125]"]
+  norm: [{norms}]
+  seed: [{seeds}]
+"""
