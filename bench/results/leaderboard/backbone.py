@@ -6,12 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from bench.results.leaderboard.collect import Cell, measurements
-from bench.results.leaderboard.graded import (
-    equivalence_text,
-    evidence_text,
-    exact_p_text,
-    failures_text,
-)
+from bench.results.leaderboard.columns import MEMORY_HEADER, RATIO_HEADER, drop_empty, dropped_note
+from bench.results.leaderboard.evidence_table import evidence_lines
+from bench.results.leaderboard.graded import failures_text
 from bench.results.leaderboard.markdown import (
     NA,
     accuracy_text,
@@ -22,7 +19,6 @@ from bench.results.leaderboard.markdown import (
     number_text,
     optional_text,
     p_with_test_text,
-    pp_text,
     pvalue_text,
     table,
 )
@@ -71,30 +67,30 @@ def backbone_section(
     headers = [
         "letters",
         "norm",
-        "accuracy % (ITT: mean ± 95% CI, n)",
+        "accuracy % (ITT, 95% CI)",
         "Δ vs baseline (pp, 95% CI)",
         "p (Holm)",
         "verdict",
-        "detectable Δ (pp, 80% power)",
+        "detectable Δ (pp)",
         "throughput (img/s)",
-        "DP/non-DP throughput",
-        "peak memory (MiB)",
+        RATIO_HEADER,
+        MEMORY_HEADER,
         "ε spent (max)",
-        "failures (rate, 95% CI)",
-        "sign-flip p (Holm)",
-        f"equivalence (TOST, ±{pp_text(protocol.rope)} pp)",
-        f"P(Δ < −{pp_text(protocol.rope)} / within / > +{pp_text(protocol.rope)} pp)",
+        "failures (95% CI)",
     ]
     rows = [
-        _result_row(result, norms[result.norm], outcomes[result.norm], alpha)
+        _result_row(result, norms[result.norm], outcomes[result.norm])
         for result in analysis.results
     ]
     ranked = {result.norm for result in analysis.results}
     for norm in sorted((set(norms) | set(planned_norms)) - ranked):
         rows.append([NA, code(norm), _no_ok_text(norms.get(norm)), *[NA] * (len(headers) - 3)])
+    headers, rows, dropped = drop_empty(headers, rows, keep=3)
     lines += [table(rows, headers), ""]
+    lines += dropped_note(dropped, (r for c in norms.values() for r in c.ok.values()))
     lines += family_lines(analysis, protocol, protocol.family_of(norms))
     lines += [_power_text(analysis), ""]
+    lines += evidence_lines(analysis, alpha, protocol.rope)
     if any(r.accuracy.n == 1 for r in analysis.results):
         lines += [
             "Cells with one seed (n=1) have no interval, are not tested and not ranked (—).",
@@ -104,7 +100,7 @@ def backbone_section(
     return lines, analysis
 
 
-def _result_row(result: NormResult, cell: Cell, outcome: Outcomes, alpha: float) -> list[str]:
+def _result_row(result: NormResult, cell: Cell, outcome: Outcomes) -> list[str]:
     """A ranked norm's row: accuracy, failures, its comparison with the baseline, letters and
     cost."""
     measured = measurements(cell)
@@ -123,9 +119,6 @@ def _result_row(result: NormResult, cell: Cell, outcome: Outcomes, alpha: float)
         optional_text(None if memory is None else memory / 2**20, ".0f"),
         epsilon_text(measured["epsilon"], measured["epsilon_target_exceeded"]),
         failures_text(outcome.rate),
-        exact_p_text(result),
-        equivalence_text(result, alpha),
-        evidence_text(result),
     ]
 
 

@@ -1,4 +1,4 @@
-"""The leaderboard's statement of the statistics it uses, under the header."""
+"""The leaderboard's statement of the statistics it uses: its Methods section, near the end."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from collections.abc import Sequence
 
 from bench.results.leaderboard.markdown import join, number_text
 from bench.results.stats import BOOTSTRAP_RESAMPLES, BackboneAnalysis
+
+
+def methods_section(alpha: float, analyses: Sequence[BackboneAnalysis]) -> list[str]:
+    """The Methods section: its heading and the statistics statement."""
+    return ["## Methods", "", *methods_lines(alpha, analyses)]
 
 
 def methods_lines(alpha: float, analyses: Sequence[BackboneAnalysis]) -> list[str]:

@@ -23,8 +23,11 @@ from bench.results.leaderboard.collect import (
     planned_cells,
     split_simulated,
 )
-from bench.results.leaderboard.header import header_lines
-from bench.results.leaderboard.protocol import Protocol, resolve_protocol
+from bench.results.leaderboard.header import header_lines, suite_name
+from bench.results.leaderboard.methods import methods_section
+from bench.results.leaderboard.order import numeric_key
+from bench.results.leaderboard.protocol import PRIMARY, Protocol, resolve_protocol
+from bench.results.leaderboard.records_table import records_section
 from bench.results.leaderboard.settings import (
     LEADERBOARD_FILE,
     RECORDS_FILE,
@@ -35,6 +38,7 @@ from bench.results.leaderboard.settings import (
     suite_section,
 )
 from bench.results.leaderboard.simulated import simulated_section
+from bench.results.leaderboard.summary import summary_lines
 from bench.results.record import Record
 from bench.results.records import read_records
 from bench.results.stats import BackboneAnalysis, mean_ci
@@ -89,9 +93,10 @@ def render_leaderboard(
         body += sections.missing_section(planned_all, {r["run_key"] for r in records})
     all_problems = [*problems, *collected.problems]
     body += sections.problems_section(all_problems)
-    header = header_lines(
-        suite, records, len(all_problems), run_dir, baseline, alpha, list(analyses.values())
-    )
+    body += methods_section(alpha, list(analyses.values()))
+    body += records_section(records)
+    summary = summary_lines(suite_name(suite, records, run_dir), collected, analyses, protocol)
+    header = header_lines(suite, records, len(all_problems), run_dir, baseline, alpha, summary)
     return "\n".join(header + body).rstrip("\n") + "\n"
 
 
@@ -148,7 +153,13 @@ def _backbone_tables(
             planned_norms.setdefault(block_of(c), set()).add(c["norm"])
     body: list[str] = []
     analyses: dict[str, BackboneAnalysis] = {}
-    for backbone in sorted(set(collected.cells) | set(planned_norms)):
+    # The primary grid point's tables first, then the others in numeric order of their grid
+    # values (steps=40 before steps=120, ε 0.5 before 8).
+    blocks = sorted(
+        (set(collected.cells) | set(planned_norms)),
+        key=lambda b: (protocol.family_of(collected.cells.get(b, {})) != PRIMARY, numeric_key(b)),
+    )
+    for backbone in blocks:
         if is_simulated(backbone) != simulated:
             continue
         lines, analyses[backbone] = backbone_section(
