@@ -85,7 +85,9 @@ def backbone_section(
     ranked = {result.norm for result in analysis.results}
     for norm in sorted((set(norms) | set(planned_norms)) - ranked):
         rows.append([NA, code(norm), _no_ok_text(norms.get(norm)), *[NA] * (len(headers) - 3)])
-    headers, rows, dropped = drop_empty(headers, rows, keep=3)
+    # The statistics' columns stay (a "—" there says what was not tested); only the
+    # measurements' columns go when no run measured them.
+    headers, rows, dropped = drop_empty(headers, rows, keep=7)
     lines += [table(rows, headers), ""]
     lines += dropped_note(dropped, (r for c in norms.values() for r in c.ok.values()))
     lines += family_lines(analysis, protocol, protocol.family_of(norms))

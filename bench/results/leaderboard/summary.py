@@ -127,7 +127,7 @@ def _best_text(analysis: BackboneAnalysis) -> str:
     return (
         f"{head}, against the baseline `{analysis.baseline}`'s "
         f"{_accuracy(baseline)}: Δ = {difference_text(comparison)} pp, Holm p = "
-        f"{test} over {m} comparisons: **{best.verdict}**{caveat}"
+        f"{test} over {m} comparison{'s' if m != 1 else ''}: **{best.verdict}**{caveat}"
     )
 
 
