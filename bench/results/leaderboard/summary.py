@@ -74,9 +74,10 @@ def _ran_text(name: str, records: Sequence[Record], protocol: Protocol) -> str:
         for key, value in overrides.items():
             if key not in FIXED_KEYS:
                 swept.setdefault(key, set()).add(grid_value_text(value))
-    grid = "".join(
-        f" at {key} = {', '.join(numeric_sorted(values))}" for key, values in sorted(swept.items())
+    grid = " × ".join(
+        f"{key} ∈ {{{', '.join(numeric_sorted(values))}}}" for key, values in sorted(swept.items())
     )
+    grid = f" at {grid}" if grid else ""
     statuses = [str(r.get("status")) for r in records]
     order = {s: i for i, s in enumerate(("ok", "failed", "skipped", "interrupted"))}
     shown = sorted(set(statuses), key=lambda s: (order.get(s, len(order)), s))
@@ -122,7 +123,9 @@ def _best_text(analysis: BackboneAnalysis) -> str:
     test = p_with_test_text(best.p_holm, comparison.test if comparison else None)
     m = sum(r.p_holm is not None for r in analysis.results)
     caveat = (
-        "; the exact sign-flip test alone does not confirm it" if best.normality_carries else ""
+        "; the exact sign-flip test does not confirm it (normality carries the verdict)"
+        if best.normality_carries
+        else ""
     )
     return (
         f"{head}, against the baseline `{analysis.baseline}`'s "
