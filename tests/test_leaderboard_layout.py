@@ -75,6 +75,12 @@ def test_norms_not_told_apart_are_named_with_the_difference_that_could_be_seen(
 
 def test_tables_of_swept_values_sort_numerically_after_the_primary_one(tmp_path: Path) -> None:
     records = [r for eps in (8.0, 0.5, 16.0, 2.0) for r in finals({"privacy.epsilon": eps})]
+    for eps in (16.0, 2.0):
+        failed = make_record(
+            "r9", "scale_norm", 0, None, "failed", overrides={"privacy.epsilon": eps}
+        )
+        failed["run_key"] += f"|{eps}"
+        records.append(failed)
     suite = {
         "grid": {"privacy.epsilon": [0.5, 2.0, 8.0, 16.0]},
         "report": {"primary": "privacy.epsilon=16.0"},
@@ -86,6 +92,8 @@ def test_tables_of_swept_values_sort_numerically_after_the_primary_one(tmp_path:
         if line.startswith("## Backbone `r9 [privacy.epsilon=")
     ]
     assert order == ["16.0", "0.5", "2.0", "8.0"]  # text order would put 16 before 2
+    failed = text.split("## Failed and skipped runs")[1].split("\n## ")[0]
+    assert failed.index("privacy.epsilon=2.0]") < failed.index("privacy.epsilon=16.0]")
 
 
 def test_numeric_order_of_grid_values() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from bench.results import figures
 from bench.results.leaderboard.collect import block_of, is_tuning, seed_key
 from bench.results.leaderboard.markdown import NA, cell_text, code, distinct, join, table
+from bench.results.leaderboard.order import numeric_key
 from bench.results.leaderboard.settings import SUITE_FILE, suite_section
 from bench.results.leaderboard.tuning_table import tuning_grid_lines
 from bench.results.leaderboard.with_tuning import tuning_privacy_lines
@@ -136,7 +137,12 @@ def failed_section(not_ok: Sequence[Record]) -> list[str]:
         ]
         for r in sorted(
             not_ok,
-            key=lambda r: (str(block_of(r)), r["norm"], seed_key(r.get("seed")), r["run_key"]),
+            key=lambda r: (
+                numeric_key(block_of(r)),
+                r["norm"],
+                seed_key(r.get("seed")),
+                r["run_key"],
+            ),
         )
     ]
     shown = table(rows, ["backbone", "norm", "seed", "status", "reason"])
@@ -208,7 +214,7 @@ def missing_section(planned: Sequence[Mapping], recorded_keys: set[str]) -> list
         for c in sorted(
             missing,
             key=lambda c: (
-                str(block_of(c)),
+                numeric_key(block_of(c)),
                 str(c.get("norm")),
                 seed_key(c.get("seed")),
                 c["run_key"],
