@@ -63,8 +63,10 @@ def _point_text(protocol: Protocol) -> str:
 
 def _ran_text(name: str, records: Sequence[Record], protocol: Protocol) -> str:
     """Suite, data, backbones, norms, seeds, swept values and the records' statuses."""
+    if not records:
+        return f"suite `{name}`: no records yet."
     finals = [r for r in records if not is_tuning(r)]
-    datasets = join(distinct(r.get("dataset") for r in records))
+    datasets = join(distinct(r.get("dataset") for r in records), "data not recorded")
     backbones = join([f"`{b}`" for b in distinct(r.get("backbone") for r in finals)], "none")
     norms = distinct(r.get("norm") for r in finals)
     seeds = sorted({r.get("seed") for r in finals if r.get("seed") is not None}, key=seed_key)
@@ -187,9 +189,9 @@ def _cost_text(records: Sequence[Record]) -> str:
         for r in records
         if is_tuning(r) and isinstance(r.get("wall_s"), (int, float))
     ]
-    devices = join(distinct(r.get("device") for r in records))
+    devices = join(distinct(r.get("device") for r in records), "a device not recorded")
     if not known:
-        return f"no wall time recorded; on {devices}."
+        return f"no wall time recorded; device: {devices}."
     text = f"{_duration(math.fsum(known))} of wall time over {len(known)} runs"
     if tuning:
         text += f" ({_duration(math.fsum(tuning))} of it tuning)"
