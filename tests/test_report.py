@@ -108,11 +108,15 @@ def test_missing_baseline_skips_comparisons_but_still_ranks(tmp_path: Path) -> N
     assert table_row(text, "resnet9", "scale_norm")[0] == "a"
 
 
-def test_single_backbone_says_why_friedman_was_not_run(tmp_path: Path) -> None:
+def test_single_backbone_has_no_ranking_across_backbones(tmp_path: Path) -> None:
     records = grid({"group_norm": [0.6, 0.61], "layer_norm": [0.5, 0.52], "none": [0.3, 0.31]})
-    text = write_report(write_run(tmp_path, records)).read_text()
-    assert "Friedman test not run: needs >= 2 backbones with ok runs (have 1)." in text
-    assert "| `group_norm` | 1.00           | 1           |" in text
+    text = write_report(write_run(tmp_path / "one", records)).read_text()
+    assert "## Across backbones" not in text and "Friedman test (" not in text
+    assert "Friedman test not run" not in text
+    records += grid({"group_norm": [0.7, 0.72]}, "wrn16_4")
+    text = write_report(write_run(tmp_path / "two", records)).read_text()
+    assert "Friedman test not run: needs >= 3 norms with ok runs on >= 2 common backbones" in text
+    assert "| `group_norm` | 1.00           | 2           |" in text
 
 
 def test_tied_accuracies_share_rank_one_with_no_significant_difference(tmp_path: Path) -> None:
