@@ -100,8 +100,8 @@ def backbones_section(
     lines = ["## Across backbones", ""]
     if any(groups):
         lines += [
-            "The backbones are ranked against each other at the same values of every other "
-            "swept key: one ranking per combination.",
+            "Norms are ranked over backbones at the same values of every other swept key: one "
+            "ranking per combination of those values.",
             "",
         ]
     for fixed in sorted(groups):
