@@ -16,6 +16,9 @@ from bench.results.stats import RankAgreement, rank_agreement
 #: other's mean wall-clock time; closer than that, the two are "of similar cost".
 CHEAPER_RATIO = 1 / 1.1
 
+#: How a row whose tau was not computed begins its reading.
+NOT_COMPUTED = "Not computed: "
+
 #: The columns of an agreement table.
 HEADERS = [
     "backbone (rest fixed)",
@@ -48,9 +51,14 @@ def agreement_sections(ok: OkRuns, exclude: Collection[str] = ()) -> list[str]:
             )
     lines: list[str] = []
     for key, key_rows in sorted(rows.items()):
+        lines += [f"## Agreement across {code(key)}", ""]
+        readings = {row[-1] for row in key_rows}
+        if len(readings) == 1 and readings.pop().startswith(NOT_COMPUTED):
+            # Every pair fails for one reason: say it once rather than in a row per pair.
+            why = key_rows[0][-1].removeprefix(NOT_COMPUTED)
+            lines += [f"Kendall's τ-b was computed for no pair of values of {code(key)}: {why}", ""]
+            continue
         lines += [
-            f"## Agreement across {code(key)}",
-            "",
             f"Do the norms rank alike at two values of {code(key)}? For each pair of "
             "values (numbers in increasing order; every other swept key held fixed): Kendall's "
             "τ-b between the norms' mean accuracies (ok runs) at the two values, over the norms "
@@ -117,7 +125,7 @@ def reading(agreement: RankAgreement, first: str, second: str, cheaper_known: bo
     """One sentence: does the ranking at ``first`` (the cheaper, when known) predict the one at
     ``second``?"""
     if agreement.reason is not None:
-        return f"Not computed: {agreement.reason}."
+        return f"{NOT_COMPUTED}{agreement.reason}."
     subject = f"The ranking at {first}" + (" (the cheaper)" if cheaper_known else "")
     other = f"the one at {second}"
     if agreement.low is None or agreement.high is None:
