@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
+from bench.errors import ComparisonError
 from bench.results import stats
 from bench.results.across import ACROSS_FILE, across_text
 from bench.results.leaderboard import leaderboard_text
@@ -189,3 +190,10 @@ def test_a_grid_sweeping_data_source_ranks_its_datasets_on_the_page(tmp_path: Pa
     assert "on 2 datasets (`cifar10`, `svhn`)" in friedman_line(datasets)
     assert "Agreement across `data.source`" not in text  # said in the datasets section
     assert "## Across backbones" not in text
+
+
+def test_two_folders_of_one_dataset_at_one_setting_are_refused(tmp_path: Path) -> None:
+    first = dataset_folder(tmp_path / "a", "cifar", PLANTED["d1"])
+    second = dataset_folder(tmp_path / "b", "cifar", PLANTED["d2"])
+    with pytest.raises(ComparisonError, match="both hold cifar at backbone=wrn16_4, "):
+        across_text([first, second])

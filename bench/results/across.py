@@ -198,12 +198,13 @@ def _nothing_comparable(
     datasets = sorted({t.dataset for t in tables})
     if len(datasets) < 2:
         return f"nothing to rank across datasets in {where}: one dataset ({', '.join(datasets)})"
-    values: dict[str, dict[str, set[str]]] = {}
+    values: dict[str, dict[str, set[tuple]]] = {}
     for table in tables:
-        for key, _, text in table.setting:
-            values.setdefault(key, {}).setdefault(table.dataset, set()).add(text)
+        for key, order, text in table.setting:
+            values.setdefault(key, {}).setdefault(table.dataset, set()).add((order, text))
     differ = [
-        f"{key}: " + " vs ".join(f"{', '.join(sorted(v))} ({d})" for d, v in sorted(by.items()))
+        f"{key}: "
+        + " vs ".join(f"{', '.join(t for _, t in sorted(v))} ({d})" for d, v in sorted(by.items()))
         for key, by in values.items()
         if len(by) < len(datasets) or not set.intersection(*by.values())
     ]
