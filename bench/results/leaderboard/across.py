@@ -197,7 +197,7 @@ DATASETS_INTRO = (
     "test's complete table; a norm without runs on every one of its datasets is left out of "
     "both. The Friedman test takes datasets as blocks. Kendall's τ-b compares two datasets' "
     "rankings over the norms they share, with its 95% seed-joint bootstrap interval (a seed "
-    "fixes a run's initialisation and augmentation streams whatever the data)."
+    "fixes a run's non-secret streams, initialisation and augmentation, whatever the data)."
 )
 
 
@@ -227,7 +227,7 @@ def dataset_lines(scores: Mapping[str, Mapping[str, Seeds]]) -> list[str]:
             f"{code(a)}, {code(b)}",
             str(len(agreement.norms)),
             tau_text(agreement),
-            reading(agreement, code(a), code(b), False),
+            reading(agreement, code(a), code(b), False, "on"),
         ]
         for a, b in combinations(datasets, 2)
         for agreement in [rank_agreement(scores[a], scores[b])]

@@ -121,19 +121,21 @@ def tau_text(agreement: RankAgreement) -> str:
     return f"{agreement.tau:+.2f} [{agreement.low:+.2f}, {agreement.high:+.2f}]"
 
 
-def reading(agreement: RankAgreement, first: str, second: str, cheaper_known: bool) -> str:
+def reading(
+    agreement: RankAgreement, first: str, second: str, cheaper_known: bool, at: str = "at"
+) -> str:
     """One sentence: does the ranking at ``first`` (the cheaper, when known) predict the one at
-    ``second``?"""
+    ``second``? ``at`` is the preposition (datasets: "on")."""
     if agreement.reason is not None:
         return f"{NOT_COMPUTED}{agreement.reason}."
-    subject = f"The ranking at {first}" + (" (the cheaper)" if cheaper_known else "")
-    other = f"the one at {second}"
+    subject = f"The ranking {at} {first}" + (" (the cheaper)" if cheaper_known else "")
+    other = f"the one {at} {second}"
     if agreement.low is None or agreement.high is None:
         return f"{subject} cannot be judged: the bootstrap gave no defined τ."
     if agreement.low > 0:
         return f"{subject} predicts {other} (interval above 0)."
     if agreement.high < 0:
-        return f"{subject} is reversed at {second} (interval below 0)."
+        return f"{subject} is reversed {at} {second} (interval below 0)."
     return f"{subject} does not reliably predict {other} (interval includes 0)."
 
 
