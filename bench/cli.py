@@ -142,6 +142,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_across(args: argparse.Namespace) -> int:
+    from bench.results.across import write_across  # scipy: this report only
+
+    print(f"wrote {write_across([Path(d) for d in args.dirs], Path(args.out))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -300,6 +307,13 @@ def _add_other_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p_report.add_argument("--alpha", type=float, help="significance level (default 0.05)")
     p_report.set_defaults(func=_cmd_report)
+
+    p_across = sub.add_parser(
+        "across", help="rank norms over datasets from several run folders: OUT/across.md"
+    )
+    p_across.add_argument("dirs", nargs="+", help="run folders, e.g. reports/a reports/b")
+    p_across.add_argument("--out", default="runs/across", help="folder of across.md")
+    p_across.set_defaults(func=_cmd_across)
 
 
 def _is_user_error(err: Exception) -> bool:

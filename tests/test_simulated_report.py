@@ -80,7 +80,7 @@ def test_simulated_runs_appear_only_under_their_heading_and_dp_points_stay(
     # Every DP section that groups settings is there, with DP numbers only.
     for section in (
         "## Across backbones",
-        "## Rank agreement across swept values",
+        "## Agreement across `privacy.epsilon`",
         "## Effect of each swept value",
         "## Privacy–utility",
     ):

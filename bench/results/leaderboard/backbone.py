@@ -1,5 +1,5 @@
-"""The per-backbone tables (accuracy, comparisons with the baseline, letters, cost) and the
-ranking across backbones."""
+"""The per-backbone tables (accuracy, comparisons with the baseline, letters, cost); the
+ranking across backbones is in :mod:`bench.results.leaderboard.across`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from bench.results.leaderboard.markdown import (
     number_text,
     optional_text,
     p_with_test_text,
-    pvalue_text,
     table,
 )
 from bench.results.leaderboard.protocol import Protocol
@@ -29,12 +28,8 @@ from bench.results.stats import (
     BackboneAnalysis,
     NormResult,
     analyse_backbone,
-    average_ranks,
-    friedman,
 )
-from bench.results.stats.exact import ENUMERATED
 from bench.results.stats.itt import Outcomes
-from bench.results.stats.ranks import FriedmanResult
 
 CONFIDENCE = 0.95
 
@@ -167,56 +162,3 @@ def _power_text(analysis: BackboneAnalysis) -> str:
             "difference' does not rule them out."
         )
     return head + seen + f" Seeing 1 pp with {power.power:.0%} power would need {seeds} seeds."
-
-
-def summary_section(analyses: Mapping[str, BackboneAnalysis]) -> list[str]:
-    """Average ranks across backbones and the Friedman test (or why it was not run)."""
-    means = {
-        backbone: {r.norm: r.accuracy.mean for r in analysis.results}
-        for backbone, analysis in analyses.items()
-        if analysis.results
-    }
-    lines = ["## Across backbones", ""]
-    if not means:
-        return [*lines, "No ok run on any backbone: nothing to rank.", ""]
-    ranks = average_ranks(means)
-    rows = [
-        [code(norm), f"{rank.rank:.2f}", str(rank.n_backbones)]
-        for norm, rank in sorted(ranks.items(), key=lambda item: (item[1].rank, item[0]))
-    ]
-    lines += [
-        "Rank by mean accuracy within each backbone (1 = most accurate; ties share the average "
-        "rank), averaged over the backbones where the norm has an ok run.",
-        "",
-        table(rows, ["norm", "average rank", "backbones"]),
-        "",
-    ]
-    result = friedman(means)
-    if result.ran:
-        lines.append(
-            f"Friedman test (do the norms rank alike on every backbone?): "
-            f"χ² = {result.statistic:.2f}, p = {pvalue_text(result.pvalue)} (chi-square "
-            f"approximation), {_exact_text(result)}, over {len(result.norms)} norms "
-            f"({', '.join(f'`{n}`' for n in result.norms)}) on "
-            f"{len(result.backbones)} backbones ({', '.join(f'`{b}`' for b in result.backbones)})."
-            " With few backbones the chi-square approximation is rough: read the permutation p."
-        )
-    else:
-        lines.append(f"Friedman test not run: {result.reason}.")
-    return [*lines, ""]
-
-
-def _exact_text(result: FriedmanResult) -> str:
-    """The Friedman test's permutation p-value and how it was found."""
-    exact = result.exact
-    if exact is None:
-        return "no permutation p"
-    if exact.method == ENUMERATED:
-        return (
-            f"exact permutation p = {pvalue_text(exact.pvalue)} (all {exact.count:,} "
-            "arrangements enumerated)"
-        )
-    return (
-        f"Monte Carlo permutation p = {pvalue_text(exact.pvalue)} ({exact.count:,} random "
-        "arrangements, fixed seed)"
-    )

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from bench.results import figures
 from bench.results.leaderboard import blocked, privacy_utility, sections, sweeps
+from bench.results.leaderboard.across import across_sections
 from bench.results.leaderboard.backbone import (
     CONFIDENCE,
     backbone_section,
-    summary_section,
 )
 from bench.results.leaderboard.collect import (
     Collected,
@@ -76,7 +76,7 @@ def render_leaderboard(
     records = collected.records
     protocol = resolve_protocol(suite, records)
     body, analyses = _backbone_tables(collected, suite, baseline, alpha, protocol)
-    body += summary_section(analyses)
+    body += across_sections(analyses, collected, protocol)
     body += sections.tuning_section(collected.tuning, suite, records)
     body += sections.privacy_section(records)
     body += _grouping_sections(collected, suite, baseline, alpha, protocol)
@@ -108,13 +108,13 @@ def _grouping_sections(
     protocol: Protocol,
     simulated: bool = False,
 ) -> list[str]:
-    """The sections that read across tables (rank agreement, effect of each swept value, the
-    blocked model, privacy-utility), over DP tables only or TAN simulations' tables only."""
+    """The sections that read across tables (effect of each swept value, the blocked model,
+    privacy-utility), over DP tables only or TAN simulations' tables only; the rankings across
+    tables and the rank agreement are `across_sections`."""
     ok = split_simulated(collected.ok_runs())[int(simulated)]
     grid = suite_section(suite, "grid")
     figure = figures.figure_name(figures.PRIVACY_UTILITY_PNG, simulated)
     return [
-        *sweeps.rank_agreement_section(ok),
         *sweeps.value_effect_section(ok, grid, alpha),
         *blocked.blocked_section(collected, protocol, baseline, grid, simulated),
         *privacy_utility.privacy_utility_section(ok, alpha, figure),
@@ -129,7 +129,7 @@ def _simulated_section(
     tables, analyses = _backbone_tables(collected, suite, baseline, alpha, protocol, True)
     if not analyses:
         return [], {}
-    inner = tables + summary_section(analyses)
+    inner = tables + across_sections(analyses, collected, protocol)
     inner += _grouping_sections(collected, suite, baseline, alpha, protocol, True)
     inner += sections.figures_section(any(a.results for a in analyses.values()), True)
     return simulated_section(inner), analyses
