@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 # A parameter value up to this long is kept whole in a short name.
 _VALUE_CHARS = 6
 # Offsets (points) from a point to its label, tried nearest first; each ring tries eight sides.
-_RADII_PT = (3.0, 9.0, 16.0, 26.0, 40.0)
+_RADII_PT = (5.0, 10.0, 17.0, 27.0, 40.0)
 # Directions as (dx, dy, horizontal alignment, vertical alignment): right and left first, where
 # a short label reads most naturally, then above, below and the diagonals.
 _SIDES = (
@@ -28,8 +28,9 @@ _SIDES = (
     (1, -1, "left", "top"),
     (-1, -1, "right", "top"),
 )
-# Room (pixels) kept around a marker and between two labels.
-_MARKER_PX = 5.0
+# Half the side of the square kept clear around a marker (points: a default scatter marker is
+# 6 points wide), and the room (pixels) kept between two labels.
+_MARKER_PT = 3.5
 _GAP_PX = 1.5
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in display pixels
@@ -53,7 +54,9 @@ def _short_name(spec: str) -> str:
     except SpecError:
         return spec
     parts = [p for p in name.split("_") if p]
-    short = "".join(p[0] for p in parts).upper() if len(parts) > 1 else name
+    # A number among the words is kept whole (``norm_10`` -> ``N10``, not ``N1``).
+    initials = "".join(p if p.isdigit() else p[0].upper() for p in parts)
+    short = initials if len(parts) > 1 else name
     if params:
         short += "(" + ",".join(_short_value(params[k]) for k in sorted(params)) + ")"
     return short
@@ -146,8 +149,8 @@ def place_labels(
     iterative repulsion). Call it once the figure is laid out (its axes' size is final): boxes
     are measured in display pixels with the figure's renderer. Points go from the top left
     down; each takes the nearest of eight sides on growing rings whose box stays inside the
-    axes and clear of every marker and every label placed before it. A label that found room
-    only on an outer ring gets a thin line to its point; when no ring has room, the spot with
+    axes and clear of every marker and every label placed before it. A label that found no room
+    on the nearest ring gets a thin line to its point; when no ring has room, the spot with
     the least overlap is taken.
 
     Args:
@@ -164,8 +167,9 @@ def place_labels(
     dpi = ax.figure.dpi
     frame = tuple(ax.get_window_extent(renderer).extents)
     display = [tuple(xy) for xy in ax.transData.transform(list(points))] if points else []
+    marker = _MARKER_PT * dpi / 72.0
     taken: list[Box] = list(avoid) + [
-        (x - _MARKER_PX, y - _MARKER_PX, x + _MARKER_PX, y + _MARKER_PX) for x, y in display
+        (x - marker, y - marker, x + marker, y + marker) for x, y in display
     ]
     placed: dict[int, Annotation] = {}
     for index in sorted(range(len(points)), key=lambda i: (-display[i][1], display[i][0], i)):
@@ -174,7 +178,7 @@ def place_labels(
         side, radius_pt, box = _best_spot(x, y, size, taken, frame, dpi)
         taken.append(box)
         dx, dy, ha, va = side
-        far = radius_pt > _RADII_PT[1]
+        far = radius_pt > _RADII_PT[0]
         placed[index] = ax.annotate(
             texts[index],
             points[index],
