@@ -23,6 +23,7 @@ from bench.results.figure_labels import abbreviations, place_labels
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.text import Text
 
 #: File names of the figures, relative to the run directory (the leaderboard links them).
 ACCURACY_PNG = "accuracy.png"
@@ -246,9 +247,7 @@ def throughput_figure(points: Sequence[FigurePoint], context: FigureContext) -> 
     if drawn:
         _throughput_limits(ax, [p.throughput_img_s for p in drawn])
         ax.set_ylim(*axis.limits)
-        # Below the plot, not on it, where it could hide points and their names.
-        fig.legend(loc="outside lower center", fontsize=8, ncols=min(2, len(backbones)))
-        _key(fig, labels)
+        _legends(fig, len(backbones), labels)
     else:
         ax.text(0.5, 0.5, "no throughput recorded", ha="center", transform=ax.transAxes)
     ax.set_xlabel("DP training throughput (images/s, mean over seeds)")
@@ -259,14 +258,35 @@ def throughput_figure(points: Sequence[FigurePoint], context: FigureContext) -> 
     _title(fig, context)
     _fit(fig)
     # The labels go in last, on the final layout, inside the axes (so the layout stays).
-    avoid = [tuple(chance.get_window_extent().extents)] if chance is not None else []
     place_labels(
         ax,
         [(p.throughput_img_s, p.acc_pct) for p in drawn],
         [labels[p.norm] for p in drawn],
-        avoid=avoid,
+        avoid=_chance_boxes(ax, chance),
     )
     return fig
+
+
+def _chance_boxes(ax: Axes, chance: Text | None) -> list[tuple[float, float, float, float]]:
+    """Display boxes of the horizontal chance line (a thin band across the axes) and its text,
+    for point labels to keep clear of."""
+    if chance is None:
+        return []
+    frame = ax.get_window_extent()
+    _, y = ax.transData.transform((0.0, chance.get_position()[1]))
+    return [tuple(chance.get_window_extent().extents), (frame.x0, y - 1.5, frame.x1, y + 1.5)]
+
+
+def _legends(fig: Figure, backbones: int, labels: Mapping[str, str]) -> None:
+    """The backbones' markers below the plot and the labels' key beside it; the figure grows by
+    what they take, so that the plot keeps its size."""
+    # Below the plot, not on it, where it could hide points and their names.
+    legend = fig.legend(loc="outside lower center", fontsize=8, ncols=min(2, backbones))
+    height = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi
+    width, fig_height = fig.get_size_inches()
+    # One or two rows fit the figure's first size; each further row adds its height.
+    fig.set_size_inches(width, fig_height + max(0.0, height - 0.45))
+    _key(fig, labels)
 
 
 def _throughput_limits(ax: Axes, throughputs: Sequence[float]) -> None:
