@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -79,19 +80,34 @@ def _privacy_text(epsilons: tuple[float, ...], deltas: tuple[float, ...]) -> str
     return f"(ε, {delta})-DP, ε in " + ", ".join(_number(e) for e in epsilons)
 
 
-def _distinct(records: Iterable[Mapping], field: str) -> tuple:
-    """The distinct finite numbers (or strings) of ``field`` over the records, sorted."""
+def _numbers(records: Iterable[Mapping], field: str) -> tuple[float, ...]:
+    """The distinct finite numbers of ``field`` over the records, sorted."""
     values = {r.get(field) for r in records}
-    return tuple(sorted(v for v in values if isinstance(v, (int, float, str)) and v == v))
+    return tuple(
+        sorted(
+            float(v)
+            for v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        )
+    )
 
 
-def _classes(record: Mapping) -> object:
-    """A record's number of classes: its own field, else its resolved config's (older records)."""
-    if record.get("num_classes") is not None:
-        return record["num_classes"]
-    config = record.get("config")
-    data = config.get("data") if isinstance(config, Mapping) else None
-    return data.get("num_classes") if isinstance(data, Mapping) else None
+def _texts(records: Iterable[Mapping], field: str) -> tuple[str, ...]:
+    """The distinct strings of ``field`` over the records, sorted."""
+    return tuple(sorted({v for r in records if isinstance(v := r.get(field), str)}))
+
+
+def _classes(record: Mapping) -> int | None:
+    """A record's number of classes: its own field, else its resolved config's (older records);
+    None when neither holds a positive whole number."""
+    classes = record.get("num_classes")
+    if classes is None:
+        config = record.get("config")
+        data = config.get("data") if isinstance(config, Mapping) else None
+        classes = data.get("num_classes") if isinstance(data, Mapping) else None
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        return None
+    return classes
 
 
 def figure_context(records: Iterable[Mapping], *, simulated: bool = False) -> FigureContext:
@@ -113,13 +129,12 @@ def figure_context(records: Iterable[Mapping], *, simulated: bool = False) -> Fi
         and (r.get("dp_valid") is False) == simulated
     ]
     classes = {_classes(r) for r in runs} - {None}
-    suites = _distinct(runs, "suite")
     return FigureContext(
-        suite=" + ".join(str(s) for s in suites) or None,
-        backbones=tuple(str(b) for b in _distinct(runs, "backbone")),
-        epsilons=tuple(float(e) for e in _distinct(runs, "epsilon_target")),
-        deltas=tuple(float(d) for d in _distinct(runs, "delta")),
-        steps=tuple(int(s) for s in _distinct(runs, "steps")),
+        suite=" + ".join(_texts(runs, "suite")) or None,
+        backbones=_texts(runs, "backbone"),
+        epsilons=_numbers(runs, "epsilon_target"),
+        deltas=_numbers(runs, "delta"),
+        steps=tuple(int(s) for s in _numbers(runs, "steps")),
         num_classes=next(iter(classes)) if len(classes) == 1 else None,
         simulated=simulated,
     )

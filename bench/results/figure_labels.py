@@ -112,7 +112,7 @@ def _best_spot(
 ) -> tuple[tuple, float, Box]:
     """The first (side, radius) whose box stays in the frame and clear of ``taken``; else the
     one with the least overlap (text beyond the frame counts tenfold)."""
-    best: tuple[float, tuple, float, Box] | None = None
+    scored = []
     for radius_pt in _RADII_PT:
         radius_px = radius_pt * dpi / 72.0
         for side in _SIDES:
@@ -120,9 +120,9 @@ def _best_spot(
             cost = 10 * _outside_area(box, frame) + sum(_overlap(box, t) for t in taken)
             if cost == 0:
                 return side, radius_pt, box
-            if best is None or cost < best[0]:
-                best = (cost, side, radius_pt, box)
-    _, side, radius_pt, box = best  # type: ignore[misc]  # the rings and sides are not empty
+            # The running index breaks ties in the order tried, never comparing the sides.
+            scored.append((cost, len(scored), side, radius_pt, box))
+    _, _, side, radius_pt, box = min(scored)
     return side, radius_pt, box
 
 
