@@ -12,6 +12,7 @@ import pytest
 
 from bench.errors import ConfigError, RecordsError
 from bench.results import figures, stats
+from bench.results.figure_context import FigureContext
 from bench.results.leaderboard import write_report
 from tests.report_records import make_record, write_run
 
@@ -23,7 +24,7 @@ RENDER_FIGURES = figures.write_figures
 def figure_calls(monkeypatch: pytest.MonkeyPatch) -> list:
     """Record figure requests instead of drawing them (matplotlib is slow on 2 cores)."""
     calls: list = []
-    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points: calls.append(points))
+    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points, **_: calls.append(points))
     return calls
 
 
@@ -395,7 +396,9 @@ def test_a_swept_epsilon_gives_a_privacy_utility_table_and_figure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     curves: list = []
-    monkeypatch.setattr(figures, "write_privacy_utility", lambda d, points: curves.append(points))
+    monkeypatch.setattr(
+        figures, "write_privacy_utility", lambda d, points, **_: curves.append(points)
+    )
     low = {n: [a - 0.1 for a in accs] for n, accs in NORM_ACCS.items()}
     low["none"] = [0.3]  # one seed: no interval
     records = swept("privacy.epsilon", {8.0: NORM_ACCS, 1.0: low})
@@ -486,10 +489,11 @@ def test_every_figure_keeps_its_labels_inside_the_image() -> None:
         for norm in (LONG_NORM, "group_norm", "none")
         for eps in (1.0, 2.0, 8.0)
     ]
+    context = FigureContext("t", (LONG_BACKBONE,), (8.0,), (1e-5,), (1600,), 10)
     drawn = {
-        "accuracy": figures.accuracy_figure(points),
-        "throughput": figures.throughput_figure(points),
-        "privacy-utility": figures.privacy_utility_figure(curve),
+        "accuracy": figures.accuracy_figure(points, context),
+        "throughput": figures.throughput_figure(points, context),
+        "privacy-utility": figures.privacy_utility_figure(curve, context),
     }
     for name, fig in drawn.items():
         assert figures.overflow_in(fig) == 0.0, name
@@ -520,16 +524,16 @@ def test_an_accuracy_interval_stops_at_0_and_100_and_the_panels_share_one_axis()
         figures.FigurePoint("resnet9 [a]", "scale_norm", 95.0, 10.0, 1000.0),
         figures.FigurePoint("resnet9 [b]", "group_norm", 40.0, 2.0, 1000.0),
     ]
-    fig = figures.accuracy_figure(points)
+    fig = figures.accuracy_figure(points, FigureContext())
     top, bottom = fig.axes
     bars = [seg for coll in top.collections for seg in coll.get_segments()]
     assert sorted((round(s[0][0], 6), round(s[1][0], 6)) for s in bars) == [
         (0.0, 39.0),
         (85.0, 100.0),
     ]
-    assert "cut at 0-100 %" in bottom.get_xlabel()
+    assert "interval cut at the axis edge" in bottom.get_xlabel()
     assert top.get_xlim() == bottom.get_xlim()
-    inside = figures.accuracy_figure(points[2:])
+    inside = figures.accuracy_figure(points[2:], FigureContext())
     assert "cut at" not in inside.axes[0].get_xlabel()
 
 

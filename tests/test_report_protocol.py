@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points: None)
+    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points, **_: None)
 
 
 def table_rows(section: str, first_header: str) -> dict[str, list[str]]:

@@ -67,7 +67,9 @@ def test_simulated_runs_appear_only_under_their_heading_and_dp_points_stay(
 ):
     drawn: dict[str, list] = {}
     for name in ("accuracy_figure", "throughput_figure", "privacy_utility_figure"):
-        monkeypatch.setattr(figures, name, lambda points: _Drawn(drawn, list(points)))
+        monkeypatch.setattr(figures, name, lambda points, _context: _Drawn(drawn, list(points)))
+    # Saved by name, not through the atomic writer's temporary file.
+    monkeypatch.setattr(figures, "_save", lambda fig, path: fig.savefig(path))
     run_dir = write_run(tmp_path / "run", _records(), {"grid": {"privacy.epsilon": [2.0, 8.0]}})
     board = write_report(run_dir).read_text()
     dp_part, heading, tan_part = board.partition(f"\n{SIMULATED_HEADING}\n")

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.results import figures
+from bench.results.figure_context import figure_context
 from bench.results.leaderboard import blocked, privacy_utility, sections, sweeps
 from bench.results.leaderboard.across import across_sections
 from bench.results.leaderboard.backbone import (
@@ -230,19 +231,21 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
     run_dir = Path(run_dir)
     text, collected = _leaderboard(run_dir, baseline, alpha)
     dp_ok, simulated_ok = split_simulated(collected.ok_runs())
+    context = figure_context(collected.records)
     points = figure_points(collected)
     if points:
-        figures.write_figures(run_dir, points)
+        figures.write_figures(run_dir, points, context=context)
     curve = privacy_utility.curve_points(dp_ok)
     if curve:
-        figures.write_privacy_utility(run_dir, curve)
+        figures.write_privacy_utility(run_dir, curve, context=context)
     # TAN simulations' own figures (`figures.figure_name`), never drawn beside DP runs.
+    context = figure_context(collected.records, simulated=True)
     points = figure_points(collected, simulated=True)
     if points:
-        figures.write_figures(run_dir, points, simulated=True)
+        figures.write_figures(run_dir, points, context=context, simulated=True)
     curve = privacy_utility.curve_points(simulated_ok)
     if curve:
-        figures.write_privacy_utility(run_dir, curve, simulated=True)
+        figures.write_privacy_utility(run_dir, curve, context=context, simulated=True)
     path = run_dir / LEADERBOARD_FILE
     path.write_text(text, encoding="utf-8")
     return path
