@@ -148,3 +148,48 @@ def test_a_folder_with_no_suite_is_one_line_and_exit_2_without_torch(tmp_path: P
     assert len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith(f"error: {tmp_path}: no suite folder with a records.jsonl")
     assert not (tmp_path / FINDINGS_FILE).exists()
+
+
+def test_a_verdict_that_needs_the_failed_run_left_out_is_no_claim(tmp_path: Path) -> None:
+    """Under intention to treat `shaky` (0.70, 0.721, a failed run) is not told apart from the
+    baseline; the per-protocol verdict, better, is named as a sensitivity, not claimed."""
+    records = [
+        make_record("r9", "group_norm", s, a, num_classes=10)
+        for s, a in enumerate((0.5, 0.52, 0.51))
+    ]
+    records += [make_record("r9", "shaky", s, 0.7 + 0.021 * s, num_classes=10) for s in (0, 1)]
+    records += [make_record("r9", "shaky", 2, None, status="failed")]
+    write_run(tmp_path / "r" / "one", records, {"report": {"baseline": "group_norm"}})
+    primary = _section(findings_text(tmp_path / "r"), "Primary claims")
+    assert not any(line.startswith("- `shaky`") for line in primary)
+    assert len(primary) == 1 and primary[0].startswith("- Not told apart in the primary family")
+    assert (
+        "with failed runs left out (per-protocol sensitivity, not a claim) it reads better"
+        in (primary[0])
+    )
+
+
+def test_a_tan_simulation_table_is_exploratory_and_named_so(tmp_path: Path) -> None:
+    records = [
+        make_record(
+            "r9",
+            norm,
+            s,
+            acc + 0.01 * s,
+            num_classes=10,
+            overrides={"privacy.simulate_batch_size": batch},
+            dp_valid=batch is None,
+            run_key=f"{norm}|{s}|{batch}",
+        )
+        for batch in (None, 16)
+        for norm, acc in (("group_norm", 0.4), ("other", 0.45))
+        for s in range(2)
+    ]
+    grid = {"backbone": ["r9"], "norm": ["group_norm", "other"], "seed": [0, 1]}
+    grid["privacy.simulate_batch_size"] = [None, 16]
+    write_run(tmp_path / "r" / "tan", records, {"grid": grid})
+    text = findings_text(tmp_path / "r")
+    primary, exploratory = _section(text, "Primary claims"), _section(text, "Exploratory")
+    assert len(primary) == 1 and "`r9 [privacy.simulate_batch_size=none]`" in primary[0]
+    tan = [line for line in exploratory if "[TAN simulation, not DP]`, every norm" in line]
+    assert len(tan) == 1 and tan[0].startswith("- Exploratory: `other` is more accurate")
