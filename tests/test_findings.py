@@ -159,8 +159,12 @@ def test_a_verdict_that_needs_the_failed_run_left_out_is_no_claim(tmp_path: Path
     ]
     records += [make_record("r9", "shaky", s, 0.7 + 0.021 * s, num_classes=10) for s in (0, 1)]
     records += [make_record("r9", "shaky", 2, None, status="failed")]
-    write_run(tmp_path / "r" / "one", records, {"report": {"baseline": "group_norm"}})
-    primary = _section(findings_text(tmp_path / "r"), "Primary claims")
+    run_dir = write_run(tmp_path / "r" / "one", records, {"report": {"baseline": "group_norm"}})
+    with (run_dir / "records.jsonl").open("a") as f:
+        f.write("not json\n")
+    text = findings_text(tmp_path / "r")
+    assert "1 line(s) or record(s) left out, listed in the leaderboard." in text
+    primary = _section(text, "Primary claims")
     assert not any(line.startswith("- `shaky`") for line in primary)
     assert len(primary) == 1 and primary[0].startswith("- Not told apart in the primary family")
     assert (

@@ -136,11 +136,15 @@ def suite_families(run_dir: Path) -> tuple[list[Family], float, str]:
         families += blocked_families(collected, protocol, baseline, grid, alpha, ok)
         families += privacy_utility_families(ok, alpha)
     how = "declared by `report.primary`" if protocol.declared else "the default"
+    unusable = len(read.problems) + len(collected.problems)
+    left_out = (
+        f" {unusable} line(s) or record(s) left out, listed in the leaderboard." if unusable else ""
+    )
     dataset = suite_section(suite, "data").get("dataset")
     data = f"Data: {dataset}. " if isinstance(dataset, str) and dataset else ""
     setting = (
         f"{data}Baseline {code(baseline)}, α = {number_text(alpha)}, {len(read.records)} records; "
-        f"primary grid point: {protocol.point_text()} ({how})."
+        f"primary grid point: {protocol.point_text()} ({how}).{left_out}"
     )
     return sorted_families(families), alpha, setting
 
