@@ -80,7 +80,7 @@ def test_a_significant_primary_comparison_is_a_claim_with_interval_test_and_fami
     claim = claims[0]
     assert "+10.33 pp, 95% CI [" in claim  # mean of +.10, +.11, +.10
     assert "paired t-test, 3 seeds" in claim
-    family = "in the primary family `r9 [training.steps=120]`, every norm against `group_norm`"
+    family = 'in the primary family "`r9 [training.steps=120]`, every norm against `group_norm`"'
     assert family in claim
     assert "(m = 2; intention to treat)" in claim
     assert "Holm p = " in claim
@@ -106,13 +106,13 @@ def test_exploratory_families_are_labelled_with_their_name_and_size(tmp_path: Pa
     exploratory = _section(text, "Exploratory")
     assert exploratory
     assert all(line.startswith("- Exploratory: ") for line in exploratory)
-    at_40 = [line for line in exploratory if "family `r9 [training.steps=40]`" in line]
+    at_40 = [line for line in exploratory if 'family "`r9 [training.steps=40]`' in line]
     assert any(line.startswith("- Exploratory: `good` is more accurate") for line in at_40)
     assert all("(m = 2; intention to treat)" in line for line in at_40)
-    blocked = [line for line in exploratory if "family blocked model, `training.steps`" in line]
+    blocked = [line for line in exploratory if 'family "blocked model, `training.steps`' in line]
     assert blocked and all("(m = " in line for line in blocked)
     # 40 -> 120 steps adds 8 pp to every norm: each norm's change is a claim of the effect family
-    effect = [line for line in exploratory if "family effect of `training.steps`" in line]
+    effect = [line for line in exploratory if 'family "effect of `training.steps`' in line]
     assert sum("is more accurate than at `40`" in line for line in effect) == 3
     assert all("(m = 3; ok runs only)" in line for line in effect)
 

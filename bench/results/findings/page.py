@@ -53,7 +53,7 @@ _INTRO = (
 
 def _family_label(family: Family) -> str:
     kind = "primary" if family.primary else "exploratory"
-    return f"the {kind} family {family.name} (m = {family.m}; {family.basis})"
+    return f'the {kind} family "{family.name}" (m = {family.m}; {family.basis})'
 
 
 def _effect_text(member: Member, unit: str) -> str:
