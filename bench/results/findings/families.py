@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from bench.results.leaderboard.backbone import CONFIDENCE
 from bench.results.leaderboard.collect import Collected, OkRuns
 from bench.results.leaderboard.markdown import code, pp_text, pvalue_text
 from bench.results.leaderboard.privacy_utility import EPSILON_KEY
@@ -99,7 +100,7 @@ def direction_of(verdict: str) -> int | None:
     return {BETTER: 1, WORSE: -1, NO_DIFFERENCE: 0}.get(verdict)
 
 
-def test_text(comparison: Comparison) -> str:
+def comparison_text(comparison: Comparison) -> str:
     """A comparison's test with its replication: ``paired t-test, 5 seeds``."""
     if comparison.test == PAIRED:
         return f"{PAIRED}, {comparison.n} seeds"
@@ -110,7 +111,7 @@ def _judged_member(subject: str, j: Judged, claims: tuple[str, str]) -> Member:
     """A member from a judged comparison (with its test) or slope (least squares over runs)."""
     test = j.test
     if isinstance(test, Comparison):
-        estimate, text = test.diff, test_text(test)
+        estimate, text = test.diff, comparison_text(test)
     else:
         estimate, text = test.slope, f"least-squares slope, {test.n} runs"
     verdict = direction_of(j.verdict)
@@ -129,7 +130,7 @@ def table_family(
     comparison was tested."""
     outcomes = cell_outcomes(norms, protocol.collapse)
     scores = {norm: o.scores for norm, o in outcomes.items() if o.scores}
-    analysis = analyse_backbone(scores, baseline, alpha, 0.95, protocol.rope)
+    analysis = analyse_backbone(scores, baseline, alpha, CONFIDENCE, protocol.rope)
     if not any(r.p_holm is not None for r in analysis.results):
         return None
     failed = any(o.failed or o.collapsed for o in outcomes.values())
@@ -181,7 +182,11 @@ def _norm_member(
             f"{shown} within ±{pp_text(rope)} pp by TOST ({p_is(e.tost_p)}; posterior "
             f"P(within) = {e.inside:.2f})"
         )
-    if per_protocol is not None and per_protocol.verdict != r.verdict and per_protocol.p_holm:
+    if (
+        per_protocol is not None
+        and per_protocol.verdict != r.verdict
+        and per_protocol.p_holm is not None
+    ):
         notes.append(
             f"with failed runs left out (per-protocol sensitivity, not a claim) it reads "
             f"{per_protocol.verdict} (Holm {p_is(per_protocol.p_holm)})"
@@ -193,7 +198,7 @@ def _norm_member(
         claims,
         comparison.diff,
         comparison.half_width,
-        test_text(comparison),
+        comparison_text(comparison),
         r.p_holm,
         r.detectable,
         tuple(notes),
