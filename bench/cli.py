@@ -149,6 +149,14 @@ def _cmd_across(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_findings(args: argparse.Namespace) -> int:
+    from bench.results.findings import write_findings  # scipy: findings only
+
+    path = write_findings(Path(args.dir), Path(args.out) if args.out else None)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -314,6 +322,13 @@ def _add_other_parsers(sub: argparse._SubParsersAction) -> None:
     p_across.add_argument("dirs", nargs="+", help="run folders, e.g. reports/a reports/b")
     p_across.add_argument("--out", default="runs/across", help="folder of across.md")
     p_across.set_defaults(func=_cmd_across)
+
+    p_findings = sub.add_parser(
+        "findings", help="write the findings page from every leaderboard's tested claims"
+    )
+    p_findings.add_argument("dir", help="the reports folder, e.g. reports (one suite a folder)")
+    p_findings.add_argument("--out", help="the page to write (default: DIR/FINDINGS.md)")
+    p_findings.set_defaults(func=_cmd_findings)
 
 
 def _is_user_error(err: Exception) -> bool:
