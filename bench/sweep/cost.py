@@ -26,7 +26,12 @@ from bench.measure import resolve_device
 from bench.plan import data_size, plan_cells
 from bench.provenance import cpu_model, device_name
 from bench.results.records import read_records
-from bench.sweep.protocol import expected_final_cells, select, tune_cells
+from bench.sweep.protocol import (
+    expected_final_cells,
+    expected_refine_cells,
+    select,
+    tune_cells,
+)
 from bench.sweep.resume import pending_cells
 from bench.sweep.slurm import measure_step_s
 
@@ -117,15 +122,18 @@ def cells_to_run(
 ) -> tuple[list[Cell], int, int]:
     """The cells a sweep of ``suite`` will run now: ``(cells, tuning count, recorded count)``.
 
-    With a ``tune`` section: the tuning cells without a record, then one final cell per grid
+    With a ``tune`` section: the tuning cells without a record (the refinement's at each
+    point's coarse optimum, or, before the coarse records make it, around the first
+    candidate: as many cells, of the same cost), then one final cell per grid
     cell (at its selection when the records make one, else standing in at the first candidate:
     the tuned values seldom change a run's cost), those without a record.
     """
     if suite.tune is None:
         todo, recorded = pending_cells(suite.cells(), records, force, retry_failed)
         return todo, 0, recorded
-    tunes, recorded = pending_cells(tune_cells(suite), records, force, retry_failed)
     existing = read_records(records).records if records.exists() else []
+    tuning = [*tune_cells(suite), *expected_refine_cells(suite, existing)]
+    tunes, recorded = pending_cells(tuning, records, force, retry_failed)
     finals = expected_final_cells(suite, select(suite, existing))
     final_todo, final_recorded = pending_cells(finals, records, force, retry_failed)
     return [*tunes, *final_todo], len(tunes), recorded + final_recorded
