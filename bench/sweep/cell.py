@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from bench import checkpoint, saved_model
+from bench import checkpoint, predictions, saved_model
 from bench.config import Cell, cell_to_dict
 from bench.errors import BenchError
 from bench.measure import resolve_device
@@ -131,6 +131,7 @@ def _run_cell(
         folders = {
             "checkpoint_dir": checkpoint_dir(records_path),
             "model_dir": records_path.parent / saved_model.FOLDER,
+            "predictions_dir": records_path.parent / predictions.FOLDER,
         }
         if nproc > 1:
             measured = processes.train_cell_on(nproc, cell, dev, timeout_s=timeout_s, **folders)

@@ -40,6 +40,7 @@ from bench.results.leaderboard.settings import (
 )
 from bench.results.leaderboard.simulated import simulated_section
 from bench.results.leaderboard.summary import summary_lines
+from bench.results.leaderboard.testset import testset_lines
 from bench.results.record import Record
 from bench.results.records import read_records
 from bench.results.stats import BackboneAnalysis, mean_ci
@@ -76,7 +77,7 @@ def render_leaderboard(
     collected = records if isinstance(records, Collected) else collect(records)
     records = collected.records
     protocol = resolve_protocol(suite, records)
-    body, analyses = _backbone_tables(collected, suite, baseline, alpha, protocol)
+    body, analyses = _backbone_tables(collected, suite, baseline, alpha, protocol, run_dir=run_dir)
     body += across_sections(analyses, collected, protocol)
     body += sections.tuning_section(collected.tuning, suite, records)
     body += sections.privacy_section(records)
@@ -143,9 +144,11 @@ def _backbone_tables(
     alpha: float,
     protocol: Protocol,
     simulated: bool = False,
+    run_dir: Path | None = None,
 ) -> tuple[list[str], dict[str, BackboneAnalysis]]:
     """Every DP table's section (``simulated``: every TAN simulation's), over the tables with
-    records or planned cells, with their statistics."""
+    records or planned cells, with their statistics; the primary tables' test-set uncertainty
+    when ``run_dir`` (where the predictions files are) is given."""
     planned_norms: dict[str, set[str]] = {}
     for c in planned_cells(suite):
         if is_tuning(c):
@@ -172,6 +175,9 @@ def _backbone_tables(
             protocol,
         )
         body += lines
+        norms = collected.cells.get(backbone, {})
+        if run_dir is not None and protocol.family_of(norms) == PRIMARY:
+            body += testset_lines(norms, analyses[backbone], run_dir, protocol.collapse)
     if not analyses and not simulated:
         only_tan = any(is_simulated(b) for b in collected.cells)
         body += [
