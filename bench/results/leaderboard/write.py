@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bench import atomic
 from bench.results import figures
 from bench.results.figure_context import figure_context
 from bench.results.leaderboard import blocked, privacy_utility, sections, sweeps
@@ -253,7 +254,7 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
     if curve:
         figures.write_privacy_utility(run_dir, curve, context=context, simulated=True)
     path = run_dir / LEADERBOARD_FILE
-    path.write_text(text, encoding="utf-8")
+    atomic.write_text(path, text)
     return path
 
 
