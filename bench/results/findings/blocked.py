@@ -7,10 +7,15 @@ import math
 from collections.abc import Mapping, Sequence
 
 from bench.results.findings.families import ITT, Family, Member
+from bench.results.leaderboard.blocked import (
+    change_contrast,
+    itt_series,
+    log2_covariate,
+    slope_contrast,
+)
 from bench.results.leaderboard.collect import Collected
 from bench.results.leaderboard.markdown import code
 from bench.results.leaderboard.protocol import Protocol
-from bench.results.leaderboard.survivorship import cell_outcomes
 from bench.results.leaderboard.sweeps import Setting, reference_value, settings_of, sweeps_of
 from bench.results.record import grid_value_text
 from bench.results.stats import detectable_difference, holm
@@ -18,42 +23,10 @@ from bench.results.stats.blocked import (
     Contrast,
     Series,
     paired_differences,
-    setting_model,
-    trend_model,
 )
 
 #: A blocked model's test, as the members' text names it.
 _TEST = "blocked model with seed blocks"
-
-
-def _itt_series(
-    collected: Collected, settings: Sequence[Setting], protocol: Protocol
-) -> dict[str, dict[str, Mapping]]:
-    """Norm -> table -> intention-to-treat accuracy per seed, over one backbone's tables (the
-    series :mod:`bench.results.leaderboard.blocked` fits)."""
-    out: dict[str, dict[str, Mapping]] = {}
-    for setting in settings:
-        for norm, o in cell_outcomes(
-            collected.cells.get(setting.block, {}), protocol.collapse
-        ).items():
-            if o.scores:
-                out.setdefault(norm, {})[setting.block] = o.scores
-    return out
-
-
-def _contrast(series: Series, value: str, ref: str) -> Contrast | None:
-    """The change from table ``ref`` to table ``value`` with seed blocks, when both ran."""
-    if value == ref or value not in series or ref not in series:
-        return None
-    return setting_model(series).contrast({value: 1.0, ref: -1.0})
-
-
-def _slope_of(series: Series, covariate: Mapping[str, float]) -> Contrast | None:
-    """The slope per doubling with seed blocks over the values with scores (two at least)."""
-    usable = {value: seeds for value, seeds in series.items() if seeds}
-    if len(usable) < 2:
-        return None
-    return trend_model(usable, covariate).contrast({"slope": 1.0})
 
 
 def _family(
@@ -80,14 +53,6 @@ def _family(
     return Family(name, False, ITT, unit, tuple(members))
 
 
-def _covariate(values: Sequence[tuple[object, Setting]]) -> dict[str, float] | None:
-    """log2 of each value when all are positive numbers; None otherwise."""
-    numbers = [v for v, _ in values]
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in numbers):
-        return None
-    return {grid_value_text(v): math.log2(v) for v in numbers}
-
-
 def _sweep_families(
     key: str,
     context: str,
@@ -110,7 +75,7 @@ def _sweep_families(
         (
             f"{code(n)} at {code(key)} = {code(v)}",
             (f"is more accurate than at {ref_code}", f"is less accurate than at {ref_code}"),
-            _contrast(full[n], blocks[v], blocks[ref]),
+            change_contrast(full[n], blocks[v], blocks[ref]),
         )
         for n, v in pairs
     ]
@@ -119,7 +84,7 @@ def _sweep_families(
         (
             f"{code(n)}'s change from {code(key)} = {ref_code} to {code(v)}",
             beyond,
-            _contrast(paired_differences(full[n], full[baseline]), blocks[v], blocks[ref]),
+            change_contrast(paired_differences(full[n], full[baseline]), blocks[v], blocks[ref]),
         )
         for n, v in pairs
         if n != baseline
@@ -128,16 +93,18 @@ def _sweep_families(
         _family(f"blocked model, {where}: each value against {ref_code}", "pp", change, alpha),
         _family(f"blocked model, {where}: interaction with {base}", "pp", inter, alpha),
     ]
-    covariate = _covariate(values)
+    covariate = log2_covariate(values)
     if covariate is not None and len(set(covariate.values())) >= 3:
         along = {n: {v: s[b] for v, b in blocks.items() if b in s} for n, s in full.items()}
         rises = (f"rises with {code(key)}", f"falls with {code(key)}")
-        slopes = [(f"{code(n)}'s accuracy", rises, _slope_of(along[n], covariate)) for n in norms]
+        slopes = [
+            (f"{code(n)}'s accuracy", rises, slope_contrast(along[n], covariate)) for n in norms
+        ]
         diffs = [
             (
                 f"{code(n)}'s slope along {code(key)}",
                 beyond,
-                _slope_of(paired_differences(along[n], along[baseline]), covariate),
+                slope_contrast(paired_differences(along[n], along[baseline]), covariate),
             )
             for n in norms
             if n != baseline
@@ -163,7 +130,7 @@ def blocked_families(
     by_backbone: dict[str, list[Setting]] = {}
     for setting in settings:
         by_backbone.setdefault(setting.backbone, []).append(setting)
-    full = {b: _itt_series(collected, group, protocol) for b, group in by_backbone.items()}
+    full = {b: itt_series(collected, group, protocol) for b, group in by_backbone.items()}
     families = []
     for (key, context), values in sweeps_of(settings).items():
         if len(values) >= 2:
