@@ -47,7 +47,12 @@ def _run(args: argparse.Namespace) -> int:
         from bench.dryrun import render_dry_run  # reason: torch, only for this command
 
         spend = cost.estimate(
-            suite, records_path(out_dir), args.device, force=args.force, nproc=_world(args)
+            suite,
+            records_path(out_dir),
+            args.device,
+            force=args.force,
+            nproc=_world(args),
+            options=_run_options(args, out_dir),
         )
         print(
             "\n".join(
@@ -57,7 +62,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     cost.check_suite_data(suite)
     spend = cost.estimate(
-        suite, records_path(out_dir), args.device, force=args.force, nproc=_world(args)
+        suite,
+        records_path(out_dir),
+        args.device,
+        force=args.force,
+        nproc=_world(args),
+        options=_run_options(args, out_dir),
     )
 
     def announce() -> None:  # once the sweep's own checks pass, before anything is written

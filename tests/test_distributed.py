@@ -4,6 +4,10 @@ same noise, the same epsilon and, with one thread per process as on the one, the
 from __future__ import annotations
 
 import json
+import math
+import os
+import socket
+from pathlib import Path
 
 import pytest
 import submitit
@@ -11,16 +15,20 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import bench.sweep.cost
 import bench.sweep.processes
 import bench.sweep.slurm
 from bench import saved_model
 from bench.cli import main
 from bench.errors import ConfigError
 from bench.perf.__main__ import main as perf_main
-from bench.sweep.cell import run_cell
-from bench.sweep.options import SlurmOptions
+from bench.suite import load_suite
+from bench.sweep.cell import ELSEWHERE, run_cell
+from bench.sweep.cost import estimate
+from bench.sweep.lock import cell_lock
+from bench.sweep.options import RunOptions, SlurmOptions
 from bench.sweep.processes import RankLost, check_nproc, train_cell_on
-from bench.sweep.slurm import SlurmCellJob
+from bench.sweep.slurm import SlurmCellJob, slurm_time_limit_min
 from bench.train.cell import train_cell
 from bench.train.ranks import Ranks
 from tests.resume_tools import Killed, cell, kill_at
@@ -240,3 +248,66 @@ def test_the_dry_run_says_how_many_processes_each_cell_takes(tiny, tmp_path, cap
         == 0
     )
     assert "processes per cell: 8" in capsys.readouterr().out
+
+
+def test_the_slurm_time_limit_takes_the_busiest_rank_share_of_each_step(tiny):
+    cells = load_suite(tiny).cells()  # 3 steps of 64 examples, in physical batches of 32
+    assert slurm_time_limit_min(cells, 600.0) == math.ceil(1.5 * 3 * 600 / 60) + 10
+    assert slurm_time_limit_min(cells, 600.0, world=2) == math.ceil(1.5 * 3 * 300 / 60) + 10
+    # Two physical batches go no faster on four ranks than on two.
+    assert slurm_time_limit_min(cells, 600.0, world=4) == slurm_time_limit_min(cells, 600.0, 2)
+
+
+def test_the_estimate_of_a_cell_on_two_processes_halves_its_steps_only(tiny, monkeypatch):
+    monkeypatch.setattr(bench.sweep.cost, "step_seconds", lambda cell, device: 2.0)
+    cost = estimate(load_suite(tiny), Path("/nonexistent/records.jsonl"), nproc=2)
+    # 3 steps x 2 s / 2, + evaluation on rank 0 (2/3 s), no non-private reference.
+    assert cost.cell_s == (3.0 + 2 / 3,) * 6
+    assert any("ideal scaling over whole physical batches" in line for line in cost.lines())
+
+
+def test_the_estimate_of_a_worker_pool_is_its_longest_worker(tiny, monkeypatch):
+    """Six cells of 8 2/3 s dealt to 4 GPU workers: the first worker's two cells; on 2 CPU
+    workers sharing the cores, each cell takes twice as long and nothing is gained."""
+    monkeypatch.setattr(bench.sweep.cost, "step_seconds", lambda cell, device: 2.0)
+    records, one_cell = Path("/nonexistent/records.jsonl"), 8 + 2 / 3
+    cpu = estimate(load_suite(tiny), records, options=RunOptions(workers=2))
+    assert (cpu.workers, cpu.shared_cores) == (2, True)
+    assert cpu.total_s == pytest.approx(6 * one_cell)
+    assert any("2 workers, sharing the CPU cores" in line for line in cpu.lines())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(bench.sweep.cost, "describe_device", lambda device: "cuda (4 GPUs)")
+    gpus = estimate(load_suite(tiny), records, options=RunOptions())
+    assert (gpus.workers, gpus.shared_cores) == (4, False)
+    assert gpus.cell_s == (pytest.approx(one_cell),) * 6
+    assert gpus.total_s == pytest.approx(2 * one_cell)
+    assert any("4 workers, one GPU each" in line for line in gpus.lines())
+
+
+def _launched_rank(rank: int, world: int, port: int, folder: str) -> None:
+    """One rank of a torchrun-like launch (``env://``) running the tiny cell into ``folder``."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    c = cell(Path(folder))
+    record = run_cell(c, Path(folder) / "records.jsonl", "cpu")
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps(record))
+    dist.destroy_process_group()
+
+
+def test_a_launched_sweep_skips_a_cell_another_process_holds(tmp_path):
+    """Two launched ranks find the cell's lock taken (rank 0 looks, and tells rank 1): both
+    skip it, and nothing is recorded."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = cell(tmp_path)
+    with cell_lock(tmp_path / "records.jsonl", c.run_key) as holder:
+        assert holder is None
+        args = (2, port, str(tmp_path))
+        mp.start_processes(_launched_rank, args=args, nprocs=2, join=True, start_method="spawn")
+    for rank in range(2):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert record["status"] == ELSEWHERE, rank
+        assert f"pid {os.getpid()}" in record["error"]
+    assert not (tmp_path / "records.jsonl").exists()

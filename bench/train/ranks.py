@@ -110,6 +110,14 @@ class Ranks:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def from_writer(self, value: Any) -> Any:
+        """Rank 0's ``value`` (picklable), on every rank."""
+        if not self.distributed:
+            return value
+        out = [value]
+        dist.broadcast_object_list(out, src=0)
+        return out[0]
+
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (picklable), in rank order."""
         if not self.distributed:
