@@ -2,7 +2,7 @@
 
 The stage runs ``python -m bench.perf scaling`` (`bench.perf.scaling`) in a subprocess, time
 boxed, on the quick suite's first cell with generated CIFAR-sized data (the stage needs no
-data set), one norm and seed, a few timed steps, and physical batches of ``batch / N``: a
+data set), its first norm and one seed, a few timed steps, and physical batches of ``batch / N``: a
 rank's share is whole physical batches (`bench.train.ranks`), so with the suite's own 512 of
 1024 more than two GPUs would leave some idle. Both rows run that same cell, so the speed-up
 compares like with like. With one GPU (or none) the stage is skipped, saying why.
@@ -21,14 +21,13 @@ from bench.perf import window_slice
 
 #: The stage's share of the window's budget after packing, when it runs (taken from the slice).
 SHARE = 0.15
-#: The cell (besides its physical batch, sized from N): generated data, one norm and seed, the
-#: non-private reference off (the scaling command turns it off), a short run with timed steps.
+#: The cell (besides its physical batch, sized from N): generated data, the first norm, one
+#: seed, a short run with timed steps (the scaling command turns the non-private reference off).
 OVERRIDES = (
     "data.source=synthetic",
     "data.num_train=10000",
     "data.num_test=1000",
     "data.image_size=32",
-    "grid.norm=[group_norm]",
     "grid.seed=[0]",
     "training.steps=12",
     "training.throughput_warmup_steps=2",
