@@ -235,7 +235,7 @@ def test_the_scaling_table_has_a_row_per_process_count(tiny, capsys):
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "processes" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["1", "2"]
-    assert "all-reduce share" in out and "%" in rows[1]
+    assert "cross-rank sum share" in out and "%" in rows[1]
 
 
 def test_the_dry_run_says_how_many_processes_each_cell_takes(tiny, tmp_path, capsys):
