@@ -72,25 +72,29 @@ class Ranks:
         each the size of ``like``.
         """
         started = time.perf_counter()
-        flats = [_flat(part, like) for part in parts]
+        sizes = [t.numel() for t in like]
+        # [has a value, the running sum], the sum as one view per tensor of ``like``
+        carry = torch.zeros(sum(sizes) + 1, dtype=like[0].dtype, device=like[0].device)
+        sums = [v.view_as(t) for v, t in zip(carry[1:].split(sizes), like, strict=True)]
+        if self.distributed and self.rank > 0:
+            dist.recv(carry, src=self.rank - 1)
+        started_sum = self.rank > 0 and bool(carry[0])
+        for part in parts:  # elementwise: the same bits as adding each tensor on its own
+            for total, value in zip(sums, part, strict=True):
+                if value is None:
+                    continue  # zeros: the sum so far (zeros where there is none yet)
+                if started_sum:
+                    total.add_(value)
+                else:
+                    total.copy_(value)
+            started_sum = True
+        carry[0] = float(started_sum)
         if self.distributed:
-            size = sum(t.numel() for t in like)
-            carry = torch.zeros(size + 1, dtype=like[0].dtype, device=like[0].device)
-            if self.rank > 0:  # [has a value, the running sum of the ranks before this one]
-                dist.recv(carry, src=self.rank - 1)
-                flats = [carry[1:], *flats] if carry[0] else flats
-            if flats:
-                carry[1:], carry[0] = _left_fold(flats), 1
             if self.rank < self.world_size - 1:
                 dist.send(carry, dst=self.rank + 1)
             dist.broadcast(carry, src=self.world_size - 1)
-            flats = [carry[1:]] if carry[0] else []
         self.reduce_s[0] += time.perf_counter() - started
-        if not flats:
-            return [torch.zeros_like(t) for t in like]
-        total = _left_fold(flats)
-        sizes = [t.numel() for t in like]
-        return [v.view_as(t) for v, t in zip(total.split(sizes), like, strict=True)]
+        return sums
 
     def mean_loss(self, loss: float, n: int, device: torch.device) -> float:
         """The logical batch's mean loss from each rank's mean over its ``n`` examples (NaN
@@ -125,26 +129,6 @@ class Ranks:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, value)
         return out
-
-
-def _flat(part: list[torch.Tensor | None], like: list[torch.Tensor]) -> torch.Tensor:
-    """One part's tensors as one vector (a missing tensor as zeros)."""
-    return torch.cat(
-        [
-            (torch.zeros_like(t) if v is None else v).reshape(-1)
-            for v, t in zip(part, like, strict=True)
-        ]
-    )
-
-
-def _left_fold(flats: list[torch.Tensor]) -> torch.Tensor:
-    """``flats[0] + flats[1] + ...`` added left to right, in place into the first (as Opacus
-    accumulates each physical batch's clipped sum into ``summed_grad``); elementwise, so the
-    same bits as adding the tensors one by one."""
-    total = flats[0]
-    for f in flats[1:]:
-        total += f
-    return total
 
 
 def busiest_share(n: int, block: int, world: int) -> float:
