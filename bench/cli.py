@@ -43,12 +43,11 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(suite)
     from bench.sweep import cost  # reason: torch, only for this command
 
+    how = {"force": args.force, "nproc": _world(args), "options": _run_options(args, out_dir)}
     if args.dry_run:
         from bench.dryrun import render_dry_run  # reason: torch, only for this command
 
-        spend = cost.estimate(
-            suite, records_path(out_dir), args.device, force=args.force, nproc=_world(args)
-        )
+        spend = cost.estimate(suite, records_path(out_dir), args.device, **how)
         print(
             "\n".join(
                 [*cost.data_lines(suite), render_dry_run(suite, records_path(out_dir), spend)]
@@ -56,9 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     cost.check_suite_data(suite)
-    spend = cost.estimate(
-        suite, records_path(out_dir), args.device, force=args.force, nproc=_world(args)
-    )
+    spend = cost.estimate(suite, records_path(out_dir), args.device, **how)
 
     def announce() -> None:  # once the sweep's own checks pass, before anything is written
         cost.print_cost(spend)

@@ -238,7 +238,7 @@ def _step(
     with timer.step(images):
         run.norm.on_step(run.model, run.run_data, step)
         idx = run.data.poisson_batch(run.plan.batch_size, sampling)
-        x, y = views(idx, run.ranks.shard(idx.shape[0]))
+        x, y = views(idx, run.ranks.shard(idx.shape[0], run.dp_step.max_physical_batch))
         loss = run.ranks.mean_loss(run.dp_step(x, y), x.shape[0], run.device)
         after_update(run.scheduler, run.ema, run.model)
         images.append(x.shape[0] * x.shape[1])
