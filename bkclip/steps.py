@@ -113,6 +113,9 @@ class OpacusDPStep:
         reduce: Reduce | None = None,
     ):
         self.precision, self.max_physical_batch = precision, max_physical_batch
+        #: Called with each physical batch's index in this call's batch before its forward
+        #: pass (the caller reseeds dropout there); None: nothing is called.
+        self.on_chunk: Callable[[int], None] | None = None
         self._parts: list[list[torch.Tensor | None]] | None = None  # kept apart, to `reduce`
         self._open = False  # a physical batch's clipped sum is in ``summed_grad``, not kept
         self.module = model
@@ -188,6 +191,8 @@ class OpacusDPStep:
         total = 0.0
         for i, (xc, yc) in enumerate(chunks):
             self.optimizer.zero_grad(set_to_none=True)
+            if self.on_chunk is not None:
+                self.on_chunk(i)
             loss = backward(xc, yc)
             self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
             self._open = True
@@ -337,9 +342,11 @@ class DPSGDStep(OpacusDPStep):
             p.summed_grad = None
         total = 0.0
         k = x.shape[1]
-        for xc, yc in zip(
-            x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True
+        for i, (xc, yc) in enumerate(
+            zip(x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True)
         ):
+            if self.on_chunk is not None:
+                self.on_chunk(i)
             with autocast(x.device, self.precision):
                 loss = self.clipper.accumulate(
                     xc, yc, max_grad_norm=self.optimizer.max_grad_norm, views=k

@@ -46,6 +46,9 @@ CASES = {
         "training.grad_drop={rate: 0.5, method: random}",
         "training.max_loss=1e30",  # noisy statistics of 224 examples: a large first loss
     ],
+    # Dropout draws from the global generator, reseeded per physical batch by its place in
+    # the logical batch (bench.seeds.seed_dropout): the same masks on 1 and 2 processes.
+    "bk-kernel_norm-dropout": ["grid.norm=[kernel_norm]", "training.max_physical_batch=16"],
 }
 
 

@@ -205,7 +205,8 @@ def test_a_kill_or_a_bad_newest_checkpoint_resumes_from_the_older_one(
     tmp_path, monkeypatch, capsys, kind
 ):
     c = cell(tmp_path)
-    whole = train_cell(c, CPU)
+    # Its predictions too: a resumed run must predict every test example as an uninterrupted one.
+    whole = train_cell(c, CPU, predictions_dir=tmp_path / "whole")
     records = tmp_path / "out" / "records.jsonl"
     path = checkpoint.checkpoint_path(records.parent / "checkpoints", c.run_key)
     if kind == "killed-before-rename":
