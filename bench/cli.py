@@ -43,12 +43,11 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(suite)
     from bench.sweep import cost  # reason: torch, only for this command
 
+    how = {"force": args.force, "nproc": _world(args), "options": _run_options(args, out_dir)}
     if args.dry_run:
         from bench.dryrun import render_dry_run  # reason: torch, only for this command
 
-        spend = cost.estimate(
-            suite, records_path(out_dir), args.device, force=args.force, nproc=_world(args)
-        )
+        spend = cost.estimate(suite, records_path(out_dir), args.device, **how)
         print(
             "\n".join(
                 [*cost.data_lines(suite), render_dry_run(suite, records_path(out_dir), spend)]
@@ -56,9 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     cost.check_suite_data(suite)
-    spend = cost.estimate(
-        suite, records_path(out_dir), args.device, force=args.force, nproc=_world(args)
-    )
+    spend = cost.estimate(suite, records_path(out_dir), args.device, **how)
 
     def announce() -> None:  # once the sweep's own checks pass, before anything is written
         cost.print_cost(spend)
@@ -138,6 +135,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from bench.results.leaderboard import write_report  # scipy and matplotlib: report only
 
     path = write_report(Path(args.dir), baseline=args.baseline, alpha=args.alpha)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_across(args: argparse.Namespace) -> int:
+    from bench.results.across import write_across  # scipy: this report only
+
+    print(f"wrote {write_across([Path(d) for d in args.dirs], Path(args.out))}")
+    return 0
+
+
+def _cmd_findings(args: argparse.Namespace) -> int:
+    from bench.results.findings import write_findings  # scipy: findings only
+
+    path = write_findings(Path(args.dir), Path(args.out) if args.out else None)
     print(f"wrote {path}")
     return 0
 
@@ -300,6 +312,20 @@ def _add_other_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p_report.add_argument("--alpha", type=float, help="significance level (default 0.05)")
     p_report.set_defaults(func=_cmd_report)
+
+    p_across = sub.add_parser(
+        "across", help="rank norms over datasets from several run folders: OUT/across.md"
+    )
+    p_across.add_argument("dirs", nargs="+", help="run folders, e.g. reports/a reports/b")
+    p_across.add_argument("--out", default="runs/across", help="folder of across.md")
+    p_across.set_defaults(func=_cmd_across)
+
+    p_findings = sub.add_parser(
+        "findings", help="write the findings page from every leaderboard's tested claims"
+    )
+    p_findings.add_argument("dir", help="the reports folder, e.g. reports (one suite a folder)")
+    p_findings.add_argument("--out", help="the page to write (default: DIR/FINDINGS.md)")
+    p_findings.set_defaults(func=_cmd_findings)
 
 
 def _is_user_error(err: Exception) -> bool:

@@ -32,6 +32,18 @@ def _privacy_cells(plan: CellPlan) -> list[str]:
     ]
 
 
+def _listed(suite: Suite, rows: int) -> str:
+    """What the table lists, against what the cost counts."""
+    if suite.tune is None:
+        return f"{rows} cells in the grid"
+    return (
+        f"the table lists all {rows} cells the protocol can make (the coarse tuning cells, "
+        "every refinement a coarse optimum could add, and each candidate's final cells); the "
+        "cost above counts what runs: one refinement per grid point and one final cell per "
+        "grid cell"
+    )
+
+
 def render_dry_run(suite: Suite, records_path: Path, cost: SweepCost) -> str:
     """The sweep's cost (`bench.sweep.cost`), then a table with one row per cell it may run:
     what would run and at which noise multiplier."""
@@ -57,12 +69,7 @@ def render_dry_run(suite: Suite, records_path: Path, cost: SweepCost) -> str:
                 "yes" if cell.run_key in done else "no",
             ]
         )
-    listed = (
-        f"the table lists all {len(rows)} cells a selection can make (each tuning candidate's "
-        "final cells); one final cell per grid cell runs"
-        if suite.tune is not None
-        else f"{len(rows)} cells in the grid"
-    )
+    listed = _listed(suite, len(rows))
     head = (
         "\n".join(cost.lines())
         + "\n"

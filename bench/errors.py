@@ -93,3 +93,9 @@ def user_errors() -> tuple[type[Exception], ...]:
 class UsageError(BenchError):
     """Raised when a command-line flag's value is unusable (names the flag, the value given and
     what is allowed)."""
+
+
+class ComparisonError(BenchError):
+    """Raised when the run folders given to ``bench across`` hold nothing to compare: no
+    backbone and budget ran on two datasets with norms in common (the message says what
+    differs), or two folders hold the same dataset at the same setting."""

@@ -64,6 +64,12 @@ def _record(records_path: Path, run_key: str) -> dict[str, Any]:
         raise SavedModelError(
             f"run {run_key} in {records_path} is {record.get('status')}: it has no accuracy"
         )
+    if record.get("stage") == "tune":
+        raise SavedModelError(
+            f"run {run_key} is a tuning run: its score is a noisy count over the private "
+            "validation split (tune.score_noise), and scoring it again exactly would release "
+            "what that noise protects; bench eval re-scores final runs (test set) only"
+        )
     if not record.get("model_path"):
         raise SavedModelError(
             f"run {run_key} saved no model: re-run it with --save-models "

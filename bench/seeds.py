@@ -49,6 +49,19 @@ def seed_global(seed: int, purpose: str) -> None:
     torch.manual_seed(stream_seed(seed, purpose))
 
 
+def seed_dropout(seed: int, step: int, offset: int, chunk: int) -> None:
+    """Seed the global generators for physical batch ``offset + chunk`` of DP step ``step``
+    (the ``dropout`` stream, one sub-stream per physical batch of the logical batch).
+
+    Dropout (``F.dropout``, e.g. KernelNorm's statistics dropout) takes no generator, so it
+    draws from the global one; reseeding it per physical batch, by the batch's place in the
+    logical batch, gives every example the same mask whichever process clips it: W processes
+    reproduce one process (`bench.train.ranks`) and a resumed run draws what an uninterrupted
+    one would, with no generator state to carry.
+    """
+    torch.manual_seed(stream_seed(seed, f"dropout/{step}/{offset + chunk}"))
+
+
 #: Streams that are secret: knowing them would undo the noise (DP-SGD's, a norm's DP
 #: statistics') or reveal which examples a step or a calibration read, which amplification by
 #: subsampling assumes secret. Each cell draws its own (`cell_stream_seed`), and

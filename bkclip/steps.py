@@ -23,6 +23,11 @@ from bkclip.clipper import BookKeepingClipper
 from bkclip.masks import CoordinateMasks
 from bkclip.maths import at_least_fp32
 
+#: Sums the clipped sums of the processes of one step: every process's physical batches'
+#: sums (``parts``: per physical batch, one tensor or None per parameter) and the parameters
+#: (``like``), to the totals per parameter, the same on every process.
+Reduce = Callable[[list[list[torch.Tensor | None]], list[torch.Tensor]], list[torch.Tensor]]
+
 #: Per-sample-gradient modes a DP step can use.
 MODES = ("hooks", "functorch", "bk")
 
@@ -105,9 +110,14 @@ class OpacusDPStep:
         precision: str = "fp32",
         generator: torch.Generator | None = None,
         secure_mode: bool = False,
-        reduce: Callable[[list[torch.Tensor]], None] | None = None,
+        reduce: Reduce | None = None,
     ):
         self.precision, self.max_physical_batch = precision, max_physical_batch
+        #: Called with each physical batch's index in this call's batch before its forward
+        #: pass (the caller reseeds dropout there); None: nothing is called.
+        self.on_chunk: Callable[[int], None] | None = None
+        self._parts: list[list[torch.Tensor | None]] | None = None  # kept apart, to `reduce`
+        self._open = False  # a physical batch's clipped sum is in ``summed_grad``, not kept
         self.module = model
         self.model = self._wrap(model, max_grad_norm)
         self.optimizer = self.dp_optimizer(
@@ -125,22 +135,41 @@ class OpacusDPStep:
         if reduce is not None:
             self._sum_before_noise(reduce)
 
-    def _sum_before_noise(self, reduce: Callable[[list[torch.Tensor]], None]) -> None:
-        """Make the optimiser sum the clipped sums over processes (``reduce``, in place) just
-        before its noise: each process clipped its share of the logical batch, and the noise,
-        drawn from identically seeded generators, is then the same on every process.
+    def _sum_before_noise(self, reduce: Reduce) -> None:
+        """Make the optimiser sum the clipped sums over processes (``reduce``) just before
+        its noise: each process clipped its share of the logical batch (whole physical
+        batches), and the noise, drawn from identically seeded generators, is then the same on
+        every process.
 
-        Wrapping ``add_noise`` reaches every path (Opacus' ``pre_step`` for hooks and
-        functorch, and the book-keeping step, which calls it directly) at the one point where
-        the clipped sums are complete.
+        Each physical batch's clipped sum is kept apart (`_keep_part`) rather than added to
+        the previous ones, so that ``reduce`` can add all the processes' physical batches in
+        the order one process adds them, and so round as it does. Wrapping ``add_noise``
+        reaches every path (Opacus' ``pre_step`` for hooks, functorch and ghost, and the
+        book-keeping step, which calls it directly) at the one point where the clipped sums
+        are complete.
         """
         add_noise = self.optimizer.add_noise
+        self._parts = []
 
         def summed_then_noised() -> None:
-            reduce([p.summed_grad for p in self.params])
+            self._keep_part()
+            parts, self._parts = self._parts, []
+            totals = reduce(parts, [p.detach() for p in self.params])
+            for p, total in zip(self.params, totals, strict=True):
+                p.summed_grad = total
             add_noise()
 
         self.optimizer.add_noise = summed_then_noised  # type: ignore[method-assign]
+
+    def _keep_part(self) -> None:
+        """With a ``reduce``: move the physical batch's clipped sums just accumulated out of
+        ``summed_grad`` into the kept parts (nothing if none was accumulated since)."""
+        if self._parts is None or not self._open:
+            return
+        self._parts.append([getattr(p, "summed_grad", None) for p in self.params])
+        for p in self.params:
+            p.summed_grad = None
+        self._open = False
 
     def _wrap(self, model: nn.Module, max_grad_norm: float) -> nn.Module:
         """The model the step runs: ``model`` wrapped for per-sample gradients (or norms)."""
@@ -162,9 +191,13 @@ class OpacusDPStep:
         total = 0.0
         for i, (xc, yc) in enumerate(chunks):
             self.optimizer.zero_grad(set_to_none=True)
+            if self.on_chunk is not None:
+                self.on_chunk(i)
             loss = backward(xc, yc)
             self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+            self._open = True
             step()
+            self._keep_part()
             total += float(loss.detach()) * xc.shape[0] / x.shape[0]
         return total
 
@@ -309,13 +342,17 @@ class DPSGDStep(OpacusDPStep):
             p.summed_grad = None
         total = 0.0
         k = x.shape[1]
-        for xc, yc in zip(
-            x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True
+        for i, (xc, yc) in enumerate(
+            zip(x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True)
         ):
+            if self.on_chunk is not None:
+                self.on_chunk(i)
             with autocast(x.device, self.precision):
                 loss = self.clipper.accumulate(
                     xc, yc, max_grad_norm=self.optimizer.max_grad_norm, views=k
                 )
+            self._open = True
+            self._keep_part()
             total += loss * xc.shape[0] / max(1, x.shape[0])
         # DPOptimizer's own noise, scaling, accountant hook and update, from the clipped sums.
         # An empty placeholder per-sample gradient tells Opacus this was one accumulation.

@@ -195,6 +195,8 @@ DATASET_NAMED_AT = {
     ("bench/config/identity.py", "cifar10"),
     ("bench/results/leaderboard/survivorship.py", "cifar10"),
     ("bench/results/leaderboard/survivorship.py", "synthetic"),
+    # The GPU window's scaling stage times steps on generated data: it needs no data set.
+    ("bench/perf/window_scaling.py", "synthetic"),
     # The GPU window's slice is CIFAR-10 by design (issue 30: the quick suite on the real
     # data, from the JPEG copy as an imagefolder), rehearsed on synthetic data off the GPU.
     ("bench/perf/window.py", "synthetic"),

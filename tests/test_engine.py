@@ -278,6 +278,7 @@ MEASURED_FIELDS = (
     "norm_grad_sampler", "norm_dp_status", "norm_dp_note", "grad_sample_paths",
     "bk_fallback_classes", "bk_unreached_layers", "random_streams", "sparsity",
     "resumed_from_step", "model_path", "train_wall_s", "wall_s", "provenance", "world_size",
+    "predictions",
 )  # fmt: skip
 
 

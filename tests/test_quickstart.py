@@ -82,18 +82,21 @@ def test_dry_run_says_device_cells_that_will_run_and_time_for_a_tuned_suite(tmp_
     )
     assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    # 2 norms x 3 candidates x 1 tuning seed, then 2 norms x 3 seeds final cells.
-    assert "cells to run: 12 (6 tuning, 6 final); already recorded: 0" in text
+    # 2 norms x (3 coarse + 2 refined candidates) x 1 tuning seed, then 2 norms x 3 seeds final
+    # cells.
+    assert "cells to run: 16 (10 tuning, 6 final); already recorded: 0" in text
     assert re.search(r"estimated time on this device: .* per cell, .* in all \(measured", text)
     assert "device: cpu" in text
-    assert "lists all 24 cells" in text  # 6 tuning + 2 norms x 3 seeds x 3 candidates
+    # Any coarse optimum's refinement: 0.3536, 0.7071, 1.414, 2.828 join the 3 coarse rates, so
+    # 2 norms x 7 rates tuning cells + 2 norms x 3 seeds x 7 rates final cells.
+    assert "lists all 56 cells" in text
 
 
 def test_cells_to_run_counts_the_selected_finals_once_tuning_is_recorded(tmp_path):
     path = _suite_file(
         tmp_path,
         data={"val_split": 32},
-        tune={"keys": {"training.lr": [0.5, 1.0]}, "seeds": [0], "overrides": {}},
+        tune={"keys": {"training.lr": [0.5, 1.0]}, "seeds": [0], "overrides": {}, "refine": False},
     )
     suite = load_suite(path)
     records = tmp_path / "records.jsonl"

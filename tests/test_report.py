@@ -12,6 +12,7 @@ import pytest
 
 from bench.errors import ConfigError, RecordsError
 from bench.results import figures, stats
+from bench.results.figure_context import FigureContext
 from bench.results.leaderboard import write_report
 from tests.report_records import make_record, write_run
 
@@ -23,7 +24,7 @@ RENDER_FIGURES = figures.write_figures
 def figure_calls(monkeypatch: pytest.MonkeyPatch) -> list:
     """Record figure requests instead of drawing them (matplotlib is slow on 2 cores)."""
     calls: list = []
-    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points: calls.append(points))
+    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points, **_: calls.append(points))
     return calls
 
 
@@ -108,11 +109,15 @@ def test_missing_baseline_skips_comparisons_but_still_ranks(tmp_path: Path) -> N
     assert table_row(text, "resnet9", "scale_norm")[0] == "a"
 
 
-def test_single_backbone_says_why_friedman_was_not_run(tmp_path: Path) -> None:
+def test_single_backbone_has_no_ranking_across_backbones(tmp_path: Path) -> None:
     records = grid({"group_norm": [0.6, 0.61], "layer_norm": [0.5, 0.52], "none": [0.3, 0.31]})
-    text = write_report(write_run(tmp_path, records)).read_text()
-    assert "Friedman test not run: needs >= 2 backbones with ok runs (have 1)." in text
-    assert "| `group_norm` | 1.00           | 1           |" in text
+    text = write_report(write_run(tmp_path / "one", records)).read_text()
+    assert "## Across backbones" not in text and "Friedman test (" not in text
+    assert "Friedman test not run" not in text
+    records += grid({"group_norm": [0.7, 0.72]}, "wrn16_4")
+    text = write_report(write_run(tmp_path / "two", records)).read_text()
+    assert "Friedman test not run: needs >= 3 norms with ok runs on >= 2 common backbones" in text
+    assert "| `group_norm` | 1.00           | 2           |" in text
 
 
 def test_tied_accuracies_share_rank_one_with_no_significant_difference(tmp_path: Path) -> None:
@@ -325,19 +330,23 @@ NORM_ACCS = {
 
 
 def agreement_row(text: str) -> list[str]:
-    section = text.split("## Rank agreement across swept values")[1].split("\n## ")[0]
+    section = text.split("\n## Agreement across ")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     assert len(rows) == 1
     return [c.strip() for c in rows[0].strip().strip("|").split("|")]
 
 
-def test_a_swept_budget_gets_kendall_tau_with_the_cheaper_setting_first(tmp_path: Path) -> None:
+def test_a_swept_budget_gets_kendall_tau_in_numeric_order_naming_the_cheaper(
+    tmp_path: Path,
+) -> None:
     dearer = {n: [a + 0.1 for a in accs] for n, accs in NORM_ACCS.items()}
     records = swept("training.steps", {400: dearer, 100: NORM_ACCS}, wall_s={100: 12.0, 400: 48.0})
     row = agreement_row(write_report(write_run(tmp_path, records)).read_text())
-    assert row[:5] == ["`resnet9`", "`training.steps`", "`100` → `400`", "12 → 48", "4"]
-    assert row[5] == "+1.00 [+1.00, +1.00]"
-    assert row[6] == "The cheaper setting's ranking predicts the dearer one's (interval above 0)."
+    assert row[:4] == ["`resnet9`", "`100`, `400`", "12, 48", "4"]
+    assert row[4] == "+1.00 [+1.00, +1.00]"
+    assert (
+        row[5] == "The ranking at `100` (the cheaper) predicts the one at `400` (interval above 0)."
+    )
 
 
 def test_a_swept_mapping_value_is_named_as_in_the_table_titles(tmp_path: Path) -> None:
@@ -357,7 +366,7 @@ def test_a_swept_mapping_value_is_named_as_in_the_table_titles(tmp_path: Path) -
         for seed, acc in enumerate(accs)
     ]
     row = agreement_row(write_report(write_run(tmp_path, records)).read_text())
-    assert row[2] == "`none` → `random:0.5`"
+    assert row[1] == "`none`, `random:0.5`"
 
 
 def test_a_reversed_ranking_reads_as_reversed_and_dearer_by_wall_time(tmp_path: Path) -> None:
@@ -367,24 +376,29 @@ def test_a_reversed_ranking_reads_as_reversed_and_dearer_by_wall_time(tmp_path: 
         "backbone_width", {0.5: NORM_ACCS, 1.0: reversed_accs}, wall_s={0.5: 30.0, 1.0: 10.0}
     )
     row = agreement_row(write_report(write_run(tmp_path, records)).read_text())
-    assert row[2] == "`1.0` → `0.5`"
-    assert row[5].startswith("-1.00")
-    assert "is reversed in the dearer one's (interval below 0)" in row[6]
+    assert row[1:3] == ["`0.5`, `1.0`", "30, 10"]  # numeric order, whatever the cost
+    assert row[4].startswith("-1.00")
+    assert row[5] == "The ranking at `1.0` (the cheaper) is reversed at `0.5` (interval below 0)."
 
 
 def test_a_sweep_with_two_norms_says_why_tau_was_not_computed(tmp_path: Path) -> None:
     two = {n: NORM_ACCS[n] for n in ("group_norm", "layer_norm")}
     records = swept("training.lr", {0.5: two, 1.0: two})
-    row = agreement_row(write_report(write_run(tmp_path, records)).read_text())
-    assert row[3] == "10 → 10 (similar)"
-    assert row[6] == "Not computed: needs >= 3 norms with ok runs at both values (have 2)."
+    text = write_report(write_run(tmp_path, records)).read_text()
+    section = text.split("\n## Agreement across `training.lr`\n")[1].split("\n## ")[0]
+    assert section.strip() == (
+        "Kendall's τ-b was computed for no pair of values of `training.lr`: needs >= 3 norms "
+        "with ok runs at both values (have 2)."
+    )
 
 
 def test_a_swept_epsilon_gives_a_privacy_utility_table_and_figure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     curves: list = []
-    monkeypatch.setattr(figures, "write_privacy_utility", lambda d, points: curves.append(points))
+    monkeypatch.setattr(
+        figures, "write_privacy_utility", lambda d, points, **_: curves.append(points)
+    )
     low = {n: [a - 0.1 for a in accs] for n, accs in NORM_ACCS.items()}
     low["none"] = [0.3]  # one seed: no interval
     records = swept("privacy.epsilon", {8.0: NORM_ACCS, 1.0: low})
@@ -475,10 +489,11 @@ def test_every_figure_keeps_its_labels_inside_the_image() -> None:
         for norm in (LONG_NORM, "group_norm", "none")
         for eps in (1.0, 2.0, 8.0)
     ]
+    context = FigureContext("t", (LONG_BACKBONE,), (8.0,), (1e-5,), (1600,), 10)
     drawn = {
-        "accuracy": figures.accuracy_figure(points),
-        "throughput": figures.throughput_figure(points),
-        "privacy-utility": figures.privacy_utility_figure(curve),
+        "accuracy": figures.accuracy_figure(points, context),
+        "throughput": figures.throughput_figure(points, context),
+        "privacy-utility": figures.privacy_utility_figure(curve, context),
     }
     for name, fig in drawn.items():
         assert figures.overflow_in(fig) == 0.0, name
@@ -509,16 +524,16 @@ def test_an_accuracy_interval_stops_at_0_and_100_and_the_panels_share_one_axis()
         figures.FigurePoint("resnet9 [a]", "scale_norm", 95.0, 10.0, 1000.0),
         figures.FigurePoint("resnet9 [b]", "group_norm", 40.0, 2.0, 1000.0),
     ]
-    fig = figures.accuracy_figure(points)
+    fig = figures.accuracy_figure(points, FigureContext())
     top, bottom = fig.axes
     bars = [seg for coll in top.collections for seg in coll.get_segments()]
     assert sorted((round(s[0][0], 6), round(s[1][0], 6)) for s in bars) == [
         (0.0, 39.0),
         (85.0, 100.0),
     ]
-    assert "cut at 0-100 %" in bottom.get_xlabel()
+    assert "interval cut at the axis edge" in bottom.get_xlabel()
     assert top.get_xlim() == bottom.get_xlim()
-    inside = figures.accuracy_figure(points[2:])
+    inside = figures.accuracy_figure(points[2:], FigureContext())
     assert "cut at" not in inside.axes[0].get_xlabel()
 
 

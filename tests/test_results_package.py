@@ -230,7 +230,7 @@ def test_read_records_reports_a_non_numeric_test_acc_naming_the_line(tmp_path: P
 def test_leaderboard_lists_a_non_numeric_accuracy_as_a_problem_of_its_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points: [])
+    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points, **_: [])
     good = {"run_key": "a", "status": "ok", "backbone": "resnet9", "norm": "group_norm"}
     lines = [{**good, "seed": 0, "test_acc": 0.6}, {**good, "run_key": "b", "test_acc": "0.5"}]
     (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))

@@ -205,7 +205,8 @@ def test_a_kill_or_a_bad_newest_checkpoint_resumes_from_the_older_one(
     tmp_path, monkeypatch, capsys, kind
 ):
     c = cell(tmp_path)
-    whole = train_cell(c, CPU)
+    # Its predictions too: a resumed run must predict every test example as an uninterrupted one.
+    whole = train_cell(c, CPU, predictions_dir=tmp_path / "whole")
     records = tmp_path / "out" / "records.jsonl"
     path = checkpoint.checkpoint_path(records.parent / "checkpoints", c.run_key)
     if kind == "killed-before-rename":
@@ -304,6 +305,12 @@ def test_bench_eval_refuses_a_missing_model_or_run_key_in_one_line_exit_2(tmp_pa
         assert main(["eval", *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    # A tuning run's exact validation accuracy is not private: never re-scored (issue 26).
+    records = saved / "records.jsonl"
+    line = json.loads(records.read_text())
+    records.write_text(json.dumps({**line, "stage": "tune", "model_path": "models/x.pt"}) + "\n")
+    assert main(["eval", str(saved), key]) == 2
+    assert "is a tuning run" in capsys.readouterr().err
 
 
 def test_keep_checkpoints_keeps_them_and_force_starts_over_from_step_0(tmp_path, capsys):

@@ -14,7 +14,7 @@ from tests.report_records import make_record, write_run
 
 @pytest.fixture(autouse=True)
 def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points: None)
+    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points, **_: None)
 
 
 def rows_of(table: str) -> dict[str, list[str]]:

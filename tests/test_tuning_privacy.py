@@ -138,13 +138,14 @@ def test_a_tuned_sweep_publishes_noisy_scores_and_the_independent_epsilon_with_t
     and each final record's epsilon_with_tuning is the direct RDP sum over the tuning records'
     histories and the final run's."""
     exact_counts = []
-    real = bench.train.cell.correct_count
+    real = bench.train.cell.predict
 
-    def counted(*args, **kwargs):
-        exact_counts.append(real(*args, **kwargs))
-        return exact_counts[-1]
+    def counted(model, data, *args, **kwargs):
+        predicted = real(model, data, *args, **kwargs)
+        exact_counts.append(int((predicted == data.test_y).sum()))
+        return predicted
 
-    monkeypatch.setattr(bench.train.cell, "correct_count", counted)
+    monkeypatch.setattr(bench.train.cell, "predict", counted)
     out = tmp_path / "out"
     run_suite(load_suite(suite_file), RunOptions(out_dir=out, progress=False, report=False))
     records = read_records(out / "records.jsonl").records

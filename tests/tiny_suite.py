@@ -33,10 +33,14 @@ def tiny_tune(
     score_noise: float | None = None,
     norms: str = "group_norm, layer_norm",
     seeds: str = "0, 1",
+    refine: bool = False,
+    tune_seeds: str = "0",
 ) -> str:
-    """A tiny tuned suite (two learning rates, one tuning seed, 2-step tuning runs) with a
-    validation split; ``score_noise`` None leaves the tune section's default."""
+    """A tiny tuned suite (two learning rates, one tuning seed, 2-step tuning runs, no
+    refinement unless asked) with a validation split; ``score_noise`` None leaves the tune
+    section's default."""
     noise = "" if score_noise is None else f"\n  score_noise: {score_noise}"
+    noise += "" if refine else "\n  refine: false"
     return f"""\
 name: {name}
 data: {{source: synthetic, num_train: 320, num_test: 64, image_size: 16, val_split: 64}}
@@ -53,7 +57,7 @@ training:
   measure_nonprivate: false
 tune:
   keys: {{training.lr: [0.5, 2.0]}}
-  seeds: [0]
+  seeds: [{tune_seeds}]
   overrides: {{training.steps: 2}}{noise}
 grid:
   backbone: ["resnet9[width=0.125]"]

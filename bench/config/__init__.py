@@ -3,6 +3,8 @@
 from bench.config.cells import (
     SCORE_NOISE,
     STAGES,
+    TUNE_RULES,
+    TUNE_SEEDS,
     Cell,
     Suite,
     TuneConfig,
@@ -41,6 +43,8 @@ __all__ = [
     "SECTIONS",
     "STAGES",
     "TOP_LEVEL_KEYS",
+    "TUNE_RULES",
+    "TUNE_SEEDS",
     "Cell",
     "DataConfig",
     "GradDropConfig",

@@ -1,22 +1,28 @@
 """The scaling table: one cell's DP training on 1 and W processes (``python -m bench.perf
-scaling``), with the all-reduce's share of a step.
+scaling``), with the cross-rank sum's share of a step.
 
 Each row trains the suite's first cell (after ``--set`` overrides) through the engine
 (`bench.train.cell.train_cell`, or `bench.sweep.processes.train_cell_on` for W > 1), so the
 figures are those a record would hold: DP images/s over the timed steps (warm-up excluded;
-sampling, augmentation, forward, backward, clipping, all-reduce, noise, update), summed over
-the ranks, and each rank's seconds inside the all-reduce (waiting for the slowest rank
-included) over its timed steps. The non-private reference is off: it is not what scales.
+sampling, augmentation, forward, backward, clipping, the sum across ranks, noise, update),
+summed over the ranks, and each rank's seconds inside the sum across ranks
+(`bench.train.ranks.Ranks.sum_in_order`, waiting for the slowest rank included) over its timed
+steps (the record's ``allreduce_share_per_rank``). The non-private reference is off: it is not
+what scales. A rank's share is whole physical batches, so a logical batch of fewer physical
+batches than processes leaves some idle: give ``training.max_physical_batch`` at most
+``batch_size / W``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench import atomic
 from bench.config import Cell
 from bench.measure import resolve_device
 from bench.provenance import cpu_model, device_name
@@ -59,9 +65,17 @@ def scaling_markdown(cell: Cell, device: torch.device, rows: list[dict[str, Any]
     where = device_name(device) if device.type == "cuda" else f"cpu ({cpu_model()})"
     head = (
         f"`{cell.backbone}` + `{cell.norm}`, batch {cell.training.batch_size}, "
+        f"physical batches of {cell.training.max_physical_batch}, "
         f"{cell.training.augmult} view(s), {rows[0]['steps']} steps, on {where}"
     )
-    headers = ["processes", "DP img/s (total)", "per rank", "speed-up", "all-reduce share", "acc"]
+    headers = [
+        "processes",
+        "DP img/s (total)",
+        "per rank",
+        "speed-up",
+        "cross-rank sum share",
+        "acc",
+    ]
     return head + "\n\n" + table(body, headers)
 
 
@@ -71,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", default="1,2", help="process counts, comma-separated")
     parser.add_argument("--set", action="append", default=[], help="suite override KEY=VALUE")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -78,5 +93,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     cell = load_suite(args.suite, args.set).cells()[0]
     device = resolve_device(args.device)
     nprocs = [int(w) for w in args.nproc.split(",")]
-    print(scaling_markdown(cell, device, scaling_rows(cell, device, nprocs)))
+    text = scaling_markdown(cell, device, scaling_rows(cell, device, nprocs))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(args.out, text + "\n")
+    print(text)
     return 0

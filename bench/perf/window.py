@@ -7,7 +7,10 @@ a. ``tests``: ``pytest -m gpu -x`` (the gpu-report's ``tests`` part, stopped at 
    failure), time-boxed;
 b. ``report``: the rest of the gpu-report (`bench.perf.gpu_report`), its parts' time boxes
    scaled to this stage's share; the tests' result becomes its first section;
-c. ``slice``: a real CIFAR-10 slice (`bench.perf.window_slice`): every norm x 1 seed of the
+c. ``scaling``: with more than one GPU visible, one cell on 1 and on every GPU (NCCL), time
+   boxed (`bench.perf.window_scaling`), its table beside the report's page; with one GPU
+   (or none) it is skipped, saying why;
+d. ``slice``: a real CIFAR-10 slice (`bench.perf.window_slice`): every norm x 1 seed of the
    quick suite at a step count sized from (b)'s measured step times to fit what is left.
 
 Then it packs everything into at most 8 files under ``--out`` (`bench.perf.pack`): one tarball
@@ -35,7 +38,7 @@ import torch
 
 from bench.errors import UsageError
 from bench.measure import resolve_device
-from bench.perf import pack, window_slice
+from bench.perf import pack, window_scaling, window_slice
 from bench.perf.gpu_report import GRACE_S, run_part
 from bench.perf.parts import PARTS
 from bench.perf.parts.base import SIZES, Sizes, error_line
@@ -188,6 +191,17 @@ def stage_report(w: Window) -> dict[str, Any]:
     return stage
 
 
+def stage_scaling(w: Window) -> dict[str, Any]:
+    """(c) one cell on 1 and on every visible GPU, time boxed; skipped with fewer than two."""
+    budget = window_scaling.SHARE * (w.end - w.started)
+    deadline = min(time.time() + budget + GRACE_S, w.end)
+    out = w.work / "gpu_report" / "scaling.md"  # travels with the report's page
+    stage = window_scaling.stage_scaling(w.device, out, w.log, budget, deadline)
+    if stage["status"] == "skipped":
+        w.say(f"(c) scaling: skipped: {stage['notes'][0]}")
+    return stage
+
+
 def _table(w: Window) -> dict[str, Any]:
     """The gpu-report's table part's data, or nothing where it was not written."""
     try:
@@ -198,7 +212,7 @@ def _table(w: Window) -> dict[str, Any]:
 
 
 def stage_slice(w: Window, data: DataPrep) -> dict[str, Any]:
-    """(c) every norm x 1 seed of the quick suite, sized from (b)'s step times."""
+    """(d) every norm x 1 seed of the quick suite, sized from (b)'s step times."""
     # reason: the suite loader, only for this stage
     from bench.suite import load_suite
 
@@ -222,7 +236,7 @@ def stage_slice(w: Window, data: DataPrep) -> dict[str, Any]:
     stage.update(budget_s=budget, steps=steps, step_seconds=per_norm, norms=norms)
     stage["notes"] += notes
     sets = window_slice.overrides(sizes, steps, root)
-    w.say(f"(c) slice: {len(norms)} runs x {steps} steps in {budget:.0f} s")
+    w.say(f"(d) slice: {len(norms)} runs x {steps} steps in {budget:.0f} s")
     out = w.work / "slice"
     result = window_slice.run(sets, out, str(w.device), w.end, w.log)
     stage.update(command=result["command"], runs=result["runs"])
@@ -250,10 +264,11 @@ def stage_slice(w: Window, data: DataPrep) -> dict[str, Any]:
 
 
 def run_window(w: Window, data: DataPrep) -> dict[str, Any]:
-    """Run the three stages, each failure-isolated, then write the summary and pack."""
+    """Run the four stages, each failure-isolated, then write the summary and pack."""
     w.work.mkdir(parents=True, exist_ok=True)
     w.say(f"budget {w.budget_s:.0f} s, {w.sizes.name} sizes on {w.device}; work in {w.work}")
-    for name, stage in (("tests", stage_tests), ("report", stage_report), ("slice", None)):
+    stages = (("tests", stage_tests), ("report", stage_report), ("scaling", stage_scaling))
+    for name, stage in (*stages, ("slice", None)):
         began, busy = time.time(), data.busy()
         try:
             result = stage(w) if stage else stage_slice(w, data)
@@ -338,4 +353,5 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
     w, data = window_from_args(args, argv)
     summary = run_window(w, data)
     print(w.out / "summary.md")
-    return 0 if all(s["status"] in ("ok", "time box") for s in summary["stages"]) else 1
+    done = ("ok", "time box", "skipped")
+    return 0 if all(s["status"] in done for s in summary["stages"]) else 1

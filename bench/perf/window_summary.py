@@ -19,7 +19,8 @@ from bench.provenance import environment_facts, git_commit
 TITLES = {
     "tests": "(a) CUDA tests, `pytest -m gpu -x`",
     "report": "(b) gpu-report (perf page)",
-    "slice": "(c) CIFAR-10 slice: quick suite, every norm x 1 seed",
+    "scaling": "(c) scaling: one cell on 1 and on every GPU (NCCL)",
+    "slice": "(d) CIFAR-10 slice: quick suite, every norm x 1 seed",
 }
 
 
@@ -62,6 +63,8 @@ def _stage_lines(s: dict[str, Any]) -> list[str]:
             out.append(f"| {norm} | {r['status']} | {acc} | {rate} | {eps} |")
     if s.get("command"):
         out += ["", f"`{s['command']}`"]
+    if s.get("table"):
+        out += ["", s["table"].strip()]
     out += ["", *[f"- {n}" for n in s.get("notes", [])]] if s.get("notes") else []
     return out
 

@@ -102,6 +102,8 @@ class Record(TypedDict, total=False):
     sparsity: dict[str, Any] | None  # pre-pruning / gradient dropping: rates, reads, coordinates
     resumed_from_step: int | None  # step of the checkpoint the run resumed from, None if none
     model_path: str | None  # saved weights relative to the output folder (training.save_model)
+    predictions: dict[str, Any] | None  # final runs: per-example test predictions beside the
+    # records (bench.predictions: path, sha256, labels, labels_sha256, n, dtype); None: none
     bk_fallback_classes: list[str]  # layer classes the book-keeping clipper materialised via Opacus
     bk_unreached_layers: list[str]  # trainable layers no backward pass reached (noise only)
     random_streams: str  # how the run's random streams derive from its seed (bench.seeds)

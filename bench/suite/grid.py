@@ -8,7 +8,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from bench.backbones import resolve_backbone
-from bench.config import GRID_REQUIRED, GRID_SECTIONS, SCORE_NOISE, SECTIONS, TuneConfig
+from bench.config import (
+    GRID_REQUIRED,
+    GRID_SECTIONS,
+    SCORE_NOISE,
+    SECTIONS,
+    TUNE_RULES,
+    TUNE_SEEDS,
+    TuneConfig,
+)
 from bench.data.registry import resolve_source
 from bench.errors import BackboneError, DataError
 from bench.suite.coercion import coerce, field_hints, is_tuple_hint, reject_unknown
@@ -18,17 +26,18 @@ from norms.errors import NormError
 
 #: What a grid is, for errors about a missing or malformed one.
 GRID_ALLOWED = "a mapping with backbone, norm and seed"
-_TUNE_KEYS = ("keys", "seeds", "overrides", "score_noise")
+_TUNE_KEYS = ("keys", "seeds", "overrides", "score_noise", "refine", "rule")
 
 
 def parse_tune(raw: Any, grid: Mapping[str, Any], data: Any, ctx: Context) -> TuneConfig | None:
     """The ``tune`` section: dotted keys with the values to try, tuning seeds, overrides
-    applied to tuning runs only (a shorter budget), and the noise on their validation scores."""
+    applied to tuning runs only (a shorter budget), the noise on their validation scores, the
+    refinement around the coarse optimum and the selection rule."""
     if raw is None:
         return None
     allowed = (
         "keys: {training.lr: [0.5, 1, 2]}, seeds: [0, 1], overrides: {training.steps: 40}, "
-        f"score_noise: {SCORE_NOISE:g}"
+        f"score_noise: {SCORE_NOISE:g}, refine: true, rule: {TUNE_RULES[0]}"
     )
     if not isinstance(raw, dict):
         raise ctx.error("tune", "must be a mapping", given=raw, allowed=allowed)
@@ -49,7 +58,7 @@ def parse_tune(raw: Any, grid: Mapping[str, Any], data: Any, ctx: Context) -> Tu
             )
         values = keys[key] if isinstance(keys[key], list) else [keys[key]]
         parsed.append((key, parse_grid_values(key, values, ctx, where="tune.keys")))
-    seeds = raw.get("seeds", [0])
+    seeds = raw.get("seeds", list(TUNE_SEEDS))
     if (
         not isinstance(seeds, list)
         or not seeds
@@ -74,7 +83,28 @@ def parse_tune(raw: Any, grid: Mapping[str, Any], data: Any, ctx: Context) -> Tu
             allowed="data.val_split > 0 examples held out of the private set",
         )
     score_noise = _score_noise(raw.get("score_noise", SCORE_NOISE), ctx)
-    return TuneConfig(tuple(parsed), tuple(seeds), tuple(parsed_overrides), score_noise)
+    refine, rule = _refine_and_rule(raw, ctx)
+    return TuneConfig(
+        tuple(parsed), tuple(seeds), tuple(parsed_overrides), score_noise, refine, rule
+    )
+
+
+def _refine_and_rule(raw: Mapping[str, Any], ctx: Context) -> tuple[bool, str]:
+    """``tune.refine`` (a boolean) and ``tune.rule`` (one of `TUNE_RULES`)."""
+    refine = raw.get("refine", True)
+    if not isinstance(refine, bool):
+        raise ctx.error(
+            "tune.refine",
+            "must be true or false: whether to refine each float key around the coarse optimum",
+            given=refine,
+            allowed="true (the default) or false",
+        )
+    rule = raw.get("rule", TUNE_RULES[0])
+    if rule not in TUNE_RULES:
+        raise ctx.error(
+            "tune.rule", "is not a selection rule", given=rule, allowed=" or ".join(TUNE_RULES)
+        )
+    return refine, rule
 
 
 def _score_noise(raw: Any, ctx: Context) -> float:

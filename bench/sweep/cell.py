@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-from bench import checkpoint, saved_model
+from bench import checkpoint, predictions, saved_model
 from bench.config import Cell, cell_to_dict
 from bench.errors import BenchError
 from bench.measure import resolve_device
@@ -67,8 +68,8 @@ def run_cell(
     is written and the returned record's status is `ELSEWHERE`, with the reason as its error.
 
     Under a launcher (torchrun, a SLURM job of several tasks) every rank runs the cell
-    together, so none takes the lock (rank 0 alone writes); two launched sweeps sharing one
-    folder are not guarded against each other.
+    together: rank 0 takes the lock (and checks the records) for all of them and every rank
+    does what it found, so two launched sweeps sharing one folder do not run a cell twice.
 
     Args:
         cell: The cell to run.
@@ -87,16 +88,21 @@ def run_cell(
         The record appended, or the skipped cell's.
     """
     run = (cell, records_path, device, progress, keep_checkpoint, nproc, timeout_s)
-    if processes.launched_ranks(timeout_s).distributed:
-        return _run_cell(*run)
-    with cell_lock(records_path, cell.run_key) as holder:
+    ranks = processes.launched_ranks(timeout_s)
+    # Launched ranks run the cell together: rank 0 holds the lock for them all.
+    lock = cell_lock(records_path, cell.run_key) if ranks.writer else contextlib.nullcontext()
+    with lock as holder:
+        reason = None
         if holder is not None:
             reason = f"another process ({holder}) is running this cell into the same folder"
-        elif recorded_before is not None and record_count(records_path, cell.run_key) > (
-            recorded_before
+        elif (
+            ranks.writer
+            and recorded_before is not None
+            and record_count(records_path, cell.run_key) > recorded_before
         ):
             reason = "another process recorded this cell after this sweep chose to run it"
-        else:
+        reason = ranks.from_writer(reason)  # every rank does as rank 0 found
+        if reason is None:
             return _run_cell(*run)
     return {"run_key": cell.run_key, "status": ELSEWHERE, "error": reason}
 
@@ -131,6 +137,7 @@ def _run_cell(
         folders = {
             "checkpoint_dir": checkpoint_dir(records_path),
             "model_dir": records_path.parent / saved_model.FOLDER,
+            "predictions_dir": records_path.parent / predictions.FOLDER,
         }
         if nproc > 1:
             measured = processes.train_cell_on(nproc, cell, dev, timeout_s=timeout_s, **folders)

@@ -26,9 +26,17 @@ from bench.measure import resolve_device
 from bench.plan import data_size, plan_cells
 from bench.provenance import cpu_model, device_name
 from bench.results.records import read_records
-from bench.sweep.protocol import expected_final_cells, select, tune_cells
+from bench.sweep.local import pool_shape
+from bench.sweep.options import RunOptions
+from bench.sweep.protocol import (
+    expected_final_cells,
+    expected_refine_cells,
+    select,
+    tune_cells,
+)
 from bench.sweep.resume import pending_cells
 from bench.sweep.slurm import measure_step_s
+from bench.train.ranks import busiest_share
 
 #: Images (examples x views) of the probe step each distinct step is timed at.
 PROBE_IMAGES = 256
@@ -54,8 +62,12 @@ class SweepCost:
             not made yet counts once, as it will run once).
         tuning: How many of ``to_run`` are tuning runs.
         recorded: Cells of the sweep that already have a final record (skipped).
-        cell_s: Estimated seconds of each cell to run, in order.
+        cell_s: Estimated seconds of each cell to run, in order, as it will run (on
+            ``nproc`` processes; on a worker sharing the CPU cores with the others).
         step_s: Measured seconds per DP step at each distinct step, extrapolated to its batch.
+        nproc: Processes each cell runs on.
+        workers: Cells run at once (the local executor's worker pool), dealt round robin.
+        shared_cores: The workers share the CPU cores (no GPU each).
     """
 
     device: str
@@ -65,11 +77,15 @@ class SweepCost:
     cell_s: tuple[float, ...]
     step_s: tuple[float, ...]
     nproc: int = 1
+    workers: int = 1
+    shared_cores: bool = False
 
     @property
     def total_s(self) -> float:
-        """The whole sweep's estimated seconds."""
-        return sum(self.cell_s)
+        """The whole sweep's estimated wall-clock seconds: with several workers, the longest
+        worker's cells (the pool deals worker i the cells i, i + n, i + 2n...)."""
+        n = max(1, self.workers)
+        return max((sum(self.cell_s[i::n]) for i in range(n)), default=0.0)
 
     def lines(self) -> list[str]:
         """What the pre-flight and ``--dry-run`` print."""
@@ -92,9 +108,20 @@ class SweepCost:
             )
         if self.nproc > 1:
             lines.append(
-                f"processes per cell: {self.nproc}; the times above divide one process's by "
-                f"{self.nproc} (ideal scaling, a lower bound: `python -m bench.perf scaling` "
-                "measures the real speed-up)"
+                f"processes per cell: {self.nproc}; the times above assume ideal scaling over "
+                "whole physical batches (a step takes the busiest process's share of them; a "
+                "lower bound: `python -m bench.perf scaling` measures the real speed-up)"
+            )
+        if self.workers > 1:
+            shared = (
+                f"sharing the CPU cores, so each cell's time above is {self.workers} times one "
+                "worker's alone (ideal sharing)"
+                if self.shared_cores
+                else "one GPU each"
+            )
+            lines.append(
+                f"cells at once: {self.workers} workers, {shared}; the total is the longest "
+                "worker's cells, dealt round robin as the pool deals them"
             )
         if self.total_s > CONFIRM_ABOVE_H * 3600:
             lines.append(f"above {CONFIRM_ABOVE_H:g} h on this device: the run asks for --yes")
@@ -117,15 +144,18 @@ def cells_to_run(
 ) -> tuple[list[Cell], int, int]:
     """The cells a sweep of ``suite`` will run now: ``(cells, tuning count, recorded count)``.
 
-    With a ``tune`` section: the tuning cells without a record, then one final cell per grid
+    With a ``tune`` section: the tuning cells without a record (the refinement's at each
+    point's coarse optimum, or, before the coarse records make it, around the first
+    candidate: as many cells, of the same cost), then one final cell per grid
     cell (at its selection when the records make one, else standing in at the first candidate:
     the tuned values seldom change a run's cost), those without a record.
     """
     if suite.tune is None:
         todo, recorded = pending_cells(suite.cells(), records, force, retry_failed)
         return todo, 0, recorded
-    tunes, recorded = pending_cells(tune_cells(suite), records, force, retry_failed)
     existing = read_records(records).records if records.exists() else []
+    tuning = [*tune_cells(suite), *expected_refine_cells(suite, existing)]
+    tunes, recorded = pending_cells(tuning, records, force, retry_failed)
     finals = expected_final_cells(suite, select(suite, existing))
     final_todo, final_recorded = pending_cells(finals, records, force, retry_failed)
     return [*tunes, *final_todo], len(tunes), recorded + final_recorded
@@ -171,15 +201,21 @@ def step_seconds(cell: Cell, device: str | None) -> float:
     )
 
 
-def cell_seconds(cell: Cell, steps: int, step_s: float) -> float:
+def cell_seconds(cell: Cell, steps: int, step_s: float, nproc: int = 1) -> float:
     """A cell's estimated seconds: its DP steps, the timed non-private steps when it measures
-    them (half a DP step each), and its evaluation (forward passes over the scored split)."""
+    them (half a DP step each), and its evaluation (forward passes over the scored split).
+
+    On ``nproc`` processes a DP step takes the busiest rank's share of one process's
+    (`bench.train.ranks.busiest_share`: ideal scaling over whole physical batches), rank 0
+    evaluates alone, and the non-private reference is not measured (one process only)."""
     t = cell.training
     n_eval = cell.data.val_split if cell.stage == "tune" else (cell.data.test_size or 10_000)
     per_image = step_s / (t.batch_size * t.augmult)
     evaluation = n_eval * per_image * FORWARD_SHARE * (2 if t.ema else 1)
     nonprivate = (t.throughput_warmup_steps + t.throughput_steps) * step_s / 2
-    return steps * step_s + evaluation + (nonprivate if t.measure_nonprivate else 0.0)
+    share = busiest_share(t.batch_size, t.max_physical_batch, nproc)
+    measured = t.measure_nonprivate and nproc == 1
+    return steps * step_s * share + evaluation + (nonprivate if measured else 0.0)
 
 
 def estimate(
@@ -190,18 +226,23 @@ def estimate(
     force: bool = False,
     retry_failed: bool = False,
     nproc: int = 1,
+    options: RunOptions | None = None,
 ) -> SweepCost:
     """The cost of sweeping ``suite`` into ``records`` now, on ``device`` (seconds per probe
     step; the calibrations are memoised, so the pre-flight that follows repeats none), each
-    cell on ``nproc`` processes."""
+    cell on ``nproc`` processes, several at once where ``options`` give the ``local``
+    executor a worker pool (`bench.sweep.local.pool_shape`)."""
     todo, tuning, recorded = cells_to_run(suite, records, force, retry_failed)
+    local = options is not None and options.executor == "local"
+    workers, own_gpus = pool_shape(options, len(todo)) if local else (1, True)
+    slowdown = 1 if own_gpus else workers  # a worker has 1/workers of the cores
     measured: dict[tuple, float] = {}
     cell_s = []
     for plan in plan_cells(todo):
         key = _step_key(plan.cell)
         if key not in measured:
             measured[key] = step_seconds(plan.cell, device)
-        cell_s.append(cell_seconds(plan.cell, plan.steps, measured[key]) / nproc)
+        cell_s.append(cell_seconds(plan.cell, plan.steps, measured[key], nproc) * slowdown)
     return SweepCost(
         describe_device(device),
         len(todo),
@@ -210,6 +251,8 @@ def estimate(
         tuple(cell_s),
         tuple(measured.values()),
         nproc,
+        workers,
+        not own_gpus,
     )
 
 

@@ -118,8 +118,8 @@ class WorkerPoolExecutor(Executor):
     recorded ``interrupted``."""
 
     def run(self, cells: Sequence[Cell]) -> list[str]:
-        n, device = worker_count(self.options), self.options.device
-        gpus = torch.cuda.is_available() and torch.cuda.device_count() >= n and device != "cpu"
+        n, gpus = pool_shape(self.options, len(cells))
+        device = self.options.device
         threads = None if gpus else max(1, (os.cpu_count() or 1) // n)
         kind = "GPU" if gpus else "CPU"
         print(f"running {len(cells)} cells on {n} {kind} workers", file=sys.stderr)
@@ -167,10 +167,20 @@ class LocalExecutor(Executor):
             )
 
     def run(self, cells: Sequence[Cell]) -> list[str]:
-        n = worker_count(self.options)
-        several = n > 1 and len(cells) > 1 and self.options.nproc == 1
+        several = pool_shape(self.options, len(cells))[0] > 1
         chosen = WorkerPoolExecutor if several else SequentialExecutor
         return chosen(self.options, self.out_dir).run(cells)
+
+
+def pool_shape(options: RunOptions, cells: int) -> tuple[int, bool]:
+    """How the ``local`` executor runs ``cells`` cells: ``(cells at once, whether each
+    worker has a GPU of its own)``; ``(1, True)`` for the cells in order in this process.
+    Without a GPU each, the workers share the CPU cores."""
+    n = worker_count(options)
+    if n <= 1 or cells <= 1 or options.nproc != 1:
+        return 1, True
+    gpus = torch.cuda.is_available() and torch.cuda.device_count() >= n
+    return n, gpus and options.device != "cpu"
 
 
 def worker_count(options: RunOptions) -> int:

@@ -8,6 +8,11 @@ by the next process. Written here rather than taken from ``filelock`` (installed
 a declared dependency) because it is ``flock`` plus the one step below, as the records file's
 writer lock (`bench.results.records`) already is.
 
+The ranks of one launched cell (torchrun, a SLURM job of several tasks) run it together:
+rank 0 alone takes the lock, for all of them, and tells the others whether to run
+(`bench.sweep.cell.run_cell`); across nodes the out folder must be on a file system where
+``flock`` holds between machines (NFS since Linux 2.6.12, Lustre mounted with ``flock``).
+
 The holder deletes the file before unlocking it. A process that opened the file just before
 that holds a lock on a deleted file, so after locking, each process checks that the path still
 names the file it locked, and starts over when it does not.

@@ -100,14 +100,21 @@ def rank_device(device: torch.device, rank: int) -> torch.device:
 
 
 def _worker(
-    rank: int, world: int, folder: str, cell: Cell, device: str, kw: dict, timeout_s: float
+    rank: int,
+    world: int,
+    folder: str,
+    cell: Cell,
+    device: str,
+    kw: dict,
+    timeout_s: float,
+    threads: int | None,
 ):
     """One rank: join the group, train, and leave its outcome in ``rank<r>.pkl``."""
     dev = rank_device(torch.device(device), rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     else:  # W processes share the cores; one pool of threads each would oversubscribe them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(
         "nccl" if dev.type == "cuda" else "gloo",
         init_method=f"file://{folder}/store",
@@ -139,9 +146,15 @@ def train_cell_on(
     device: torch.device,
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    threads: int | None = None,
     **kw: Any,
 ) -> dict[str, Any]:
     """`bench.train.cell.train_cell` on ``nproc`` processes: rank 0's record fields.
+
+    On the CPU each process uses ``threads`` intra-op threads (default: the cores shared
+    out). With as many threads per process as one process used, the record is that one
+    process's, bit for bit (`bench.train.ranks`); with other thread counts, the same up to
+    the rounding that changing the thread count causes on one process.
 
     An error raised on every rank (a diverged run, a config error: the ranks compute the same
     thing, so they fail alike) is raised here as itself.
@@ -150,7 +163,7 @@ def train_cell_on(
         RankLost: A rank died, timed out in a collective, or failed alone.
     """
     with tempfile.TemporaryDirectory(prefix="bench-ranks-") as folder:
-        args = (nproc, folder, cell, str(device), kw, timeout_s)
+        args = (nproc, folder, cell, str(device), kw, timeout_s, threads)
         try:
             mp.start_processes(_worker, args=args, nprocs=nproc, join=True, start_method="spawn")
         except mp.ProcessException as err:

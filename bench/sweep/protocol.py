@@ -2,8 +2,10 @@
 
 *Tune*: every backbone x norm x (other grid keys) x tuning value x tuning seed, trained on the
 private set minus ``data.val_split`` examples and scored on those (``val_acc``, released as a
-noisy count: `bench.train.score`); the test set is not even moved to the device. *Final*: the
-grid's seeds at the value with the best mean validation score for that point of the grid,
+noisy count: `bench.train.score`); the test set is not even moved to the device. With
+``tune.refine`` a second round then tries the geometric midpoints around each point's coarse
+optimum. *Final*: the grid's seeds at the value the rule selects for that point of the grid
+(``stable``: the best mean validation score among candidates that failed in no tuning seed),
 trained on the whole private set (validation examples included) and reported on the test set.
 Both stages are ordinary cells with their own run keys, so both resume like any sweep; a final
 cell's run key holds what was selected, because the selected values are part of its config.
@@ -42,7 +44,7 @@ def group_of(cell: Cell) -> tuple:
 
 
 def candidates(suite: Suite) -> list[dict[str, Any]]:
-    """Every combination of the tuning values, in the order the suite lists them."""
+    """Every combination of the coarse tuning values, in the order the suite lists them."""
     keys = [k for k, _ in suite.tune.keys]
     return [
         dict(zip(keys, combo, strict=True))
@@ -50,40 +52,86 @@ def candidates(suite: Suite) -> list[dict[str, Any]]:
     ]
 
 
-def _tune_cells_per_point(suite: Suite) -> list[Cell]:
-    """Each grid point (its seed replaced) x candidate x tuning seed, duplicates kept."""
-    seen: set[tuple] = set()
-    cells = []
+def _round(value: float) -> float:
+    """Four significant digits: a refined value readable in a run key and a table (1.414)."""
+    return float(f"{value:.4g}")
+
+
+def refined_values(values: Sequence[Any], best: Any) -> list[float]:
+    """The refinement of one tuning key around its coarse optimum ``best``: the geometric
+    midpoints between ``best`` and its neighbours among ``values`` (sqrt(a b)), and, where
+    ``best`` sits at an end of the grid, one such half-step beyond it (so that an optimum at the
+    edge is tested from both sides). Empty unless every value is a positive float (a learning
+    rate; not an integer count), with at least two values."""
+    if len(values) < 2 or any(not isinstance(v, float) or v <= 0 for v in values):
+        return []
+    grid = sorted(set(values))
+    i = grid.index(best)
+    last = len(grid) - 1
+    low = math.sqrt(grid[i - 1] * best) if i > 0 else best / math.sqrt(grid[1] / grid[0])
+    high = math.sqrt(best * grid[i + 1]) if i < last else best * math.sqrt(grid[-1] / grid[-2])
+    return [v for v in (_round(low), _round(high)) if v not in grid]
+
+
+def refined_candidates(suite: Suite, best: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The candidates a grid point adds once its coarse optimum ``best`` is known: each
+    refinable key moved to its refined values, the other keys kept at the optimum."""
+    if not suite.tune.refine:
+        return []
+    return [
+        {**best, key: value}
+        for key, values in suite.tune.keys
+        for value in refined_values(values, best[key])
+    ]
+
+
+def _points(suite: Suite) -> list[Cell]:
+    """One cell per grid point (`group_of`): the first of the grid's cells there."""
+    first: dict[tuple, Cell] = {}
     for cell in suite.cells():
-        if group_of(cell) in seen:
-            continue
-        seen.add(group_of(cell))
-        for values in candidates(suite):
-            for seed in suite.tune.seeds:
-                cells.append(
-                    _with(
-                        cell,
-                        {**dict(suite.tune.overrides), **values},
-                        seed=seed,
-                        stage="tune",
-                        tuned=values,
-                        score_noise=suite.tune.score_noise,
-                    )
-                )
-    return cells
+        first.setdefault(group_of(cell), cell)
+    return list(first.values())
 
 
-def tuning_by_group(suite: Suite) -> dict[tuple, list[Cell]]:
-    """Per grid point (`group_of`), every tuning cell its selection reads, shared ones
-    included: what the point's ``epsilon_with_tuning`` composes."""
-    out: dict[tuple, list[Cell]] = {}
-    for cell in _tune_cells_per_point(suite):
-        out.setdefault(group_of(cell), []).append(cell)
+def _tuning(suite: Suite, point: Cell, values: Mapping[str, Any]) -> list[Cell]:
+    """The tuning cells of one candidate at one grid point: one per tuning seed."""
+    return [
+        _with(
+            point,
+            {**dict(suite.tune.overrides), **values},
+            seed=seed,
+            stage="tune",
+            tuned=dict(values),
+            score_noise=suite.tune.score_noise,
+        )
+        for seed in suite.tune.seeds
+    ]
+
+
+def _coarse_by_group(suite: Suite) -> dict[tuple, list[Cell]]:
+    """Per grid point, its coarse tuning cells (candidate x tuning seed)."""
+    return {
+        group_of(point): [c for values in candidates(suite) for c in _tuning(suite, point, values)]
+        for point in _points(suite)
+    }
+
+
+def _refined_by_group(suite: Suite, coarse: Mapping[tuple, Selection]) -> dict[tuple, list[Cell]]:
+    """Per grid point whose coarse selection is made, its refinement's tuning cells."""
+    out = {}
+    for point in _points(suite):
+        chosen = coarse.get(group_of(point))
+        if chosen is not None and chosen.values is not None:
+            out[group_of(point)] = [
+                c
+                for values in refined_candidates(suite, chosen.values)
+                for c in _tuning(suite, point, values)
+            ]
     return out
 
 
-def tune_cells(suite: Suite) -> list[Cell]:
-    """The tuning stage: each grid point (its seed replaced) x candidate x tuning seed.
+def _unique(cells: Iterable[Cell]) -> list[Cell]:
+    """``cells`` with one cell per run key, the first kept.
 
     A tuning override may set a key the grid sweeps (``tune.overrides: {training.steps: 40}``
     with ``grid.training.steps: [40, 120]``: every budget tuned at the cheaper one). The grid
@@ -91,9 +139,51 @@ def tune_cells(suite: Suite) -> list[Cell]:
     cell, whose record it is), and every point's selection reads it by its run key.
     """
     first: dict[str, Cell] = {}
-    for cell in _tune_cells_per_point(suite):
+    for cell in cells:
         first.setdefault(cell.run_key, cell)
     return list(first.values())
+
+
+def tune_cells(suite: Suite) -> list[Cell]:
+    """The coarse tuning stage: each grid point x coarse candidate x tuning seed."""
+    return _unique(c for cells in _coarse_by_group(suite).values() for c in cells)
+
+
+def refine_cells(suite: Suite, coarse: Mapping[tuple, Selection]) -> list[Cell]:
+    """The refinement stage, once the coarse records are in (``coarse``: `select_coarse`):
+    each grid point with a coarse optimum x refined candidate x tuning seed."""
+    return _unique(c for cells in _refined_by_group(suite, coarse).values() for c in cells)
+
+
+def tuning_by_group(
+    suite: Suite, records: Iterable[Mapping[str, Any]] = ()
+) -> dict[tuple, list[Cell]]:
+    """Per grid point (`group_of`), every tuning cell its selection reads, shared ones
+    included: what the point's ``epsilon_with_tuning`` composes (the refinement's cells where
+    ``records`` make the coarse optimum known)."""
+    out = _coarse_by_group(suite)
+    for group, cells in _refined_by_group(suite, select_coarse(suite, records)).items():
+        out[group] = [*out[group], *cells]
+    return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate's tuning runs at one grid point.
+
+    Attributes:
+        values: The candidate's tuning values (dotted keys).
+        mean: Mean validation score over its ok runs, collapsed ones included (None: none).
+        scores: Those scores, in tuning-seed order.
+        finished: Runs with a final record (ok or failed).
+        failures: Runs that failed, or ended ok within ``report.collapse_pp`` of chance.
+    """
+
+    values: Mapping[str, Any]
+    mean: float | None
+    scores: tuple[float, ...]
+    finished: int
+    failures: int
 
 
 @dataclass(frozen=True)
@@ -101,54 +191,109 @@ class Selection:
     """What the tuning stage chose for one grid point.
 
     Attributes:
-        values: The chosen tuning values (dotted keys).
+        values: The chosen tuning values (dotted keys); None while runs are missing or when
+            no candidate has an ok run.
         val_acc: Their mean validation score over the tuning seeds (each a noisy count over
             the split's size, as published: the selection reads nothing else).
-        table: Every candidate's mean validation score (None: no ok tuning run), in order.
-        missing: Tuning runs without an ok record (the selection waits for them).
+        table: Every candidate tried, in order (coarse, then refined).
+        missing: Tuning runs without a final record (the selection waits for them).
+        rule: The rule that chose (`bench.config.TUNE_RULES`); ``stable, fallback`` when
+            every candidate failed somewhere and the fewest failures decided.
     """
 
     values: Mapping[str, Any] | None
     val_acc: float | None
-    table: tuple[tuple[tuple[tuple[str, Any], ...], float | None, int], ...]
+    table: tuple[Candidate, ...]
     missing: int
+    rule: str = "stable"
 
     def as_record(self) -> dict[str, Any]:
-        return {"values": dict(self.values or {}), "val_acc": self.val_acc}
+        return {"values": dict(self.values or {}), "val_acc": self.val_acc, "rule": self.rule}
+
+
+def _failed(record: Mapping[str, Any], collapse: float) -> bool:
+    """A tuning run that delivered no model: failed, or ok within ``collapse`` of chance."""
+    if record.get("status") != "ok":
+        return True
+    acc, classes = record.get("val_acc"), record.get("num_classes")
+    if not isinstance(acc, (int, float)):
+        return True
+    return isinstance(classes, int) and classes > 0 and acc <= 1.0 / classes + collapse
+
+
+def _candidate(
+    values: Mapping[str, Any], cells: Sequence[Cell], by_key: Mapping, collapse: float
+) -> tuple[Candidate, int]:
+    """One candidate's runs among ``cells`` (those at ``values``) and how many are missing."""
+    scores, finished, failures, missing = [], 0, 0, 0
+    for c in cells:
+        if dict(c.tuned) != dict(values):
+            continue
+        record = by_key.get(c.run_key)
+        if record is None or record.get("status") == "interrupted":
+            missing += 1
+            continue
+        finished += 1
+        failures += _failed(record, collapse)
+        acc = record.get("val_acc")
+        if record.get("status") == "ok" and isinstance(acc, (int, float)):
+            scores.append(float(acc))
+    mean = math.fsum(scores) / len(scores) if scores else None
+    return Candidate(dict(values), mean, tuple(scores), finished, failures), missing
+
+
+def _choose(table: Sequence[Candidate], rule: str) -> tuple[Candidate | None, str]:
+    """The chosen candidate under ``rule`` (the first listed wins a tie) and the rule that
+    decided: ``stable`` takes the best mean among candidates that never failed; where every
+    candidate failed somewhere, the fewest failures, then the best mean (``stable, fallback``).
+    ``mean`` takes the best mean over ok runs, failures ignored."""
+    scored = [c for c in table if c.mean is not None]
+    if not scored:
+        return None, rule
+    if rule == "mean":
+        return max(scored, key=lambda c: c.mean), rule
+    stable = [c for c in scored if c.failures == 0]
+    if stable:
+        return max(stable, key=lambda c: c.mean), rule
+    return min(scored, key=lambda c: (c.failures, -c.mean)), "stable, fallback"
+
+
+def _select_in(
+    suite: Suite, by_group: Mapping[tuple, Sequence[Cell]], records: Iterable[Mapping]
+) -> dict[tuple, Selection]:
+    """Each grid point's selection among its ``by_group`` cells' records."""
+    by_key = {r["run_key"]: r for r in records}
+    collapse = suite.report.collapse_pp / 100
+    out: dict[tuple, Selection] = {}
+    for group, cells in by_group.items():
+        table, missing = [], 0
+        for values in dict.fromkeys(tuple(sorted(c.tuned.items())) for c in cells):
+            candidate, lost = _candidate(dict(values), cells, by_key, collapse)
+            table.append(candidate)
+            missing += lost
+        best, rule = _choose(table, suite.tune.rule)
+        chosen = best if best is not None and not missing else None
+        out[group] = Selection(
+            values=None if chosen is None else dict(chosen.values),
+            val_acc=None if chosen is None else chosen.mean,
+            table=tuple(table),
+            missing=missing,
+            rule=rule,
+        )
+    return out
+
+
+def select_coarse(suite: Suite, records: Iterable[Mapping[str, Any]]) -> dict[tuple, Selection]:
+    """Each grid point's optimum over the coarse candidates: what the refinement centres on."""
+    return _select_in(suite, _coarse_by_group(suite), list(records))
 
 
 def select(suite: Suite, records: Iterable[Mapping[str, Any]]) -> dict[tuple, Selection]:
-    """For each grid point, the candidate with the best mean ``val_acc`` over its ok tuning runs
-    (the first listed wins a tie). A point with a missing tuning run has no selection yet."""
-    by_key = {r["run_key"]: r for r in records}
-    cells = _tune_cells_per_point(suite)
-    out: dict[tuple, Selection] = {}
-    for group in dict.fromkeys(group_of(c) for c in cells):
-        rows, missing = [], 0
-        for values in candidates(suite):
-            accs, finished = [], 0
-            for c in cells:
-                if group_of(c) != group or dict(c.tuned) != values:
-                    continue
-                record = by_key.get(c.run_key)
-                if record is None or record.get("status") == "interrupted":
-                    missing += 1
-                    continue
-                finished += 1
-                acc = record.get("val_acc")
-                if record.get("status") == "ok" and isinstance(acc, (int, float)):
-                    accs.append(float(acc))
-            mean = math.fsum(accs) / len(accs) if accs else None
-            rows.append((tuple(values.items()), mean, finished))
-        scored = [r for r in rows if r[1] is not None]
-        best = max(scored, key=lambda r: r[1]) if scored and not missing else None
-        out[group] = Selection(
-            values=dict(best[0]) if best else None,
-            val_acc=best[1] if best else None,
-            table=tuple(rows),
-            missing=missing,
-        )
-    return out
+    """For each grid point, the candidate its rule chooses among every candidate tried
+    (coarse and, with ``tune.refine``, refined). A point with a missing tuning run, or whose
+    refinement has not run yet, has no selection yet."""
+    records = list(records)
+    return _select_in(suite, tuning_by_group(suite, records), records)
 
 
 def final_cells(
@@ -194,13 +339,33 @@ def expected_final_cells(suite: Suite, selections: Mapping[tuple, Selection]) ->
     return cells
 
 
+def _every_candidate(suite: Suite) -> list[dict[str, Any]]:
+    """The coarse candidates and every refined one any coarse optimum could add."""
+    out = candidates(suite)
+    for best in candidates(suite):
+        out += [v for v in refined_candidates(suite, best) if v not in out]
+    return out
+
+
+def expected_refine_cells(suite: Suite, records: Iterable[Mapping[str, Any]]) -> list[Cell]:
+    """The refinement's cells as the sweep will run them, for sizing it: around each point's
+    coarse optimum where ``records`` make it, else around the first coarse candidate."""
+    coarse = select_coarse(suite, records)
+    first = candidates(suite)[0]
+    stand_in = {
+        g: s if s.values is not None else dataclasses.replace(s, values=first)
+        for g, s in coarse.items()
+    }
+    return refine_cells(suite, stand_in)
+
+
 def final_candidates(suite: Suite) -> list[Cell]:
     """Every final cell the selection could produce, for the preflight (each candidate value's
     privacy calibration is checked before the first tuning run)."""
     return [
         _with(cell, values, stage="final", tuned=values)
         for cell in suite.cells()
-        for values in candidates(suite)
+        for values in _every_candidate(suite)
     ]
 
 
@@ -209,16 +374,27 @@ def selection_lines(selections: Mapping[tuple, Selection]) -> Sequence[str]:
     lines = []
     for (backbone, norm, extra), sel in selections.items():
         where = f"{backbone} {norm}" + (f" {dict(extra)}" if extra else "")
+        rejected = sum(1 for c in sel.table if c.failures and c.mean is not None)
         if sel.values is None:
             lines.append(f"{where}: no selection ({sel.missing} tuning run(s) not finished)")
         else:
-            lines.append(f"{where}: selected {sel.values} (val acc {sel.val_acc:.4f})")
+            lines.append(
+                f"{where}: selected {sel.values} (mean val acc {sel.val_acc:.4f}, rule "
+                f"{sel.rule}; {len(sel.table)} candidates, {rejected} with a failed seed)"
+            )
     return lines
 
 
 def planned_cells(suite: Suite) -> list[Cell]:
     """Every cell a sweep of ``suite`` may run, for checks before the first one: the grid's; with
-    a ``tune`` section, the tuning stage, then every final cell a selection can make."""
+    a ``tune`` section, the tuning stage (every refinement a coarse optimum could make
+    included), then every final cell a selection can make."""
     if suite.tune is None:
         return suite.cells()
-    return [*tune_cells(suite), *final_candidates(suite)]
+    tuning = [
+        c
+        for point in _points(suite)
+        for values in _every_candidate(suite)
+        for c in _tuning(suite, point, values)
+    ]
+    return [*_unique(tuning), *final_candidates(suite)]

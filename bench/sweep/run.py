@@ -34,6 +34,7 @@ from bench.plan import plan_cells
 from bench.privacy_tuning import group_costs
 from bench.provenance import environment_facts
 from bench.results.leaderboard import write_report
+from bench.results.record import Record
 from bench.results.records import read_records
 from bench.sweep.cell import discard_checkpoints
 from bench.sweep.executor import Executor
@@ -44,7 +45,9 @@ from bench.sweep.processes import barrier, launched_ranks
 from bench.sweep.protocol import (
     final_cells,
     planned_cells,
+    refine_cells,
     select,
+    select_coarse,
     selection_lines,
     tune_cells,
     tuning_by_group,
@@ -153,13 +156,9 @@ def run_suite(
     statuses = _run_stage(executor, todo, options.force, recorded)
     total, ran = len(stage_cells), len(todo)
     if suite.tune is not None:
-        barrier()  # every rank reads the tuning records rank 0 has written
-        recorded = record_counts(records)
-        finals, final_todo, final_already = _final_stage(suite, records, options)
-        if writer:
-            write_suite_json(suite, out_dir, [*stage_cells, *finals])
-        statuses += _run_stage(executor, final_todo, options.force, recorded)
-        total, ran, already = total + len(finals), ran + len(final_todo), already + final_already
+        more = _tuned_stages(suite, executor, options, out_dir, stage_cells, writer)
+        statuses += more.statuses
+        total, ran, already = more.total, ran + more.ran, already + more.already
     if options.report and writer:
         write_report(out_dir)
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}
@@ -180,24 +179,81 @@ def _run_stage(
     return executor.run(cells)
 
 
+@dataclass(frozen=True)
+class _Stages:
+    """What the refinement and final stages of a tuned sweep did (`_tuned_stages`)."""
+
+    statuses: list[str]
+    total: int
+    ran: int
+    already: int
+
+
+def _tuned_stages(
+    suite: Suite,
+    executor: Executor,
+    options: RunOptions,
+    out_dir: Path,
+    coarse: Sequence[Cell],
+    writer: bool,
+) -> _Stages:
+    """After the coarse tuning stage: the refinement around each coarse optimum, then the final
+    cells at each point's selection. ``total`` counts every cell of the sweep (``coarse``
+    included)."""
+    records = records_path(out_dir)
+    barrier()  # every rank reads the tuning records rank 0 has written
+    recorded = record_counts(records)
+    refined, refine_todo, refine_already = _refine_stage(suite, records, options)
+    tuning = [*coarse, *refined]
+    if writer and refined:
+        write_suite_json(suite, out_dir, tuning)
+    statuses = _run_stage(executor, refine_todo, options.force, recorded)
+    barrier()  # and the refinement's
+    recorded = record_counts(records)
+    finals, final_todo, final_already = _final_stage(suite, records, options)
+    if writer:
+        write_suite_json(suite, out_dir, [*tuning, *finals])
+    statuses += _run_stage(executor, final_todo, options.force, recorded)
+    return _Stages(
+        statuses,
+        len(tuning) + len(finals),
+        len(refine_todo) + len(final_todo),
+        refine_already + final_already,
+    )
+
+
+def _refine_stage(
+    suite: Suite, records: Path, options: RunOptions
+) -> tuple[list[Cell], list[Cell], int]:
+    """Each grid point's coarse optimum from the coarse tuning records, then the refinement's
+    cells around it: ``(all made so far, those to run now, those already recorded)``."""
+    coarse = select_coarse(suite, read_records(records).records if records.exists() else [])
+    cells = refine_cells(suite, coarse)
+    todo, already = pending_cells(cells, records, options.force, options.retry_failed)
+    return cells, todo, already
+
+
 def _final_stage(
     suite: Suite, records: Path, options: RunOptions
 ) -> tuple[list[Cell], list[Cell], int]:
     """Select each grid point's tuning values from the tuning records, then the final cells:
     ``(all final cells selected so far, those to run now, those already recorded)``."""
-    selections = select(suite, read_records(records).records if records.exists() else [])
+    existing = read_records(records).records if records.exists() else []
+    selections = select(suite, existing)
     if options.progress:
         for line in selection_lines(selections):
             print(f"tune: {line}", file=sys.stderr)
-    finals = final_cells(suite, selections, _tuning_costs(suite))
+    finals = final_cells(suite, selections, _tuning_costs(suite, existing))
     todo, already = pending_cells(finals, records, options.force, options.retry_failed)
     return finals, todo, already
 
 
-def _tuning_costs(suite: Suite) -> dict[tuple, tuple]:
-    """Per grid point, the composed planned history of its tuning runs (planned: a run that
-    failed or stopped early is charged in full), for its final runs' ``epsilon_with_tuning``."""
-    return group_costs({g: plan_cells(c) for g, c in tuning_by_group(suite).items()})
+def _tuning_costs(suite: Suite, records: Sequence[Record]) -> dict[tuple, tuple]:
+    """Per grid point, the composed planned history of its tuning runs, refinement included
+    (planned: a run that failed or stopped early is charged in full), for its final runs'
+    ``epsilon_with_tuning``."""
+    by_group = tuning_by_group(suite, records)
+    return group_costs({g: plan_cells(c) for g, c in by_group.items()})
 
 
 def _check_environment(

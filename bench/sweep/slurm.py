@@ -23,6 +23,7 @@ from bench.sparsity import Sparsity
 from bench.sweep.cell import record_interrupted, run_cell
 from bench.sweep.executor import Executor
 from bench.sweep.resume import newest_statuses, without_final_record
+from bench.train.ranks import busiest_share
 from bench.train.setup import build_dp_step
 
 #: ``slurm.cluster`` values that emulate the cluster on this machine (submitit's executors).
@@ -61,11 +62,20 @@ def _job_tasks() -> int:
         return 1
 
 
-def slurm_time_limit_min(cells: Sequence[Cell], step_s: float) -> int:
-    """A job's time limit from the longest cell's expected cost: steps x ``step_s`` with 50%
-    headroom, plus 10 minutes for setup, evaluation and the non-private measurement."""
-    longest = max(c.training.num_steps(_n_private(c)) for c in cells)
+def slurm_time_limit_min(cells: Sequence[Cell], step_s: float, world: int = 1) -> int:
+    """A job's time limit from the longest cell's expected cost: steps x ``step_s`` (one
+    process's step) with 50% headroom, plus 10 minutes for setup, evaluation and the
+    non-private measurement. On ``world`` processes per cell a step takes the busiest rank's
+    share of it (ideal scaling over whole physical batches, `bench.train.ranks.busiest_share`);
+    a cell that outlives the limit is requeued and resumes from its checkpoint."""
+    longest = max(c.training.num_steps(_n_private(c)) * _rank_share(c, world) for c in cells)
     return math.ceil(1.5 * longest * step_s / 60) + 10
+
+
+def _rank_share(cell: Cell, world: int) -> float:
+    """The share of ``cell``'s expected logical batch the busiest of ``world`` ranks clips."""
+    t = cell.training
+    return busiest_share(t.batch_size, t.max_physical_batch, world)
 
 
 def _n_private(cell: Cell) -> int:
@@ -175,10 +185,16 @@ class SlurmExecutor(Executor):
         if step_s is None:
             distinct = {(c.backbone, c.norm, c.training): c for c in cells}.values()
             step_s = max(measure_step_s(c, self.options.device) for c in distinct)
-        limit = slurm_time_limit_min(cells, step_s)
+        world = self.options.slurm.world_size
+        limit = slurm_time_limit_min(cells, step_s, world)
+        scaled = (
+            f", on {world} processes per cell assuming ideal scaling over whole physical batches"
+            if world > 1
+            else ""
+        )
         print(
-            f"time limit {limit} min per job, from {step_s:.3g} s per step "
-            f"({source}; --slurm-time-min overrides)",
+            f"time limit {limit} min per job, from {step_s:.3g} s per step on one process "
+            f"({source}{scaled}; --slurm-time-min overrides)",
             file=sys.stderr,
         )
         return limit

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from bench import saved_model
+from bench import predictions, saved_model
 from bench.config import Cell
 from bench.provenance import record_provenance
-from bench.train.evaluate import correct_count
+from bench.train.evaluate import predict
 from bench.train.loop import Progress, Trained, train_loop
 from bench.train.ranks import SINGLE, Ranks
 from bench.train.record import (
@@ -36,6 +36,7 @@ def train_cell(
     progress: Progress | None = None,
     checkpoint_dir: Path | None = None,
     model_dir: Path | None = None,
+    predictions_dir: Path | None = None,
     ranks: Ranks = SINGLE,
 ) -> dict[str, Any] | None:
     """Train one cell with DP-SGD and return its measured record fields (status ``ok``).
@@ -60,6 +61,8 @@ def train_cell(
             (`bench.checkpoint.remove`). None: no checkpoints.
         model_dir: Where ``training.save_model`` writes the final and the EMA weights
             (`bench.saved_model`).
+        predictions_dir: Where a final run writes its per-example test predictions
+            (`bench.predictions`); None: not written (the record's ``predictions`` is null).
         ranks: The processes this cell runs on (`bench.train.ranks`): each trains on its
             share of every logical batch; rank 0 scores the model and returns the record
             fields, the others return None. The non-private reference is measured on one
@@ -79,7 +82,7 @@ def train_cell(
         return None
     train_s = time.perf_counter() - run.started
     privacy = privacy_fields(run)
-    accuracy, eval_weights, model_path = _score(run, model_dir)
+    accuracy, eval_weights, model_path, written = _score(run, model_dir, predictions_dir)
     clipping = clipping_fields(run)
     sparsity = run.sparsity.summary()
     run.release()
@@ -94,27 +97,43 @@ def train_cell(
         **clipping,
         **outcome_fields(sparsity, trained, model_path, train_s, run.started, prov),
         **rank_fields(per_rank, shares),
+        "predictions": written,
     }
 
 
-def _score(run: Run, model_dir: Path | None) -> tuple[float, str, str | None]:
-    """``(accuracy, weights scored, saved model path)``: the EMA's weights when there is one,
-    else the final ones, scored on the run's split and saved when ``training.save_model``.
-    On the validation split (a tuning run, whose examples are private) the accuracy is the
-    noisy count's (`noisy_score`); on the test set, which is not private, the exact one."""
+def _score(
+    run: Run, model_dir: Path | None, predictions_dir: Path | None
+) -> tuple[float, str, str | None, dict[str, Any] | None]:
+    """``(accuracy, weights scored, saved model path, predictions field)``: the EMA's weights
+    when there is one, else the final ones, scored on the run's split and saved when
+    ``training.save_model``. On the validation split (a tuning run, whose examples are
+    private) the accuracy is the noisy count's (`noisy_score`) and no prediction leaves the
+    run; on the test set, which is not private, the exact one, and the per-example
+    predictions are written to ``predictions_dir``."""
     training = run.cell.training
     eval_model = run.ema.module if run.ema is not None else run.model
     eval_weights = "ema" if run.ema is not None else "final"
-    correct = correct_count(eval_model, run.data, training.eval_batch_size, training.precision)
+    predicted = predict(eval_model, run.data, training.eval_batch_size, training.precision)
+    correct = int((predicted == run.data.test_y).sum())
     n = int(run.data.test_x.shape[0])
     accuracy = noisy_score(correct, n, run.cell) if run.data.eval_split == "val" else correct / n
+    written = None
+    # The test set is public: its predictions may leave the run; the validation split's may not.
+    if run.data.eval_split != "val" and predictions_dir is not None:
+        written = predictions.write(
+            Path(predictions_dir),
+            run.cell.run_key,
+            predicted.cpu().numpy(),
+            run.data.test_y.cpu().numpy(),
+            run.plan.num_classes,
+        )
     model_path = None
     if training.save_model and model_dir is not None:
         ema = run.ema.module if run.ema is not None else None
         path = saved_model.save(model_dir, run.cell.run_key, run.model, ema, eval_weights)
         # Relative to the folder above ``model_dir``: the records'.
         model_path = str(path.relative_to(Path(model_dir).parent))
-    return accuracy, eval_weights, model_path
+    return accuracy, eval_weights, model_path, written
 
 
 def _nonprivate(run: Run, trained: Trained) -> NonPrivateMeasure | None:

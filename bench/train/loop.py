@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from bench import checkpoint
 from bench.config import TrainingConfig
 from bench.measure import StepMemory, StepTimer
 from bench.privacy import epsilon, merged_history
-from bench.seeds import seed_global
+from bench.seeds import seed_dropout, seed_global
 from bench.train.schedule import after_update
 from bench.train.setup import Run
 from bench.train.stop import StopRequest
@@ -238,7 +239,13 @@ def _step(
     with timer.step(images):
         run.norm.on_step(run.model, run.run_data, step)
         idx = run.data.poisson_batch(run.plan.batch_size, sampling)
-        x, y = views(idx, run.ranks.shard(idx.shape[0]))
+        block = run.dp_step.max_physical_batch
+        share = run.ranks.shard(idx.shape[0], block)
+        # Dropout per physical batch, by its place in the logical batch (`seed_dropout`).
+        run.dp_step.on_chunk = functools.partial(
+            seed_dropout, run.cell.seed, step, share.start // block
+        )
+        x, y = views(idx, share)
         loss = run.ranks.mean_loss(run.dp_step(x, y), x.shape[0], run.device)
         after_update(run.scheduler, run.ema, run.model)
         images.append(x.shape[0] * x.shape[1])

@@ -173,7 +173,8 @@ def clipping_fields(run: Run) -> dict[str, Any]:
         "bk_fallback_classes": clipper.fallback_classes if clipper is not None else [],
         "bk_unreached_layers": clipper.unreached_layers if clipper is not None else [],
         "random_streams": (
-            "named: sha256(seed, purpose) per source (bench.seeds)"
+            "named: sha256(seed, purpose) per source (bench.seeds); dropout per physical "
+            "batch, sha256(seed, dropout/step/batch)"
             + (
                 "; sampling, noise and norm streams from os.urandom"
                 if run.cell.privacy.secure_noise

@@ -69,8 +69,9 @@ def build_dp_step(
         generator: The noise's generator.
         secure_mode: Opacus' secure-mode noise (with an unpredictable ``generator``).
         sparsity: Pre-pruning and gradient dropping (not with `GHOST`).
-        ranks: The processes of the cell; each passes its share of the logical batch, and
-            the clipped sums are summed over them before the noise (`bench.train.ranks`).
+        ranks: The processes of the cell; each passes its share of the logical batch (whole
+            physical batches), and the clipped sums are summed over them, in the order one
+            process adds them, before the noise (`bench.train.ranks`).
 
     Raises:
         ValueError: `GHOST` asked for with secure-mode noise or sparsity, which it lacks.
@@ -82,7 +83,7 @@ def build_dp_step(
         "max_physical_batch": max_physical_batch or training.max_physical_batch,
         "precision": training.precision,
         "generator": generator,
-        "reduce": ranks.sum_ if ranks.distributed else None,
+        "reduce": ranks.sum_in_order if ranks.distributed else None,
     }
     mode = mode or training.grad_sample_mode
     if mode == GHOST and (secure_mode or sparsity is not None):

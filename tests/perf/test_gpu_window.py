@@ -1,5 +1,6 @@
-"""The GPU window (tests, gpu-report, CIFAR-10 slice in one budget) is rehearsed end to end on
-the CPU; its files fit what a device machine returns; its slice is sized from the report."""
+"""The GPU window (tests, gpu-report, scaling, CIFAR-10 slice in one budget) is rehearsed end
+to end on the CPU; its files fit what a device machine returns; its slice is sized from the
+report; its scaling stage is planned over every visible GPU."""
 
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ import torch
 
 from bench import provenance
 from bench.errors import UsageError
-from bench.perf import gpu_report, pack, window_slice
+from bench.perf import gpu_report, pack, window_scaling, window_slice
+from bench.perf.__main__ import _parser as perf_parser
 from bench.perf.__main__ import main
 from bench.perf.parts import PARTS, table
 from bench.perf.parts.base import TINY
 from bench.perf.window_summary import device_slug
 from bench.provenance import REPO
+from bench.suite import load_suite
+from bench.train.ranks import busiest_share
 
 SMALL = pack.Limits(max_files=8, max_file_bytes=4096, max_total_bytes=64 * 4096)
 
@@ -174,7 +178,8 @@ def test_the_whole_window_runs_on_the_cpu_and_unpacks_into_reports(tmp_path, mon
     assert pack.problems(out) == []
     summary = json.loads((out / "summary.json").read_text())
     stages = {s["name"]: s for s in summary["stages"]}
-    assert list(stages) == ["tests", "report", "slice"]
+    assert list(stages) == ["tests", "report", "scaling", "slice"]
+    assert stages["scaling"]["status"] == "skipped"  # on the CPU: no GPUs to scale over
     assert summary["on_gpu"] is False and "--commit abc123def456" in summary["command"]
     assert stages["slice"]["status"] == "ok", stages["slice"]
     assert stages["slice"]["steps"] >= 2 and "table" in stages["report"]["parts"]
@@ -265,3 +270,50 @@ def test_unusable_flags_and_folders_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no readable summary.json of a GPU window" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_the_scaling_stage_plans_every_gpu_in_whole_physical_batches(tmp_path):
+    """With four GPUs: 1 vs 4 NCCL processes on a cell whose batch is four physical batches
+    (so no GPU idles); the command parses and its cell is the one planned. Nothing runs."""
+    plan = window_scaling.scaling_plan(torch.device("cuda"), 4, tmp_path / "scaling.md")
+    assert plan["run"] and plan["nprocs"] == [1, 4]
+    cmd = plan["command"]
+    assert cmd[:4] == [sys.executable, "-m", "bench.perf", "scaling"]
+    args = perf_parser().parse_args(cmd[3:])
+    assert (args.nproc, args.device, args.out) == ("1,4", "cuda", tmp_path / "scaling.md")
+    cell = load_suite(args.suite, args.set).cells()[0]  # the one the scaling command times
+    assert (cell.training.batch_size, cell.training.max_physical_batch) == (1024, 256)
+    assert busiest_share(1024, cell.training.max_physical_batch, 4) == 0.25
+    assert cell.data.source == "synthetic"  # the stage needs no data set
+
+
+@pytest.mark.parametrize(("device", "gpus"), [("cuda", 1), ("cpu", 0)], ids=["one-gpu", "cpu"])
+def test_the_scaling_stage_is_skipped_below_two_gpus_saying_why(
+    device, gpus, tmp_path, monkeypatch
+):
+    plan = window_scaling.scaling_plan(torch.device(device), gpus, tmp_path / "s.md")
+    assert not plan["run"] and "needs at least 2" in plan["reason"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    stage = window_scaling.stage_scaling(
+        torch.device(device), tmp_path / "s.md", tmp_path / "log", 60.0, time.time() + 60
+    )
+    assert stage["status"] == "skipped" and "needs at least 2" in stage["notes"][0]
+
+
+def test_the_scaling_stage_runs_its_plan_and_keeps_the_table(tmp_path, monkeypatch):
+    ran = []
+
+    def run_until(cmd, log, deadline):
+        ran.append(cmd)
+        Path(cmd[cmd.index("--out") + 1]).write_text("| processes | ... |\n")
+        return 0, None
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(window_slice, "run_until", run_until)
+    out = tmp_path / "gpu_report" / "scaling.md"
+    stage = window_scaling.stage_scaling(
+        torch.device("cuda"), out, tmp_path / "log", 60.0, time.time() + 60
+    )
+    assert stage["status"] == "ok" and stage["table"].startswith("| processes")
+    assert ran and ran[0][ran[0].index("--nproc") + 1] == "1,2"
+    assert "--nproc 1,2" in stage["command"]

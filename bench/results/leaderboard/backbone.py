@@ -1,17 +1,14 @@
-"""The per-backbone tables (accuracy, comparisons with the baseline, letters, cost) and the
-ranking across backbones."""
+"""The per-backbone tables (accuracy, comparisons with the baseline, letters, cost); the
+ranking across backbones is in :mod:`bench.results.leaderboard.across`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
 from bench.results.leaderboard.collect import Cell, measurements
-from bench.results.leaderboard.graded import (
-    equivalence_text,
-    evidence_text,
-    exact_p_text,
-    failures_text,
-)
+from bench.results.leaderboard.columns import MEMORY_HEADER, RATIO_HEADER, drop_empty, dropped_note
+from bench.results.leaderboard.evidence_table import evidence_lines
+from bench.results.leaderboard.graded import failures_text
 from bench.results.leaderboard.markdown import (
     NA,
     accuracy_text,
@@ -22,8 +19,6 @@ from bench.results.leaderboard.markdown import (
     number_text,
     optional_text,
     p_with_test_text,
-    pp_text,
-    pvalue_text,
     table,
 )
 from bench.results.leaderboard.protocol import Protocol
@@ -33,12 +28,8 @@ from bench.results.stats import (
     BackboneAnalysis,
     NormResult,
     analyse_backbone,
-    average_ranks,
-    friedman,
 )
-from bench.results.stats.exact import ENUMERATED
 from bench.results.stats.itt import Outcomes
-from bench.results.stats.ranks import FriedmanResult
 
 CONFIDENCE = 0.95
 
@@ -71,30 +62,32 @@ def backbone_section(
     headers = [
         "letters",
         "norm",
-        "accuracy % (ITT: mean ± 95% CI, n)",
+        "accuracy % (ITT, 95% CI)",
         "Δ vs baseline (pp, 95% CI)",
         "p (Holm)",
         "verdict",
-        "detectable Δ (pp, 80% power)",
+        "detectable Δ (pp)",
         "throughput (img/s)",
-        "DP/non-DP throughput",
-        "peak memory (MiB)",
+        RATIO_HEADER,
+        MEMORY_HEADER,
         "ε spent (max)",
-        "failures (rate, 95% CI)",
-        "sign-flip p (Holm)",
-        f"equivalence (TOST, ±{pp_text(protocol.rope)} pp)",
-        f"P(Δ < −{pp_text(protocol.rope)} / within / > +{pp_text(protocol.rope)} pp)",
+        "failures (95% CI)",
     ]
     rows = [
-        _result_row(result, norms[result.norm], outcomes[result.norm], alpha)
+        _result_row(result, norms[result.norm], outcomes[result.norm])
         for result in analysis.results
     ]
     ranked = {result.norm for result in analysis.results}
     for norm in sorted((set(norms) | set(planned_norms)) - ranked):
         rows.append([NA, code(norm), _no_ok_text(norms.get(norm)), *[NA] * (len(headers) - 3)])
+    # The statistics' columns stay (a "—" there says what was not tested); only the
+    # measurements' columns go when no run measured them.
+    headers, rows, dropped = drop_empty(headers, rows, keep=7)
     lines += [table(rows, headers), ""]
+    lines += dropped_note(dropped, (r for c in norms.values() for r in c.ok.values()))
     lines += family_lines(analysis, protocol, protocol.family_of(norms))
     lines += [_power_text(analysis), ""]
+    lines += evidence_lines(analysis, alpha, protocol.rope)
     if any(r.accuracy.n == 1 for r in analysis.results):
         lines += [
             "Cells with one seed (n=1) have no interval, are not tested and not ranked (—).",
@@ -104,7 +97,7 @@ def backbone_section(
     return lines, analysis
 
 
-def _result_row(result: NormResult, cell: Cell, outcome: Outcomes, alpha: float) -> list[str]:
+def _result_row(result: NormResult, cell: Cell, outcome: Outcomes) -> list[str]:
     """A ranked norm's row: accuracy, failures, its comparison with the baseline, letters and
     cost."""
     measured = measurements(cell)
@@ -123,9 +116,6 @@ def _result_row(result: NormResult, cell: Cell, outcome: Outcomes, alpha: float)
         optional_text(None if memory is None else memory / 2**20, ".0f"),
         epsilon_text(measured["epsilon"], measured["epsilon_target_exceeded"]),
         failures_text(outcome.rate),
-        exact_p_text(result),
-        equivalence_text(result, alpha),
-        evidence_text(result),
     ]
 
 
@@ -172,56 +162,3 @@ def _power_text(analysis: BackboneAnalysis) -> str:
             "difference' does not rule them out."
         )
     return head + seen + f" Seeing 1 pp with {power.power:.0%} power would need {seeds} seeds."
-
-
-def summary_section(analyses: Mapping[str, BackboneAnalysis]) -> list[str]:
-    """Average ranks across backbones and the Friedman test (or why it was not run)."""
-    means = {
-        backbone: {r.norm: r.accuracy.mean for r in analysis.results}
-        for backbone, analysis in analyses.items()
-        if analysis.results
-    }
-    lines = ["## Across backbones", ""]
-    if not means:
-        return [*lines, "No ok run on any backbone: nothing to rank.", ""]
-    ranks = average_ranks(means)
-    rows = [
-        [code(norm), f"{rank.rank:.2f}", str(rank.n_backbones)]
-        for norm, rank in sorted(ranks.items(), key=lambda item: (item[1].rank, item[0]))
-    ]
-    lines += [
-        "Rank by mean accuracy within each backbone (1 = most accurate; ties share the average "
-        "rank), averaged over the backbones where the norm has an ok run.",
-        "",
-        table(rows, ["norm", "average rank", "backbones"]),
-        "",
-    ]
-    result = friedman(means)
-    if result.ran:
-        lines.append(
-            f"Friedman test (do the norms rank alike on every backbone?): "
-            f"χ² = {result.statistic:.2f}, p = {pvalue_text(result.pvalue)} (chi-square "
-            f"approximation), {_exact_text(result)}, over {len(result.norms)} norms "
-            f"({', '.join(f'`{n}`' for n in result.norms)}) on "
-            f"{len(result.backbones)} backbones ({', '.join(f'`{b}`' for b in result.backbones)})."
-            " With few backbones the chi-square approximation is rough: read the permutation p."
-        )
-    else:
-        lines.append(f"Friedman test not run: {result.reason}.")
-    return [*lines, ""]
-
-
-def _exact_text(result: FriedmanResult) -> str:
-    """The Friedman test's permutation p-value and how it was found."""
-    exact = result.exact
-    if exact is None:
-        return "no permutation p"
-    if exact.method == ENUMERATED:
-        return (
-            f"exact permutation p = {pvalue_text(exact.pvalue)} (all {exact.count:,} "
-            "arrangements enumerated)"
-        )
-    return (
-        f"Monte Carlo permutation p = {pvalue_text(exact.pvalue)} ({exact.count:,} random "
-        "arrangements, fixed seed)"
-    )

@@ -24,7 +24,7 @@ from bench.results.stats.blocked import (
 )
 
 
-def _series(
+def itt_series(
     collected: Collected, settings: Sequence[Setting], protocol: Protocol
 ) -> dict[str, dict[str, Mapping]]:
     """Norm -> table -> ITT accuracy per seed, over the given tables."""
@@ -37,7 +37,7 @@ def _series(
     return series
 
 
-def _covariate(values: Sequence[tuple[object, Setting]]) -> dict[str, float] | None:
+def log2_covariate(values: Sequence[tuple[object, Setting]]) -> dict[str, float] | None:
     """log2 of each value when every value is a positive number (a slope per doubling)."""
     out = {}
     for value, _ in values:
@@ -57,14 +57,14 @@ def _effect(c: Contrast | None) -> str:
     return NA if c is None else interval_text(c.estimate, c.half_width)
 
 
-def _change(series: Series, value: str, ref: str) -> Contrast | None:
+def change_contrast(series: Series, value: str, ref: str) -> Contrast | None:
     """The change from ``ref`` to ``value`` in a setting model with seed blocks."""
     if value == ref or value not in series or ref not in series:
         return None
     return setting_model(series).contrast({value: 1.0, ref: -1.0})
 
 
-def _slope(series: Series, covariate: Mapping[str, float]) -> Contrast | None:
+def slope_contrast(series: Series, covariate: Mapping[str, float]) -> Contrast | None:
     """The slope per unit of the covariate in a trend model with seed blocks."""
     usable = {v: seeds for v, seeds in series.items() if seeds}
     if len(usable) < 2:
@@ -79,9 +79,9 @@ def _change_rows(
     (that change minus the baseline's, from the paired differences). ``blocks`` maps each
     value's text to its table."""
     keys = [(n, v) for n in series for v in blocks if v != ref and blocks[v] in series[n]]
-    own = [_change(series[n], blocks[v], blocks[ref]) for n, v in keys]
+    own = [change_contrast(series[n], blocks[v], blocks[ref]) for n, v in keys]
     inter = [
-        _change(paired_differences(series[n], series[base]), blocks[v], blocks[ref])
+        change_contrast(paired_differences(series[n], series[base]), blocks[v], blocks[ref])
         if n != base
         else None
         for n, v in keys
@@ -99,9 +99,11 @@ def _trend_rows(
     """Per norm: its slope per doubling with seed blocks, and its slope minus the baseline's
     (the trend of its paired differences with the baseline)."""
     norms = list(series)
-    slopes = [_slope(series[n], covariate) for n in norms]
+    slopes = [slope_contrast(series[n], covariate) for n in norms]
     diffs = [
-        _slope(paired_differences(series[n], series[base]), covariate) if n != base else None
+        slope_contrast(paired_differences(series[n], series[base]), covariate)
+        if n != base
+        else None
         for n in norms
     ]
     p_slopes, p_diffs = _holm_texts(slopes), _holm_texts(diffs)
@@ -130,7 +132,7 @@ def _sweep_lines(
     headers = ["norm", "value", f"Δ vs {ref} (pp, 95% CI)", "p (Holm)"]
     headers += [f"interaction: Δ − `{baseline}`'s (pp, 95% CI)", "p (Holm)"]
     lines = [title, "", table(_change_rows(series, blocks, ref, baseline), headers), ""]
-    covariate = _covariate(values)
+    covariate = log2_covariate(values)
     # With two values the line is the change above, so it is shown from three values on.
     if covariate is not None and len(set(covariate.values())) >= 3:
         along = {n: {v: s[b] for v, b in blocks.items() if b in s} for n, s in series.items()}
@@ -168,7 +170,7 @@ def blocked_section(
     by_backbone: dict[str, list[Setting]] = {}
     for setting in settings:
         by_backbone.setdefault(setting.backbone, []).append(setting)
-    full = {b: _series(collected, group, protocol) for b, group in by_backbone.items()}
+    full = {b: itt_series(collected, group, protocol) for b, group in by_backbone.items()}
     lines: list[str] = []
     for (key, context), values in sweeps_of(settings).items():
         if len(values) >= 2:

@@ -7,14 +7,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.results.leaderboard import with_tuning
-from bench.results.leaderboard.collect import seed_key
 from bench.results.leaderboard.markdown import distinct, join, number_text
-from bench.results.leaderboard.methods import methods_lines
 from bench.results.leaderboard.randomness import randomness_lines
 from bench.results.leaderboard.settings import RECORDS_FILE, suite_section
 from bench.results.record import Record
 from bench.results.stacks import STACK_KEYS, stacks
-from bench.results.stats import BackboneAnalysis
 
 #: Provenance keys shown in the header, in this order: the stack's, then the interpreter's.
 VERSION_KEYS = (*STACK_KEYS, "python")
@@ -27,10 +24,11 @@ def header_lines(
     run_dir: Path,
     baseline: str,
     alpha: float,
-    analyses: Sequence[BackboneAnalysis],
+    summary: Sequence[str] = (),
 ) -> list[str]:
-    """Title, provenance and the statement of the statistics used."""
-    name = suite.get("name") or join(distinct(r.get("suite") for r in records), run_dir.name)
+    """Title, the summary (``summary``: its lines, right under the title) and provenance; the
+    statement of the statistics is the Methods section at the end (`methods.methods_section`)."""
+    name = suite_name(suite, records, run_dir)
     data = suite_section(suite, "data")
     datasets = distinct(r.get("dataset") for r in records) or distinct([data.get("dataset")])
     provenance = [r["provenance"] for r in records if isinstance(r.get("provenance"), Mapping)]
@@ -42,10 +40,10 @@ def header_lines(
     statuses = [r["status"] for r in records]
     shown = ("ok", "failed", "skipped", *(["interrupted"] if "interrupted" in statuses else []))
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in shown)
-    seeds = sorted({r.get("seed") for r in records if r.get("seed") is not None}, key=seed_key)
     lines = [
         f"# Leaderboard: {name}",
         "",
+        *summary,
         f"Generated from `{RECORDS_FILE}` by `python -m bench report`; do not edit by hand.",
         "",
         f"- **Suite:** {name}" + (f" — {suite['description']}" if suite.get("description") else ""),
@@ -59,14 +57,17 @@ def header_lines(
         + _hosts_text(provenance),
         f"- **Versions:** {join(versions)}" + _mixed_note(records),
         f"- **Commit:** {join(distinct(p.get('git_commit') for p in provenance))}",
-        f"- **Seeds:** {join([str(s) for s in seeds], 'none')}",
         f"- **Records:** {len(records)} ({counts})"
         + (f"; {n_problems} problem(s) listed below" if n_problems else ""),
         f"- **Baseline:** `{baseline}`; **α** = {number_text(alpha)}",
         "",
-        *methods_lines(alpha, analyses),
     ]
     return lines
+
+
+def suite_name(suite: Mapping, records: Sequence[Record], run_dir: Path) -> str:
+    """The suite's name: suite.json's, else the records', else the run directory's."""
+    return suite.get("name") or join(distinct(r.get("suite") for r in records), run_dir.name)
 
 
 def _tan_lines(records: Sequence[Record]) -> list[str]:

@@ -1,4 +1,4 @@
-"""The leaderboard's statement of the statistics it uses, under the header."""
+"""The leaderboard's statement of the statistics it uses: its Methods section, near the end."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from collections.abc import Sequence
 
 from bench.results.leaderboard.markdown import join, number_text
 from bench.results.stats import BOOTSTRAP_RESAMPLES, BackboneAnalysis
+
+
+def methods_section(alpha: float, analyses: Sequence[BackboneAnalysis]) -> list[str]:
+    """The Methods section: its heading and the statistics statement."""
+    return ["## Methods", "", *methods_lines(alpha, analyses)]
 
 
 def methods_lines(alpha: float, analyses: Sequence[BackboneAnalysis]) -> list[str]:
@@ -22,7 +27,8 @@ def methods_lines(alpha: float, analyses: Sequence[BackboneAnalysis]) -> list[st
         f"**Statistics** (α = {number_text(alpha)}):",
         "",
         "- Intention to treat (the primary analysis): every run that started and decided its "
-        "outcome counts. A failed run (a diverged loss, a crash) is scored at chance accuracy "
+        "outcome counts. A failed run (diverged, by `training.divergence_check`, or crashed) is "
+        "scored at chance accuracy "
         "(1 / classes), and so is an ok run that ended within `report.collapse_pp` (default 2) "
         "pp of chance, flagged collapsed: a method that delivers no model scores as one. The "
         "failures column gives failed plus collapsed runs over attempted ones with an exact "
@@ -62,13 +68,27 @@ def methods_lines(alpha: float, analyses: Sequence[BackboneAnalysis]) -> list[st
         "The power line under each table does the same with the pooled SD of the paired "
         "differences, and gives the seeds a 1 pp difference would need. The SDs are estimated "
         "from few seeds: read these figures as indicative.",
+        *_grouping_bullets(),
+        "",
+    ]
+
+
+def _grouping_bullets() -> list[str]:
+    """The statement's bullets on the sections that group tables: agreement, sweeps, rankings
+    across backbones or datasets, and the test-set uncertainty under the primary tables."""
+    return [
         "- Rank agreement (when the grid sweeps an extra key): Kendall's τ-b between the norms' "
         "rankings by mean accuracy at two values of the key, with a 95% percentile bootstrap "
         f"interval over seeds ({BOOTSTRAP_RESAMPLES} resamples, seeds redrawn jointly for "
         "every cell, fixed generator seed).",
         "- Swept keys: one blocked model per key, accuracy ~ norm × value + seed block, with "
         "contrasts, norm × value interactions and per-norm slopes per doubling.",
-        "- Across backbones: average rank by mean accuracy and a Friedman test on a complete "
-        "norms × backbones table, with its exact permutation p-value.",
-        "",
+        "- Across backbones (at the same values of every other swept key) and across datasets "
+        "(a grid sweeping `data.source`), where there are at least 2: average rank by mean "
+        "accuracy and a Friedman test on a complete norms × blocks table, with its exact "
+        "permutation p-value.",
+        "- Test-set uncertainty (under each primary table, from the runs' per-example "
+        "predictions): each comparison's 95% percentile interval from a two-level bootstrap "
+        "that draws the seeds (paired) and the test examples (shared by every run) with "
+        "replacement, failed and collapsed runs at chance on every example.",
     ]

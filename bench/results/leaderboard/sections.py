@@ -9,7 +9,9 @@ from pathlib import Path
 from bench.results import figures
 from bench.results.leaderboard.collect import block_of, is_tuning, seed_key
 from bench.results.leaderboard.markdown import NA, cell_text, code, distinct, join, table
+from bench.results.leaderboard.order import numeric_key
 from bench.results.leaderboard.settings import SUITE_FILE, suite_section
+from bench.results.leaderboard.tuning_table import tuning_grid_lines
 from bench.results.leaderboard.with_tuning import tuning_privacy_lines
 from bench.results.record import Record
 from bench.results.stacks import stack_text, stacks
@@ -135,7 +137,12 @@ def failed_section(not_ok: Sequence[Record]) -> list[str]:
         ]
         for r in sorted(
             not_ok,
-            key=lambda r: (str(block_of(r)), r["norm"], seed_key(r.get("seed")), r["run_key"]),
+            key=lambda r: (
+                numeric_key(block_of(r)),
+                r["norm"],
+                seed_key(r.get("seed")),
+                r["run_key"],
+            ),
         )
     ]
     shown = table(rows, ["backbone", "norm", "seed", "status", "reason"])
@@ -154,8 +161,8 @@ def tuning_section(
 ) -> list[str]:
     """The protocol statement, what the scores reveal and what ε covers
     (`with_tuning.tuning_privacy_lines`, from ``records``: every record), and the tuning table:
-    each norm's mean validation accuracy per candidate value, the selected one marked (the
-    best mean; the first listed wins a tie)."""
+    each norm's validation accuracy per candidate value (`tuning_table.tuning_grid_lines`), the
+    selected one marked."""
     if not tuning and not suite.get("tune"):
         return []
     n_val = distinct(r.get("n_val") for r in tuning) or distinct(
@@ -188,31 +195,7 @@ def tuning_section(
             ),
             "",
         ]
-    return lines + _tuning_table(tuning)
-
-
-def _tuning_table(tuning: Sequence[Record]) -> list[str]:
-    """Each norm's mean validation accuracy per candidate value, the selected one marked."""
-    groups: dict[tuple[str, str], dict[tuple, list[float]]] = {}
-    for r in tuning:
-        values = r.get("tuned") if isinstance(r.get("tuned"), Mapping) else {}
-        cell = groups.setdefault((str(block_of(r)), str(r.get("norm"))), {})
-        accs = cell.setdefault(tuple(sorted(values.items())), [])
-        if r["status"] == "ok" and r.get("val_acc") is not None:
-            accs.append(float(r["val_acc"]))
-    rows = []
-    for (block, norm), candidates in sorted(groups.items()):
-        means = {c: sum(a) / len(a) for c, a in candidates.items() if a}
-        best = max(means, key=means.get) if means else None
-        for candidate, accs in candidates.items():
-            text = ", ".join(f"{k}={v}" for k, v in candidate) or "-"
-            acc = f"{100 * means[candidate]:.2f} (n={len(accs)})" if candidate in means else NA
-            rows.append(
-                [code(block), code(norm), text, acc, "selected" if candidate == best else ""]
-            )
-    if not rows:
-        return ["No tuning run recorded yet.", ""]
-    return [table(rows, ["backbone", "norm", "values", "val accuracy % (mean, n)", ""]), ""]
+    return lines + tuning_grid_lines(tuning, records or tuning, list(changed))
 
 
 def missing_section(planned: Sequence[Mapping], recorded_keys: set[str]) -> list[str]:
@@ -231,7 +214,7 @@ def missing_section(planned: Sequence[Mapping], recorded_keys: set[str]) -> list
         for c in sorted(
             missing,
             key=lambda c: (
-                str(block_of(c)),
+                numeric_key(block_of(c)),
                 str(c.get("norm")),
                 seed_key(c.get("seed")),
                 c["run_key"],

@@ -1,19 +1,18 @@
-"""Leaderboard sections for swept grid keys: rank agreement and the effect of each value.
+"""Leaderboard sections for swept grid keys: the effect of each value (and the sweeps the rank
+agreement of :mod:`bench.results.leaderboard.agreement` reads).
 
 A grid that sweeps a key beyond backbone, norm and seed (``training.steps``, ``privacy.epsilon``)
 gives each value its own leaderboard table (``resnet9 [training.steps=400]``). The sections here
-read across those tables: whether the norms rank alike at two values of a key, how much each
-value moves each norm's accuracy against the key's first value (does pruning cost GroupNorm
-accuracy? does epsilon 8 beat epsilon 1?). Accuracy against epsilon, when the key is
-``privacy.epsilon``, is in :mod:`bench.results.leaderboard.privacy_utility`.
+read across those tables: how much each value moves each norm's accuracy against the key's
+first value (does pruning cost GroupNorm accuracy? does epsilon 8 beat epsilon 1?). Accuracy
+against epsilon, when the key is ``privacy.epsilon``, is in
+:mod:`bench.results.leaderboard.privacy_utility`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import combinations
 
 from bench.results.leaderboard.collect import TAN_MARK, OkRuns, is_simulated
 from bench.results.leaderboard.markdown import (
@@ -28,18 +27,11 @@ from bench.results.leaderboard.markdown import (
 from bench.results.record import Record, grid_value_text
 from bench.results.stats import (
     BETTER,
-    BOOTSTRAP_RESAMPLES,
     PAIRED,
     WORSE,
-    RankAgreement,
     compare_family,
     mean_ci,
-    rank_agreement,
 )
-
-#: A setting counts as cheaper than another when its ok runs took at most this fraction of the
-#: other's mean wall-clock time; closer than that, the two are "of similar cost".
-CHEAPER_RATIO = 1 / 1.1
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,7 @@ def settings_of(ok: OkRuns) -> list[Setting]:
     return settings
 
 
-def _value_key(value: object) -> tuple:
+def value_key(value: object) -> tuple:
     """Numbers in numeric order, then anything else as text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, value, "")
@@ -92,7 +84,7 @@ def sweeps_of(settings: Sequence[Setting]) -> dict[tuple[str, str], list[tuple[o
                 setting,
             )
     return {
-        group: sorted(values.values(), key=lambda item: _value_key(item[0]))
+        group: sorted(values.values(), key=lambda item: value_key(item[0]))
         for group, values in sorted(found.items())
     }
 
@@ -102,111 +94,6 @@ def accuracy_of(runs: Mapping[str, Mapping[object, Record]]) -> dict[str, dict[o
         norm: {seed: float(r["test_acc"]) for seed, r in seeds.items()}
         for norm, seeds in runs.items()
     }
-
-
-def _mean_wall_s(runs: Mapping[str, Mapping[object, Record]]) -> float | None:
-    walls = [r.get("wall_s") for seeds in runs.values() for r in seeds.values()]
-    walls = [w for w in walls if w is not None]
-    return math.fsum(walls) / len(walls) if walls else None
-
-
-def _reading(agreement: RankAgreement, cheaper_known: bool) -> str:
-    """One sentence: does the first setting's ranking predict the second's?"""
-    if agreement.reason is not None:
-        return f"Not computed: {agreement.reason}."
-    subject = "The cheaper setting's ranking" if cheaper_known else "The ranking at the first value"
-    other = "the dearer one's" if cheaper_known else "the one at the second"
-    if agreement.low is None or agreement.high is None:
-        return f"{subject} cannot be judged: the bootstrap gave no defined τ."
-    if agreement.low > 0:
-        return f"{subject} predicts {other} (interval above 0)."
-    if agreement.high < 0:
-        return f"{subject} is reversed in {other} (interval below 0)."
-    return f"{subject} does not reliably predict {other} (interval includes 0)."
-
-
-def rank_agreement_section(ok: OkRuns) -> list[str]:
-    """Kendall's tau between the norm rankings at each pair of values of each swept key.
-
-    Args:
-        ok: The ok records by table, norm and seed.
-
-    Returns:
-        The section's Markdown lines; empty when no key was swept over two or more values.
-    """
-    rows = [
-        _agreement_row(ok, key, context, first, second)
-        for (key, context), values in sweeps_of(settings_of(ok)).items()
-        for first, second in combinations(values, 2)
-    ]
-    if not rows:
-        return []
-    headers = [
-        "backbone (rest fixed)",
-        "swept key",
-        "values (cheaper → dearer)",
-        "wall s/run",
-        "norms",
-        "Kendall τ-b (95% CI)",
-        "reading",
-    ]
-    return [
-        "## Rank agreement across swept values",
-        "",
-        "Do the norms rank alike at two values of a swept key? For each backbone and pair of "
-        "values (other swept keys held fixed): Kendall's τ-b between the norms' mean accuracies "
-        "at the two values, over the norms with ok runs at both (+1: same order, −1: reversed). "
-        f"95% interval: percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples; "
-        "seeds redrawn with replacement jointly, the same draw for every cell, since a seed "
-        "fixes the data order and noise of every cell it ran; fixed generator seed, so the "
-        "report is reproducible). The cheaper value is the "
-        "one whose ok runs took less wall-clock time on average (by at least 10%; otherwise "
-        "'similar' and the values are in sorted order). With few norms τ takes few values, and "
-        "with 2-3 seeds a cell has few distinct resampled means: read the interval as rough.",
-        "",
-        table(rows, headers),
-        "",
-    ]
-
-
-def _agreement_row(
-    ok: OkRuns,
-    key: str,
-    context: str,
-    first: tuple[object, Setting],
-    second: tuple[object, Setting],
-) -> list[str]:
-    """The rank agreement of two values of a key, the cheaper one first when one is."""
-    (value_a, a), (value_b, b) = first, second
-    wall_a, wall_b = _mean_wall_s(ok[a.block]), _mean_wall_s(ok[b.block])
-    cheaper_known = (
-        wall_a is not None
-        and wall_b is not None
-        and min(wall_a, wall_b) <= CHEAPER_RATIO * max(wall_a, wall_b)
-    )
-    if cheaper_known and wall_b < wall_a:
-        value_a, a, wall_a, value_b, b, wall_b = value_b, b, wall_b, value_a, a, wall_a
-    agreement = rank_agreement(accuracy_of(ok[a.block]), accuracy_of(ok[b.block]))
-    if agreement.tau is None:
-        tau = NA
-    elif agreement.low is None:
-        tau = f"{agreement.tau:+.2f} (no interval)"
-    else:
-        tau = f"{agreement.tau:+.2f} [{agreement.low:+.2f}, {agreement.high:+.2f}]"
-    cost = (
-        NA
-        if wall_a is None or wall_b is None
-        else f"{wall_a:.0f} → {wall_b:.0f}" + ("" if cheaper_known else " (similar)")
-    )
-    return [
-        code(context),
-        code(key),
-        f"{code(grid_value_text(value_a))} → {code(grid_value_text(value_b))}",
-        cost,
-        str(len(agreement.norms)),
-        tau,
-        _reading(agreement, cheaper_known),
-    ]
 
 
 def reference_value(

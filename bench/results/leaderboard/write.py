@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bench import atomic
 from bench.results import figures
+from bench.results.figure_context import figure_context
 from bench.results.leaderboard import blocked, privacy_utility, sections, sweeps
+from bench.results.leaderboard.across import across_sections
 from bench.results.leaderboard.backbone import (
     CONFIDENCE,
     backbone_section,
-    summary_section,
 )
 from bench.results.leaderboard.collect import (
     Collected,
@@ -23,8 +25,11 @@ from bench.results.leaderboard.collect import (
     planned_cells,
     split_simulated,
 )
-from bench.results.leaderboard.header import header_lines
-from bench.results.leaderboard.protocol import Protocol, resolve_protocol
+from bench.results.leaderboard.header import header_lines, suite_name
+from bench.results.leaderboard.methods import methods_section
+from bench.results.leaderboard.order import numeric_key
+from bench.results.leaderboard.protocol import PRIMARY, Protocol, resolve_protocol
+from bench.results.leaderboard.records_table import records_section
 from bench.results.leaderboard.settings import (
     LEADERBOARD_FILE,
     RECORDS_FILE,
@@ -35,6 +40,8 @@ from bench.results.leaderboard.settings import (
     suite_section,
 )
 from bench.results.leaderboard.simulated import simulated_section
+from bench.results.leaderboard.summary import summary_lines
+from bench.results.leaderboard.testset import testset_lines
 from bench.results.record import Record
 from bench.results.records import read_records
 from bench.results.stats import BackboneAnalysis, mean_ci
@@ -71,8 +78,8 @@ def render_leaderboard(
     collected = records if isinstance(records, Collected) else collect(records)
     records = collected.records
     protocol = resolve_protocol(suite, records)
-    body, analyses = _backbone_tables(collected, suite, baseline, alpha, protocol)
-    body += summary_section(analyses)
+    body, analyses = _backbone_tables(collected, suite, baseline, alpha, protocol, run_dir=run_dir)
+    body += across_sections(analyses, collected, protocol)
     body += sections.tuning_section(collected.tuning, suite, records)
     body += sections.privacy_section(records)
     body += _grouping_sections(collected, suite, baseline, alpha, protocol)
@@ -89,9 +96,10 @@ def render_leaderboard(
         body += sections.missing_section(planned_all, {r["run_key"] for r in records})
     all_problems = [*problems, *collected.problems]
     body += sections.problems_section(all_problems)
-    header = header_lines(
-        suite, records, len(all_problems), run_dir, baseline, alpha, list(analyses.values())
-    )
+    body += methods_section(alpha, list(analyses.values()))
+    body += records_section(records)
+    summary = summary_lines(suite_name(suite, records, run_dir), collected, analyses, protocol)
+    header = header_lines(suite, records, len(all_problems), run_dir, baseline, alpha, summary)
     return "\n".join(header + body).rstrip("\n") + "\n"
 
 
@@ -103,13 +111,13 @@ def _grouping_sections(
     protocol: Protocol,
     simulated: bool = False,
 ) -> list[str]:
-    """The sections that read across tables (rank agreement, effect of each swept value, the
-    blocked model, privacy-utility), over DP tables only or TAN simulations' tables only."""
+    """The sections that read across tables (effect of each swept value, the blocked model,
+    privacy-utility), over DP tables only or TAN simulations' tables only; the rankings across
+    tables and the rank agreement are `across_sections`."""
     ok = split_simulated(collected.ok_runs())[int(simulated)]
     grid = suite_section(suite, "grid")
     figure = figures.figure_name(figures.PRIVACY_UTILITY_PNG, simulated)
     return [
-        *sweeps.rank_agreement_section(ok),
         *sweeps.value_effect_section(ok, grid, alpha),
         *blocked.blocked_section(collected, protocol, baseline, grid, simulated),
         *privacy_utility.privacy_utility_section(ok, alpha, figure),
@@ -124,7 +132,7 @@ def _simulated_section(
     tables, analyses = _backbone_tables(collected, suite, baseline, alpha, protocol, True)
     if not analyses:
         return [], {}
-    inner = tables + summary_section(analyses)
+    inner = tables + across_sections(analyses, collected, protocol)
     inner += _grouping_sections(collected, suite, baseline, alpha, protocol, True)
     inner += sections.figures_section(any(a.results for a in analyses.values()), True)
     return simulated_section(inner), analyses
@@ -137,9 +145,11 @@ def _backbone_tables(
     alpha: float,
     protocol: Protocol,
     simulated: bool = False,
+    run_dir: Path | None = None,
 ) -> tuple[list[str], dict[str, BackboneAnalysis]]:
     """Every DP table's section (``simulated``: every TAN simulation's), over the tables with
-    records or planned cells, with their statistics."""
+    records or planned cells, with their statistics; the primary tables' test-set uncertainty
+    when ``run_dir`` (where the predictions files are) is given."""
     planned_norms: dict[str, set[str]] = {}
     for c in planned_cells(suite):
         if is_tuning(c):
@@ -148,7 +158,13 @@ def _backbone_tables(
             planned_norms.setdefault(block_of(c), set()).add(c["norm"])
     body: list[str] = []
     analyses: dict[str, BackboneAnalysis] = {}
-    for backbone in sorted(set(collected.cells) | set(planned_norms)):
+    # The primary grid point's tables first, then the others in numeric order of their grid
+    # values (steps=40 before steps=120, ε 0.5 before 8).
+    blocks = sorted(
+        (set(collected.cells) | set(planned_norms)),
+        key=lambda b: (protocol.family_of(collected.cells.get(b, {})) != PRIMARY, numeric_key(b)),
+    )
+    for backbone in blocks:
         if is_simulated(backbone) != simulated:
             continue
         lines, analyses[backbone] = backbone_section(
@@ -160,6 +176,9 @@ def _backbone_tables(
             protocol,
         )
         body += lines
+        norms = collected.cells.get(backbone, {})
+        if run_dir is not None and protocol.family_of(norms) == PRIMARY:
+            body += testset_lines(norms, analyses[backbone], run_dir, protocol.collapse)
     if not analyses and not simulated:
         only_tan = any(is_simulated(b) for b in collected.cells)
         body += [
@@ -219,21 +238,23 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
     run_dir = Path(run_dir)
     text, collected = _leaderboard(run_dir, baseline, alpha)
     dp_ok, simulated_ok = split_simulated(collected.ok_runs())
+    context = figure_context(collected.records)
     points = figure_points(collected)
     if points:
-        figures.write_figures(run_dir, points)
+        figures.write_figures(run_dir, points, context=context)
     curve = privacy_utility.curve_points(dp_ok)
     if curve:
-        figures.write_privacy_utility(run_dir, curve)
+        figures.write_privacy_utility(run_dir, curve, context=context)
     # TAN simulations' own figures (`figures.figure_name`), never drawn beside DP runs.
+    context = figure_context(collected.records, simulated=True)
     points = figure_points(collected, simulated=True)
     if points:
-        figures.write_figures(run_dir, points, simulated=True)
+        figures.write_figures(run_dir, points, context=context, simulated=True)
     curve = privacy_utility.curve_points(simulated_ok)
     if curve:
-        figures.write_privacy_utility(run_dir, curve, simulated=True)
+        figures.write_privacy_utility(run_dir, curve, context=context, simulated=True)
     path = run_dir / LEADERBOARD_FILE
-    path.write_text(text, encoding="utf-8")
+    atomic.write_text(path, text)
     return path
 
 

@@ -81,7 +81,7 @@ class FriedmanResult:
         return self.reason is None
 
 
-def friedman(means: Mapping[str, Mapping[str, float]]) -> FriedmanResult:
+def friedman(means: Mapping[str, Mapping[str, float]], unit: str = "backbone") -> FriedmanResult:
     """Friedman test of "all norms rank alike across backbones" (Demšar, JMLR 2006).
 
     Blocks are backbones, treatments are norms, the observation is a cell's mean accuracy. The
@@ -94,7 +94,9 @@ def friedman(means: Mapping[str, Mapping[str, float]]) -> FriedmanResult:
     to read.
 
     Args:
-        means: Mean accuracy per norm, per backbone (``means[backbone][norm]``).
+        means: Mean accuracy per norm, per backbone (``means[backbone][norm]``); the blocks may
+            be other settings, such as datasets.
+        unit: What a block is, as the reason a test was not run names it ("dataset").
 
     Returns:
         The statistic and p-value with the norms and backbones used, or the reason it was not run.
@@ -107,13 +109,13 @@ def friedman(means: Mapping[str, Mapping[str, float]]) -> FriedmanResult:
     usable = [(n, b) for n, b in candidates if len(n) >= 3 and len(b) >= 2]
     if not usable:
         if len(backbones) < 2:
-            reason = f"needs >= 2 backbones with ok runs (have {len(backbones)})"
+            reason = f"needs >= 2 {unit}s with ok runs (have {len(backbones)})"
         elif len(norms) < 3:
             reason = f"needs >= 3 norms (have {len(norms)})"
         else:
             reason = (
-                f"needs >= 3 norms with ok runs on >= 2 common backbones (all {len(norms)} norms "
-                f"on {len(full_blocks)} backbone(s); {len(shared_norms)} norm(s) on all "
+                f"needs >= 3 norms with ok runs on >= 2 common {unit}s (all {len(norms)} norms "
+                f"on {len(full_blocks)} {unit}(s); {len(shared_norms)} norm(s) on all "
                 f"{len(backbones)})"
             )
         return FriedmanResult(None, None, tuple(norms), tuple(backbones), reason)
@@ -121,7 +123,7 @@ def friedman(means: Mapping[str, Mapping[str, float]]) -> FriedmanResult:
     # The statistic divides by the tie correction, which is zero when every block is all ties.
     if all(len({means[b][norm] for norm in use_norms}) == 1 for b in use_blocks):
         return FriedmanResult(
-            None, None, tuple(use_norms), tuple(use_blocks), "all norms tie on every backbone"
+            None, None, tuple(use_norms), tuple(use_blocks), f"all norms tie on every {unit}"
         )
     samples = [[means[b][norm] for b in use_blocks] for norm in use_norms]
     result = sps.friedmanchisquare(*samples)

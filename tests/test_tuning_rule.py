@@ -1,0 +1,138 @@
+"""Tuning a reviewer accepts (issue 27, item 6): three tuning seeds by default, a grid refined
+around the coarse optimum, and a selection rule that rejects a candidate failing in any seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.errors import ConfigError
+from bench.results.records import read_records
+from bench.suite import load_suite
+from bench.sweep.cost import cells_to_run
+from bench.sweep.options import RunOptions
+from bench.sweep.protocol import (
+    refine_cells,
+    refined_values,
+    select,
+    select_coarse,
+    tune_cells,
+    tuning_by_group,
+)
+from bench.sweep.run import run_suite
+from tests.tiny_suite import tiny_tune
+
+
+def _suite(tmp_path: Path, text: str, name: str = "tune.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return load_suite(path)
+
+
+def test_refined_values_are_geometric_midpoints_around_the_optimum():
+    grid = [0.25, 0.5, 1.0, 2.0]
+    assert refined_values(grid, 1.0) == [0.7071, 1.414]
+    # At an edge: one half-step beyond it, so the optimum is bracketed from both sides.
+    assert refined_values(grid, 2.0) == [1.414, 2.828]
+    assert refined_values(grid, 0.25) == [0.1768, 0.3536]
+    # Not refined: integer counts, a single value, non-positive values.
+    assert refined_values([8, 16, 32], 16) == []
+    assert refined_values([0.5], 0.5) == []
+    assert refined_values([0.0, 1.0], 1.0) == []
+
+
+def test_defaults_are_three_seeds_refinement_and_the_stable_rule(tmp_path):
+    text = tiny_tune().replace("  seeds: [0]\n", "").replace("\n  refine: false", "")
+    tune = _suite(tmp_path, text).tune
+    assert (tune.seeds, tune.refine, tune.rule) == ((0, 1, 2), True, "stable")
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [("refine: 1", r"tune\.refine: must be true or false"), ("rule: best", r"tune\.rule: is not")],
+)
+def test_bad_refine_or_rule_is_one_clear_error(tmp_path, line, match):
+    text = tiny_tune().replace("  refine: false", f"  {line}")
+    with pytest.raises(ConfigError, match=match):
+        _suite(tmp_path, text)
+
+
+def _records(cells, scores):
+    """Tuning records for ``cells``: ``scores[(lr, seed)]`` is a val_acc, or None for failed."""
+    out = []
+    for c in cells:
+        acc = scores[(c.tuned["training.lr"], c.seed)]
+        out.append(
+            {
+                "run_key": c.run_key,
+                "status": "ok" if acc is not None else "failed",
+                "val_acc": acc,
+                "num_classes": 10,
+                "stage": "tune",
+            }
+        )
+    return out
+
+
+def test_the_stable_rule_rejects_a_candidate_that_failed_or_collapsed_in_any_seed(tmp_path):
+    suite = _suite(tmp_path, tiny_tune(norms="group_norm", seeds="0", tune_seeds="0, 1, 2"))
+    cells = tune_cells(suite)
+    # lr 2 has the best mean over its ok runs but failed once; lr 0.5 never failed.
+    failed = {(0.5, 0): 0.30, (0.5, 1): 0.31, (0.5, 2): 0.29}
+    failed |= {(2.0, 0): 0.45, (2.0, 1): 0.46, (2.0, 2): None}
+    (chosen,) = select(suite, _records(cells, failed)).values()
+    assert chosen.values == {"training.lr": 0.5} and chosen.rule == "stable"
+    assert [c.failures for c in chosen.table] == [0, 1]
+    # A collapsed seed (ok, but within report.collapse_pp = 2 pp of chance 10 %) is a failure too.
+    collapsed = {**failed, (2.0, 2): 0.11}
+    (chosen,) = select(suite, _records(cells, collapsed)).values()
+    assert chosen.values == {"training.lr": 0.5}
+    # The old rule (best mean over ok runs) takes the unstable rate.
+    mean_rule = _suite(
+        tmp_path,
+        tiny_tune(norms="group_norm", seeds="0", tune_seeds="0, 1, 2").replace(
+            "refine: false", "refine: false\n  rule: mean"
+        ),
+        "mean.yaml",
+    )
+    (chosen,) = select(mean_rule, _records(tune_cells(mean_rule), collapsed)).values()
+    assert chosen.values == {"training.lr": 2.0} and chosen.rule == "mean"
+    # Every candidate failed somewhere: the fewest failures decide, and the rule says so.
+    both = {**failed, (0.5, 1): None, (0.5, 2): None}
+    (chosen,) = select(suite, _records(cells, both)).values()
+    assert chosen.values == {"training.lr": 2.0} and chosen.rule == "stable, fallback"
+
+
+def test_refinement_runs_after_the_coarse_optimum_and_the_selection_waits_for_it(tmp_path):
+    suite = _suite(tmp_path, tiny_tune(norms="group_norm", seeds="0", refine=True))
+    coarse = tune_cells(suite)
+    records = _records(coarse, {(0.5, 0): 0.2, (2.0, 0): 0.4})
+    best = select_coarse(suite, records)
+    refined = refine_cells(suite, best)
+    # Optimum 2.0 at the grid's top: sqrt(0.5 x 2) = 1 below it, 2 x sqrt(2 / 0.5) = 4 above.
+    assert sorted(c.tuned["training.lr"] for c in refined) == [1.0, 4.0]
+    (waiting,) = select(suite, records).values()
+    assert waiting.values is None and waiting.missing == 2
+    records += _records(refined, {(1.0, 0): 0.5, (4.0, 0): 0.1})
+    (chosen,) = select(suite, records).values()
+    assert chosen.values == {"training.lr": 1.0} and len(chosen.table) == 4
+    # The procedure's privacy composes every run its selection read: coarse and refined.
+    (group,) = tuning_by_group(suite, records).values()
+    assert len(group) == 4
+
+
+def test_a_refined_sweep_runs_coarse_refined_and_final_runs_and_sizes_them(tmp_path):
+    suite = _suite(
+        tmp_path, tiny_tune(norms="group_norm", seeds="0", refine=True, tune_seeds="0, 1")
+    )
+    out = tmp_path / "out"
+    todo, tuning, _ = cells_to_run(suite, out / "records.jsonl")
+    assert (len(todo), tuning) == (2 * 2 + 2 * 2 + 1, 8)  # coarse, refined (sized), final
+    summary = run_suite(suite, RunOptions(out_dir=out, progress=False, report=False))
+    assert summary.total == summary.ran == 9 and summary.statuses == {"ok": 9}
+    records = read_records(out / "records.jsonl").records
+    tuned = sorted({r["tuned"]["training.lr"] for r in records if r["stage"] == "tune"})
+    assert len(tuned) == 4 and {0.5, 2.0} <= set(tuned)
+    (final,) = [r for r in records if r["stage"] == "final"]
+    assert final["tuned"] == select(suite, records)[next(iter(select(suite, records)))].values
