@@ -39,3 +39,26 @@ def write_run(run_dir: Path, records: list[dict], suite: dict | None = None) -> 
     if suite is not None:
         (run_dir / "suite.json").write_text(json.dumps(suite))
     return run_dir
+
+
+def dp_and_tan_run(run_dir: Path) -> Path:
+    """A run folder with two norms x 2 seeds as DP runs and as a TAN simulation
+    (``privacy.simulate_batch_size: 16``), ``other`` 5 pp above ``group_norm`` in both."""
+    records = [
+        make_record(
+            "r9",
+            norm,
+            s,
+            acc + 0.01 * s,
+            num_classes=10,
+            overrides={"privacy.simulate_batch_size": batch},
+            dp_valid=batch is None,
+            run_key=f"{norm}|{s}|{batch}",
+        )
+        for batch in (None, 16)
+        for norm, acc in (("group_norm", 0.4), ("other", 0.45))
+        for s in range(2)
+    ]
+    grid = {"backbone": ["r9"], "norm": ["group_norm", "other"], "seed": [0, 1]}
+    grid["privacy.simulate_batch_size"] = [None, 16]
+    return write_run(run_dir, records, {"grid": grid})

@@ -9,7 +9,7 @@ from pathlib import Path
 from bench.results.findings import FINDINGS_FILE, findings_text, write_findings
 from bench.results.findings.page import suite_dirs, suite_families
 from bench.results.leaderboard.markdown import interval_text, pvalue_text
-from tests.report_records import make_record, write_run
+from tests.report_records import dp_and_tan_run, make_record, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports"
@@ -174,24 +174,7 @@ def test_a_verdict_that_needs_the_failed_run_left_out_is_no_claim(tmp_path: Path
 
 
 def test_a_tan_simulation_table_is_exploratory_and_named_so(tmp_path: Path) -> None:
-    records = [
-        make_record(
-            "r9",
-            norm,
-            s,
-            acc + 0.01 * s,
-            num_classes=10,
-            overrides={"privacy.simulate_batch_size": batch},
-            dp_valid=batch is None,
-            run_key=f"{norm}|{s}|{batch}",
-        )
-        for batch in (None, 16)
-        for norm, acc in (("group_norm", 0.4), ("other", 0.45))
-        for s in range(2)
-    ]
-    grid = {"backbone": ["r9"], "norm": ["group_norm", "other"], "seed": [0, 1]}
-    grid["privacy.simulate_batch_size"] = [None, 16]
-    write_run(tmp_path / "r" / "tan", records, {"grid": grid})
+    dp_and_tan_run(tmp_path / "r" / "tan")
     text = findings_text(tmp_path / "r")
     primary, exploratory = _section(text, "Primary claims"), _section(text, "Exploratory")
     assert len(primary) == 1 and "`r9 [privacy.simulate_batch_size=none]`" in primary[0]

@@ -14,7 +14,7 @@ import pytest
 from bench.errors import ConfigError
 from bench.results import figures
 from bench.results.leaderboard import leaderboard_text
-from tests.report_records import make_record, write_run
+from tests.report_records import dp_and_tan_run, make_record, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,25 +175,7 @@ def test_blocked_model_finds_the_planted_slope_and_interaction_the_per_cell_test
 
 
 def test_a_tan_simulation_is_never_the_primary_family(tmp_path: Path) -> None:
-    records = []
-    for batch in (None, 16):
-        for norm, acc in (("group_norm", 0.4), ("other", 0.45)):
-            for s in range(2):
-                records.append(
-                    make_record(
-                        "r9",
-                        norm,
-                        s,
-                        acc + 0.01 * s,
-                        num_classes=10,
-                        overrides={"privacy.simulate_batch_size": batch},
-                        dp_valid=batch is None,
-                        run_key=f"{norm}|{s}|{batch}",
-                    )
-                )
-    grid = {"backbone": ["r9"], "norm": ["group_norm", "other"], "seed": [0, 1]}
-    grid["privacy.simulate_batch_size"] = [None, 16]
-    text = leaderboard_text(write_run(tmp_path, records, {"grid": grid}))
+    text = leaderboard_text(dp_and_tan_run(tmp_path))
     dp = backbone_text(text, "r9 [privacy.simulate_batch_size=none]")
     tan = backbone_text(text, "r9 [privacy.simulate_batch_size=16] [TAN simulation, not DP]")
     assert "**Family: primary**" in dp and "privacy.simulate_batch_size=none; " in dp
