@@ -4,8 +4,9 @@ A final run writes ``<records folder>/predictions/<run_key>.u8`` (``.u16`` above
 the class it predicted for each test example, in the test set's order, and once per test set
 ``labels-<sha256 prefix>.u8``, the true classes. Both are public (the test set is not private
 data). The record's ``predictions`` field names the files with their SHA-256, so that the report
-can resample test examples jointly with seeds (`bench.results.stats.testset`) and check that
-the bytes are the ones the run wrote. Torch-free: the training side hands over plain bytes.
+can add the test examples' sampling error to the seeds' (`bench.results.stats.testset`) and
+check that the bytes are the ones the run wrote. Torch-free: the training side hands over plain
+bytes.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ import numpy as np
 
 from bench.predictions import correct, write
 from bench.results.leaderboard import write_report
+from bench.results.stats import compare
+from bench.results.stats.descriptive import t_quantile
 from bench.results.stats.testset import joint_interval
 from bench.suite import load_suite
 from bench.sweep.options import RunOptions
@@ -18,9 +20,9 @@ from bench.sweep.run import run_suite
 
 
 def test_the_joint_interval_adds_the_test_sets_sampling_error_to_the_seeds():
-    """Seeds that agree exactly give a seeds-only interval of zero width; resampling the test
-    examples gives the width the examples' own error implies: about 1.96 times the standard
-    error of the mean per-example difference."""
+    """Seeds that agree exactly give a seeds-only interval of zero width; the test examples
+    give the width their own error implies: t(seeds - 1) times the standard error of the mean
+    per-example difference."""
     rng = np.random.default_rng(1)
     n = 4000
     base = rng.random(n) < 0.5
@@ -32,12 +34,32 @@ def test_the_joint_interval_adds_the_test_sets_sampling_error_to_the_seeds():
     se = diff.std(ddof=1) / math.sqrt(n)
     assert math.isclose(joint.mean, diff.mean())
     assert joint.low < joint.mean < joint.high
-    assert math.isclose((joint.high - joint.low) / 2, 1.96 * se, rel_tol=0.15)
+    assert math.isclose((joint.high - joint.low) / 2, t_quantile(0.95, 4) * se)
     # Seeds that disagree widen it further; one shared seed gives nothing to resample.
     ours[0] = base.astype(float)
     wider = joint_interval(ours, theirs)
     assert wider.high - wider.low > joint.high - joint.low
     assert joint_interval({0: ours[0]}, {0: theirs[0]}) is None
+
+
+def test_the_joint_interval_is_never_narrower_than_the_seeds_only_interval():
+    """Adding the test set's sampling error cannot shrink an interval. With 2 or 3 seeds whose
+    differences disagree, a percentile bootstrap over seeds spans little more than the seeds'
+    own range (a 2-seed paired t-interval is 12.7 standard errors wide a side); the joint
+    interval must contain the paired t-interval of the same per-seed differences."""
+    rng = np.random.default_rng(2)
+    n = 2000
+    base = (rng.random(n) < 0.5).astype(float)
+    for gains in ([0.02, 0.10], [0.00, 0.04, 0.09]):
+        ours = {s: np.maximum(base, rng.random(n) < g) for s, g in enumerate(gains)}
+        theirs = {s: base for s in range(len(gains))}
+        joint = joint_interval(ours, theirs)
+        seeds_only = compare(
+            {s: a.mean() for s, a in ours.items()}, {s: b.mean() for s, b in theirs.items()}
+        )
+        assert math.isclose(joint.mean, seeds_only.diff)
+        assert joint.low <= seeds_only.diff - seeds_only.half_width
+        assert joint.high >= seeds_only.diff + seeds_only.half_width
 
 
 def test_predictions_are_checked_against_their_record(tmp_path):

@@ -88,7 +88,7 @@ def _grouping_bullets() -> list[str]:
         "accuracy and a Friedman test on a complete norms × blocks table, with its exact "
         "permutation p-value.",
         "- Test-set uncertainty (under each primary table, from the runs' per-example "
-        "predictions): each comparison's 95% percentile interval from a two-level bootstrap "
-        "that draws the seeds (paired) and the test examples (shared by every run) with "
-        "replacement, failed and collapsed runs at chance on every example.",
+        "predictions): each comparison's 95% paired t-interval (seeds − 1 df) with the test "
+        "set's sampling variance added (over the test examples, shared by every run), failed "
+        "and collapsed runs at chance on every example.",
     ]

@@ -14,7 +14,7 @@ from bench.results.leaderboard.markdown import code, interval_text, table
 from bench.results.leaderboard.survivorship import cell_outcomes
 from bench.results.stats import BackboneAnalysis
 from bench.results.stats.itt import Outcomes
-from bench.results.stats.testset import RESAMPLES, JointInterval, joint_interval
+from bench.results.stats.testset import JointInterval, joint_interval
 
 #: Why there is no interval, for a run that predates the predictions files.
 _PREDATE = "no per-example predictions (records before they were written)"
@@ -92,10 +92,10 @@ def testset_lines(
         )
     return [
         f"**Test-set uncertainty** (intention to treat, Δ vs `{baseline}` in pp): the seeds-only "
-        "interval of the table beside a percentile interval that also resamples the test "
-        f"examples ({RESAMPLES} replicates; each draws the seeds, paired, and the test examples, "
-        "shared by every run, with replacement; failed and collapsed runs at chance on every "
-        "example).",
+        "interval of the table beside a paired t-interval whose variance adds the test set's "
+        "(the variance over the test examples of each example's difference, averaged over the "
+        "seeds; never narrower than the seeds-only one; failed and collapsed runs at chance on "
+        "every example).",
         "",
         table(rows, ["norm", "Δ, 95% CI (seeds)", "Δ, 95% CI (seeds × test examples)", "note"]),
         "",

@@ -1,40 +1,42 @@
-"""Test-set uncertainty: a paired difference's interval resampling seeds and test examples jointly.
+"""Test-set uncertainty: a paired difference's interval over seeds and test examples together.
 
 The seeds-only intervals of the leaderboard treat each run's accuracy as exact, but it is a mean
 over a finite test set (10,000 CIFAR-10 images: a standard error of about 0.5 pp per accuracy),
-and two norms scored on the same images share that set's sampling error. This two-level
-bootstrap draws, in each replicate, the seeds with replacement (the same seeds for both norms:
-the pairing) and the test examples with replacement (the same examples for every run), and
-takes the mean over the drawn seeds of the difference of the two runs' accuracies on the drawn
-examples. Its percentile interval covers both sources of variation (Davison and Hinkley 1997,
-ch. 2.4, on resampling the units of each level of a hierarchy).
+and two norms scored on the same images share that set's sampling error. By the law of total
+variance, the variance of the mean paired difference D over S seeds and n test examples is the
+seeds' part given the test set, estimated by s_seeds² / S (s_seeds: the SD of the per-seed
+accuracy differences, the paired t-test's), plus the test set's part, estimated by s_ex² / n
+(s_ex: the SD over examples of each example's score difference averaged over the seeds; it
+also holds the runs' per-example noise over S, so the sum errs on the wide side). The interval
+is ``D ± t(S - 1) * sqrt(s_seeds² / S + s_ex² / n)``: the paired t-interval with the test
+set's variance added, so it is never narrower than the seeds-only interval (Miller 2024,
+"Adding error bars to evals", arXiv:2411.00640, on paired per-example differences and
+clustered standard errors).
 
-Written here rather than with `scipy.stats.bootstrap`: that resamples one set of observations
-(or several independently), not two crossed levels with a shared index.
+Not a two-level percentile bootstrap: with the 2 to 5 seeds of a suite, resampling seeds spans
+little more than their range (2 seeds: half the range, where the t-interval is 12.7 standard
+errors a side), so it would come out narrower than the seeds-only interval it is meant to widen.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-#: Bootstrap replicates and the generator's fixed seed (the report is deterministic).
-RESAMPLES = 2000
-GENERATOR_SEED = 0
-#: Replicates drawn at once (bounds memory: CHUNK x examples integers).
-_CHUNK = 100
+from bench.results.stats.descriptive import t_quantile
 
 
 @dataclass(frozen=True)
 class JointInterval:
-    """A paired difference's mean and its seeds x test-examples percentile interval.
+    """A paired difference's mean and its seeds x test-examples t-interval.
 
     Attributes:
         mean: Mean over the common seeds of the runs' accuracy differences (a fraction).
-        low: Lower percentile end (a fraction).
-        high: Upper percentile end.
+        low: Lower end of the interval (a fraction).
+        high: Upper end.
         seeds: Seeds both norms ran (the pairs).
         examples: Test examples per run.
     """
@@ -50,37 +52,28 @@ def joint_interval(
     ours: Mapping[Hashable, np.ndarray],
     theirs: Mapping[Hashable, np.ndarray],
     confidence: float = 0.95,
-    resamples: int = RESAMPLES,
 ) -> JointInterval | None:
-    """The interval of the mean paired difference ``ours - theirs``.
+    """The interval of the mean paired difference ``ours - theirs`` (see the module docstring).
 
     Args:
         ours: Per seed, a run's per-example score on the test set (1 right, 0 wrong; a failed
             run counted at chance gives every example 1 / classes).
         theirs: The same for the other norm; the same test examples in the same order.
-        confidence: Two-sided level of the percentile interval.
-        resamples: Bootstrap replicates.
+        confidence: Two-sided level of the interval.
 
     Returns:
-        None when fewer than 2 seeds are shared (no seed variation to resample) or the runs
+        None when fewer than 2 seeds are shared (no seed variation to estimate) or the runs
         scored different numbers of examples.
     """
     seeds = sorted(set(ours) & set(theirs), key=repr)
-    if len(seeds) < 2:
+    if len(seeds) < 2 or len({len(ours[s]) for s in seeds} | {len(theirs[s]) for s in seeds}) > 1:
         return None
     diffs = np.stack([np.asarray(ours[s], float) - np.asarray(theirs[s], float) for s in seeds])
-    if diffs.ndim != 2 or any(len(ours[s]) != len(theirs[s]) for s in seeds):
-        return None
     n_seeds, n = diffs.shape
-    rng = np.random.default_rng(GENERATOR_SEED)
-    replicates = np.empty(resamples)
-    for start in range(0, resamples, _CHUNK):
-        size = min(_CHUNK, resamples - start)
-        # Each replicate's example weights: how often each example is drawn, over n.
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size) / n
-        per_seed = weights @ diffs.T  # (size, seeds): each seed's difference on the draw
-        drawn = rng.integers(0, n_seeds, size=(size, n_seeds))
-        replicates[start : start + size] = np.take_along_axis(per_seed, drawn, axis=1).mean(1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(replicates, [tail, 100 - tail])
-    return JointInterval(float(diffs.mean()), float(low), float(high), n_seeds, n)
+    if n < 2:
+        return None
+    seeds_var = float(diffs.mean(axis=1).var(ddof=1)) / n_seeds
+    examples_var = float(diffs.mean(axis=0).var(ddof=1)) / n
+    half = t_quantile(confidence, n_seeds - 1) * math.sqrt(seeds_var + examples_var)
+    mean = float(diffs.mean())
+    return JointInterval(mean, mean - half, mean + half, n_seeds, n)
