@@ -3,27 +3,15 @@ with the baseline, the slope per doubling and the slope against the baseline's."
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
-from bench.results.findings.families import ITT, Family, Member
-from bench.results.leaderboard.blocked import (
-    change_contrast,
-    itt_series,
-    log2_covariate,
-    slope_contrast,
-)
+from bench.results.findings.families import ITT, Family, Member, direction_of
+from bench.results.leaderboard.blocked import SweepTests, sweep_tests, swept_keys
 from bench.results.leaderboard.collect import Collected
 from bench.results.leaderboard.markdown import code
 from bench.results.leaderboard.protocol import Protocol
-from bench.results.leaderboard.sweeps import Setting, reference_value, settings_of, sweeps_of
-from bench.results.record import grid_value_text
-from bench.results.stats import detectable_difference, holm
-from bench.results.stats.blocked import (
-    Contrast,
-    Series,
-    paired_differences,
-)
+from bench.results.stats import judge_family
+from bench.results.stats.blocked import Contrast
 
 #: A blocked model's test, as the members' text names it.
 _TEST = "blocked model with seed blocks"
@@ -35,78 +23,53 @@ def _family(
     tests: Sequence[tuple[str, tuple[str, str], Contrast | None]],
     alpha: float,
 ) -> Family:
-    """A column of the blocked section, Holm-corrected over its rows, with each row's verdict
-    and detectable effect at Holm's first threshold (as `judge_family` gives the others)."""
-    adjusted = holm([None if c is None else c.pvalue for _, _, c in tests])
-    m = sum(p is not None for p in adjusted)
+    """A column of the blocked section, judged as one family (`judge_family`: Holm over its
+    tested rows, each row's verdict and detectable effect at Holm's first threshold)."""
+    judged = iter(judge_family([c for _, _, c in tests if c is not None], alpha))
     members = []
-    for (subject, claims, c), p in zip(tests, adjusted, strict=True):
-        if c is None or p is None:
+    for subject, claims, c in tests:
+        if c is None:
             members.append(Member(subject, None, claims, None, None, _TEST, None, None))
             continue
-        direction = 0 if p > alpha or c.estimate == 0 else int(math.copysign(1, c.estimate))
+        j = next(judged)
         test = f"{_TEST}, {c.df:g} residual df"
-        detectable = detectable_difference(c.se, c.df, alpha / m)
+        verdict = direction_of(j.verdict)
         members.append(
-            Member(subject, direction, claims, c.estimate, c.half_width, test, p, detectable)
+            Member(subject, verdict, claims, c.estimate, c.half_width, test, j.p_holm, j.detectable)
         )
     return Family(name, False, ITT, unit, tuple(members))
 
 
 def _sweep_families(
-    key: str,
-    context: str,
-    values: Sequence[tuple[object, Setting]],
-    full: Mapping[str, Series],
-    baseline: str,
-    grid: Mapping,
-    alpha: float,
+    key: str, context: str, tests: SweepTests, baseline: str, alpha: float
 ) -> list[Family]:
-    """The families of one swept key's blocked tables (none without a baseline run)."""
-    if baseline not in full:
-        return []
-    ref = grid_value_text(reference_value(key, values, grid)[0])
-    blocks = {grid_value_text(v): setting.block for v, setting in values}
-    norms = sorted(full, key=lambda n: (n != baseline, n))
-    pairs = [(n, v) for n in norms for v in blocks if v != ref and blocks[v] in full[n]]
+    """The families of one swept key's blocked tables, in the leaderboard's rows and order."""
     where = f"{code(key)} on {code(context)}"
-    ref_code, base = code(ref), code(baseline)
+    ref, base = code(tests.ref), code(baseline)
     change = [
         (
             f"{code(n)} at {code(key)} = {code(v)}",
-            (f"is more accurate than at {ref_code}", f"is less accurate than at {ref_code}"),
-            change_contrast(full[n], blocks[v], blocks[ref]),
+            (f"is more accurate than at {ref}", f"is less accurate than at {ref}"),
+            own,
         )
-        for n, v in pairs
+        for n, v, own, _ in tests.changes
     ]
     beyond = (f"exceeds {base}'s", f"falls short of {base}'s")
     inter = [
-        (
-            f"{code(n)}'s change from {code(key)} = {ref_code} to {code(v)}",
-            beyond,
-            change_contrast(paired_differences(full[n], full[baseline]), blocks[v], blocks[ref]),
-        )
-        for n, v in pairs
+        (f"{code(n)}'s change from {code(key)} = {ref} to {code(v)}", beyond, c)
+        for n, v, _, c in tests.changes
         if n != baseline
     ]
     families = [
-        _family(f"blocked model, {where}: each value against {ref_code}", "pp", change, alpha),
+        _family(f"blocked model, {where}: each value against {ref}", "pp", change, alpha),
         _family(f"blocked model, {where}: interaction with {base}", "pp", inter, alpha),
     ]
-    covariate = log2_covariate(values)
-    if covariate is not None and len(set(covariate.values())) >= 3:
-        along = {n: {v: s[b] for v, b in blocks.items() if b in s} for n, s in full.items()}
+    if tests.trends is not None:
         rises = (f"rises with {code(key)}", f"falls with {code(key)}")
-        slopes = [
-            (f"{code(n)}'s accuracy", rises, slope_contrast(along[n], covariate)) for n in norms
-        ]
+        slopes = [(f"{code(n)}'s accuracy", rises, slope) for n, slope, _ in tests.trends]
         diffs = [
-            (
-                f"{code(n)}'s slope along {code(key)}",
-                beyond,
-                slope_contrast(paired_differences(along[n], along[baseline]), covariate),
-            )
-            for n in norms
+            (f"{code(n)}'s slope along {code(key)}", beyond, diff)
+            for n, _, diff in tests.trends
             if n != baseline
         ]
         unit = "pp per doubling"
@@ -122,18 +85,13 @@ def blocked_families(
     baseline: str,
     grid: Mapping,
     alpha: float,
-    ok: Mapping,
+    simulated: bool,
 ) -> list[Family]:
-    """Every swept key's blocked-model families, over the tables of ``ok`` (the DP tables' ok
-    runs, or the TAN simulations'), as the leaderboard's blocked section tests them."""
-    settings = settings_of(ok)
-    by_backbone: dict[str, list[Setting]] = {}
-    for setting in settings:
-        by_backbone.setdefault(setting.backbone, []).append(setting)
-    full = {b: itt_series(collected, group, protocol) for b, group in by_backbone.items()}
+    """Every swept key's blocked-model families, over the DP tables (``simulated``: the TAN
+    simulations'), as the leaderboard's blocked section tests them (`sweep_tests`)."""
     families = []
-    for (key, context), values in sweeps_of(settings).items():
-        if len(values) >= 2:
-            series = full[values[0][1].backbone]
-            families += _sweep_families(key, context, values, series, baseline, grid, alpha)
+    for key, context, values, series in swept_keys(collected, protocol, simulated):
+        tests = sweep_tests(key, values, series, baseline, grid)
+        if tests is not None:
+            families += _sweep_families(key, context, tests, baseline, alpha)
     return families

@@ -131,9 +131,9 @@ def suite_families(run_dir: Path) -> tuple[list[Family], float, str]:
     protocol = resolve_protocol(suite, collected.records)
     grid = suite_section(suite, "grid")
     families = table_families(collected, baseline, alpha, protocol)
-    for ok in split_simulated(collected.ok_runs()):
+    for simulated, ok in enumerate(split_simulated(collected.ok_runs())):
         families += value_effect_families(ok, grid, alpha)
-        families += blocked_families(collected, protocol, baseline, grid, alpha, ok)
+        families += blocked_families(collected, protocol, baseline, grid, alpha, bool(simulated))
         families += privacy_utility_families(ok, alpha)
     how = "declared by `report.primary`" if protocol.declared else "the default"
     unusable = len(read.problems) + len(collected.problems)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from bench.results.leaderboard.collect import Collected, split_simulated
 from bench.results.leaderboard.markdown import NA, code, interval_text, pvalue_text, table
@@ -72,45 +73,70 @@ def slope_contrast(series: Series, covariate: Mapping[str, float]) -> Contrast |
     return trend_model(usable, covariate).contrast({"slope": 1.0})
 
 
-def _change_rows(
-    series: Mapping[str, Series], blocks: Mapping[str, str], ref: str, base: str
-) -> list[list[str]]:
-    """Per (norm, value): the change from the reference value's table, and the interaction
-    (that change minus the baseline's, from the paired differences). ``blocks`` maps each
-    value's text to its table."""
-    keys = [(n, v) for n in series for v in blocks if v != ref and blocks[v] in series[n]]
-    own = [change_contrast(series[n], blocks[v], blocks[ref]) for n, v in keys]
-    inter = [
-        change_contrast(paired_differences(series[n], series[base]), blocks[v], blocks[ref])
-        if n != base
-        else None
-        for n, v in keys
-    ]
-    p_own, p_inter = _holm_texts(own), _holm_texts(inter)
-    return [
-        [code(n), code(v), _effect(own[i]), p_own[i], _effect(inter[i]), p_inter[i]]
-        for i, (n, v) in enumerate(keys)
-    ]
+@dataclass(frozen=True)
+class SweepTests:
+    """One swept key's blocked-model tests, in the order its tables show them (the baseline's
+    rows first, then the other norms by name); the leaderboard and the findings page both read
+    them from here.
+
+    Attributes:
+        ref: The reference value, as text.
+        changes: Per (norm, value other than ``ref``): the norm, the value, the change from
+            ``ref`` and the interaction (that change minus the baseline's; None for the
+            baseline itself).
+        trends: Per norm: the norm, its slope per doubling and its slope minus the baseline's
+            (None for the baseline); None unless the key has 3 or more positive numeric values.
+    """
+
+    ref: str
+    changes: tuple[tuple[str, str, Contrast | None, Contrast | None], ...]
+    trends: tuple[tuple[str, Contrast | None, Contrast | None], ...] | None
 
 
-def _trend_rows(
-    series: Mapping[str, Series], covariate: Mapping[str, float], base: str
-) -> list[list[str]]:
-    """Per norm: its slope per doubling with seed blocks, and its slope minus the baseline's
-    (the trend of its paired differences with the baseline)."""
-    norms = list(series)
-    slopes = [slope_contrast(series[n], covariate) for n in norms]
-    diffs = [
-        slope_contrast(paired_differences(series[n], series[base]), covariate)
-        if n != base
-        else None
-        for n in norms
-    ]
-    p_slopes, p_diffs = _holm_texts(slopes), _holm_texts(diffs)
-    return [
-        [code(n), _effect(slopes[i]), p_slopes[i], _effect(diffs[i]), p_diffs[i]]
-        for i, n in enumerate(norms)
-    ]
+def sweep_tests(
+    key: str,
+    values: Sequence[tuple[object, Setting]],
+    full: Mapping[str, Series],
+    baseline: str,
+    grid_listing: Mapping,
+) -> SweepTests | None:
+    """The blocked models' tests of one swept key; ``full`` holds every table of the backbone,
+    so each norm's model spans the whole grid. None without a baseline run."""
+    if baseline not in full:
+        return None
+    ref = grid_value_text(reference_value(key, values, grid_listing)[0])
+    blocks = {grid_value_text(v): setting.block for v, setting in values}
+    series = {n: full[n] for n in sorted(full, key=lambda n: (n != baseline, n))}
+    base = series[baseline]
+    changes = tuple(
+        (
+            n,
+            v,
+            change_contrast(series[n], blocks[v], blocks[ref]),
+            change_contrast(paired_differences(series[n], base), blocks[v], blocks[ref])
+            if n != baseline
+            else None,
+        )
+        for n in series
+        for v in blocks
+        if v != ref and blocks[v] in series[n]
+    )
+    covariate = log2_covariate(values)
+    # With two values the line is the change above, so it is tested from three values on.
+    if covariate is None or len(set(covariate.values())) < 3:
+        return SweepTests(ref, changes, None)
+    along = {n: {v: s[b] for v, b in blocks.items() if b in s} for n, s in series.items()}
+    trends = tuple(
+        (
+            n,
+            slope_contrast(along[n], covariate),
+            slope_contrast(paired_differences(along[n], along[baseline]), covariate)
+            if n != baseline
+            else None,
+        )
+        for n in along
+    )
+    return SweepTests(ref, changes, trends)
 
 
 def _sweep_lines(
@@ -121,30 +147,54 @@ def _sweep_lines(
     baseline: str,
     grid_listing: Mapping,
 ) -> list[str]:
-    """The blocked models' tables for one swept key; ``full`` holds every table of the
-    backbone, so each norm's model spans the whole grid."""
+    """The blocked models' tables for one swept key (:func:`sweep_tests`)."""
     ref = grid_value_text(reference_value(key, values, grid_listing)[0])
-    blocks = {grid_value_text(v): setting.block for v, setting in values}
     title = f"### {code(key)} on {code(context)}, against {code(ref)} and `{baseline}`"
-    if baseline not in full:
+    tests = sweep_tests(key, values, full, baseline, grid_listing)
+    if tests is None:
         return [title, "", f"No `{baseline}` run: no interaction is tested.", ""]
-    series = {n: full[n] for n in sorted(full, key=lambda n: (n != baseline, n))}
+    p_own = _holm_texts([own for _, _, own, _ in tests.changes])
+    p_inter = _holm_texts([inter for _, _, _, inter in tests.changes])
+    rows = [
+        [code(n), code(v), _effect(own), p_own[i], _effect(inter), p_inter[i]]
+        for i, (n, v, own, inter) in enumerate(tests.changes)
+    ]
     headers = ["norm", "value", f"Δ vs {ref} (pp, 95% CI)", "p (Holm)"]
     headers += [f"interaction: Δ − `{baseline}`'s (pp, 95% CI)", "p (Holm)"]
-    lines = [title, "", table(_change_rows(series, blocks, ref, baseline), headers), ""]
-    covariate = log2_covariate(values)
-    # With two values the line is the change above, so it is shown from three values on.
-    if covariate is not None and len(set(covariate.values())) >= 3:
-        along = {n: {v: s[b] for v, b in blocks.items() if b in s} for n, s in series.items()}
+    lines = [title, "", table(rows, headers), ""]
+    if tests.trends is not None:
+        p_slopes = _holm_texts([slope for _, slope, _ in tests.trends])
+        p_diffs = _holm_texts([diff for _, _, diff in tests.trends])
+        rows = [
+            [code(n), _effect(slope), p_slopes[i], _effect(diff), p_diffs[i]]
+            for i, (n, slope, diff) in enumerate(tests.trends)
+        ]
         headers = ["norm", "slope (pp per doubling, 95% CI)", "p (Holm)"]
         headers += [f"slope − `{baseline}`'s (pp per doubling, 95% CI)", "p (Holm)"]
         lines += [
             f"Trend along `{key}` (a line in log2 of the value with seed blocks):",
             "",
-            table(_trend_rows(along, covariate, baseline), headers),
+            table(rows, headers),
             "",
         ]
     return lines
+
+
+def swept_keys(
+    collected: Collected, protocol: Protocol, simulated: bool
+) -> list[tuple[str, str, Sequence[tuple[object, Setting]], dict[str, Series]]]:
+    """Every key swept over two or more values in the DP tables (``simulated``: the TAN
+    simulations'), with what is held fixed, its values and its backbone's ITT series."""
+    settings = settings_of(split_simulated(collected.ok_runs())[int(simulated)])
+    by_backbone: dict[str, list[Setting]] = {}
+    for setting in settings:
+        by_backbone.setdefault(setting.backbone, []).append(setting)
+    full = {b: itt_series(collected, group, protocol) for b, group in by_backbone.items()}
+    return [
+        (key, context, values, full[values[0][1].backbone])
+        for (key, context), values in sweeps_of(settings).items()
+        if len(values) >= 2
+    ]
 
 
 def blocked_section(
@@ -166,16 +216,9 @@ def blocked_section(
     Returns:
         The section's lines; empty when no key was swept over two or more values.
     """
-    settings = settings_of(split_simulated(collected.ok_runs())[int(simulated)])
-    by_backbone: dict[str, list[Setting]] = {}
-    for setting in settings:
-        by_backbone.setdefault(setting.backbone, []).append(setting)
-    full = {b: itt_series(collected, group, protocol) for b, group in by_backbone.items()}
     lines: list[str] = []
-    for (key, context), values in sweeps_of(settings).items():
-        if len(values) >= 2:
-            series = full[values[0][1].backbone]
-            lines += _sweep_lines(key, context, values, series, baseline, grid or {})
+    for key, context, values, series in swept_keys(collected, protocol, simulated):
+        lines += _sweep_lines(key, context, values, series, baseline, grid or {})
     if not lines:
         return []
     return [

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench.results.stats.blocked import Contrast
 from bench.results.stats.descriptive import Seeds
 from bench.results.stats.power import detectable_difference
 from bench.results.stats.significance import (
@@ -24,7 +25,8 @@ class Judged:
     """One member of a family of tests, judged with the others.
 
     Attributes:
-        test: The member's test (a comparison with its reference, or a slope's test).
+        test: The member's test (a comparison with its reference, a slope's test, or a
+            blocked model's contrast).
         p_holm: Its Holm-corrected p-value; None when not tested.
         verdict: ``BETTER``, ``WORSE``, ``NO_DIFFERENCE`` or ``NOT_TESTED`` (see
             :func:`~bench.results.stats.significance.verdict`).
@@ -34,7 +36,7 @@ class Judged:
             None without one.
     """
 
-    test: Comparison | Trend
+    test: Comparison | Trend | Contrast
     p_holm: float | None
     verdict: str
     detectable: float | None
@@ -51,7 +53,7 @@ class Judged:
         )
 
 
-def judge_family(tests: Sequence[Comparison | Trend], alpha: float) -> list[Judged]:
+def judge_family(tests: Sequence[Comparison | Trend | Contrast], alpha: float) -> list[Judged]:
     """Holm-correct a family of tests, and give each its verdict and detectable difference.
 
     The detectable difference is taken at alpha / m, Holm's first threshold, which a verdict

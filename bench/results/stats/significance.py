@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+from bench.results.stats.blocked import Contrast
 from bench.results.stats.descriptive import ZERO_SD, Seeds, degenerate_p, t_quantile, values_of
 from bench.results.stats.exact import sign_flip_p
 
@@ -205,21 +206,25 @@ def trend(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> T
     return Trend(slope, half_width, float(fit.pvalue), se, df, n)
 
 
-def verdict(test: Comparison | Trend, p_adjusted: float | None, alpha: float) -> str:
+def verdict(test: Comparison | Trend | Contrast, p_adjusted: float | None, alpha: float) -> str:
     """Better, worse or no significant difference, from a corrected p-value.
 
     A direction is never given on a non-significant difference: it is given only when
     ``p_adjusted <= alpha``.
 
     Args:
-        test: The comparison against the reference, or a slope's test.
+        test: The comparison against the reference, a slope's test, or a blocked model's
+            contrast.
         p_adjusted: Its corrected p-value (None when not tested).
         alpha: Family-wise significance level.
 
     Returns:
         One of ``BETTER``, ``WORSE``, ``NO_DIFFERENCE`` or ``NOT_TESTED``.
     """
-    estimate = test.diff if isinstance(test, Comparison) else test.slope
+    if isinstance(test, Contrast):
+        estimate: float | None = test.estimate
+    else:
+        estimate = test.diff if isinstance(test, Comparison) else test.slope
     if not test.tested or p_adjusted is None or estimate is None:
         return NOT_TESTED
     if p_adjusted <= alpha and estimate != 0:
