@@ -381,6 +381,35 @@ def test_a_reversed_ranking_reads_as_reversed_and_dearer_by_wall_time(tmp_path: 
     assert row[5] == "The ranking at `1.0` (the cheaper) is reversed at `0.5` (interval below 0)."
 
 
+def test_rank_agreement_counts_failed_runs_at_chance_as_the_tables_do(tmp_path: Path) -> None:
+    """Intention to treat is primary: a norm whose runs fail at one value ranks by its runs at
+    chance there, not by the one run that survived (which would keep the order unchanged)."""
+    dearer = {n: [a + 0.1 for a in accs] for n, accs in NORM_ACCS.items()}
+    records = [
+        {**r, "num_classes": 10}
+        for r in swept("training.steps", {100: NORM_ACCS, 400: dearer})
+        if not (
+            r["norm"] == "scale_norm" and r["seed"] > 0 and r["overrides"]["training.steps"] == 400
+        )
+    ]
+    records += [
+        make_record(
+            "resnet9",
+            "scale_norm",
+            seed,
+            None,
+            status="failed",
+            overrides={"training.steps": 400},
+            run_key=f"scale_norm|{seed}|400",
+            num_classes=10,
+        )
+        for seed in (1, 2)
+    ]
+    row = agreement_row(write_report(write_run(tmp_path, records)).read_text())
+    # At 400 the failures put scale_norm (first at 100) last: 3 of 6 pairs swap.
+    assert row[3] == "4" and row[4].startswith("+0.00"), row
+
+
 def test_a_sweep_with_two_norms_says_why_tau_was_not_computed(tmp_path: Path) -> None:
     two = {n: NORM_ACCS[n] for n in ("group_norm", "layer_norm")}
     records = swept("training.lr", {0.5: two, 1.0: two})

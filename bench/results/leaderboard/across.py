@@ -52,7 +52,11 @@ def across_sections(
     ok = {block: runs for block, runs in collected.ok_runs().items() if block in analyses}
     return [
         *backbones_section(analyses, tables),
-        *agreement_sections(ok, exclude=(DATASET_KEY,)),
+        *agreement_sections(
+            ok,
+            {block: itt_scores(collected.cells.get(block, {}), protocol.collapse) for block in ok},
+            exclude=(DATASET_KEY,),
+        ),
         *datasets_section(collected, tables, analyses, protocol),
     ]
 

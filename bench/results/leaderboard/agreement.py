@@ -8,9 +8,10 @@ from itertools import combinations
 
 from bench.results.leaderboard.collect import OkRuns
 from bench.results.leaderboard.markdown import NA, code, table
-from bench.results.leaderboard.sweeps import Setting, accuracy_of, settings_of, sweeps_of
+from bench.results.leaderboard.sweeps import Setting, settings_of, sweeps_of
 from bench.results.record import Record, grid_value_text
 from bench.results.stats import RankAgreement, rank_agreement
+from bench.results.stats.descriptive import Seeds
 
 #: A setting counts as cheaper than another when its ok runs took at most this fraction of the
 #: other's mean wall-clock time; closer than that, the two are "of similar cost".
@@ -30,13 +31,17 @@ HEADERS = [
 ]
 
 
-def agreement_sections(ok: OkRuns, exclude: Collection[str] = ()) -> list[str]:
+def agreement_sections(
+    ok: OkRuns, scores: Mapping[str, Mapping[str, Seeds]], exclude: Collection[str] = ()
+) -> list[str]:
     """One "Agreement across `key`" section per swept key: Kendall's tau between the norm
     rankings at each pair of the key's values, in value order (numbers numerically), the other
     swept keys held fixed.
 
     Args:
-        ok: The ok records by table, norm and seed.
+        ok: The ok records by table, norm and seed (the tables swept, their wall time).
+        scores: Each table's accuracy per norm and seed under intention to treat, as the
+            tables score it (a failed or collapsed run at chance): what is ranked.
         exclude: Swept keys reported elsewhere (the datasets, ranked in their own section).
 
     Returns:
@@ -46,7 +51,7 @@ def agreement_sections(ok: OkRuns, exclude: Collection[str] = ()) -> list[str]:
     for key, context, values in sweep_pairs(ok):
         if key not in exclude:
             rows.setdefault(key, []).extend(
-                agreement_row(ok, context, first, second)
+                agreement_row(ok, scores, context, first, second)
                 for first, second in combinations(values, 2)
             )
     lines: list[str] = []
@@ -61,8 +66,9 @@ def agreement_sections(ok: OkRuns, exclude: Collection[str] = ()) -> list[str]:
         lines += [
             f"Do the norms rank alike at two values of {code(key)}? For each pair of "
             "values (numbers in increasing order; every other swept key held fixed): Kendall's "
-            "τ-b between the norms' mean accuracies (ok runs) at the two values, over the norms "
-            "with ok runs at both (+1: same order, −1: reversed), with its 95% seed-joint "
+            "τ-b between the norms' mean accuracies at the two values under intention to treat, "
+            "as the tables score them (a failed or collapsed run at chance), over the norms "
+            "run at both (+1: same order, −1: reversed), with its 95% seed-joint "
             "bootstrap interval (as the statistics notes say). The wall-clock column is a run's "
             "mean at each value; the reading names the cheaper value when one is at least 10% "
             "cheaper. With few norms τ takes few values and with 2-3 seeds the interval is rough.",
@@ -83,7 +89,11 @@ def sweep_pairs(ok: OkRuns) -> list[tuple[str, str, list[tuple[object, Setting]]
 
 
 def agreement_row(
-    ok: OkRuns, context: str, first: tuple[object, Setting], second: tuple[object, Setting]
+    ok: OkRuns,
+    scores: Mapping[str, Mapping[str, Seeds]],
+    context: str,
+    first: tuple[object, Setting],
+    second: tuple[object, Setting],
 ) -> list[str]:
     """The rank agreement of two values of a key (the first the smaller), as a table row."""
     (value_a, a), (value_b, b) = first, second
@@ -96,7 +106,7 @@ def agreement_row(
     names = [code(grid_value_text(value_a)), code(grid_value_text(value_b))]
     if cheaper_known and wall_b < wall_a:
         names.reverse()  # the reading names the cheaper value first
-    agreement = rank_agreement(accuracy_of(ok[a.block]), accuracy_of(ok[b.block]))
+    agreement = rank_agreement(scores.get(a.block, {}), scores.get(b.block, {}))
     cost = (
         NA
         if wall_a is None or wall_b is None

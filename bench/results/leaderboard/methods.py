@@ -78,7 +78,8 @@ def _grouping_bullets() -> list[str]:
     across backbones or datasets, and the test-set uncertainty under the primary tables."""
     return [
         "- Rank agreement (when the grid sweeps an extra key): Kendall's τ-b between the norms' "
-        "rankings by mean accuracy at two values of the key, with a 95% percentile bootstrap "
+        "rankings by mean accuracy (intention to treat) at two values of the key, with a 95% "
+        "percentile bootstrap "
         f"interval over seeds ({BOOTSTRAP_RESAMPLES} resamples, seeds redrawn jointly for "
         "every cell, fixed generator seed).",
         "- Swept keys: one blocked model per key, accuracy ~ norm × value + seed block, with "
