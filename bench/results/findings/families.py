@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.results.leaderboard.backbone import CONFIDENCE
+from bench.results.leaderboard.backbone import itt_analysis
 from bench.results.leaderboard.collect import Collected, OkRuns
 from bench.results.leaderboard.markdown import code, pp_text, pvalue_text
-from bench.results.leaderboard.privacy_utility import EPSILON_KEY
+from bench.results.leaderboard.order import numeric_key
+from bench.results.leaderboard.privacy_utility import curve_trends, epsilon_curves
 from bench.results.leaderboard.protocol import PRIMARY, Protocol
-from bench.results.leaderboard.survivorship import cell_outcomes
-from bench.results.leaderboard.sweeps import accuracy_of, reference_value, settings_of, sweeps_of
+from bench.results.leaderboard.survivorship import per_protocol
+from bench.results.leaderboard.sweeps import settings_of, sweeps_of, value_effects
 from bench.results.record import grid_value_text
 from bench.results.stats import (
     BETTER,
@@ -22,10 +22,7 @@ from bench.results.stats import (
     Comparison,
     Judged,
     NormResult,
-    analyse_backbone,
-    compare_family,
     judge_family,
-    trend,
 )
 
 #: What the scores of a family are: every attempted run, or the ok runs alone.
@@ -128,21 +125,14 @@ def table_family(
     """One leaderboard table's comparisons with the baseline under intention to treat, as
     :func:`~bench.results.leaderboard.backbone.backbone_section` computes them; None when no
     comparison was tested."""
-    outcomes = cell_outcomes(norms, protocol.collapse)
-    scores = {norm: o.scores for norm, o in outcomes.items() if o.scores}
-    analysis = analyse_backbone(scores, baseline, alpha, CONFIDENCE, protocol.rope)
+    outcomes, analysis = itt_analysis(norms, baseline, alpha, protocol)
     if not any(r.p_holm is not None for r in analysis.results):
         return None
-    failed = any(o.failed or o.collapsed for o in outcomes.values())
-    sensitivity = (
-        analyse_backbone({n: c.accuracy for n, c in norms.items() if c.ok}, baseline, alpha)
-        if failed and any(o.chance is not None for o in outcomes.values())
-        else None
-    )
-    per_protocol = {r.norm: r for r in sensitivity.results} if sensitivity else {}
+    sensitivity = per_protocol(norms, outcomes, baseline, alpha)
+    left_out = {r.norm: r for r in sensitivity.results} if sensitivity else {}
     claims = (f"is more accurate than {code(baseline)}", f"is less accurate than {code(baseline)}")
     members = tuple(
-        _norm_member(r, claims, alpha, protocol.rope, per_protocol.get(r.norm))
+        _norm_member(r, claims, alpha, protocol.rope, left_out.get(r.norm))
         for r in analysis.results
         if r.vs_baseline is not None
     )
@@ -210,28 +200,17 @@ def value_effect_families(ok: OkRuns, grid: Mapping, alpha: float) -> list[Famil
     reference value, paired over seeds, one exploratory family per table (ok runs only)."""
     families = []
     for (key, context), values in sweeps_of(settings_of(ok)).items():
-        if len(values) < 2:
+        effects = value_effects(ok, key, values, grid, alpha) if len(values) >= 2 else None
+        if effects is None:
             continue
-        ref_value, ref = reference_value(key, values, grid)
-        at_ref = accuracy_of(ok[ref.block])
-        ref_text = code(grid_value_text(ref_value))
-        found = [
-            (norm, grid_value_text(value), seeds)
-            for value, setting in values
-            if setting is not ref
-            for norm, seeds in sorted(accuracy_of(ok[setting.block]).items())
-            if norm in at_ref
-        ]
-        if not found:
-            continue
-        judged = compare_family([(seeds, at_ref[norm]) for norm, _, seeds in found], alpha)
+        ref_text = code(grid_value_text(effects.reference))
         members = tuple(
             _judged_member(
-                f"{code(norm)} at {code(key)} = {code(value)}",
+                f"{code(norm)} at {code(key)} = {code(grid_value_text(value))}",
                 j,
                 (f"is more accurate than at {ref_text}", f"is less accurate than at {ref_text}"),
             )
-            for (norm, value, _), j in zip(found, judged, strict=True)
+            for (norm, value, _), j in zip(effects.found, effects.judged, strict=True)
         )
         name = f"effect of {code(key)} on {code(context)}, each value against {ref_text}"
         families.append(Family(name, False, OK_ONLY, "pp", members))
@@ -242,26 +221,14 @@ def privacy_utility_families(ok: OkRuns, alpha: float) -> list[Family]:
     """The privacy-utility slopes: each norm's least-squares line of accuracy against log2 ε,
     one exploratory family per panel (ok runs only, no seed blocks)."""
     families = []
-    for (key, panel), values in sweeps_of(settings_of(ok)).items():
-        if key != EPSILON_KEY:
-            continue
-        points: dict[str, tuple[list[float], list[float]]] = {}
-        for value, setting in values:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                continue
-            for norm, seeds in accuracy_of(ok[setting.block]).items():
-                xs, ys = points.setdefault(norm, ([], []))
-                xs += [math.log2(value)] * len(seeds)
-                ys += list(seeds.values())
-        if not points:
-            continue
-        norms = sorted(points)
-        judged = judge_family([trend(*points[n]) for n in norms], alpha)
+    for curve in epsilon_curves(ok):
+        fits = curve_trends(curve)
+        judged = judge_family([fit for _, fit in fits], alpha)
         members = tuple(
             _judged_member(code(n), j, ("rises with ε", "falls with ε"))
-            for n, j in zip(norms, judged, strict=True)
+            for (n, _), j in zip(fits, judged, strict=True)
         )
-        name = f"privacy–utility slopes on {code(panel)} (no seed blocks)"
+        name = f"privacy–utility slopes on {code(curve.panel)} (no seed blocks)"
         families.append(Family(name, False, OK_ONLY, "pp per doubling of ε", members))
     return families
 
@@ -269,10 +236,11 @@ def privacy_utility_families(ok: OkRuns, alpha: float) -> list[Family]:
 def table_families(
     collected: Collected, baseline: str, alpha: float, protocol: Protocol
 ) -> list[Family]:
-    """Every table's comparisons with the baseline that tested something, in table order."""
+    """Every table's comparisons with the baseline that tested something, in the leaderboard's
+    order of tables (numeric order of their grid values: steps=40 before steps=120)."""
     found = (
         table_family(block, norms, baseline, alpha, protocol)
-        for block, norms in sorted(collected.cells.items(), key=lambda item: str(item[0]))
+        for block, norms in sorted(collected.cells.items(), key=lambda item: numeric_key(item[0]))
     )
     return [family for family in found if family is not None]
 

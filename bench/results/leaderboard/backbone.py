@@ -49,9 +49,7 @@ def backbone_section(
     when the two differ.
     """
     protocol = protocol or Protocol({})
-    outcomes = cell_outcomes(norms, protocol.collapse)
-    accuracy = {norm: o.scores for norm, o in outcomes.items() if o.scores}
-    analysis = analyse_backbone(accuracy, baseline, alpha, CONFIDENCE, protocol.rope)
+    outcomes, analysis = itt_analysis(norms, baseline, alpha, protocol)
     lines = [f"## Backbone `{backbone}`", ""]
     if not analysis.has_baseline:
         lines += [
@@ -95,6 +93,16 @@ def backbone_section(
         ]
     lines += sensitivity_lines(norms, outcomes, baseline, alpha, protocol.collapse)
     return lines, analysis
+
+
+def itt_analysis(
+    norms: Mapping[str, Cell], baseline: str, alpha: float, protocol: Protocol
+) -> tuple[dict[str, Outcomes], BackboneAnalysis]:
+    """A table's runs under intention to treat (a failed or collapsed run at chance) and the
+    statistics of its comparisons with the baseline, as its table and the findings read them."""
+    outcomes = cell_outcomes(norms, protocol.collapse)
+    accuracy = {norm: o.scores for norm, o in outcomes.items() if o.scores}
+    return outcomes, analyse_backbone(accuracy, baseline, alpha, CONFIDENCE, protocol.rope)
 
 
 def _result_row(result: NormResult, cell: Cell, outcome: Outcomes) -> list[str]:

@@ -25,6 +25,7 @@ from bench.results.stats import (
     NOT_TESTED,
     WORSE,
     MeanCI,
+    Trend,
     judge_family,
     mean_ci,
     trend,
@@ -54,7 +55,7 @@ class _Curve:
         return sorted({norm for norm, _ in self.cells}, key=key)
 
 
-def _curves(ok: OkRuns) -> list[_Curve]:
+def epsilon_curves(ok: OkRuns) -> list[_Curve]:
     """One curve set per panel that swept ``privacy.epsilon`` over positive numbers."""
     curves = []
     for (key, panel), values in sweeps_of(settings_of(ok)).items():
@@ -86,7 +87,7 @@ def curve_points(ok: OkRuns) -> list[figures.CurvePoint]:
             acc_pct=100 * acc.mean,
             acc_half_width_pct=None if acc.half_width is None else 100 * acc.half_width,
         )
-        for curve in _curves(ok)
+        for curve in epsilon_curves(ok)
         for norm in curve.norms
         for epsilon in curve.epsilons
         if (acc := curve.cells.get((norm, epsilon))) is not None
@@ -107,7 +108,7 @@ def privacy_utility_section(
     Returns:
         The section's Markdown lines; empty when ``privacy.epsilon`` was not swept.
     """
-    curves = _curves(ok)
+    curves = epsilon_curves(ok)
     if not curves:
         return []
     lines = [
@@ -153,13 +154,20 @@ _TREND_WORDS = {
 }
 
 
-def _trend_table(curve: _Curve, alpha: float) -> list[str]:
-    """Per norm: the slope of accuracy per doubling of epsilon over all its runs, Holm-tested."""
+def curve_trends(curve: _Curve) -> list[tuple[str, Trend]]:
+    """Per norm, in the curve's order: the least-squares slope of accuracy per doubling of
+    epsilon over all its runs (no seed blocks), as the section and the findings page test it."""
     fits = []
     for norm in curve.norms:
         xs = [math.log2(e) for e in curve.epsilons for _ in curve.runs.get((norm, e), ())]
         ys = [a for e in curve.epsilons for a in curve.runs.get((norm, e), ())]
         fits.append((norm, trend(xs, ys)))
+    return fits
+
+
+def _trend_table(curve: _Curve, alpha: float) -> list[str]:
+    """Per norm: the slope of accuracy per doubling of epsilon over all its runs, Holm-tested."""
+    fits = curve_trends(curve)
     rows = []
     for (norm, fit), j in zip(fits, judge_family([fit for _, fit in fits], alpha), strict=True):
         if j.verdict == NOT_TESTED:

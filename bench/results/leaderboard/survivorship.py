@@ -111,6 +111,19 @@ def _collapsed_text(outcomes: Mapping[str, Outcomes], collapse: float) -> list[s
     ]
 
 
+def per_protocol(
+    norms: Mapping[str, Cell], outcomes: Mapping[str, Outcomes], baseline: str, alpha: float
+) -> BackboneAnalysis | None:
+    """The per-protocol sensitivity analysis of a table (ok runs at their own accuracy, failed
+    runs left out, Holm over its own comparisons); None when no run failed or collapsed, or
+    when chance is unknown (then the intention-to-treat table already left the failures out)."""
+    if not any(o.failed or o.collapsed for o in outcomes.values()):
+        return None
+    if next((o.chance for o in outcomes.values()), None) is None:
+        return None
+    return analyse_backbone({n: c.accuracy for n, c in norms.items() if c.ok}, baseline, alpha)
+
+
 def sensitivity_lines(
     norms: Mapping[str, Cell],
     outcomes: Mapping[str, Outcomes],
@@ -122,17 +135,15 @@ def sensitivity_lines(
     runs left out) as a sensitivity table when any run failed or collapsed."""
     if not any(o.failed or o.collapsed for o in outcomes.values()):
         return []
-    chance = next((o.chance for o in outcomes.values()), None)
     lines = _collapsed_text(outcomes, collapse)
-    if chance is None:
+    analysis = per_protocol(norms, outcomes, baseline, alpha)
+    if analysis is None:
         lines += [
             "Chance accuracy is unknown (no record names the classes), so failed runs could not "
             "be scored: the table above leaves them out, as the per-protocol analysis does.",
             "",
         ]
         return lines
-    ok = {norm: cell.accuracy for norm, cell in norms.items() if cell.ok}
-    analysis = analyse_backbone(ok, baseline, alpha)
     rows = [
         [
             code(r.norm),

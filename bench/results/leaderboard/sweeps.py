@@ -29,9 +29,11 @@ from bench.results.stats import (
     BETTER,
     PAIRED,
     WORSE,
+    Judged,
     compare_family,
     mean_ci,
 )
+from bench.results.stats.descriptive import Seeds
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,50 @@ def value_effect_section(ok: OkRuns, grid: Mapping | None = None, alpha: float =
     ]
 
 
+@dataclass(frozen=True)
+class ValueEffects:
+    """One swept key's values against its reference value, per norm, judged as one family.
+
+    Attributes:
+        reference: The reference value.
+        at_reference: Each norm's accuracy per seed at the reference value (ok runs).
+        found: Per compared (norm, value): the norm, the value and its accuracy per seed.
+        judged: Each of ``found``'s comparisons with the reference, Holm over the family.
+        unmatched: (norm, value) with ok runs at the value but none at the reference.
+    """
+
+    reference: object
+    at_reference: Mapping[str, Seeds]
+    found: tuple[tuple[str, object, Seeds], ...]
+    judged: tuple[Judged, ...]
+    unmatched: tuple[tuple[str, object], ...]
+
+
+def value_effects(
+    ok: OkRuns, key: str, values: Sequence[tuple[object, Setting]], grid: Mapping, alpha: float
+) -> ValueEffects | None:
+    """Each norm at each value of ``key`` against the reference value (paired over seeds,
+    :func:`~bench.results.stats.compare_family`), as the effect table and the findings page
+    read it; None when no norm has ok runs at both a value and the reference."""
+    reference_value_, reference = reference_value(key, values, grid)
+    at_reference = accuracy_of(ok[reference.block])
+    found, unmatched = [], []
+    for value, setting in values:
+        if setting is reference:
+            continue
+        for norm, seeds in sorted(accuracy_of(ok[setting.block]).items()):
+            if norm in at_reference:
+                found.append((norm, value, seeds))
+            else:
+                unmatched.append((norm, value))
+    if not found:
+        return None
+    judged = compare_family([(seeds, at_reference[norm]) for norm, _, seeds in found], alpha)
+    return ValueEffects(
+        reference_value_, at_reference, tuple(found), tuple(judged), tuple(unmatched)
+    )
+
+
 def _effect_table(
     ok: OkRuns,
     key: str,
@@ -183,21 +229,11 @@ def _effect_table(
 ) -> tuple[list[str], list[int]]:
     """One table of the effect section: each norm at each value against the reference value,
     Holm over the table; with the pairs each paired test had."""
-    reference_value_, reference = reference_value(key, values, grid)
-    at_reference = accuracy_of(ok[reference.block])
-    found = []
-    unmatched = []  # a norm with runs at a value but none at the reference
-    for value, setting in values:
-        if setting is reference:
-            continue
-        for norm, seeds in sorted(accuracy_of(ok[setting.block]).items()):
-            if norm in at_reference:
-                found.append((norm, value, seeds))
-            else:
-                unmatched.append(f"{code(norm)} at {code(grid_value_text(value))}")
-    if not found:
+    effects = value_effects(ok, key, values, grid, alpha)
+    if effects is None:
         return [], []
-    judged = compare_family([(seeds, at_reference[norm]) for norm, _, seeds in found], alpha)
+    reference_value_, at_reference = effects.reference, effects.at_reference
+    found, judged, unmatched = effects.found, effects.judged, effects.unmatched
     rows = [
         [
             code(norm),
@@ -226,5 +262,6 @@ def _effect_table(
     lines = [f"### {code(key)} on {code(context)}, against {reference_text}", ""]
     lines += [table(rows, headers), ""]
     if unmatched:
-        lines += [f"Not compared (no ok run at {reference_text}): {', '.join(unmatched)}.", ""]
+        said = ", ".join(f"{code(norm)} at {code(grid_value_text(v))}" for norm, v in unmatched)
+        lines += [f"Not compared (no ok run at {reference_text}): {said}.", ""]
     return lines, [j.test.n for j in judged if j.test.test == PAIRED]
