@@ -102,7 +102,7 @@ def _seeds_text(seeds: Sequence[object]) -> str:
 
 
 def _primary_text(primary: Sequence[tuple[str, BackboneAnalysis]]) -> str:
-    """The most accurate norm of each primary table against the baseline."""
+    """The norm with the highest mean accuracy in each primary table, against the baseline."""
     if not primary:
         return "no DP table at the primary grid point has a run yet."
     many = len(primary) > 1
@@ -111,12 +111,13 @@ def _primary_text(primary: Sequence[tuple[str, BackboneAnalysis]]) -> str:
 
 
 def _best_text(analysis: BackboneAnalysis) -> str:
-    """One table's most accurate norm, its Δ with the baseline, the test and the verdict."""
+    """One table's norm with the highest mean accuracy (a description of the sample: no test
+    compares it with every other norm), its Δ with the baseline, the test and the verdict."""
     if not analysis.results:
         return "no ok run"
     best = analysis.results[0]
     baseline = next((r for r in analysis.results if r.norm == analysis.baseline), None)
-    head = f"`{best.norm}` is the most accurate, {_accuracy(best)}"
+    head = f"`{best.norm}` has the highest mean accuracy, {_accuracy(best)}"
     if baseline is None:
         return head + f"; the baseline `{analysis.baseline}` has no ok run, so nothing is tested"
     if best is baseline:
