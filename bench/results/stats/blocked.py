@@ -123,6 +123,16 @@ def paired_differences(series: Series, reference: Series) -> dict:
     }
 
 
+def _observations(series: Series) -> list[tuple[Hashable, Hashable, float]]:
+    """(setting, seed, accuracy) sorted by setting then seed: the series arrive in records-file
+    order, and least squares over rows in another order differs in the last bits."""
+    return [
+        (setting, seed, series[setting][seed])
+        for setting in sorted(series, key=repr)
+        for seed in sorted(series[setting], key=repr)
+    ]
+
+
 def setting_model(series: Series, confidence: float = 0.95) -> Fit:
     """y ~ one mean per setting + seed block; the columns are the settings.
 
@@ -132,11 +142,10 @@ def setting_model(series: Series, confidence: float = 0.95) -> Fit:
     between norms, so pooling either would move one norm's verdicts with another's noise.
     """
     columns, y, seeds = [], [], []
-    for setting, values in sorted(series.items(), key=repr):
-        for seed, acc in values.items():
-            columns.append({setting: 1.0})
-            y.append(acc)
-            seeds.append(seed)
+    for setting, seed, acc in _observations(series):
+        columns.append({setting: 1.0})
+        y.append(acc)
+        seeds.append(seed)
     return fit_ols(columns, y, seeds, confidence)
 
 
@@ -148,9 +157,8 @@ def trend_model(
     pair's paired differences (then the slope is the interaction: how much faster one norm
     gains than the other)."""
     columns, y, seeds = [], [], []
-    for setting, values in sorted(series.items(), key=repr):
-        for seed, acc in values.items():
-            columns.append({"intercept": 1.0, "slope": covariate[setting]})
-            y.append(acc)
-            seeds.append(seed)
+    for setting, seed, acc in _observations(series):
+        columns.append({"intercept": 1.0, "slope": covariate[setting]})
+        y.append(acc)
+        seeds.append(seed)
     return fit_ols(columns, y, seeds, confidence)

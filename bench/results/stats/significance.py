@@ -194,6 +194,10 @@ def trend(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> T
         The slope with its interval, or why not (fewer than 3 points, or one distinct x).
     """
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    # The runs in sorted order: they arrive in records-file order, and the fit's sums in
+    # another order differ in the last bit.
+    order = np.lexsort((ys, xs))
+    xs, ys = xs[order], ys[order]
     n = int(xs.size)
     if n < 3 or np.ptp(xs) == 0:
         why = "fewer than 3 runs" if n < 3 else "one value of the covariate"
