@@ -200,3 +200,23 @@ def test_the_same_points_give_the_same_png_bytes_without_a_software_stamp(
     for one, other in zip(first, second, strict=True):
         assert one.read_bytes() == other.read_bytes()
         assert b"matplotlib" not in one.read_bytes().lower()
+
+
+def test_a_mean_without_an_interval_is_an_open_marker_in_both_accuracy_figures() -> None:
+    """One seed gives no interval: both figures that draw intervals mark that mean with an open
+    (white-faced) marker at the mean, the others with filled ones."""
+    points = [*POINTS[:2], figures.FigurePoint("resnet9 [a]", "none", 20.0, None, 800.0)]
+    curve = [*CURVE, figures.CurvePoint("resnet9", "none", 4.0, 25.0, None)]
+    for fig, where in (
+        (figures.accuracy_figure(points, CONTEXT), (20.0, None)),
+        (figures.privacy_utility_figure(curve, CONTEXT), (None, 25.0)),
+    ):
+        open_markers = [
+            line
+            for ax in fig.axes
+            for line in ax.get_lines()
+            if line.get_marker() == "o" and line.get_markerfacecolor() == "white"
+        ]
+        assert len(open_markers) == 1
+        x, y = open_markers[0].get_xydata()[0]
+        assert (where[0] is None or x == where[0]) and (where[1] is None or y == where[1])

@@ -94,7 +94,8 @@ def draw_intervals(
     vertical: bool,
     **style: object,
 ) -> bool:
-    """Means with intervals cut at the axis; an arrowhead marks each cut end.
+    """Means with intervals cut at the axis; an arrowhead marks each cut end, and an open
+    marker each mean without an interval (one seed: no zero-width bar).
 
     Args:
         ax: The axes.
@@ -123,6 +124,11 @@ def draw_intervals(
             if cut:
                 xy = (position, end) if vertical else (end, position)
                 ax.plot(*xy, marker=marker[0 if vertical else 1], color=color, ms=6, zorder=3)
+    # Above errorbar's own filled marker (zorder 2.1), which would otherwise hide it.
+    for position, mean, half in zip(positions, means, halves, strict=True):
+        if half is None:
+            xy = (position, mean) if vertical else (mean, position)
+            ax.plot(*xy, "o", mfc="white", color=color, zorder=3)
     return any(c[2] or c[3] for c in cuts)
 
 

@@ -189,11 +189,6 @@ def accuracy_figure(points: Sequence[FigurePoint], context: FigureContext) -> Fi
             fmt="o",
             color="C0",
         )
-        # One seed gives no interval: an open marker says so instead of a zero-width bar. It goes
-        # above errorbar's own filled marker (zorder 2.1), which would otherwise hide it.
-        for p, y in zip(cell, ys, strict=True):
-            if p.acc_half_width_pct is None:
-                ax.plot(p.acc_pct, y, "o", mfc="white", color="C0", zorder=3)
         ax.set_yticks(ys, [p.norm for p in cell])
         ax.set_ylim(-0.6, len(cell) - 0.4)
         ax.set_xlim(*axis.limits)
@@ -376,7 +371,7 @@ def _curve(
     nudge = 10 ** (0.012 * (index - (count - 1) / 2))
     xs = [p.epsilon * nudge for p in cell]
     color = f"C{index % 10}"
-    cut = draw_intervals(
+    return draw_intervals(
         ax,
         xs,
         [p.acc_pct for p in cell],
@@ -387,10 +382,6 @@ def _curve(
         color=color,
         label=cell[0].norm,
     )
-    for p, x in zip(cell, xs, strict=True):
-        if p.acc_half_width_pct is None:
-            ax.plot(x, p.acc_pct, "o", mfc="white", color=color, zorder=3)
-    return cut
 
 
 def _curve_legend(fig: Figure, axes: Sequence[Axes], cut: bool) -> None:
