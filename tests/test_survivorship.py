@@ -13,8 +13,11 @@ from tests.report_records import make_record, write_run
 
 
 @pytest.fixture(autouse=True)
-def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(figures, "write_figures", lambda run_dir, points, **_: None)
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The points `write_report` hands the figures (none are drawn)."""
+    points: list = []
+    monkeypatch.setattr(figures, "write_figures", lambda run_dir, p, **_: points.extend(p))
+    return points
 
 
 def rows_of(table: str) -> dict[str, list[str]]:
@@ -36,7 +39,7 @@ def tables(text: str, backbone: str = "resnet9") -> tuple[dict, dict]:
 
 
 def test_a_norm_whose_seeds_fail_ranks_below_a_stable_one_once_failures_count_at_chance(
-    tmp_path: Path,
+    tmp_path: Path, drawn: list
 ):
     """Ok runs only, the unstable norm's one survivor (90%) beats the stable norm (60%); with
     its two diverged seeds at chance (10%) it averages 36.67% and ranks second."""
@@ -53,6 +56,10 @@ def test_a_norm_whose_seeds_fail_ranks_below_a_stable_one_once_failures_count_at
     assert per_protocol["unstable"][1:3] == ["1 / 3", "90.00 (n=1, no CI)"]
     assert per_protocol["stable"][1] == "3 / 3"
     assert "refused" not in per_protocol  # a skipped cell never started: not attempted
+    # The figure plots what the primary table says, not the lone survivor.
+    plotted = {p.norm: p for p in drawn}
+    assert plotted["unstable"].acc_pct == pytest.approx(100 * (0.9 + 0.1 + 0.1) / 3)
+    assert plotted["unstable"].throughput_img_s == 100.0  # measured on the ok run
 
 
 def test_chance_comes_from_the_config_when_no_record_names_the_classes(tmp_path: Path):

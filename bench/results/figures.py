@@ -196,7 +196,7 @@ def accuracy_figure(points: Sequence[FigurePoint], context: FigureContext) -> Fi
         ax.grid(axis="x", alpha=0.3)
     axes[-1].set_xlabel(
         accuracy_label(
-            "test accuracy (%): mean and 95% CI over seeds",
+            "test accuracy (%): mean and 95% CI over seeds, a failed run at chance",
             axis,
             cut,
             context.num_classes,
@@ -247,7 +247,9 @@ def throughput_figure(points: Sequence[FigurePoint], context: FigureContext) -> 
         ax.text(0.5, 0.5, "no throughput recorded", ha="center", transform=ax.transAxes)
     ax.set_xlabel("DP training throughput (images/s, mean over seeds)")
     ax.set_ylabel(
-        accuracy_label("test accuracy (%, mean over seeds)", axis, False, context.num_classes)
+        accuracy_label(
+            "test accuracy (%, mean over seeds, failed at chance)", axis, False, context.num_classes
+        )
     )
     ax.grid(alpha=0.3)
     _title(fig, context)
@@ -396,7 +398,7 @@ def _curve_legend(fig: Figure, axes: Sequence[Axes], cut: bool) -> None:
         loc="outside lower center",
         fontsize=8,
         ncols=min(3, len(handles)),
-        title="mean and 95% CI over seeds; open marker: one seed"
+        title="mean and 95% CI over ok seeds; open marker: one seed"
         + ("\n" + CUT_NOTE if cut else ""),
         title_fontsize=8,
     )

@@ -116,8 +116,9 @@ def privacy_utility_section(
         "",
         f"Test accuracy % against the target ε (the swept `{EPSILON_KEY}`): mean ± 95% "
         "Student-t interval over seeds (n); one seed gives no interval. Each ε is its own "
-        "calibrated run (noise multiplier for that ε at the suite's δ); the numbers are those of "
-        "the per-ε tables above.",
+        "calibrated run (noise multiplier for that ε at the suite's δ). Ok runs only (per "
+        "protocol), as in every section across swept values: where a run failed or collapsed, "
+        "the per-ε tables above (intention to treat, the run at chance) read lower.",
         "",
         f"![privacy-utility]({figure})",
         "",

@@ -41,6 +41,7 @@ from bench.results.leaderboard.settings import (
 )
 from bench.results.leaderboard.simulated import simulated_section
 from bench.results.leaderboard.summary import summary_lines
+from bench.results.leaderboard.survivorship import cell_outcomes
 from bench.results.leaderboard.testset import testset_lines
 from bench.results.record import Record
 from bench.results.records import read_records
@@ -188,22 +189,26 @@ def _backbone_tables(
     return body, analyses
 
 
-def figure_points(collected: Collected, simulated: bool = False) -> list[figures.FigurePoint]:
-    """One figure point per DP table (``simulated``: TAN simulation's table) and norm with ok
-    runs, sorted by table then norm."""
+def figure_points(
+    collected: Collected, collapse: float, simulated: bool = False
+) -> list[figures.FigurePoint]:
+    """One figure point per DP table (``simulated``: TAN simulation's table) and norm, sorted by
+    table then norm: the mean and interval under intention to treat (a failed or collapsed run
+    at chance), as the tables above score them, and the ok runs' throughput."""
     points = []
     for backbone in sorted(b for b in collected.cells if is_simulated(b) == simulated):
-        for norm, cell in sorted(collected.cells[backbone].items()):
-            if not cell.ok:
+        cells = collected.cells[backbone]
+        for norm, outcomes in sorted(cell_outcomes(cells, collapse).items()):
+            if not outcomes.scores:
                 continue
-            acc = mean_ci(list(cell.accuracy.values()), CONFIDENCE)
+            acc = mean_ci(list(outcomes.scores.values()), CONFIDENCE)
             points.append(
                 figures.FigurePoint(
                     backbone=backbone,
                     norm=norm,
                     acc_pct=100 * acc.mean,
                     acc_half_width_pct=None if acc.half_width is None else 100 * acc.half_width,
-                    throughput_img_s=measurements(cell)["throughput"],
+                    throughput_img_s=measurements(cells[norm])["throughput"],
                 )
             )
     return points
@@ -236,10 +241,10 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
             :func:`~bench.results.leaderboard.protocol.resolve_protocol`).
     """
     run_dir = Path(run_dir)
-    text, collected = _leaderboard(run_dir, baseline, alpha)
+    text, collected, collapse = _leaderboard(run_dir, baseline, alpha)
     dp_ok, simulated_ok = split_simulated(collected.ok_runs())
     context = figure_context(collected.records)
-    points = figure_points(collected)
+    points = figure_points(collected, collapse)
     if points:
         figures.write_figures(run_dir, points, context=context)
     curve = privacy_utility.curve_points(dp_ok)
@@ -247,7 +252,7 @@ def write_report(run_dir: Path, *, baseline: str | None = None, alpha: float | N
         figures.write_privacy_utility(run_dir, curve, context=context)
     # TAN simulations' own figures (`figures.figure_name`), never drawn beside DP runs.
     context = figure_context(collected.records, simulated=True)
-    points = figure_points(collected, simulated=True)
+    points = figure_points(collected, collapse, simulated=True)
     if points:
         figures.write_figures(run_dir, points, context=context, simulated=True)
     curve = privacy_utility.curve_points(simulated_ok)
@@ -265,8 +270,11 @@ def leaderboard_text(
     return _leaderboard(Path(run_dir), baseline, alpha)[0]
 
 
-def _leaderboard(run_dir: Path, baseline: str | None, alpha: float | None) -> tuple[str, Collected]:
-    """The leaderboard's text and the records collected for it (which the figures reuse)."""
+def _leaderboard(
+    run_dir: Path, baseline: str | None, alpha: float | None
+) -> tuple[str, Collected, float]:
+    """The leaderboard's text, the records collected for it (which the figures reuse) and the
+    protocol's collapse threshold (with which the figures score runs as the tables do)."""
     records_path = run_dir / RECORDS_FILE
     read = read_records(records_path)
     suite = load_suite(run_dir / SUITE_FILE)
@@ -287,4 +295,4 @@ def _leaderboard(run_dir: Path, baseline: str | None, alpha: float | None) -> tu
         baseline=resolved_baseline,
         alpha=resolved_alpha,
     )
-    return text, collected
+    return text, collected, resolve_protocol(suite, collected.records).collapse
