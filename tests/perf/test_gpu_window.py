@@ -183,6 +183,12 @@ def test_the_whole_window_runs_on_the_cpu_and_unpacks_into_reports(tmp_path, mon
     assert summary["on_gpu"] is False and "--commit abc123def456" in summary["command"]
     assert stages["slice"]["status"] == "ok", stages["slice"]
     assert stages["slice"]["steps"] >= 2 and "table" in stages["report"]["parts"]
+    # Every CUDA test collected, and skipped for its reason; every other part of the gpu-report
+    # measured or stopped at its time box, none failed (this is the gpu-report's end-to-end test).
+    assert stages["tests"]["counts"].get("skipped", 0) > 0, stages["tests"]
+    assert "failed" not in stages["tests"]["counts"]
+    assert set(stages["report"]["parts"]) == set(PARTS) - {"tests"}
+    assert set(stages["report"]["parts"].values()) <= {"ok", "time box"}, stages["report"]
     text = (out / "summary.md").read_text()
     assert "**A rehearsal at tiny sizes, on the CPU**" in text
 
@@ -193,6 +199,10 @@ def test_the_whole_window_runs_on_the_cpu_and_unpacks_into_reports(tmp_path, mon
     page = (perf / "README.md").read_text()
     assert "**These are CPU figures**" in page
     assert "## 1. CUDA tests" in page and "-m gpu tests/test_gpu.py -x" in page
+    for i, (title, _measure, _render) in enumerate(PARTS.values(), start=1):
+        assert f"## {i}. {title}" in page
+    assert "Opacus ghost / book-keeping" in page and "no CUDA device" in page
+    assert (perf / "environment.txt").exists() and (perf / "constraints.txt").exists()
     records = [json.loads(x) for x in (slice_dir / "records.jsonl").read_text().splitlines()]
     # Every norm ran; a cell may fail as a result (DP BatchNorm's noisy statistics of 40
     # images can diverge), recorded with its reason.
