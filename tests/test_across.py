@@ -3,6 +3,7 @@ swept key, across datasets (issue 29 item 5, issue 31 item 5)."""
 
 from __future__ import annotations
 
+import json
 from itertools import permutations, product
 from pathlib import Path
 
@@ -197,3 +198,26 @@ def test_two_folders_of_one_dataset_at_one_setting_are_refused(tmp_path: Path) -
     second = dataset_folder(tmp_path / "b", "cifar", PLANTED["d2"])
     with pytest.raises(ComparisonError, match="both hold cifar at backbone=wrn16_4, "):
         across_text([first, second])
+
+
+def test_a_learning_rate_tuned_per_norm_is_compared_norm_by_norm(tmp_path: Path) -> None:
+    """Both datasets tuned the same rate for every norm but one: only that difference is said,
+    never the first record's rate as if it were the table's."""
+    lr = {"d1": {"kernel_norm": 0.5}, "d2": {"kernel_norm": 1.0}}
+    folders = []
+    for dataset in ("d1", "d2"):
+        folder = dataset_folder(tmp_path, dataset, PLANTED[dataset])
+        rows = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+        for row in rows:
+            row["config"]["training"]["lr"] = lr[dataset].get(row["norm"], 2.0)
+        folders.append(write_run(folder, rows))
+    text = across_text(folders)
+    said = next(line for line in text.splitlines() if "configurations differ" in line)
+    assert "training.lr (d1: per norm: group_norm 2.0, kernel_norm 0.5, " in said
+    assert "d2: per norm: group_norm 2.0, kernel_norm 1.0, " in said
+    folders[1].joinpath("records.jsonl").write_text(
+        folders[1].joinpath("records.jsonl").read_text().replace('"lr": 1.0', '"lr": 0.5')
+    )
+    assert "identical" in next(
+        line for line in across_text(folders).splitlines() if "configurations" in line
+    )

@@ -62,7 +62,9 @@ class DatasetTable:
         dataset: The dataset's name (the records' ``dataset``, else ``data.source``).
         setting: Backbone, budget and swept values, as `Fixed` (sorts numbers numerically).
         scores: Each norm's accuracy per seed under intention to treat.
-        record: The table's first record (by run key), for its config.
+        record: The table's first record (by run key), for its setting.
+        runs: Every run of the table, ok or failed, for the configs it compares (a key tuned
+            per norm differs between the table's own runs).
     """
 
     folder: str
@@ -70,6 +72,7 @@ class DatasetTable:
     setting: Fixed
     scores: dict[str, Seeds]
     record: Record
+    runs: tuple[Record, ...] = ()
 
 
 def write_across(folders: Sequence[Path], out_dir: Path) -> Path:
@@ -131,7 +134,8 @@ def read_tables(folders: Sequence[Path]) -> tuple[list[DatasetTable], list[str]]
             elif runs and scores:
                 first = min(runs, key=lambda r: (r.get("status") != "ok", str(r["run_key"])))
                 setting = _setting_of(first, sorted(keys))
-                tables.append(DatasetTable(folder, _dataset_of(first), setting, scores, first))
+                dataset = _dataset_of(first)
+                tables.append(DatasetTable(folder, dataset, setting, scores, first, tuple(runs)))
     return tables, notes
 
 
@@ -228,8 +232,9 @@ def _datasets_line(by_dataset: Mapping[str, DatasetTable]) -> str:
 
 
 def _differences_lines(by_dataset: Mapping[str, DatasetTable]) -> list[str]:
-    """The privacy and training settings on which the datasets' configs differ."""
-    configs = {d: _flat_config(t.record) for d, t in sorted(by_dataset.items())}
+    """The privacy and training settings on which the datasets' configs differ; a key whose
+    value differs between one table's own runs (tuned per norm) reads ``per norm``."""
+    configs = {d: _table_config(t) for d, t in sorted(by_dataset.items())}
     keys = sorted({k for config in configs.values() for k in config})
     differ = [
         f"{key} ({'; '.join(f'{d}: {c.get(key, UNSET)}' for d, c in configs.items())})"
@@ -239,6 +244,20 @@ def _differences_lines(by_dataset: Mapping[str, DatasetTable]) -> list[str]:
     if not differ:
         return ["The datasets' privacy and training configurations are identical.", ""]
     return [f"Besides the data, the configurations differ in: {', '.join(differ)}.", ""]
+
+
+def _table_config(table: DatasetTable) -> dict[str, str]:
+    """The table's flat config: each key's value, or ``per norm: ...`` when its runs differ."""
+    per_norm: dict[str, dict[str, str]] = {}
+    for run in table.runs or (table.record,):
+        for key, value in _flat_config(run).items():
+            per_norm.setdefault(key, {})[str(run.get("norm"))] = value
+    return {
+        key: next(iter(values.values()))
+        if len(set(values.values())) == 1
+        else "per norm: " + ", ".join(f"{norm} {v}" for norm, v in sorted(values.items()))
+        for key, values in per_norm.items()
+    }
 
 
 def _flat_config(record: Record) -> dict[str, str]:
