@@ -139,6 +139,24 @@ def test_the_estimate_scales_the_measured_step_by_steps_and_sums_the_cells(tiny,
     assert abs(cost.total_s - 6 * (8 + 2 / 3)) < 1e-9
 
 
+def test_an_estimate_measured_on_a_busy_cpu_says_so(tiny, monkeypatch):
+    """Other work slows the measured step: the estimate says how busy the cores were, and
+    says nothing when only this process was running."""
+    monkeypatch.setattr(bench.sweep.cost, "step_seconds", lambda cell, device: 2.0)
+    monkeypatch.setattr(bench.sweep.cost.os, "cpu_count", lambda: 2)
+    said = {}
+    for load in (1.2, 3.5):
+        monkeypatch.setattr(bench.sweep.cost.os, "getloadavg", lambda load=load: (load, 0, 0))
+        lines = estimate(load_suite(tiny), Path("/nonexistent/records.jsonl")).lines()
+        said[load] = [line for line in lines if "busy" in line]
+    assert said[1.2] == []
+    assert said[3.5] == [
+        "the CPU was busy with other work when the step was measured (load average 3.5 on 2 "
+        "cores, this process included): the estimate holds while it stays that busy, and is "
+        "longer than the same sweep on an idle machine"
+    ]
+
+
 def test_missing_cifar10_is_one_line_exit_2_before_anything_runs(tmp_path, capsys):
     root = tmp_path / "no-cifar"
     root.mkdir()  # there, but empty: the loader accepts the folder, the data is not in it

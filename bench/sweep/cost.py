@@ -14,6 +14,7 @@ time limit starts from).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ class SweepCost:
         nproc: Processes each cell runs on.
         workers: Cells run at once (the local executor's worker pool), dealt round robin.
         shared_cores: The workers share the CPU cores (no GPU each).
+        busy: On the CPU, the load average from other work while the steps were measured
+            and the core count, when that load took at least half the cores; else None.
     """
 
     device: str
@@ -79,6 +82,7 @@ class SweepCost:
     nproc: int = 1
     workers: int = 1
     shared_cores: bool = False
+    busy: tuple[float, int] | None = None
 
     @property
     def total_s(self) -> float:
@@ -105,6 +109,13 @@ class SweepCost:
                 f"(measured here, now: one DP step of at most {PROBE_IMAGES} images per distinct "
                 f"step, {_duration(min(self.step_s), 2)}-{_duration(max(self.step_s), 2)} per "
                 "step at the suite's batch, extrapolated linearly; an upper bound on a GPU)"
+            )
+        if self.busy is not None:
+            load, cores = self.busy
+            lines.append(
+                f"the CPU was busy with other work when the step was measured (load average "
+                f"{load:.1f} on {cores} cores, this process included): the estimate holds "
+                "while it stays that busy, and is longer than the same sweep on an idle machine"
             )
         if self.nproc > 1:
             lines.append(
@@ -238,6 +249,7 @@ def estimate(
     slowdown = 1 if own_gpus else workers  # a worker has 1/workers of the cores
     measured: dict[tuple, float] = {}
     cell_s = []
+    busy = busy_cpu(device)
     for plan in plan_cells(todo):
         key = _step_key(plan.cell)
         if key not in measured:
@@ -253,7 +265,18 @@ def estimate(
         nproc,
         workers,
         not own_gpus,
+        busy if measured else None,
     )
+
+
+def busy_cpu(device: str | None) -> tuple[float, int] | None:
+    """On the CPU, the 1-minute load average and the core count when other work holds at
+    least half the cores (the load less one for this process, busy loading and calibrating);
+    else None."""
+    if resolve_device(device).type != "cpu" or not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    return (load, cores) if load - 1 >= cores / 2 else None
 
 
 def describe_device(device: str | None) -> str:
