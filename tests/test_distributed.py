@@ -263,7 +263,9 @@ def test_the_slurm_time_limit_takes_the_busiest_rank_share_of_each_step(tiny):
 
 def test_the_estimate_of_a_cell_on_two_processes_halves_its_steps_only(tiny, monkeypatch):
     monkeypatch.setattr(bench.sweep.cost, "step_seconds", lambda cell, device: 2.0)
-    cost = estimate(load_suite(tiny), Path("/nonexistent/records.jsonl"), nproc=2)
+    cost = estimate(
+        load_suite(tiny), Path("/nonexistent/records.jsonl"), options=RunOptions(nproc=2)
+    )
     # 3 steps x 2 s / 2, + evaluation on rank 0 (2/3 s), no non-private reference.
     assert cost.cell_s == (3.0 + 2 / 3,) * 6
     assert any("ideal scaling over whole physical batches" in line for line in cost.lines())

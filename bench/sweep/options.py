@@ -111,3 +111,9 @@ class RunOptions:
     collective_timeout_s: float = 600.0
     """Seconds a multi-process cell's collective waits for the other ranks before the cell is
     recorded ``interrupted``."""
+
+    @property
+    def cell_processes(self) -> int:
+        """Processes each cell runs on: the SLURM job's (`SlurmOptions.world_size`) under
+        the ``slurm`` executor, else ``nproc``."""
+        return self.slurm.world_size if self.executor == "slurm" else self.nproc
