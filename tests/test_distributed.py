@@ -131,15 +131,16 @@ def test_the_ranks_add_the_physical_batches_in_one_process_order(tmp_path):
 
 def test_two_single_threaded_processes_train_what_one_does_bit_for_bit(tmp_path):
     """20 steps of logical batches of about four physical batches, on one process and one thread,
-    then on two processes of one thread each: the same final weights to the last bit."""
-    c = cell(
-        tmp_path, "training.save_model=true", "training.steps=20", "training.max_physical_batch=16"
-    )
+    then on two processes of one thread each: the same final weights to the last bit, and the
+    same training loss (each physical batch's mean loss added in one process's order)."""
+    sets = ["training.save_model=true", "training.steps=20", "training.max_physical_batch=16"]
+    c = cell(tmp_path, *sets, "training.log_private_loss=true")
     one = _one_thread_train_cell(c, model_dir=tmp_path / "one")
     two = train_cell_on(2, c, CPU, threads=1, model_dir=tmp_path / "two")
     w1, w2 = _weights(tmp_path / "one", c.run_key), _weights(tmp_path / "two", c.run_key)
     assert [n for n in w1 if not torch.equal(w1[n], w2[n])] == []
     assert two["test_acc"] == one["test_acc"]
+    assert two["final_train_loss"] == one["final_train_loss"], (two["final_train_loss"], one)
 
 
 def test_an_error_every_rank_raises_comes_back_as_itself(tmp_path):
