@@ -106,7 +106,9 @@ class RunOptions:
 
     nproc: int = 1
     """Local processes each cell runs on (``--nproc``): one per GPU on CUDA, gloo processes
-    sharing the cores on the CPU; the result is the one process's (`bench.train.ranks`)."""
+    sharing the cores on the CPU. The result is the one process's (`bench.train.ranks`) at
+    the same intra-op thread count per process; on the CPU each rank gets the cores divided
+    by W, which rounds like one process at that many threads, not like one at all of them."""
 
     collective_timeout_s: float = 600.0
     """Seconds a multi-process cell's collective waits for the other ranks before the cell is

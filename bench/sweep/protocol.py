@@ -231,9 +231,6 @@ class Selection:
     missing: int
     rule: str = "stable"
 
-    def as_record(self) -> dict[str, Any]:
-        return {"values": dict(self.values or {}), "val_acc": self.val_acc, "rule": self.rule}
-
 
 def _failed(record: Mapping[str, Any], collapse: float) -> bool:
     """A tuning run that delivered no model: failed, or ok within ``collapse`` of chance."""
