@@ -242,6 +242,13 @@ def test_the_scaling_table_has_a_row_per_process_count(tiny, capsys):
     assert "cross-rank sum share" in out and "%" in rows[1]
 
 
+@pytest.mark.parametrize("given", ["1,two", "1,,2", "0,2", ""])
+def test_a_bad_scaling_nproc_is_one_line_exit_2(tiny, capsys, given):
+    assert perf_main(["scaling", str(tiny), "--nproc", given, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--nproc" in err[0] and "comma-separated" in err[0], err
+
+
 def test_the_dry_run_says_how_many_processes_each_cell_takes(tiny, tmp_path, capsys):
     args = ["run", str(tiny), "--dry-run", "--out", str(tmp_path / "o"), "--set", "grid.seed=[0]"]
     assert main([*args, "--nproc", "2"]) == 0
