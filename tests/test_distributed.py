@@ -249,6 +249,18 @@ def test_a_bad_scaling_nproc_is_one_line_exit_2(tiny, capsys, given):
     assert len(err) == 1 and "--nproc" in err[0] and "comma-separated" in err[0], err
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [["--nproc", "0"], ["--executor", "slurm", "--slurm-nodes", "0"]],
+    ids=["nproc", "nodes"],
+)
+def test_no_process_per_cell_is_one_line_exit_2_before_the_estimate(tiny, tmp_path, capsys, flags):
+    args = ["run", str(tiny), "--dry-run", "--out", str(tmp_path / "o"), *flags]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flags[-2]}: must be at least 1" in err[0], err
+
+
 def test_the_dry_run_says_how_many_processes_each_cell_takes(tiny, tmp_path, capsys):
     args = ["run", str(tiny), "--dry-run", "--out", str(tmp_path / "o"), "--set", "grid.seed=[0]"]
     assert main([*args, "--nproc", "2"]) == 0
