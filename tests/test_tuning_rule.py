@@ -17,6 +17,7 @@ from bench.sweep.protocol import (
     refined_values,
     select,
     select_coarse,
+    selection_lines,
     tune_cells,
     tuning_by_group,
 )
@@ -155,3 +156,10 @@ def test_a_refinement_left_behind_by_a_moved_coarse_optimum_is_still_charged(tmp
     (group,) = tuning_by_group(suite, records).values()
     assert sorted(c.tuned["training.lr"] for c in group) == [0.25, 0.5, 1.0, 2.0, 4.0]
     assert len({c.run_key for c in group}) == len(group)
+
+
+def test_a_point_whose_every_tuning_run_failed_says_so(tmp_path):
+    suite = _suite(tmp_path, tiny_tune(norms="group_norm", seeds="0"))
+    records = _records(tune_cells(suite), {(0.5, 0): None, (2.0, 0): None})
+    (line,) = selection_lines(select(suite, records))
+    assert "no selection (every tuning run failed" in line and "not finished" not in line

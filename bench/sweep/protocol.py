@@ -397,7 +397,12 @@ def selection_lines(selections: Mapping[tuple, Selection]) -> Sequence[str]:
         where = f"{backbone} {norm}" + (f" {dict(extra)}" if extra else "")
         rejected = sum(1 for c in sel.table if c.failures and c.mean is not None)
         if sel.values is None:
-            lines.append(f"{where}: no selection ({sel.missing} tuning run(s) not finished)")
+            why = (
+                f"{sel.missing} tuning run(s) not finished"
+                if sel.missing
+                else "every tuning run failed: no final run for this point"
+            )
+            lines.append(f"{where}: no selection ({why})")
         else:
             lines.append(
                 f"{where}: selected {sel.values} (mean val acc {sel.val_acc:.4f}, rule "
