@@ -43,11 +43,11 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(suite)
     from bench.sweep import cost  # reason: torch, only for this command
 
-    how = {"force": args.force, "nproc": _world(args), "options": _run_options(args, out_dir)}
+    options = _run_options(args, out_dir)
     if args.dry_run:
         from bench.dryrun import render_dry_run  # reason: torch, only for this command
 
-        spend = cost.estimate(suite, records_path(out_dir), args.device, **how)
+        spend = cost.estimate(suite, records_path(out_dir), args.device, options)
         print(
             "\n".join(
                 [*cost.data_lines(suite), render_dry_run(suite, records_path(out_dir), spend)]
@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     cost.check_suite_data(suite)
-    spend = cost.estimate(suite, records_path(out_dir), args.device, **how)
+    spend = cost.estimate(suite, records_path(out_dir), args.device, options)
 
     def announce() -> None:  # once the sweep's own checks pass, before anything is written
         cost.print_cost(spend)
@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     from bench.sweep.run import run_suite  # reason: torch, only for this command
 
     try:
-        summary = run_suite(suite, _run_options(args, out_dir), announce)
+        summary = run_suite(suite, options, announce)
     except KeyboardInterrupt:
         print(
             f"interrupted: finished cells are recorded in {records_path(out_dir)}; "
@@ -88,13 +88,6 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-def _world(args: argparse.Namespace) -> int:
-    """Processes each cell runs on: ``--nproc``, or a SLURM job's nodes x tasks."""
-    if args.executor == "slurm":
-        return args.slurm_nodes * args.slurm_tasks_per_node
-    return args.nproc
 
 
 def _run_options(args: argparse.Namespace, out_dir: Path) -> RunOptions:

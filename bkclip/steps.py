@@ -28,6 +28,19 @@ from bkclip.maths import at_least_fp32
 #: (``like``), to the totals per parameter, the same on every process.
 Reduce = Callable[[list[list[torch.Tensor | None]], list[torch.Tensor]], list[torch.Tensor]]
 
+
+def mean_of_chunks(chunks: Iterable[tuple[float, int]], n: int) -> float:
+    """The mean loss of a batch of ``n`` examples from its physical batches' ``(mean loss,
+    examples)``, added left to right (NaN when ``n`` is 0): the one order of additions, so
+    that W processes, adding every rank's physical batches in turn, get one process's bits."""
+    if not n:
+        return math.nan
+    total = 0.0
+    for loss, size in chunks:
+        total += loss * size / n
+    return total
+
+
 #: Per-sample-gradient modes a DP step can use.
 MODES = ("hooks", "functorch", "bk")
 
@@ -116,6 +129,9 @@ class OpacusDPStep:
         #: Called with each physical batch's index in this call's batch before its forward
         #: pass (the caller reseeds dropout there); None: nothing is called.
         self.on_chunk: Callable[[int], None] | None = None
+        #: The last call's physical batches, in order: each one's mean loss and examples (empty
+        #: for a noise-only step); what W processes need to add the loss as one process does.
+        self.chunk_losses: list[tuple[float, int]] = []
         self._parts: list[list[torch.Tensor | None]] | None = None  # kept apart, to `reduce`
         self._open = False  # a physical batch's clipped sum is in ``summed_grad``, not kept
         self.module = model
@@ -188,7 +204,6 @@ class OpacusDPStep:
         chunks = list(
             zip(x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True)
         )
-        total = 0.0
         for i, (xc, yc) in enumerate(chunks):
             self.optimizer.zero_grad(set_to_none=True)
             if self.on_chunk is not None:
@@ -198,8 +213,8 @@ class OpacusDPStep:
             self._open = True
             step()
             self._keep_part()
-            total += float(loss.detach()) * xc.shape[0] / x.shape[0]
-        return total
+            self.chunk_losses.append((float(loss.detach()), xc.shape[0]))
+        return mean_of_chunks(self.chunk_losses, x.shape[0])
 
 
 class DPSGDStep(OpacusDPStep):
@@ -294,6 +309,7 @@ class DPSGDStep(OpacusDPStep):
         return contextlib.nullcontext()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.chunk_losses = []
         if self.sparsity is not None:
             self.sparsity.begin_step(self.steps_taken, self._hooks_off)
         loss = self._bk_step(x, y) if self.mode == "bk" else self._opacus_step(x, y)
@@ -340,7 +356,6 @@ class DPSGDStep(OpacusDPStep):
         self.optimizer.zero_grad(set_to_none=True)
         for p in self.params:  # allocated by the first accumulation, not before the backward
             p.summed_grad = None
-        total = 0.0
         k = x.shape[1]
         for i, (xc, yc) in enumerate(
             zip(x.split(self.max_physical_batch), y.split(self.max_physical_batch), strict=True)
@@ -353,7 +368,7 @@ class DPSGDStep(OpacusDPStep):
                 )
             self._open = True
             self._keep_part()
-            total += loss * xc.shape[0] / max(1, x.shape[0])
+            self.chunk_losses.append((float(loss), xc.shape[0]))
         # DPOptimizer's own noise, scaling, accountant hook and update, from the clipped sums.
         # An empty placeholder per-sample gradient tells Opacus this was one accumulation.
         for p in self.params:
@@ -367,4 +382,4 @@ class DPSGDStep(OpacusDPStep):
         self._update()
         for p in self.params:  # the noised gradient is in p.grad; the sums are spent
             p.grad_sample = p.summed_grad = None
-        return total if x.shape[0] else math.nan
+        return mean_of_chunks(self.chunk_losses, x.shape[0])

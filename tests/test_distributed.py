@@ -80,12 +80,15 @@ def _one_thread_train_cell(c, **kw) -> dict:
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_two_processes_train_what_one_does_bit_for_bit(tmp_path, case):
-    c = cell(tmp_path, "training.save_model=true", "training.steps=3", *CASES[case])
+    sets = ["training.save_model=true", "training.steps=3", "training.log_private_loss=true"]
+    c = cell(tmp_path, *sets, *CASES[case])
     one = _one_thread_train_cell(c, model_dir=tmp_path / "one")
     two = train_cell_on(2, c, CPU, threads=1, model_dir=tmp_path / "two")
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert len(two["throughput_per_rank_img_s"]) == 2
-    for field in ("epsilon_spent", "steps_done", "noise_multiplier", "sample_rate", "test_acc"):
+    # The training loss too: each physical batch's mean loss added in one process's order.
+    fields = ("epsilon_spent", "steps_done", "noise_multiplier", "sample_rate", "test_acc")
+    for field in (*fields, "final_train_loss"):
         assert two[field] == one[field], field
     w1, w2 = _weights(tmp_path / "one", c.run_key), _weights(tmp_path / "two", c.run_key)
     assert w1.keys() == w2.keys()
@@ -145,6 +148,14 @@ def test_an_error_every_rank_raises_comes_back_as_itself(tmp_path):
         train_cell_on(2, c, CPU)
     assert type(raised.value).__name__ == "Diverged"
     assert not isinstance(raised.value, RankLost)
+
+
+def test_secure_noise_on_two_processes_is_refused_as_itself(tmp_path):
+    """Each rank would seed its secret streams from its own os.urandom: two Poisson samples
+    and two noises for one step. Refused on every rank, before the data loads."""
+    c = cell(tmp_path, "privacy.secure_noise=true")
+    with pytest.raises(ConfigError, match=r"secure_noise: true on 2 processes.*--nproc 1"):
+        train_cell_on(2, c, CPU)
 
 
 def test_more_processes_than_devices_is_refused_in_one_line():
@@ -238,6 +249,25 @@ def test_the_scaling_table_has_a_row_per_process_count(tiny, capsys):
     assert "cross-rank sum share" in out and "%" in rows[1]
 
 
+@pytest.mark.parametrize("given", ["1,two", "1,,2", "0,2", ""])
+def test_a_bad_scaling_nproc_is_one_line_exit_2(tiny, capsys, given):
+    assert perf_main(["scaling", str(tiny), "--nproc", given, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--nproc" in err[0] and "comma-separated" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--nproc", "0"], ["--executor", "slurm", "--slurm-nodes", "0"]],
+    ids=["nproc", "nodes"],
+)
+def test_no_process_per_cell_is_one_line_exit_2_before_the_estimate(tiny, tmp_path, capsys, flags):
+    args = ["run", str(tiny), "--dry-run", "--out", str(tmp_path / "o"), *flags]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flags[-2]}: must be at least 1" in err[0], err
+
+
 def test_the_dry_run_says_how_many_processes_each_cell_takes(tiny, tmp_path, capsys):
     args = ["run", str(tiny), "--dry-run", "--out", str(tmp_path / "o"), "--set", "grid.seed=[0]"]
     assert main([*args, "--nproc", "2"]) == 0
@@ -260,7 +290,9 @@ def test_the_slurm_time_limit_takes_the_busiest_rank_share_of_each_step(tiny):
 
 def test_the_estimate_of_a_cell_on_two_processes_halves_its_steps_only(tiny, monkeypatch):
     monkeypatch.setattr(bench.sweep.cost, "step_seconds", lambda cell, device: 2.0)
-    cost = estimate(load_suite(tiny), Path("/nonexistent/records.jsonl"), nproc=2)
+    cost = estimate(
+        load_suite(tiny), Path("/nonexistent/records.jsonl"), options=RunOptions(nproc=2)
+    )
     # 3 steps x 2 s / 2, + evaluation on rank 0 (2/3 s), no non-private reference.
     assert cost.cell_s == (3.0 + 2 / 3,) * 6
     assert any("ideal scaling over whole physical batches" in line for line in cost.lines())

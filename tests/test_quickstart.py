@@ -28,7 +28,9 @@ from bench.errors import DataError
 from bench.perf.tables import device_with_model
 from bench.provenance import cpu_model
 from bench.suite import load_suite
+from bench.sweep.cell import record_interrupted
 from bench.sweep.cost import SweepCost, cells_to_run, estimate
+from bench.sweep.options import RunOptions, SlurmOptions
 from bench.sweep.outputs import default_out_dir
 from bench.sweep.protocol import tune_cells
 from tests.tiny_suite import ROOT, TINY
@@ -155,6 +157,22 @@ def test_an_estimate_measured_on_a_busy_cpu_says_so(tiny, monkeypatch):
         "cores, this process included): the estimate holds while it stays that busy, and is "
         "longer than the same sweep on an idle machine"
     ]
+
+
+def test_the_estimate_counts_the_cells_and_processes_the_options_give(tiny, tmp_path, monkeypatch):
+    """``--retry-failed`` re-runs failed cells and ``--nproc`` / the SLURM job's tasks spread
+    each cell: the estimate (and so ``--dry-run``) takes both from the sweep's options."""
+    monkeypatch.setattr(bench.sweep.cost, "step_seconds", lambda cell, device: 2.0)
+    suite, records = load_suite(tiny), tmp_path / "records.jsonl"
+    for cell in suite.cells():
+        record_interrupted(cell, records, "diverged", status="failed")
+    assert estimate(suite, records).to_run == 0
+    retried = estimate(suite, records, options=RunOptions(retry_failed=True))
+    assert (retried.to_run, retried.nproc) == (6, 1)
+    two = estimate(suite, records, options=RunOptions(retry_failed=True, nproc=2))
+    assert two.nproc == 2 and two.cell_s[0] < retried.cell_s[0]
+    jobs = RunOptions(force=True, executor="slurm", slurm=SlurmOptions(nodes=2, tasks_per_node=2))
+    assert estimate(suite, records, options=jobs).nproc == 4
 
 
 def test_missing_cifar10_is_one_line_exit_2_before_anything_runs(tmp_path, capsys):

@@ -17,6 +17,7 @@ from bench.sweep.protocol import (
     refined_values,
     select,
     select_coarse,
+    selection_lines,
     tune_cells,
     tuning_by_group,
 )
@@ -134,3 +135,31 @@ def test_a_refined_sweep_runs_coarse_refined_and_final_runs_and_sizes_them(tmp_p
     assert len(tuned) == 4 and {0.5, 2.0} <= set(tuned)
     (final,) = [r for r in records if r["stage"] == "final"]
     assert final["tuned"] == select(suite, records)[next(iter(select(suite, records)))].values
+
+
+def test_a_refinement_left_behind_by_a_moved_coarse_optimum_is_still_charged(tmp_path):
+    """lr 2 fails, so the refinement goes around lr 0.5 (0.25 and 1); a retried lr 2 then
+    scores best and the refinement moves around it (1 and 4). The run at 0.25 trained on the
+    private set and its score is published: the procedure's epsilon composes it, though the
+    selection no longer reads it."""
+    suite = _suite(tmp_path, tiny_tune(norms="group_norm", seeds="0", refine=True))
+    records = _records(tune_cells(suite), {(0.5, 0): 0.2, (2.0, 0): None})
+    first = refine_cells(suite, select_coarse(suite, records))
+    assert sorted(c.tuned["training.lr"] for c in first) == [0.25, 1.0]
+    records += _records(first, {(0.25, 0): 0.1, (1.0, 0): 0.3})
+    retried = [c for c in tune_cells(suite) if c.tuned["training.lr"] == 2.0]
+    records += _records(retried, {(2.0, 0): 0.4})  # --retry-failed: the newest record counts
+    moved = refine_cells(suite, select_coarse(suite, records))
+    assert sorted(c.tuned["training.lr"] for c in moved) == [1.0, 4.0]
+    (waiting,) = select(suite, records).values()
+    assert waiting.values is None and waiting.missing == 1  # lr 4 has not run
+    (group,) = tuning_by_group(suite, records).values()
+    assert sorted(c.tuned["training.lr"] for c in group) == [0.25, 0.5, 1.0, 2.0, 4.0]
+    assert len({c.run_key for c in group}) == len(group)
+
+
+def test_a_point_whose_every_tuning_run_failed_says_so(tmp_path):
+    suite = _suite(tmp_path, tiny_tune(norms="group_norm", seeds="0"))
+    records = _records(tune_cells(suite), {(0.5, 0): None, (2.0, 0): None})
+    (line,) = selection_lines(select(suite, records))
+    assert "no selection (every tuning run failed" in line and "not finished" not in line

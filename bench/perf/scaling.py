@@ -24,6 +24,7 @@ import torch
 
 from bench import atomic
 from bench.config import Cell
+from bench.errors import UsageError
 from bench.measure import resolve_device
 from bench.provenance import cpu_model, device_name
 from bench.results.leaderboard.markdown import table
@@ -88,11 +89,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="also write the table to this file")
 
 
+def process_counts(text: str) -> list[int]:
+    """``--nproc``'s comma-separated process counts (``1,2``), each at least 1.
+
+    Raises:
+        UsageError: Naming the value given and what is allowed.
+    """
+    try:
+        counts = [int(w) for w in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise UsageError(
+            f"--nproc: {text!r} is not a list of process counts: give whole numbers of at "
+            "least 1, comma-separated (e.g. 1,2,4)"
+        )
+    return counts
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Print the scaling table for the parsed arguments."""
+    nprocs = process_counts(args.nproc)
     cell = load_suite(args.suite, args.set).cells()[0]
     device = resolve_device(args.device)
-    nprocs = [int(w) for w in args.nproc.split(",")]
     text = scaling_markdown(cell, device, scaling_rows(cell, device, nprocs))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -233,18 +233,18 @@ def estimate(
     suite: Suite,
     records: Path,
     device: str | None = None,
-    *,
-    force: bool = False,
-    retry_failed: bool = False,
-    nproc: int = 1,
     options: RunOptions | None = None,
 ) -> SweepCost:
-    """The cost of sweeping ``suite`` into ``records`` now, on ``device`` (seconds per probe
-    step; the calibrations are memoised, so the pre-flight that follows repeats none), each
-    cell on ``nproc`` processes, several at once where ``options`` give the ``local``
-    executor a worker pool (`bench.sweep.local.pool_shape`)."""
-    todo, tuning, recorded = cells_to_run(suite, records, force, retry_failed)
-    local = options is not None and options.executor == "local"
+    """The cost of sweeping ``suite`` into ``records`` now with ``options`` (default
+    `RunOptions`), on ``device`` (seconds per probe step; the calibrations are memoised, so
+    the pre-flight that follows repeats none): the cells the sweep will run
+    (``options.force``, ``options.retry_failed``), each on ``options.cell_processes``
+    processes, several at once where the ``local`` executor has a worker pool
+    (`bench.sweep.local.pool_shape`)."""
+    options = options or RunOptions()
+    todo, tuning, recorded = cells_to_run(suite, records, options.force, options.retry_failed)
+    nproc = options.cell_processes
+    local = options.executor == "local"
     workers, own_gpus = pool_shape(options, len(todo)) if local else (1, True)
     slowdown = 1 if own_gpus else workers  # a worker has 1/workers of the cores
     measured: dict[tuple, float] = {}

@@ -6,6 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.errors import UsageError
+
+
+def _at_least_one(flag: str, value: int) -> None:
+    """Refuse a process count below 1 in one line: it would run no process, or, on SLURM,
+    one task while the estimate and the time limit counted none."""
+    if value < 1:
+        raise UsageError(f"{flag}: must be at least 1 (processes), got {value}")
+
 
 @dataclass(frozen=True)
 class SlurmOptions:
@@ -53,6 +62,10 @@ class SlurmOptions:
             given.update(nodes=self.nodes, tasks_per_node=self.tasks_per_node)
             given["gpus_per_node"] = self.gpus if self.gpus is not None else self.tasks_per_node
         return {k: v for k, v in given.items() if v is not None}
+
+    def __post_init__(self) -> None:
+        _at_least_one("--slurm-nodes", self.nodes)
+        _at_least_one("--slurm-tasks-per-node", self.tasks_per_node)
 
     @property
     def world_size(self) -> int:
@@ -106,8 +119,19 @@ class RunOptions:
 
     nproc: int = 1
     """Local processes each cell runs on (``--nproc``): one per GPU on CUDA, gloo processes
-    sharing the cores on the CPU; the result is the one process's (`bench.train.ranks`)."""
+    sharing the cores on the CPU. The result is the one process's (`bench.train.ranks`) at
+    the same intra-op thread count per process; on the CPU each rank gets the cores divided
+    by W, which rounds like one process at that many threads, not like one at all of them."""
 
     collective_timeout_s: float = 600.0
     """Seconds a multi-process cell's collective waits for the other ranks before the cell is
     recorded ``interrupted``."""
+
+    def __post_init__(self) -> None:
+        _at_least_one("--nproc", self.nproc)
+
+    @property
+    def cell_processes(self) -> int:
+        """Processes each cell runs on: the SLURM job's (`SlurmOptions.world_size`) under
+        the ``slurm`` executor, else ``nproc``."""
+        return self.slurm.world_size if self.executor == "slurm" else self.nproc

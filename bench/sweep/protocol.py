@@ -155,15 +155,39 @@ def refine_cells(suite: Suite, coarse: Mapping[tuple, Selection]) -> list[Cell]:
     return _unique(c for cells in _refined_by_group(suite, coarse).values() for c in cells)
 
 
-def tuning_by_group(
-    suite: Suite, records: Iterable[Mapping[str, Any]] = ()
-) -> dict[tuple, list[Cell]]:
+def _read_by_group(suite: Suite, records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Cell]]:
     """Per grid point (`group_of`), every tuning cell its selection reads, shared ones
-    included: what the point's ``epsilon_with_tuning`` composes (the refinement's cells where
-    ``records`` make the coarse optimum known)."""
+    included: the coarse candidates' and, where ``records`` make the coarse optimum known,
+    the refinement's around it."""
     out = _coarse_by_group(suite)
     for group, cells in _refined_by_group(suite, select_coarse(suite, records)).items():
         out[group] = [*out[group], *cells]
+    return out
+
+
+def tuning_by_group(suite: Suite, records: Iterable[Mapping[str, Any]]) -> dict[tuple, list[Cell]]:
+    """Per grid point (`group_of`), every tuning cell the point's ``epsilon_with_tuning``
+    composes: those its selection reads (`select`), and every other refinement cell of the
+    point that has a record in ``records``.
+
+    The second kind is a refinement around an earlier coarse optimum, left behind when a
+    coarse run recorded later (``--retry-failed``) moved the optimum: the selection no longer
+    reads it, but it trained on the private set, its score is published with the others, and
+    which values it tried came from the coarse scores the selection still reads; so it is
+    charged. ``records`` is required: without them the refinement is not known, and a
+    composition of the coarse runs alone would under-state the procedure's epsilon.
+    """
+    records = list(records)
+    recorded = {r["run_key"] for r in records}
+    out = _read_by_group(suite, records)
+    for point in _points(suite):
+        cells = out[group_of(point)]
+        have = {c.run_key for c in cells}
+        for values in _every_candidate(suite):
+            for c in _tuning(suite, point, values):
+                if c.run_key in recorded and c.run_key not in have:
+                    cells.append(c)
+                    have.add(c.run_key)
     return out
 
 
@@ -206,9 +230,6 @@ class Selection:
     table: tuple[Candidate, ...]
     missing: int
     rule: str = "stable"
-
-    def as_record(self) -> dict[str, Any]:
-        return {"values": dict(self.values or {}), "val_acc": self.val_acc, "rule": self.rule}
 
 
 def _failed(record: Mapping[str, Any], collapse: float) -> bool:
@@ -293,7 +314,7 @@ def select(suite: Suite, records: Iterable[Mapping[str, Any]]) -> dict[tuple, Se
     (coarse and, with ``tune.refine``, refined). A point with a missing tuning run, or whose
     refinement has not run yet, has no selection yet."""
     records = list(records)
-    return _select_in(suite, tuning_by_group(suite, records), records)
+    return _select_in(suite, _read_by_group(suite, records), records)
 
 
 def final_cells(
@@ -376,7 +397,12 @@ def selection_lines(selections: Mapping[tuple, Selection]) -> Sequence[str]:
         where = f"{backbone} {norm}" + (f" {dict(extra)}" if extra else "")
         rejected = sum(1 for c in sel.table if c.failures and c.mean is not None)
         if sel.values is None:
-            lines.append(f"{where}: no selection ({sel.missing} tuning run(s) not finished)")
+            why = (
+                f"{sel.missing} tuning run(s) not finished"
+                if sel.missing
+                else "every tuning run failed: no final run for this point"
+            )
+            lines.append(f"{where}: no selection ({why})")
         else:
             lines.append(
                 f"{where}: selected {sel.values} (mean val acc {sel.val_acc:.4f}, rule "

@@ -55,6 +55,7 @@ class OpacusGhostStep(OpacusDPStep):
         )
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.chunk_losses = []
         if x.shape[1] != 1:
             raise ValueError(
                 f"dp-opacus-ghost clips per image: one view per example, got {x.shape[1]}"

@@ -246,7 +246,8 @@ def _step(
             seed_dropout, run.cell.seed, step, share.start // block
         )
         x, y = views(idx, share)
-        loss = run.ranks.mean_loss(run.dp_step(x, y), x.shape[0], run.device)
+        loss = run.dp_step(x, y)
+        loss = run.ranks.mean_loss(loss, run.dp_step.chunk_losses, idx.shape[0])
         after_update(run.scheduler, run.ema, run.model)
         images.append(x.shape[0] * x.shape[1])
     return int(idx.shape[0]), loss

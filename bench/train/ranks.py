@@ -21,13 +21,14 @@ before its own, adds its own one by one, and passes it on; the last rank broadca
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from bkclip.steps import mean_of_chunks
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,15 @@ class Ranks:
         self.reduce_s[0] += time.perf_counter() - started
         return sums
 
-    def mean_loss(self, loss: float, n: int, device: torch.device) -> float:
-        """The logical batch's mean loss from each rank's mean over its ``n`` examples (NaN
-        when the batch is empty, as on one process)."""
+    def mean_loss(self, loss: float, chunks: list[tuple[float, int]], n: int) -> float:
+        """The mean loss of the logical batch of ``n`` examples: this process's ``loss`` on one
+        process; on several, every rank's ``chunks`` (its step's ``chunk_losses``: each
+        physical batch's mean loss and examples) added in rank then batch order, so bit for
+        bit what one process adds (`bkclip.steps.mean_of_chunks`; an all-reduce of the ranks'
+        means would round otherwise). NaN when the batch is empty, as on one process."""
         if not self.distributed:
             return loss
-        part = torch.tensor([loss * n if n else 0.0, float(n)], dtype=torch.float64, device=device)
-        dist.all_reduce(part)
-        return float(part[0] / part[1]) if part[1] else math.nan
+        return mean_of_chunks([c for part in self.gather(chunks) for c in part], n)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` is true on any rank (every rank gets the same answer); ``device``

@@ -15,6 +15,7 @@ from torch import nn
 import norms
 from bench.config import Cell, TrainingConfig
 from bench.data import DeviceData
+from bench.errors import ConfigError
 from bench.plan import CellPlan, build_model, check_loaded_size, plan_cell, resolve_cell_norm
 from bench.seeds import is_secret, run_stream, seed_global
 from bench.sparsity import PublicData, Sparsity
@@ -192,6 +193,27 @@ def _prepared(cell: Cell, data: DeviceData, model: nn.Module, norm: norms.Resolv
     return sparsity, run_data
 
 
+def check_ranks(cell: Cell, ranks: Ranks) -> None:
+    """Refuse ``privacy.secure_noise`` on several processes, in one line.
+
+    W processes reproduce one because every rank draws the secret streams (Poisson sampling,
+    noise, a norm's DP statistics) from identically seeded generators (`bench.train.ranks`).
+    Under ``secure_noise`` each process would seed them from its own ``os.urandom``: the ranks
+    would clip their shares of different Poisson samples (an example could be clipped on two
+    ranks in one step, twice the sensitivity the accountant charges) and add different noise.
+
+    Raises:
+        ConfigError: ``secure_noise`` with ``ranks.world_size`` above 1.
+    """
+    if ranks.distributed and cell.privacy.secure_noise:
+        raise ConfigError(
+            f"privacy.secure_noise: true on {ranks.world_size} processes: each would seed the "
+            "secret streams (Poisson sampling, noise) from its own os.urandom, so they would "
+            "clip shares of different samples (an example twice in one step) and add different "
+            "noise; run secure-noise cells on one process (--nproc 1)"
+        )
+
+
 def setup_run(cell: Cell, device: torch.device, ranks: Ranks = SINGLE) -> Run:
     """Data on the device, the model, its norm prepared, the privacy plan and the DP step.
 
@@ -201,8 +223,10 @@ def setup_run(cell: Cell, device: torch.device, ranks: Ranks = SINGLE) -> Run:
     processes' clipped sums before its noise.
 
     Raises:
-        ConfigError: The norm does not declare the cell's grad-sample mode.
+        ConfigError: The norm does not declare the cell's grad-sample mode, or
+            ``privacy.secure_noise`` on several processes (`check_ranks`).
     """
+    check_ranks(cell, ranks)
     started = time.perf_counter()
     training, privacy = cell.training, cell.privacy
     norm = resolve_cell_norm(cell)
