@@ -59,6 +59,20 @@ def test_bad_refine_or_rule_is_one_clear_error(tmp_path, line, match):
         _suite(tmp_path, text)
 
 
+def test_tuning_runs_that_stop_on_the_private_loss_are_refused(tmp_path):
+    """The selection reads whether a tuning run diverged: that must not come from the
+    un-noised private loss, from the training section or the tuning overrides."""
+    steps = "overrides: {training.steps: 2"
+    checked = tiny_tune().replace("  lr: 1.0\n", "  lr: 1.0\n  divergence_check: private_loss\n")
+    with pytest.raises(ConfigError, match=r"training\.divergence_check: is private_loss in tuning"):
+        _suite(tmp_path, checked)
+    fixed = checked.replace(steps, steps + ", training.divergence_check: parameters")
+    assert ("training.divergence_check", "parameters") in _suite(tmp_path, fixed).tune.overrides
+    broken = tiny_tune().replace(steps, steps + ", training.divergence_check: private_loss")
+    with pytest.raises(ConfigError, match=r"tune\.overrides\.training\.divergence_check: is"):
+        _suite(tmp_path, broken)
+
+
 def _records(cells, scores):
     """Tuning records for ``cells``: ``scores[(lr, seed)]`` is a val_acc, or None for failed."""
     out = []

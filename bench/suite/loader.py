@@ -127,6 +127,8 @@ def _build_suite(raw: dict[str, Any], ctx: Context, path: Path, overrides: tuple
     sections["grid"] = parse_grid(raw["grid"], ctx)
     _check_primary(sections["report"].primary, sections["grid"], ctx)
     tune = parse_tune(raw.get("tune"), dict(sections["grid"]), sections["data"], ctx)
+    if tune is not None:
+        _check_tuning_divergence(tune, sections, ctx)
     return Suite(
         name,
         description,
@@ -136,6 +138,30 @@ def _build_suite(raw: dict[str, Any], ctx: Context, path: Path, overrides: tuple
         resolve_data=resolve_data_config,
         **sections,
     )
+
+
+def _check_tuning_divergence(tune: Any, sections: Mapping[str, Any], ctx: Context) -> None:
+    """Tuning runs stop on the parameters, not the private loss: the selection reads whether
+    each tuning run diverged, and ``divergence_check: private_loss`` decides that from the
+    un-noised loss of private batches, a release outside the accounting that would then choose
+    the hyperparameters."""
+    key = "training.divergence_check"
+    overrides = dict(tune.overrides)
+    swept = dict(sections["grid"]).get(key)
+    if key in overrides:
+        where, values = f"tune.overrides.{key}", [overrides[key]]
+    elif swept is not None:
+        where, values = f"grid.{key}", list(swept)
+    else:
+        where, values = key, [sections["training"].divergence_check]
+    if "private_loss" in values:
+        raise ctx.error(
+            where,
+            "is private_loss in tuning runs, but the selection reads whether each tuning run "
+            "diverged, and that check reads the un-noised private loss outside the accounting",
+            given="private_loss",
+            allowed=f"parameters (the default), e.g. tune.overrides: {{{key}: parameters}}",
+        )
 
 
 def _check_primary(primary: str | None, grid: Sequence[tuple[str, Sequence]], ctx: Context):
