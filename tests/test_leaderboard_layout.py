@@ -158,6 +158,11 @@ def test_the_tuning_table_is_a_norm_by_candidate_grid(tmp_path: Path) -> None:
     assert group[2] == "30.00 (n=1)" and group[3] == "20.00 (n=1)"
     assert layer[1] == "35.00 (n=1)" and layer[2] == "41.00 (n=1)"
     assert layer[3] == "**no score, 1 failed**"
+    # Before any final run, the highest mean is marked as that, not as the selection.
+    text = leaderboard_text(write_run(tmp_path / "tuning_only", tuning))
+    _, group, layer = table_rows(text.split("## Tuning")[1], "norm")
+    assert group[1] == "**42.00 ± 2.83 (n=2)** *(highest mean)*"
+    assert layer[2] == "**41.00 (n=1)** *(highest mean)*"
 
 
 def test_the_records_table_lists_every_run_key(tmp_path: Path) -> None:

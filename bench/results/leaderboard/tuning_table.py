@@ -43,7 +43,8 @@ def tuning_grid_lines(
         "Each cell: mean validation accuracy % over the candidate's tuning seeds ± their SD "
         "(with 2 or more), n the seeds with a score, failed runs counted apart; **bold**: the "
         "value the final runs were trained at (their `tuned` field), else (no final run yet) "
-        "the best mean, marked *(best)*.",
+        "the highest mean, marked *(highest mean)*, which the selection rule may not choose "
+        "(`stable` rejects a candidate that failed or collapsed in any seed).",
         "",
     ]
     for block in sorted(groups, key=numeric_key):
@@ -112,7 +113,7 @@ def _overrides(record: Record) -> Mapping:
 
 
 def _best(runs: Mapping[Candidate, list[Record]]) -> set[Candidate]:
-    """The candidate with the best mean score (the first in numeric order on a tie)."""
+    """The candidate with the highest mean score (the first in numeric order on a tie)."""
     means = {c: math.fsum(s) / len(s) for c, group in runs.items() if (s := _scores(group))}
     if not means:
         return set()
@@ -135,5 +136,5 @@ def _cell_text(runs: Sequence[Record], selected: bool, by_best: bool) -> str:
     if failed:
         text += f", {failed} failed"
     if selected:
-        text = f"**{text}**" + (" *(best)*" if by_best else "")
+        text = f"**{text}**" + (" *(highest mean)*" if by_best else "")
     return text
