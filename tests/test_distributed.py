@@ -152,7 +152,8 @@ def test_an_error_every_rank_raises_comes_back_as_itself(tmp_path):
 
 def test_secure_noise_on_two_processes_is_refused_as_itself(tmp_path):
     """Each rank would seed its secret streams from its own os.urandom: two Poisson samples
-    and two noises for one step. Refused on every rank, before the data loads."""
+    and two noises for one step. Refused before any process starts (and on every rank of a
+    launcher such as torchrun, before the data loads)."""
     c = cell(tmp_path, "privacy.secure_noise=true")
     with pytest.raises(ConfigError, match=r"secure_noise: true on 2 processes.*--nproc 1"):
         train_cell_on(2, c, CPU)

@@ -24,6 +24,7 @@ from bench.config import Cell
 from bench.errors import ConfigError
 from bench.train import cell as training
 from bench.train.ranks import SINGLE, Ranks, current
+from bench.train.setup import check_ranks
 
 #: Seconds a collective may wait for the other ranks before the cell is given up.
 DEFAULT_TIMEOUT_S = 600.0
@@ -161,7 +162,10 @@ def train_cell_on(
 
     Raises:
         RankLost: A rank died, timed out in a collective, or failed alone.
+        ConfigError: A cell that cannot run on ``nproc`` processes (`check_ranks`), before
+            any process starts (every rank checks again, for launchers such as torchrun).
     """
+    check_ranks(cell, Ranks(0, nproc))
     with tempfile.TemporaryDirectory(prefix="bench-ranks-") as folder:
         args = (nproc, folder, cell, str(device), kw, timeout_s, threads)
         try:
