@@ -27,7 +27,7 @@ from bench.sweep.cell import ELSEWHERE, run_cell
 from bench.sweep.cost import estimate
 from bench.sweep.lock import cell_lock
 from bench.sweep.options import RunOptions, SlurmOptions
-from bench.sweep.processes import RankLost, check_nproc, train_cell_on
+from bench.sweep.processes import RankLost, check_nproc, start_method, train_cell_on
 from bench.sweep.slurm import SlurmCellJob, slurm_time_limit_min
 from bench.train.cell import train_cell
 from bench.train.ranks import Ranks
@@ -135,7 +135,8 @@ def test_the_ranks_add_the_physical_batches_in_one_process_order(tmp_path):
     other_order = [c[0][0] + (c[1][0] + (c[2][0] + c[3][0])), c[0][1] + (c[1][1] + c[2][1])]
     assert not all(torch.equal(a, b) for a, b in zip(one, other_order, strict=True))
     args = (3, str(tmp_path / "store"), parts, str(tmp_path / "total"))
-    mp.start_processes(_sum_in_order_rank, args=args, nprocs=3, join=True, start_method="spawn")
+    how = start_method(CPU)  # forked from the ranks' fork server, as `train_cell_on` starts them
+    mp.start_processes(_sum_in_order_rank, args=args, nprocs=3, join=True, start_method=how)
     for rank in range(3):
         total = torch.load(tmp_path / f"total{rank}.pt")
         assert all(torch.equal(a, b) for a, b in zip(total, one, strict=True)), rank
@@ -338,7 +339,8 @@ def test_a_launched_sweep_skips_a_cell_another_process_holds(tmp_path):
     with cell_lock(tmp_path / "records.jsonl", c.run_key) as holder:
         assert holder is None
         args = (2, port, str(tmp_path))
-        mp.start_processes(_launched_rank, args=args, nprocs=2, join=True, start_method="spawn")
+        how = start_method(CPU)
+        mp.start_processes(_launched_rank, args=args, nprocs=2, join=True, start_method=how)
     for rank in range(2):
         record = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert record["status"] == ELSEWHERE, rank

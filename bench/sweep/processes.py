@@ -100,6 +100,22 @@ def rank_device(device: torch.device, rank: int) -> torch.device:
     return torch.device("cuda", rank) if device.type == "cuda" else device
 
 
+#: What the CPU ranks' fork server imports once, so that every rank after it starts without
+#: importing torch, Opacus and timm again (seconds each on 2 cores, for every cell).
+_PRELOAD = ["bench.sweep.processes"]
+
+
+def start_method(device: torch.device) -> str:
+    """How the ranks start: on the CPU, forked from a fork server that imported the training
+    code once (``forkserver``: a clean process that has run no torch op, so no thread pool is
+    forked); on CUDA, ``spawn``, since a process forked after anything touched CUDA cannot use
+    it, and there a rank's import is small beside its training."""
+    if device.type != "cpu" or "forkserver" not in mp.get_all_start_methods():
+        return "spawn"
+    mp.set_forkserver_preload(_PRELOAD)
+    return "forkserver"
+
+
 def _worker(
     rank: int,
     world: int,
@@ -169,7 +185,9 @@ def train_cell_on(
     with tempfile.TemporaryDirectory(prefix="bench-ranks-") as folder:
         args = (nproc, folder, cell, str(device), kw, timeout_s, threads)
         try:
-            mp.start_processes(_worker, args=args, nprocs=nproc, join=True, start_method="spawn")
+            mp.start_processes(
+                _worker, args=args, nprocs=nproc, join=True, start_method=start_method(device)
+            )
         except mp.ProcessException as err:
             raise RankLost(
                 f"a process of the cell ended abnormally: {err}".splitlines()[0]
