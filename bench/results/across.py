@@ -72,7 +72,7 @@ class DatasetTable:
     setting: Fixed
     scores: dict[str, Seeds]
     record: Record
-    runs: tuple[Record, ...] = ()
+    runs: tuple[Record, ...]
 
 
 def write_across(folders: Sequence[Path], out_dir: Path) -> Path:
@@ -249,7 +249,7 @@ def _differences_lines(by_dataset: Mapping[str, DatasetTable]) -> list[str]:
 def _table_config(table: DatasetTable) -> dict[str, str]:
     """The table's flat config: each key's value, or ``per norm: ...`` when its runs differ."""
     per_norm: dict[str, dict[str, str]] = {}
-    for run in table.runs or (table.record,):
+    for run in table.runs:
         for key, value in _flat_config(run).items():
             per_norm.setdefault(key, {})[str(run.get("norm"))] = value
     return {

@@ -15,6 +15,7 @@ from bench.config import (
     TOP_LEVEL_KEYS,
     Cell,
     Suite,
+    TuneConfig,
     primary_allowed,
     primary_mismatch,
 )
@@ -140,7 +141,7 @@ def _build_suite(raw: dict[str, Any], ctx: Context, path: Path, overrides: tuple
     )
 
 
-def _check_tuning_divergence(tune: Any, sections: Mapping[str, Any], ctx: Context) -> None:
+def _check_tuning_divergence(tune: TuneConfig, sections: Mapping[str, Any], ctx: Context) -> None:
     """Tuning runs stop on the parameters, not the private loss: the selection reads whether
     each tuning run diverged, and ``divergence_check: private_loss`` decides that from the
     un-noised loss of private batches, a release outside the accounting that would then choose

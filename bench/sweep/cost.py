@@ -69,8 +69,9 @@ class SweepCost:
         nproc: Processes each cell runs on.
         workers: Cells run at once (the local executor's worker pool), dealt round robin.
         shared_cores: The workers share the CPU cores (no GPU each).
-        busy: On the CPU, the load average from other work while the steps were measured
-            and the core count, when that load took at least half the cores; else None.
+        busy: On the CPU, the 1-minute load average (this process included) and the core
+            count, when other work held at least half the cores as the steps were measured
+            (`busy_cpu`); else None.
     """
 
     device: str
