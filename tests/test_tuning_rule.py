@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from bench.errors import ConfigError
-from bench.results.records import read_records
+from bench.plan import plan_cells
+from bench.privacy_tuning import composed, run_history
+from bench.results.records import append_record, read_every_record, read_records, superseded_path
 from bench.suite import load_suite
 from bench.sweep.cost import cells_to_run
 from bench.sweep.options import RunOptions
@@ -21,7 +23,7 @@ from bench.sweep.protocol import (
     tune_cells,
     tuning_by_group,
 )
-from bench.sweep.run import run_suite
+from bench.sweep.run import _final_stage, run_suite
 from tests.tiny_suite import tiny_tune
 
 
@@ -168,8 +170,43 @@ def test_a_refinement_left_behind_by_a_moved_coarse_optimum_is_still_charged(tmp
     (waiting,) = select(suite, records).values()
     assert waiting.values is None and waiting.missing == 1  # lr 4 has not run
     (group,) = tuning_by_group(suite, records).values()
-    assert sorted(c.tuned["training.lr"] for c in group) == [0.25, 0.5, 1.0, 2.0, 4.0]
-    assert len({c.run_key for c in group}) == len(group)
+    # lr 2 trained twice (failed, then retried): both runs are charged.
+    assert sorted(c.tuned["training.lr"] for c in group) == [0.25, 0.5, 1.0, 2.0, 2.0, 4.0]
+    assert len({c.run_key for c in group}) == 5
+
+
+def test_a_tuning_run_replaced_by_a_rerun_is_charged_again(tmp_path):
+    """A failed (or, under --force, ok) tuning run a re-run replaced trained on the private set
+    and decided the re-run: it stays charged, from the superseded file. An interrupted record
+    is not a run of its own, and a record left in both files by a kill counts once."""
+    suite = _suite(tmp_path, tiny_tune(norms="group_norm", seeds="0"))
+    cells = tune_cells(suite)
+    path = tmp_path / "out" / "records.jsonl"
+    lr2 = next(c for c in cells if c.tuned["training.lr"] == 2.0)
+    (interrupted,) = _records([lr2], {(2.0, 0): None})
+    interrupted["status"] = "interrupted"
+    for record in [
+        interrupted,  # resumed from its checkpoint: the failed record below is the same run
+        *_records(cells, {(0.5, 0): 0.2, (2.0, 0): None}),
+        *_records([lr2], {(2.0, 0): 0.3}),  # --retry-failed
+        {**_records([lr2], {(2.0, 0): 0.4})[0], "finished": "later"},  # --force
+    ]:
+        append_record(path, record)
+    replaced = read_every_record(superseded_path(path))
+    assert [r["status"] for r in replaced] == ["interrupted", "failed", "ok"]
+    (group,) = tuning_by_group(suite, read_records(path).records, replaced).values()
+    assert sorted(c.tuned["training.lr"] for c in group) == [0.5, 2.0, 2.0, 2.0]
+    replaced.append(replaced[1])  # left in both files by a kill
+    (group,) = tuning_by_group(suite, read_records(path).records, replaced).values()
+    assert len(group) == 4
+    # The final cell composes all four runs: 4 x (the run's steps and its noisy score).
+    (final,) = _final_stage(suite, path, RunOptions(out_dir=path.parent, progress=False))[0]
+    (one,) = tuning_by_group(suite, read_records(path).records).values()
+    per_run = composed(
+        run_history(p.charges, p.noise_multiplier, p.sample_rate, p.steps)
+        for p in plan_cells(one[:1])
+    )
+    assert final.tuning_history == tuple((s, q, 4 * n) for s, q, n in per_run)
 
 
 def test_a_point_whose_every_tuning_run_failed_says_so(tmp_path):

@@ -77,7 +77,8 @@ def _writer_lock(path: Path) -> Iterator[None]:
 def superseded_path(path: Path) -> Path:
     """Where the records a re-run replaced are kept: ``records.superseded.jsonl`` beside
     ``records.jsonl``. No report reads it; it is the audit trail of ``--force`` and
-    ``--retry-failed``."""
+    ``--retry-failed``, and the tuned procedure's epsilon charges each finished tuning run in
+    it (`bench.sweep.protocol.tuning_by_group`)."""
     path = Path(path)
     return path.with_name(f"{path.stem}.superseded{path.suffix}")
 
@@ -172,6 +173,24 @@ def read_records(path: Path) -> RecordsRead:
     Raises:
         RecordsError: When the file does not exist or cannot be read at all.
     """
+    every, problems = _read_every_record(path)
+    by_key: dict[str, Record] = {}
+    for record in every:
+        # Re-inserting moves a re-run to the position of its newest line.
+        by_key.pop(record["run_key"], None)
+        by_key[record["run_key"]] = record
+    return RecordsRead(records=list(by_key.values()), problems=problems)
+
+
+def read_every_record(path: Path) -> list[Record]:
+    """Every usable record of a records file in file order, several of one run key included
+    (the superseded file keeps each record a re-run replaced: `superseded_path`); bad lines
+    are skipped, as `read_records` reports them. Raises `RecordsError` as `read_records`."""
+    return _read_every_record(path)[0]
+
+
+def _read_every_record(path: Path) -> tuple[list[Record], list[str]]:
+    """Every usable record in file order, and the problems of the lines that are not."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -180,7 +199,7 @@ def read_records(path: Path) -> RecordsRead:
     except OSError as err:
         raise RecordsError(f"cannot read records file {path}: {err.strerror or err}") from None
 
-    by_key: dict[str, Record] = {}
+    every: list[Record] = []
     problems: list[str] = []
     lines = data.split(b"\n")
     for number, raw in enumerate(lines, start=1):
@@ -197,10 +216,8 @@ def read_records(path: Path) -> RecordsRead:
         if problem:
             problems.append(f"{path}:{number}: {problem}")
             continue
-        # Re-inserting moves a re-run to the position of its newest line.
-        by_key.pop(record["run_key"], None)
-        by_key[record["run_key"]] = record
-    return RecordsRead(records=list(by_key.values()), problems=problems)
+        every.append(record)
+    return every, problems
 
 
 def finished_keys(path: Path, statuses: tuple[str, ...] = FINAL_STATUSES) -> set[str]:

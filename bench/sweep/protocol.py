@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -165,10 +166,15 @@ def _read_by_group(suite: Suite, records: Sequence[Mapping[str, Any]]) -> dict[t
     return out
 
 
-def tuning_by_group(suite: Suite, records: Iterable[Mapping[str, Any]]) -> dict[tuple, list[Cell]]:
-    """Per grid point (`group_of`), every tuning cell the point's ``epsilon_with_tuning``
-    composes: those its selection reads (`select`), and every other refinement cell of the
-    point that has a record in ``records``.
+def tuning_by_group(
+    suite: Suite,
+    records: Iterable[Mapping[str, Any]],
+    superseded: Iterable[Mapping[str, Any]] = (),
+) -> dict[tuple, list[Cell]]:
+    """Per grid point (`group_of`), every tuning run the point's ``epsilon_with_tuning``
+    composes, as its cell (a cell that trained twice is listed twice): those its selection
+    reads (`select`), every other refinement cell of the point that has a record, and every
+    finished run a re-run replaced.
 
     The second kind is a refinement around an earlier coarse optimum, left behind when a
     coarse run recorded later (``--retry-failed``) moved the optimum: the selection no longer
@@ -176,6 +182,14 @@ def tuning_by_group(suite: Suite, records: Iterable[Mapping[str, Any]]) -> dict[
     which values it tried came from the coarse scores the selection still reads; so it is
     charged. ``records`` is required: without them the refinement is not known, and a
     composition of the coarse runs alone would under-state the procedure's epsilon.
+
+    The third kind is a tuning run that finished (``ok`` or ``failed``) and was then replaced
+    by ``--force`` or ``--retry-failed`` (``superseded``: the records of
+    `bench.results.records.superseded_path`; or a second record of one run key in
+    ``records``). It trained on the private set, its score or its failure is published in the
+    audit trail and decided that the run was repeated, so it is charged again: a failed run
+    retried until it succeeds is not free. An ``interrupted`` record is not a run of its own
+    (its run resumed from a checkpoint and finished as the record that replaced it).
     """
     records = list(records)
     recorded = {r["run_key"] for r in records}
@@ -188,7 +202,21 @@ def tuning_by_group(suite: Suite, records: Iterable[Mapping[str, Any]]) -> dict[
                 if c.run_key in recorded and c.run_key not in have:
                     cells.append(c)
                     have.add(c.run_key)
+    runs = _finished_runs([*records, *superseded])
+    for group, cells in out.items():
+        out[group] = [c for c in cells for _ in range(max(1, runs.get(c.run_key, 0)))]
     return out
+
+
+def _finished_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Per run key, how many distinct finished records (``ok`` or ``failed``) there are: one
+    per training that ran to its end. A record left in both the records file and the
+    superseded file by a kill between their writes is one run (`bench.results.records`)."""
+    seen: dict[str, set[str]] = {}
+    for r in records:
+        if r.get("status") in ("ok", "failed"):
+            seen.setdefault(r["run_key"], set()).add(json.dumps(r, sort_keys=True, default=str))
+    return {key: len(lines) for key, lines in seen.items()}
 
 
 @dataclass(frozen=True)

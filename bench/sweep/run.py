@@ -35,7 +35,7 @@ from bench.privacy_tuning import group_costs
 from bench.provenance import environment_facts
 from bench.results.leaderboard import write_report
 from bench.results.record import Record
-from bench.results.records import read_records
+from bench.results.records import read_every_record, read_records, superseded_path
 from bench.sweep.cell import discard_checkpoints
 from bench.sweep.executor import Executor
 from bench.sweep.local import LocalExecutor
@@ -243,16 +243,20 @@ def _final_stage(
     if options.progress:
         for line in selection_lines(selections):
             print(f"tune: {line}", file=sys.stderr)
-    finals = final_cells(suite, selections, _tuning_costs(suite, existing))
+    replaced = superseded_path(records)
+    superseded = read_every_record(replaced) if replaced.exists() else []
+    finals = final_cells(suite, selections, _tuning_costs(suite, existing, superseded))
     todo, already = pending_cells(finals, records, options.force, options.retry_failed)
     return finals, todo, already
 
 
-def _tuning_costs(suite: Suite, records: Sequence[Record]) -> dict[tuple, tuple]:
-    """Per grid point, the composed planned history of its tuning runs, refinement included
-    (planned: a run that failed or stopped early is charged in full), for its final runs'
-    ``epsilon_with_tuning``."""
-    by_group = tuning_by_group(suite, records)
+def _tuning_costs(
+    suite: Suite, records: Sequence[Record], superseded: Sequence[Record]
+) -> dict[tuple, tuple]:
+    """Per grid point, the composed planned history of its tuning runs, refinement and
+    replaced re-runs included (planned: a run that failed or stopped early is charged in
+    full), for its final runs' ``epsilon_with_tuning`` (`tuning_by_group`)."""
+    by_group = tuning_by_group(suite, records, superseded)
     return group_costs({g: plan_cells(c) for g, c in by_group.items()})
 
 
