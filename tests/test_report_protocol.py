@@ -180,3 +180,52 @@ def test_a_tan_simulation_is_never_the_primary_family(tmp_path: Path) -> None:
     tan = backbone_text(text, "r9 [privacy.simulate_batch_size=16] [TAN simulation, not DP]")
     assert "**Family: primary**" in dp and "privacy.simulate_batch_size=none; " in dp
     assert "**Family: exploratory**" in tan
+
+
+def test_the_primary_tables_of_two_backbones_are_one_holm_family(tmp_path: Path) -> None:
+    """Each backbone's `better` holds alone (paired p 0.031 and 0.046) but not once the suite's
+    two primary comparisons are Holm-corrected together (0.061): the tables, the summary and
+    the findings say no significant difference, and name the joint family."""
+    from scipy import stats
+
+    from bench.results.findings.page import suite_families
+    from bench.results.stats import holm
+
+    base = [0.50, 0.52, 0.51, 0.53, 0.49]
+    lifts = {"ra": [0.010, 0.030, 0.002, 0.020, 0.015], "rb": [0.012, 0.03, 0.0, 0.025, 0.01]}
+    records = []
+    for backbone, lift in lifts.items():
+        for s, (b, d) in enumerate(zip(base, lift, strict=True)):
+            records += [
+                make_record(backbone, "group_norm", s, b, num_classes=10),
+                make_record(backbone, "other", s, b + d, num_classes=10),
+            ]
+    raw = [
+        stats.ttest_rel([b + d for b, d in zip(base, lift)], base).pvalue for lift in lifts.values()
+    ]
+    assert all(p < 0.05 for p in raw) and min(holm(raw)) > 0.05
+    suite = {
+        "grid": {"backbone": ["ra", "rb"], "norm": ["group_norm", "other"], "seed": [0, 1, 2, 3, 4]}
+    }
+    run = write_run(tmp_path, records, suite)
+    text = leaderboard_text(run)
+    for backbone, other, p in (("ra", "rb", holm(raw)[0]), ("rb", "ra", holm(raw)[1])):
+        section = backbone_text(text, backbone)
+        row = table_rows(section, "letters")["other"]
+        assert row[4].startswith(f"{p:.4f}") and row[5] == "no significant difference"
+        assert (
+            f"**Family: primary** — the 2 comparisons with `group_norm` in the 2 tables at the "
+            f"primary grid point (this table's 1 and those of `{other}`)"
+        ) in section
+        assert "α/m = 0.05/2" in section
+    summary = text.split("\n## ")[0]
+    assert "over 2 comparisons: **no significant difference**" in summary
+    families, _, _ = suite_families(run)
+    (primary,) = [f for f in families if f.primary]
+    assert primary.m == 2 and "on the primary tables `ra`, `rb`" in primary.name
+    assert [m.subject for m in primary.members] == ["`other` on `ra`", "`other` on `rb`"]
+    assert [m.direction for m in primary.members] == [0, 0]
+    # One backbone alone: its own family, and `better`.
+    alone = write_run(tmp_path / "one", [r for r in records if r["backbone"] == "ra"])
+    section = backbone_text(leaderboard_text(alone), "ra")
+    assert table_rows(section, "letters")["other"][5] == "better"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.results.leaderboard.backbone import itt_analysis
+from bench.results.leaderboard.backbone import itt_analyses, itt_analysis
 from bench.results.leaderboard.collect import Collected, OkRuns
 from bench.results.leaderboard.markdown import code, pp_text, pvalue_text
 from bench.results.leaderboard.order import numeric_key
@@ -19,6 +19,7 @@ from bench.results.stats import (
     NO_DIFFERENCE,
     PAIRED,
     WORSE,
+    BackboneAnalysis,
     Comparison,
     Judged,
     NormResult,
@@ -121,18 +122,21 @@ def table_family(
     baseline: str,
     alpha: float,
     protocol: Protocol,
+    analysed: tuple[Mapping, BackboneAnalysis] | None = None,
 ) -> Family | None:
     """One leaderboard table's comparisons with the baseline under intention to treat, as
-    :func:`~bench.results.leaderboard.backbone.backbone_section` computes them; None when no
-    comparison was tested."""
-    outcomes, analysis = itt_analysis(norms, baseline, alpha, protocol)
+    :func:`~bench.results.leaderboard.backbone.backbone_section` computes them (``analysed``:
+    its `itt_analyses` entry; default: the table judged alone); None when no comparison was
+    tested. In a joint primary family (several tables) each subject names its table."""
+    outcomes, analysis = analysed or itt_analysis(norms, baseline, alpha, protocol)
     if not any(r.p_holm is not None for r in analysis.results):
         return None
     sensitivity = per_protocol(norms, outcomes, baseline, alpha)
     left_out = {r.norm: r for r in sensitivity.results} if sensitivity else {}
     claims = (f"is more accurate than {code(baseline)}", f"is less accurate than {code(baseline)}")
+    where = f" on {code(block)}" if len(analysis.family) > 1 else ""
     members = tuple(
-        _norm_member(r, claims, alpha, protocol.rope, left_out.get(r.norm))
+        _norm_member(r, claims, alpha, protocol.rope, left_out.get(r.norm), where)
         for r in analysis.results
         if r.vs_baseline is not None
     )
@@ -156,6 +160,7 @@ def _norm_member(
     alpha: float,
     rope: float,
     per_protocol: NormResult | None,
+    where: str = "",
 ) -> Member:
     """A norm's comparison with the baseline, with what the table says beside its verdict."""
     comparison = r.vs_baseline
@@ -183,7 +188,7 @@ def _norm_member(
         )
     assert comparison is not None  # the caller passes compared norms only
     return Member(
-        code(r.norm),
+        code(r.norm) + where,
         direction_of(r.verdict),
         claims,
         comparison.diff,
@@ -238,11 +243,29 @@ def table_families(
 ) -> list[Family]:
     """Every table's comparisons with the baseline that tested something, in the leaderboard's
     order of tables (numeric order of their grid values: steps=40 before steps=120)."""
-    found = (
-        table_family(block, norms, baseline, alpha, protocol)
-        for block, norms in sorted(collected.cells.items(), key=lambda item: numeric_key(item[0]))
+    analysed = itt_analyses(collected.cells, baseline, alpha, protocol)
+    ordered = sorted(collected.cells.items(), key=lambda item: numeric_key(item[0]))
+    found = [
+        (block, table_family(block, norms, baseline, alpha, protocol, analysed[block]))
+        for block, norms in ordered
+    ]
+    families = [family for _, family in found if family is not None]
+    joint = [(b, f) for b, f in found if f is not None and len(analysed[b][1].family) > 1]
+    if not joint:
+        return families
+    # The primary tables were Holm-corrected together: one family, in the first one's place.
+    tables = ", ".join(code(b) for b, _ in joint)
+    merged = Family(
+        f"every norm against {code(baseline)} on the primary tables {tables}",
+        True,
+        ITT,
+        "pp",
+        tuple(m for _, f in joint for m in f.members),
+        "; ".join(f"{code(b)}: {f.power}" for b, f in joint if f.power) or None,
     )
-    return [family for family in found if family is not None]
+    first = families.index(joint[0][1])
+    rest = [f for f in families if all(f is not g for _, g in joint)]
+    return [*rest[:first], merged, *rest[first:]]
 
 
 def sorted_families(families: Sequence[Family]) -> list[Family]:

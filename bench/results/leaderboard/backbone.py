@@ -21,13 +21,15 @@ from bench.results.leaderboard.markdown import (
     p_with_test_text,
     table,
 )
-from bench.results.leaderboard.protocol import Protocol
+from bench.results.leaderboard.order import numeric_key
+from bench.results.leaderboard.protocol import PRIMARY, Protocol
 from bench.results.leaderboard.survivorship import cell_outcomes, family_lines, sensitivity_lines
 from bench.results.stats import (
     MAX_SEEDS,
     BackboneAnalysis,
     NormResult,
     analyse_backbone,
+    judge_jointly,
 )
 from bench.results.stats.itt import Outcomes
 
@@ -41,15 +43,17 @@ def backbone_section(
     baseline: str,
     alpha: float,
     protocol: Protocol | None = None,
+    analysed: tuple[dict[str, Outcomes], BackboneAnalysis] | None = None,
 ) -> tuple[list[str], BackboneAnalysis]:
     """The Markdown lines of one backbone's table, and the statistics behind it.
 
     The table is the intention-to-treat analysis (every attempted run, a failed or collapsed
     one at chance); the per-protocol analysis of the ok runs follows it as a sensitivity table
-    when the two differ.
+    when the two differ. ``analysed``: the table's `itt_analyses` entry (its comparisons judged
+    in the suite's family); default: the table judged alone (`itt_analysis`).
     """
     protocol = protocol or Protocol({})
-    outcomes, analysis = itt_analysis(norms, baseline, alpha, protocol)
+    outcomes, analysis = analysed or itt_analysis(norms, baseline, alpha, protocol)
     lines = [f"## Backbone `{backbone}`", ""]
     if not analysis.has_baseline:
         lines += [
@@ -83,7 +87,7 @@ def backbone_section(
     headers, rows, dropped = drop_empty(headers, rows, keep=7)
     lines += [table(rows, headers), ""]
     lines += dropped_note(dropped, (r for c in norms.values() for r in c.ok.values()))
-    lines += family_lines(analysis, protocol, protocol.family_of(norms))
+    lines += family_lines(analysis, protocol, protocol.family_of(norms), backbone)
     lines += [_power_text(analysis), ""]
     lines += evidence_lines(analysis, alpha, protocol.rope)
     if any(r.accuracy.n == 1 for r in analysis.results):
@@ -103,6 +107,26 @@ def itt_analysis(
     outcomes = cell_outcomes(norms, protocol.collapse)
     accuracy = {norm: o.scores for norm, o in outcomes.items() if o.scores}
     return outcomes, analyse_backbone(accuracy, baseline, alpha, CONFIDENCE, protocol.rope)
+
+
+def itt_analyses(
+    tables: Mapping[str, Mapping[str, Cell]], baseline: str, alpha: float, protocol: Protocol
+) -> dict[str, tuple[dict[str, Outcomes], BackboneAnalysis]]:
+    """Every table's `itt_analysis`, the primary tables' comparisons with the baseline judged
+    as one Holm family when there are several (a table per backbone at the primary grid
+    point: `bench.results.stats.judge_jointly`), as the leaderboard and the findings read them.
+    """
+    out = {block: itt_analysis(norms, baseline, alpha, protocol) for block, norms in tables.items()}
+    primary = [
+        block
+        for block in sorted(out, key=numeric_key)
+        if protocol.family_of(tables[block]) == PRIMARY
+        and any(r.p_holm is not None for r in out[block][1].results)
+    ]
+    if len(primary) > 1:
+        joint = judge_jointly({block: out[block][1] for block in primary})
+        out.update({block: (out[block][0], joint[block]) for block in primary})
+    return out
 
 
 def _result_row(result: NormResult, cell: Cell, outcome: Outcomes) -> list[str]:

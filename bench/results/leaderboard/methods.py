@@ -44,9 +44,11 @@ def methods_lines(alpha: float, analyses: Sequence[BackboneAnalysis]) -> list[st
         "- Families: each p-value belongs to one family, Holm-corrected within it and named "
         "under its table. The primary family is every norm against the baseline at the primary "
         "grid point (`report.primary`; default: the last value the grid lists of each swept "
-        "key); every other family (other grid points, letters, swept-value effects, the "
-        "blocked model's columns) is exploratory. A verdict of better or worse needs a "
-        "corrected p ≤ α, otherwise no significant difference.",
+        "key), on every backbone: with several backbones their primary tables are one family, "
+        "so the suite's primary claims hold at α together; every other family (other grid "
+        "points, letters, swept-value effects, the blocked model's columns) is exploratory. "
+        "A verdict of better or worse needs a corrected p ≤ α, otherwise no significant "
+        "difference.",
         "- Graded evidence: P(Δ below / within / above ±`report.rope_pp` pp, default 1, the "
         "region of practical equivalence), from the Student-t posterior of the mean difference "
         "(Bayesian paired comparison, non-informative prior). Where there is no significant "
@@ -63,7 +65,7 @@ def methods_lines(alpha: float, analyses: Sequence[BackboneAnalysis]) -> list[st
         "row's test finds with 80% probability, given its observed standard error: the "
         "noncentrality at which a noncentral t (the test's df) exceeds the two-sided critical "
         "value with probability 0.8, times the standard error. The level is α/m, m the number "
-        "of baseline comparisons tested on the backbone: Holm's first threshold, which the "
+        "of baseline comparisons tested in the table's family: Holm's first threshold, which the "
         "verdict must pass when a single norm differs, so the verdicts' power is at least this. "
         "The power line under each table does the same with the pooled SD of the paired "
         "differences, and gives the seeds a 1 pp difference would need. The SDs are estimated "

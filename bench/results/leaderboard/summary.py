@@ -124,7 +124,7 @@ def _best_text(analysis: BackboneAnalysis) -> str:
         return head + " (it is the baseline): " + _others_text(analysis)
     comparison = best.vs_baseline
     test = p_with_test_text(best.p_holm, comparison.test if comparison else None)
-    m = sum(r.p_holm is not None for r in analysis.results)
+    m = analysis.family_m or sum(r.p_holm is not None for r in analysis.results)
     caveat = (
         "; the exact sign-flip test does not confirm it (normality carries the verdict)"
         if best.normality_carries

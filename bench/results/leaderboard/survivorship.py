@@ -11,6 +11,7 @@ from bench.results.leaderboard.markdown import (
     accuracy_text,
     code,
     difference_text,
+    join,
     number_text,
     p_with_test_text,
     pp_text,
@@ -56,8 +57,11 @@ def cell_outcomes(
     }
 
 
-def family_lines(analysis: BackboneAnalysis, protocol: Protocol, family: str) -> list[str]:
-    """Which family the table's p-values belong to, and how to read it."""
+def family_lines(
+    analysis: BackboneAnalysis, protocol: Protocol, family: str, block: str = ""
+) -> list[str]:
+    """Which family the table's p-values belong to (the table ``block``'s), and how to read
+    it."""
     m = sum(r.p_holm is not None for r in analysis.results)
     if not m:
         return []
@@ -66,6 +70,15 @@ def family_lines(analysis: BackboneAnalysis, protocol: Protocol, family: str) ->
         f"the {m} comparison(s) with `{analysis.baseline}` in this table, Holm-corrected "
         "together (t-test and sign-flip p each over the same family)"
     )
+    if len(analysis.family) > 1:
+        others = join([code(t) for t in analysis.family if t != block])
+        members = (
+            f"the {analysis.family_m} comparisons with `{analysis.baseline}` in the "
+            f"{len(analysis.family)} tables at the primary grid point (this table's {m} and "
+            f"those of {others}), Holm-corrected together (t-test and sign-flip p each over the "
+            "same family), so that the suite's primary claims hold at α together, not each "
+            "table's on its own"
+        )
     if family == PRIMARY and not protocol.primary:
         head = (
             f"**Family: primary** — {members}; the grid sweeps no key beyond backbone, norm and "

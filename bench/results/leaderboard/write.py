@@ -14,6 +14,7 @@ from bench.results.leaderboard.across import across_sections
 from bench.results.leaderboard.backbone import (
     CONFIDENCE,
     backbone_section,
+    itt_analyses,
 )
 from bench.results.leaderboard.collect import (
     Collected,
@@ -159,6 +160,8 @@ def _backbone_tables(
             planned_norms.setdefault(block_of(c), set()).add(c["norm"])
     body: list[str] = []
     analyses: dict[str, BackboneAnalysis] = {}
+    # Every table's statistics at once: the primary tables share one Holm family.
+    analysed = itt_analyses(collected.cells, baseline, alpha, protocol)
     # The primary grid point's tables first, then the others in numeric order of their grid
     # values (steps=40 before steps=120, ε 0.5 before 8).
     blocks = sorted(
@@ -175,6 +178,7 @@ def _backbone_tables(
             baseline,
             alpha,
             protocol,
+            analysed.get(backbone),
         )
         body += lines
         norms = collected.cells.get(backbone, {})

@@ -11,14 +11,16 @@ torch. Shared assumptions, stated once:
   ``bench.seeds.STREAM_SCHEME``, shared by seed before it), so their results are paired by seed
   when possible: a paired test removes the variance the seed shares across norms and is valid
   (if less useful) when it shares none.
-- A family of tests is one backbone: p-values are Holm-corrected within a backbone, never
-  across backbones (each backbone's leaderboard is read on its own).
+- A family of tests is one table's comparisons with the baseline, Holm-corrected together;
+  the primary tables of a suite with several backbones form one family (`judge_jointly`), so
+  its primary claims hold at the family-wise level together.
 """
 
 from bench.results.stats.backbone import (
     BackboneAnalysis,
     NormResult,
     analyse_backbone,
+    judge_jointly,
 )
 from bench.results.stats.descriptive import (
     MeanCI,
@@ -108,6 +110,7 @@ __all__ = [
     "friedman",
     "holm",
     "judge_family",
+    "judge_jointly",
     "kendall_tau_b",
     "letter_display",
     "mean_ci",

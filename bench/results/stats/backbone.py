@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bench.results.stats.descriptive import MeanCI, Seeds, mean_ci, values_of
 from bench.results.stats.evidence import DEFAULT_ROPE, Evidence, rope_evidence
-from bench.results.stats.family import compare_family
+from bench.results.stats.family import Judged, compare_family, judge_family
 from bench.results.stats.letters import by_mean, letter_display
 from bench.results.stats.power import Power, backbone_power
 from bench.results.stats.significance import BASELINE, NO_BASELINE, Comparison
@@ -58,6 +59,9 @@ class BackboneAnalysis:
         results: One entry per norm with values, best mean first (ties by name).
         power: The backbone's power statement (see :func:`backbone_power`), None without a
             paired comparison with the baseline.
+        family: The tables whose comparisons with the baseline were Holm-corrected together
+            with this one's (`judge_jointly`), this one included; empty: this table alone.
+        family_m: That joint family's size (its tested comparisons); 0 for this table alone.
     """
 
     baseline: str
@@ -65,6 +69,8 @@ class BackboneAnalysis:
     alpha: float
     results: tuple[NormResult, ...]
     power: Power | None = None
+    family: tuple[str, ...] = ()
+    family_m: int = 0
 
     @property
     def tests_used(self) -> dict[str, int]:
@@ -144,4 +150,68 @@ def analyse_backbone(
     tested = [j.test for j in judged.values() if j is not None and j.test.tested]
     return BackboneAnalysis(
         baseline, has_baseline, alpha, tuple(results), backbone_power(tested, alpha)
+    )
+
+
+def judge_jointly(tables: Mapping[str, BackboneAnalysis]) -> dict[str, BackboneAnalysis]:
+    """Several tables' comparisons with the baseline judged as one Holm family: the primary
+    family of a suite whose primary grid point has a table per backbone, so that the suite's
+    primary claims hold at the family-wise level together, not each backbone's at its own.
+
+    Each comparison keeps its test, interval, letters and graded evidence (none depends on the
+    family); its Holm p (t-test and sign-flip), verdict and detectable difference are those of
+    the joint family, and each table's power line is at alpha / (the joint family's size).
+
+    Args:
+        tables: Each table's own analysis (`analyse_backbone`), by table name, all at one alpha.
+
+    Returns:
+        The same tables, re-judged, each naming the family's tables (`BackboneAnalysis.family`).
+    """
+    names = tuple(tables)
+    (alpha,) = {a.alpha for a in tables.values()}
+    places = [
+        (name, i)
+        for name in names
+        for i, r in enumerate(tables[name].results)
+        if r.vs_baseline is not None
+    ]
+    judged = dict(
+        zip(
+            places,
+            judge_family([tables[n].results[i].vs_baseline for n, i in places], alpha),
+            strict=True,
+        )
+    )
+    m = sum(j.p_holm is not None for j in judged.values())
+    out = {}
+    for name in names:
+        analysis = tables[name]
+        results = tuple(
+            r if (name, i) not in judged else _rejudged(r, judged[(name, i)], alpha)
+            for i, r in enumerate(analysis.results)
+        )
+        tested = [
+            r.vs_baseline for r in results if r.vs_baseline is not None and r.vs_baseline.tested
+        ]
+        out[name] = dataclasses.replace(
+            analysis,
+            results=results,
+            power=backbone_power(tested, alpha, m),
+            family=names,
+            family_m=m,
+        )
+    return out
+
+
+def _rejudged(result: NormResult, judgement: Judged, alpha: float) -> NormResult:
+    """A norm's result with the verdict, Holm p-values and detectable difference of the family
+    its comparison was judged in."""
+    return dataclasses.replace(
+        result,
+        p_holm=judgement.p_holm,
+        verdict=judgement.verdict,
+        detectable=judgement.detectable,
+        p_exact_holm=judgement.p_exact_holm,
+        normality_carries=judgement.normality_carries(alpha),
     )

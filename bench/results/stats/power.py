@@ -151,7 +151,9 @@ class Power:
     power: float = POWER
 
 
-def backbone_power(tested: Sequence[Comparison], alpha: float) -> Power | None:
+def backbone_power(
+    tested: Sequence[Comparison], alpha: float, m: int | None = None
+) -> Power | None:
     """The power statement of one backbone, from its comparisons with the baseline.
 
     The spread is pooled over the paired comparisons (Welch comparisons have no paired spread);
@@ -160,8 +162,10 @@ def backbone_power(tested: Sequence[Comparison], alpha: float) -> Power | None:
     in :attr:`NormResult.detectable`.
 
     Args:
-        tested: The tested comparisons with the baseline (the Holm family).
+        tested: The tested comparisons with the baseline (the table's).
         alpha: Family-wise significance level.
+        m: The Holm family's size, when the family spans more tables than this one's
+            comparisons (`bench.results.stats.backbone.judge_jointly`); default ``len(tested)``.
 
     Returns:
         The power, or None when no comparison was paired.
@@ -169,13 +173,14 @@ def backbone_power(tested: Sequence[Comparison], alpha: float) -> Power | None:
     paired = [c for c in tested if c.test == PAIRED and c.se is not None]
     if not paired:
         return None
-    level = alpha / len(tested)
+    m = len(tested) if m is None else m
+    level = alpha / m
     sd_df = sum(c.n - 1 for c in paired)
     sd = math.sqrt(math.fsum((c.n - 1) * c.n * c.se**2 for c in paired) / sd_df)
     n = max(c.n for c in paired)
     return Power(
         level=level,
-        m=len(tested),
+        m=m,
         n=n,
         sd=sd,
         sd_df=sd_df,
