@@ -201,7 +201,8 @@ def test_the_primary_tables_of_two_backbones_are_one_holm_family(tmp_path: Path)
                 make_record(backbone, "other", s, b + d, num_classes=10),
             ]
     raw = [
-        stats.ttest_rel([b + d for b, d in zip(base, lift)], base).pvalue for lift in lifts.values()
+        stats.ttest_rel([b + d for b, d in zip(base, lift, strict=True)], base).pvalue
+        for lift in lifts.values()
     ]
     assert all(p < 0.05 for p in raw) and min(holm(raw)) > 0.05
     suite = {

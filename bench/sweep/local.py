@@ -22,7 +22,7 @@ from bench.plan import cell_label
 from bench.sweep.cell import record_interrupted, run_cell
 from bench.sweep.executor import Executor
 from bench.sweep.options import RunOptions
-from bench.sweep.processes import check_nproc, launched_ranks
+from bench.sweep.processes import check_nproc, launched_ranks, start_method
 from bench.sweep.resume import without_final_record
 from bench.train.loop import StepReport
 
@@ -124,7 +124,8 @@ class WorkerPoolExecutor(Executor):
         kind = "GPU" if gpus else "CPU"
         print(f"running {len(cells)} cells on {n} {kind} workers", file=sys.stderr)
         statuses: list[str] = []
-        with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
+        how = start_method(torch.device("cuda" if gpus else "cpu"))
+        with ProcessPoolExecutor(max_workers=n, mp_context=get_context(how)) as pool:
             shares = [cells[i::n] for i in range(n)]
             futures = [
                 pool.submit(

@@ -100,16 +100,17 @@ def rank_device(device: torch.device, rank: int) -> torch.device:
     return torch.device("cuda", rank) if device.type == "cuda" else device
 
 
-#: What the CPU ranks' fork server imports once, so that every rank after it starts without
-#: importing torch, Opacus and timm again (seconds each on 2 cores, for every cell).
-_PRELOAD = ["bench.sweep.processes"]
+#: What the CPU processes' fork server imports once, so that every rank (and every worker of
+#: `bench.sweep.local`'s pool) after it starts without importing torch, Opacus and timm again
+#: (seconds each on 2 cores, for every cell's ranks).
+_PRELOAD = ["bench.sweep.processes", "bench.sweep.local"]
 
 
 def start_method(device: torch.device) -> str:
-    """How the ranks start: on the CPU, forked from a fork server that imported the training
-    code once (``forkserver``: a clean process that has run no torch op, so no thread pool is
-    forked); on CUDA, ``spawn``, since a process forked after anything touched CUDA cannot use
-    it, and there a rank's import is small beside its training."""
+    """How the ranks and CPU workers start: on the CPU, forked from a fork server that imported
+    the training code once (``forkserver``: a clean process that has run no torch op, so no
+    thread pool is forked); on CUDA, ``spawn``, since a process forked after anything touched
+    CUDA cannot use it, and there a process's import is small beside its training."""
     if device.type != "cpu" or "forkserver" not in mp.get_all_start_methods():
         return "spawn"
     mp.set_forkserver_preload(_PRELOAD)

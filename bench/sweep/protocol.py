@@ -227,14 +227,12 @@ class Candidate:
         values: The candidate's tuning values (dotted keys).
         mean: Mean validation score over its ok runs, collapsed ones included (None: none).
         scores: Those scores, in tuning-seed order.
-        finished: Runs with a final record (ok or failed).
         failures: Runs that failed, or ended ok within ``report.collapse_pp`` of chance.
     """
 
     values: Mapping[str, Any]
     mean: float | None
     scores: tuple[float, ...]
-    finished: int
     failures: int
 
 
@@ -274,7 +272,7 @@ def _candidate(
     values: Mapping[str, Any], cells: Sequence[Cell], by_key: Mapping, collapse: float
 ) -> tuple[Candidate, int]:
     """One candidate's runs among ``cells`` (those at ``values``) and how many are missing."""
-    scores, finished, failures, missing = [], 0, 0, 0
+    scores, failures, missing = [], 0, 0
     for c in cells:
         if dict(c.tuned) != dict(values):
             continue
@@ -282,13 +280,12 @@ def _candidate(
         if record is None or record.get("status") == "interrupted":
             missing += 1
             continue
-        finished += 1
         failures += _failed(record, collapse)
         acc = record.get("val_acc")
         if record.get("status") == "ok" and isinstance(acc, (int, float)):
             scores.append(float(acc))
     mean = math.fsum(scores) / len(scores) if scores else None
-    return Candidate(dict(values), mean, tuple(scores), finished, failures), missing
+    return Candidate(dict(values), mean, tuple(scores), failures), missing
 
 
 def _choose(table: Sequence[Candidate], rule: str) -> tuple[Candidate | None, str]:
