@@ -10,6 +10,7 @@ import torch
 import bench.plan
 import bench.train.loop
 from bench.cli import main
+from bench.privacy import Calibration
 from bench.results.records import read_records
 
 
@@ -50,11 +51,26 @@ def test_the_progress_bar_shows_steps_throughput_and_epsilon_and_no_loss_unless_
     quiet = run_tiny(tiny, tmp_path / "a")
     err = capsys.readouterr().err
     assert "step 3/3" in err and "img/s" in err and "eps " in err
+    # The live RDP figure is read against the whole run's (here RDP's: 3 steps are too few
+    # for PRV, so the run is calibrated under RDP); under PRV see the next test.
+    assert quiet["accountant"] == "rdp"
+    assert f"eps {quiet['epsilon_spent']:.3g} of {quiet['epsilon_spent']:.3g} (rdp)" in err
     logged = run_tiny(tiny, tmp_path / "b", "training.log_private_loss=true")
     shown = f"loss {logged['final_train_loss']:.3f}"
     assert logged["run_key"] == quiet["run_key"]  # the same run: the same private loss
     assert shown in capsys.readouterr().err
     assert "loss" not in err and f"{logged['final_train_loss']:.3f}" not in err
+
+
+def test_the_live_rdp_epsilon_is_read_against_the_whole_runs_and_the_prv_it_records():
+    """RDP is looser than PRV: a run calibrated to 8 under PRV passes 8 under RDP before its
+    last step, so the bar says what the RDP figure climbs to and what the run records."""
+    cal = Calibration(1.0, 0.01, 120, (), "prv", 8.0, {"prv": 8.0, "rdp": 10.41})
+    assert bench.train.loop.budget_text(cal) == "of 10.4 (rdp; the run spends 8 by prv)"
+    assert (
+        bench.train.loop.budget_text(dataclasses.replace(cal, accountant="rdp", epsilon=10.41))
+        == "of 10.4 (rdp)"
+    )
 
 
 def test_the_default_divergence_stop_reads_the_parameters_not_the_private_loss(

@@ -50,7 +50,7 @@ class _StepProgress:
             rate = (report.step - s0) * report.expected_images / (now - t0) if now > t0 else 0.0
             text = (
                 f"{self.label} | step {report.step}/{report.steps} | {rate:.0f} img/s"
-                f" | eps {report.epsilon():.3g} (rdp)"
+                f" | eps {report.epsilon():.3g} {report.budget}"
             )
             if report.private_loss is not None:
                 text += f" | loss {report.private_loss:.3f} (not DP)"

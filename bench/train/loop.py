@@ -15,7 +15,7 @@ import torch
 from bench import checkpoint
 from bench.config import TrainingConfig
 from bench.measure import StepMemory, StepTimer
-from bench.privacy import epsilon, merged_history
+from bench.privacy import Calibration, epsilon, merged_history
 from bench.seeds import seed_dropout, seed_global
 from bench.train.schedule import after_update
 from bench.train.setup import Run
@@ -37,6 +37,9 @@ class StepReport:
             looser than PRV); computed when called.
         private_loss: The un-noised loss of the last private batch, or None unless
             ``training.log_private_loss`` (a non-private diagnostic).
+        budget: What ``epsilon`` is read against (`budget_text`): the whole run's RDP epsilon
+            and, under PRV, the run's own, so a looser RDP figure above the target does not
+            read as overspending.
     """
 
     step: int
@@ -44,6 +47,18 @@ class StepReport:
     expected_images: int
     epsilon: Callable[[], float]
     private_loss: float | None = None
+    budget: str = "(rdp)"
+
+
+def budget_text(calibration: Calibration) -> str:
+    """``of 10.4 (rdp; the run spends 8 by prv)``: the whole planned run under RDP, which the
+    live epsilon climbs to, and the epsilon the run is calibrated to and records, under its
+    accountant. Under RDP the two are one: ``of 8 (rdp)``."""
+    rdp = calibration.epsilon_by_accountant.get("rdp")
+    if calibration.accountant == "rdp":
+        return f"of {calibration.epsilon:.3g} (rdp)"
+    whole = f"of {rdp:.3g} " if rdp is not None else ""
+    return f"{whole}(rdp; the run spends {calibration.epsilon:.3g} by {calibration.accountant})"
 
 
 Progress = Callable[[StepReport], None]
@@ -303,6 +318,15 @@ def train_loop(run: Run, progress: Progress | None, checkpoint_dir: Path | None)
             if progress is not None and run.ranks.writer:
                 # The live view on the operator's terminal; it never reaches a record.
                 shown = loss_value if training.log_private_loss else None
-                progress(StepReport(done, steps, expected, lambda: _epsilon_so_far(run), shown))
+                progress(
+                    StepReport(
+                        done,
+                        steps,
+                        expected,
+                        lambda: _epsilon_so_far(run),
+                        shown,
+                        budget_text(run.plan.calibration),
+                    )
+                )
     above, absolute = _max(peaks[0], memory.above), _max(peaks[1], memory.absolute)
     return Trained(loss_value, timer, above, absolute, resumed.start or None)
