@@ -11,7 +11,7 @@ from bench.results.leaderboard.markdown import code, pp_text, pvalue_text
 from bench.results.leaderboard.order import numeric_key
 from bench.results.leaderboard.privacy_utility import curve_trends, epsilon_curves
 from bench.results.leaderboard.protocol import PRIMARY, Protocol
-from bench.results.leaderboard.survivorship import per_protocol
+from bench.results.leaderboard.survivorship import per_protocol, per_protocol_analyses
 from bench.results.leaderboard.sweeps import settings_of, sweeps_of, value_effects
 from bench.results.record import grid_value_text
 from bench.results.stats import (
@@ -123,15 +123,18 @@ def table_family(
     alpha: float,
     protocol: Protocol,
     analysed: tuple[Mapping, BackboneAnalysis] | None = None,
+    judged: BackboneAnalysis | None = None,
 ) -> Family | None:
     """One leaderboard table's comparisons with the baseline under intention to treat, as
     :func:`~bench.results.leaderboard.backbone.backbone_section` computes them (``analysed``:
     its `itt_analyses` entry; default: the table judged alone); None when no comparison was
-    tested. In a joint primary family (several tables) each subject names its table."""
+    tested. In a joint primary family (several tables) each subject names its table.
+    ``judged``: its per-protocol sensitivity judged in the same family (`per_protocol_analyses`
+    entry); default: judged alone."""
     outcomes, analysis = analysed or itt_analysis(norms, baseline, alpha, protocol)
     if not any(r.p_holm is not None for r in analysis.results):
         return None
-    sensitivity = per_protocol(norms, outcomes, baseline, alpha)
+    sensitivity = judged or per_protocol(norms, outcomes, baseline, alpha)
     left_out = {r.norm: r for r in sensitivity.results} if sensitivity else {}
     claims = (f"is more accurate than {code(baseline)}", f"is less accurate than {code(baseline)}")
     where = f" on {code(block)}" if len(analysis.family) > 1 else ""
@@ -244,9 +247,15 @@ def table_families(
     """Every table's comparisons with the baseline that tested something, in the leaderboard's
     order of tables (numeric order of their grid values: steps=40 before steps=120)."""
     analysed = itt_analyses(collected.cells, baseline, alpha, protocol)
+    sensitivity = per_protocol_analyses(collected.cells, analysed, baseline, alpha)
     ordered = sorted(collected.cells.items(), key=lambda item: numeric_key(item[0]))
     found = [
-        (block, table_family(block, norms, baseline, alpha, protocol, analysed[block]))
+        (
+            block,
+            table_family(
+                block, norms, baseline, alpha, protocol, analysed[block], sensitivity[block]
+            ),
+        )
         for block, norms in ordered
     ]
     families = [family for _, family in found if family is not None]
