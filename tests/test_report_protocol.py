@@ -236,8 +236,9 @@ def test_the_per_protocol_sensitivity_of_a_joint_family_is_judged_in_it(tmp_path
     """A failure on one backbone shows its per-protocol sensitivity table; judged alone it said
     `better` (Holm over its own comparison, p 0.031) where the joint family says no
     significant difference (0.061), a difference that is the family's size, not the failure
-    left out: it is judged in the joint family too, in the leaderboard and the findings."""
-    from bench.results.findings.page import suite_families
+    left out: it is judged in the joint family too, in the leaderboard and the findings (whose
+    merged family names its tables' power lines, not one table's)."""
+    from bench.results.findings.page import family_sentences, suite_families
 
     base = [0.50, 0.52, 0.51, 0.53, 0.49]
     lifts = {"ra": [0.010, 0.030, 0.002, 0.020, 0.015], "rb": [0.012, 0.03, 0.0, 0.025, 0.01]}
@@ -258,3 +259,5 @@ def test_the_per_protocol_sensitivity_of_a_joint_family_is_judged_in_it(tmp_path
     families, _, _ = suite_families(run)
     (primary,) = [f for f in families if f.primary]
     assert not any("per-protocol" in note for m in primary.members for note in m.notes)
+    (untold,) = family_sentences(primary, 0.05)
+    assert "; the primary tables' power lines: `ra`: differences below " in untold

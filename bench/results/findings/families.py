@@ -72,6 +72,8 @@ class Family:
         unit: The unit of the effects (``pp`` or ``pp per doubling``).
         members: The tests, in the leaderboard's order.
         power: The table's pooled power line as a clause, or None.
+        power_of: Whose power line ``power`` is, as the findings name it (a joint primary
+            family gives each of its tables').
     """
 
     name: str
@@ -80,6 +82,7 @@ class Family:
     unit: str
     members: tuple[Member, ...]
     power: str | None = None
+    power_of: str = "the table's power line"
 
     @property
     def m(self) -> int:
@@ -271,6 +274,7 @@ def table_families(
         "pp",
         tuple(m for _, f in joint for m in f.members),
         "; ".join(f"{code(b)}: {f.power}" for b, f in joint if f.power) or None,
+        "the primary tables' power lines",
     )
     first = families.index(joint[0][1])
     rest = [f for f in families if all(f is not g for _, g in joint)]
