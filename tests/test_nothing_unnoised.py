@@ -73,6 +73,20 @@ def test_the_live_rdp_epsilon_is_read_against_the_whole_runs_and_the_prv_it_reco
     )
 
 
+def test_the_live_epsilon_of_a_tan_simulation_does_not_read_as_the_target(tiny, tmp_path, capsys):
+    """A TAN simulation is calibrated at the suite's batch but draws a smaller one at a smaller
+    sigma: it spends far more than the target, and the bar says it simulates the target."""
+    record = run_tiny(tiny, tmp_path / "tan", "privacy.simulate_batch_size=16")
+    err = capsys.readouterr().err
+    assert (
+        record["dp_valid"] is False
+        and record["epsilon_spent"] > 1.5 * record["simulated"]["epsilon"]
+    )
+    assert "the run spends" not in err and "(rdp)" not in err
+    target = record["simulated"]["epsilon"]
+    assert f"(rdp; a TAN simulation, not DP: it simulates ε {target:.3g} at batch 64)" in err
+
+
 def test_the_default_divergence_stop_reads_the_parameters_not_the_private_loss(
     tiny, tmp_path, monkeypatch
 ):

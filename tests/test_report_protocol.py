@@ -230,3 +230,34 @@ def test_the_primary_tables_of_two_backbones_are_one_holm_family(tmp_path: Path)
     alone = write_run(tmp_path / "one", [r for r in records if r["backbone"] == "ra"])
     section = backbone_text(leaderboard_text(alone), "ra")
     assert table_rows(section, "letters")["other"][5] == "better"
+
+
+def test_the_per_protocol_sensitivity_of_a_joint_family_is_judged_in_it(tmp_path: Path) -> None:
+    """A failure on one backbone shows its per-protocol sensitivity table; judged alone it said
+    `better` (Holm over its own comparison, p 0.031) where the joint family says no
+    significant difference (0.061), a difference that is the family's size, not the failure
+    left out: it is judged in the joint family too, in the leaderboard and the findings (whose
+    merged family names its tables' power lines, not one table's)."""
+    from bench.results.findings.page import family_sentences, suite_families
+
+    base = [0.50, 0.52, 0.51, 0.53, 0.49]
+    lifts = {"ra": [0.010, 0.030, 0.002, 0.020, 0.015], "rb": [0.012, 0.03, 0.0, 0.025, 0.01]}
+    records = [make_record("ra", "other", 5, None, status="failed", num_classes=10)]
+    for backbone, lift in lifts.items():
+        for s, (b, d) in enumerate(zip(base, lift, strict=True)):
+            records += [
+                make_record(backbone, "group_norm", s, b, num_classes=10),
+                make_record(backbone, "other", s, b + d, num_classes=10),
+            ]
+    grid = {"backbone": ["ra", "rb"], "norm": ["group_norm", "other"], "seed": list(range(6))}
+    run = write_run(tmp_path, records, {"grid": grid})
+    section = backbone_text(leaderboard_text(run), "ra")
+    assert table_rows(section, "letters")["other"][5] == "no significant difference"
+    sensitivity = section.split("Per-protocol sensitivity")[1]
+    assert "over the 2 comparisons of the joint primary family" in sensitivity
+    assert table_rows(sensitivity, "norm")["other"][-1] == "no significant difference"
+    families, _, _ = suite_families(run)
+    (primary,) = [f for f in families if f.primary]
+    assert not any("per-protocol" in note for m in primary.members for note in m.notes)
+    (untold,) = family_sentences(primary, 0.05)
+    assert "; the primary tables' power lines: `ra`: differences below " in untold

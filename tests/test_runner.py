@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import signal
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 import bench.plan
+import bench.sweep.local
 import bench.sweep.resume
 import bench.train.cell
 from bench.cli import _run_options, build_parser, main
@@ -263,6 +265,30 @@ def test_parallel_local_workers_share_one_records_file(tiny, tmp_path):
     assert summary.statuses == {"ok": 6}
     keys = keys_in_file(tmp_path / "o" / "records.jsonl")
     assert len(keys) == len(set(keys)) == 6
+
+
+@pytest.mark.parametrize(("device", "how"), [("cuda", "spawn"), ("cpu", "forkserver")])
+def test_workers_sharing_the_cores_spawn_when_they_train_on_a_gpu(
+    tmp_path, monkeypatch, device, how
+):
+    """More workers than GPUs with ``--device cuda``: the workers share the cores but train on
+    the GPU, and a process forked from a server that touched CUDA cannot use it: they spawn.
+    CPU workers fork from the fork server."""
+    local = bench.sweep.local
+    if how not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {how} here")
+    asked = []
+
+    def context(method):
+        asked.append(method)
+        raise RuntimeError("stop before starting any process")
+
+    monkeypatch.setattr(local, "pool_shape", lambda options, cells: (2, False))
+    monkeypatch.setattr(local, "get_context", context)
+    options = RunOptions(out_dir=tmp_path, device=device, workers=2, progress=False)
+    with pytest.raises(RuntimeError, match="stop before"):
+        local.WorkerPoolExecutor(options, tmp_path).run(["a", "b"])
+    assert asked == [how]
 
 
 def test_an_unreachable_epsilon_in_the_grid_stops_the_sweep_before_any_cell(tiny, tmp_path, capsys):

@@ -3,6 +3,7 @@ around the coarse optimum, and a selection rule that rejects a candidate failing
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,25 @@ def test_a_tuning_run_replaced_by_a_rerun_is_charged_again(tmp_path):
         for p in plan_cells(one[:1])
     )
     assert final.tuning_history == tuple((s, q, 4 * n) for s, q, n in per_run)
+
+
+def test_a_replaced_run_left_in_the_records_file_is_charged_too(tmp_path):
+    """A records file written before a re-run's record replaced the old one (or merged by
+    hand) holds the failed run beside its retry: both trained, both are charged."""
+    suite = _suite(tmp_path, tiny_tune(norms="group_norm", seeds="0"))
+    cells = tune_cells(suite)
+    lr2 = next(c for c in cells if c.tuned["training.lr"] == 2.0)
+    lines = [*_records(cells, {(0.5, 0): 0.2, (2.0, 0): None}), *_records([lr2], {(2.0, 0): 0.3})]
+    path = tmp_path / "out" / "records.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (final,) = _final_stage(suite, path, RunOptions(out_dir=path.parent, progress=False))[0]
+    (one,) = tuning_by_group(suite, read_records(path).records).values()
+    per_run = composed(
+        run_history(p.charges, p.noise_multiplier, p.sample_rate, p.steps)
+        for p in plan_cells(one[:1])
+    )
+    assert final.tuning_history == tuple((s, q, 3 * n) for s, q, n in per_run)
 
 
 def test_a_point_whose_every_tuning_run_failed_says_so(tmp_path):

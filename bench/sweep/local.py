@@ -124,7 +124,10 @@ class WorkerPoolExecutor(Executor):
         kind = "GPU" if gpus else "CPU"
         print(f"running {len(cells)} cells on {n} {kind} workers", file=sys.stderr)
         statuses: list[str] = []
-        how = start_method(torch.device("cuda" if gpus else "cpu"))
+        places = [f"cuda:{i}" if gpus else (device or "cpu") for i in range(n)]
+        # Workers sharing the cores may still train on a GPU (``--device cuda``, more workers
+        # than GPUs): the start method follows where they train, not how many GPUs there are.
+        how = start_method(torch.device(places[0]))
         with ProcessPoolExecutor(max_workers=n, mp_context=get_context(how)) as pool:
             shares = [cells[i::n] for i in range(n)]
             futures = [
@@ -132,7 +135,7 @@ class WorkerPoolExecutor(Executor):
                     _worker,
                     share,
                     self.records_path,
-                    f"cuda:{i}" if gpus else (device or "cpu"),
+                    places[i],
                     threads,
                     self.options.keep_checkpoints,
                     [self.recorded_before(c) for c in share],

@@ -243,8 +243,11 @@ def _final_stage(
     if options.progress:
         for line in selection_lines(selections):
             print(f"tune: {line}", file=sys.stderr)
-    replaced = superseded_path(records)
-    superseded = read_every_record(replaced) if replaced.exists() else []
+    # Every record of both files: a records file written before a re-run's record replaced
+    # the old one (or merged by hand) holds a replaced run beside its re-run.
+    superseded = [
+        r for p in (records, superseded_path(records)) if p.exists() for r in read_every_record(p)
+    ]
     finals = final_cells(suite, selections, _tuning_costs(suite, existing, superseded))
     todo, already = pending_cells(finals, records, options.force, options.retry_failed)
     return finals, todo, already

@@ -11,7 +11,7 @@ from bench.results.leaderboard.markdown import code, pp_text, pvalue_text
 from bench.results.leaderboard.order import numeric_key
 from bench.results.leaderboard.privacy_utility import curve_trends, epsilon_curves
 from bench.results.leaderboard.protocol import PRIMARY, Protocol
-from bench.results.leaderboard.survivorship import per_protocol
+from bench.results.leaderboard.survivorship import per_protocol, per_protocol_analyses
 from bench.results.leaderboard.sweeps import settings_of, sweeps_of, value_effects
 from bench.results.record import grid_value_text
 from bench.results.stats import (
@@ -72,6 +72,8 @@ class Family:
         unit: The unit of the effects (``pp`` or ``pp per doubling``).
         members: The tests, in the leaderboard's order.
         power: The table's pooled power line as a clause, or None.
+        power_of: Whose power line ``power`` is, as the findings name it (a joint primary
+            family gives each of its tables').
     """
 
     name: str
@@ -80,6 +82,7 @@ class Family:
     unit: str
     members: tuple[Member, ...]
     power: str | None = None
+    power_of: str = "the table's power line"
 
     @property
     def m(self) -> int:
@@ -123,15 +126,18 @@ def table_family(
     alpha: float,
     protocol: Protocol,
     analysed: tuple[Mapping, BackboneAnalysis] | None = None,
+    judged: BackboneAnalysis | None = None,
 ) -> Family | None:
     """One leaderboard table's comparisons with the baseline under intention to treat, as
     :func:`~bench.results.leaderboard.backbone.backbone_section` computes them (``analysed``:
     its `itt_analyses` entry; default: the table judged alone); None when no comparison was
-    tested. In a joint primary family (several tables) each subject names its table."""
+    tested. In a joint primary family (several tables) each subject names its table.
+    ``judged``: its per-protocol sensitivity judged in the same family (`per_protocol_analyses`
+    entry); default: judged alone."""
     outcomes, analysis = analysed or itt_analysis(norms, baseline, alpha, protocol)
     if not any(r.p_holm is not None for r in analysis.results):
         return None
-    sensitivity = per_protocol(norms, outcomes, baseline, alpha)
+    sensitivity = judged or per_protocol(norms, outcomes, baseline, alpha)
     left_out = {r.norm: r for r in sensitivity.results} if sensitivity else {}
     claims = (f"is more accurate than {code(baseline)}", f"is less accurate than {code(baseline)}")
     where = f" on {code(block)}" if len(analysis.family) > 1 else ""
@@ -244,9 +250,15 @@ def table_families(
     """Every table's comparisons with the baseline that tested something, in the leaderboard's
     order of tables (numeric order of their grid values: steps=40 before steps=120)."""
     analysed = itt_analyses(collected.cells, baseline, alpha, protocol)
+    sensitivity = per_protocol_analyses(collected.cells, analysed, baseline, alpha)
     ordered = sorted(collected.cells.items(), key=lambda item: numeric_key(item[0]))
     found = [
-        (block, table_family(block, norms, baseline, alpha, protocol, analysed[block]))
+        (
+            block,
+            table_family(
+                block, norms, baseline, alpha, protocol, analysed[block], sensitivity[block]
+            ),
+        )
         for block, norms in ordered
     ]
     families = [family for _, family in found if family is not None]
@@ -262,6 +274,7 @@ def table_families(
         "pp",
         tuple(m for _, f in joint for m in f.members),
         "; ".join(f"{code(b)}: {f.power}" for b, f in joint if f.power) or None,
+        "the primary tables' power lines",
     )
     first = families.index(joint[0][1])
     rest = [f for f in families if all(f is not g for _, g in joint)]

@@ -109,7 +109,7 @@ def untold_sentence(family: Family, alpha: float) -> str | None:
         parts.append(f"no significant difference at α = {number_text(alpha)}: {items}")
     if untested:
         parts.append(f"not tested (too few runs): {', '.join(untested)}")
-    power = f"; the table's power line: {family.power}" if family.power else ""
+    power = f"; {family.power_of}: {family.power}" if family.power else ""
     return f"{head} told apart in {_family_label(family)}: {'; '.join(parts)}{power}."
 
 

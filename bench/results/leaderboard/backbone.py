@@ -44,13 +44,15 @@ def backbone_section(
     alpha: float,
     protocol: Protocol | None = None,
     analysed: tuple[dict[str, Outcomes], BackboneAnalysis] | None = None,
+    sensitivity: BackboneAnalysis | None = None,
 ) -> tuple[list[str], BackboneAnalysis]:
     """The Markdown lines of one backbone's table, and the statistics behind it.
 
     The table is the intention-to-treat analysis (every attempted run, a failed or collapsed
     one at chance); the per-protocol analysis of the ok runs follows it as a sensitivity table
     when the two differ. ``analysed``: the table's `itt_analyses` entry (its comparisons judged
-    in the suite's family); default: the table judged alone (`itt_analysis`).
+    in the suite's family); default: the table judged alone (`itt_analysis`). ``sensitivity``:
+    its per-protocol analysis, judged in the same family (`per_protocol_analyses`).
     """
     protocol = protocol or Protocol({})
     outcomes, analysis = analysed or itt_analysis(norms, baseline, alpha, protocol)
@@ -95,7 +97,7 @@ def backbone_section(
             "Cells with one seed (n=1) have no interval, are not tested and not ranked (—).",
             "",
         ]
-    lines += sensitivity_lines(norms, outcomes, baseline, alpha, protocol.collapse)
+    lines += sensitivity_lines(norms, outcomes, baseline, alpha, protocol.collapse, sensitivity)
     return lines, analysis
 
 

@@ -19,7 +19,7 @@ from bench.results.leaderboard.markdown import (
 )
 from bench.results.leaderboard.protocol import PRIMARY, Protocol
 from bench.results.record import Record
-from bench.results.stats import BackboneAnalysis, analyse_backbone
+from bench.results.stats import BackboneAnalysis, analyse_backbone, judge_jointly
 from bench.results.stats.itt import DEFAULT_COLLAPSE, Outcomes, intention_to_treat
 
 
@@ -134,7 +134,36 @@ def per_protocol(
         return None
     if next((o.chance for o in outcomes.values()), None) is None:
         return None
+    return _ok_runs_analysis(norms, baseline, alpha)
+
+
+def _ok_runs_analysis(norms: Mapping[str, Cell], baseline: str, alpha: float) -> BackboneAnalysis:
+    """A table's ok runs at their own accuracy, its comparisons Holm-corrected alone."""
     return analyse_backbone({n: c.accuracy for n, c in norms.items() if c.ok}, baseline, alpha)
+
+
+def per_protocol_analyses(
+    tables: Mapping[str, Mapping[str, Cell]],
+    analysed: Mapping[str, tuple[Mapping[str, Outcomes], BackboneAnalysis]],
+    baseline: str,
+    alpha: float,
+) -> dict[str, BackboneAnalysis | None]:
+    """Every table's `per_protocol` sensitivity analysis; the tables of a joint primary family
+    (``analysed``: `bench.results.leaderboard.backbone.itt_analyses`) judged in one family as
+    their intention-to-treat comparisons were, each joint table with its ok runs (the same
+    comparisons as its table when none failed). Judged alone, a sensitivity verdict could
+    differ from its table's for the family's size, not for the failures left out."""
+    out = {
+        block: per_protocol(norms, analysed[block][0], baseline, alpha)
+        for block, norms in tables.items()
+    }
+    joint = next((a.family for _, a in analysed.values() if len(a.family) > 1), ())
+    if any(out[block] is not None for block in joint):
+        judged = judge_jointly(
+            {block: _ok_runs_analysis(tables[block], baseline, alpha) for block in joint}
+        )
+        out.update({block: judged[block] for block in joint if out[block] is not None})
+    return out
 
 
 def sensitivity_lines(
@@ -143,13 +172,15 @@ def sensitivity_lines(
     baseline: str,
     alpha: float,
     collapse: float = DEFAULT_COLLAPSE,
+    judged: BackboneAnalysis | None = None,
 ) -> list[str]:
     """The collapsed runs, and the per-protocol analysis (ok runs at their own accuracy, failed
-    runs left out) as a sensitivity table when any run failed or collapsed."""
+    runs left out) as a sensitivity table when any run failed or collapsed (``judged``: its
+    `per_protocol_analyses` entry; default: judged alone)."""
     if not any(o.failed or o.collapsed for o in outcomes.values()):
         return []
     lines = _collapsed_text(outcomes, collapse)
-    analysis = per_protocol(norms, outcomes, baseline, alpha)
+    analysis = judged or per_protocol(norms, outcomes, baseline, alpha)
     if analysis is None:
         lines += [
             "Chance accuracy is unknown (no record names the classes), so failed runs could not "
@@ -169,12 +200,18 @@ def sensitivity_lines(
         for r in analysis.results
     ]
     headers = ["norm", "ok / attempted", "accuracy % (ok runs)", "Δ vs baseline (pp, 95% CI)"]
+    over = (
+        f"the {analysis.family_m} comparisons of the joint primary family, each primary "
+        "table's ok runs"
+        if len(analysis.family) > 1
+        else "this table's own comparisons"
+    )
     return [
         *lines,
         f"Per-protocol sensitivity (ok runs only, each at its own accuracy, collapsed ones "
-        f"included; failed runs left out; Holm at α = {number_text(alpha)} over this table's "
-        "own comparisons): where a verdict here differs from the table above, it depends on "
-        "leaving the failures out.",
+        f"included; failed runs left out; Holm at α = {number_text(alpha)} over {over}): "
+        "where a verdict here differs from the table above, it depends on leaving the "
+        "failures out.",
         "",
         table(rows, [*headers, "p (Holm)", "verdict"]) if rows else NA,
         "",

@@ -42,7 +42,7 @@ from bench.results.leaderboard.settings import (
 )
 from bench.results.leaderboard.simulated import simulated_section
 from bench.results.leaderboard.summary import summary_lines
-from bench.results.leaderboard.survivorship import cell_outcomes
+from bench.results.leaderboard.survivorship import cell_outcomes, per_protocol_analyses
 from bench.results.leaderboard.testset import testset_lines
 from bench.results.record import Record
 from bench.results.records import read_records
@@ -162,6 +162,7 @@ def _backbone_tables(
     analyses: dict[str, BackboneAnalysis] = {}
     # Every table's statistics at once: the primary tables share one Holm family.
     analysed = itt_analyses(collected.cells, baseline, alpha, protocol)
+    sensitivity = per_protocol_analyses(collected.cells, analysed, baseline, alpha)
     # The primary grid point's tables first, then the others in numeric order of their grid
     # values (steps=40 before steps=120, ε 0.5 before 8).
     blocks = sorted(
@@ -179,6 +180,7 @@ def _backbone_tables(
             alpha,
             protocol,
             analysed.get(backbone),
+            sensitivity.get(backbone),
         )
         body += lines
         norms = collected.cells.get(backbone, {})
