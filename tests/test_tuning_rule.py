@@ -229,6 +229,27 @@ def test_a_replaced_run_left_in_the_records_file_is_charged_too(tmp_path):
     assert final.tuning_history == tuple((s, q, 3 * n) for s, q, n in per_run)
 
 
+def test_a_final_run_retried_after_it_failed_charges_the_failed_attempt(tmp_path):
+    """--retry-failed on a final run: the failed attempt trained on the private set and its
+    failure decided the retry, so the retry's epsilon_with_tuning composes it (once per
+    earlier finished attempt); the first attempt composes the tuning stage alone."""
+    suite = _suite(tmp_path, tiny_tune(norms="group_norm", seeds="0"))
+    path = tmp_path / "out" / "records.jsonl"
+    for record in _records(tune_cells(suite), {(0.5, 0): 0.2, (2.0, 0): 0.3}):
+        append_record(path, record)
+    options = RunOptions(out_dir=path.parent, progress=False, retry_failed=True)
+    _, (first,), _ = _final_stage(suite, path, options)
+    (plan,) = plan_cells([first])
+    own = run_history(plan.charges, plan.noise_multiplier, plan.sample_rate, plan.steps)
+    append_record(path, {"run_key": first.run_key, "status": "failed", "stage": "final"})
+    _, (retry,), _ = _final_stage(suite, path, options)
+    assert retry.run_key == first.run_key
+    assert retry.tuning_history == composed([first.tuning_history, own])
+    append_record(path, {"run_key": first.run_key, "status": "failed", "stage": "final", "n": 2})
+    _, (third,), _ = _final_stage(suite, path, options)
+    assert third.tuning_history == composed([first.tuning_history, own, own])
+
+
 def test_a_point_whose_every_tuning_run_failed_says_so(tmp_path):
     suite = _suite(tmp_path, tiny_tune(norms="group_norm", seeds="0"))
     records = _records(tune_cells(suite), {(0.5, 0): None, (2.0, 0): None})

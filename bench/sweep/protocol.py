@@ -202,13 +202,13 @@ def tuning_by_group(
                 if c.run_key in recorded and c.run_key not in have:
                     cells.append(c)
                     have.add(c.run_key)
-    runs = _finished_runs([*records, *superseded])
+    runs = finished_runs([*records, *superseded])
     for group, cells in out.items():
         out[group] = [c for c in cells for _ in range(max(1, runs.get(c.run_key, 0)))]
     return out
 
 
-def _finished_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+def finished_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Per run key, how many distinct finished records (``ok`` or ``failed``) there are: one
     per training that ran to its end. A record left in both the records file and the
     superseded file by a kill between their writes is one run (`bench.results.records`)."""

@@ -18,6 +18,7 @@ and a plain re-run runs the cell again. Executors (`EXECUTORS`):
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from bench.environment import capture_environment, check_stack
 from bench.errors import ExecutorError
 from bench.measure import resolve_device
 from bench.plan import plan_cells
-from bench.privacy_tuning import group_costs
+from bench.privacy_tuning import composed, group_costs, run_history
 from bench.provenance import environment_facts
 from bench.results.leaderboard import write_report
 from bench.results.record import Record
@@ -44,6 +45,7 @@ from bench.sweep.outputs import default_out_dir, records_path, reproduce_command
 from bench.sweep.processes import barrier, launched_ranks
 from bench.sweep.protocol import (
     final_cells,
+    finished_runs,
     planned_cells,
     refine_cells,
     select,
@@ -245,12 +247,27 @@ def _final_stage(
             print(f"tune: {line}", file=sys.stderr)
     # Every record of both files: a records file written before a re-run's record replaced
     # the old one (or merged by hand) holds a replaced run beside its re-run.
-    superseded = [
+    every = [
         r for p in (records, superseded_path(records)) if p.exists() for r in read_every_record(p)
     ]
-    finals = final_cells(suite, selections, _tuning_costs(suite, existing, superseded))
+    finals = final_cells(suite, selections, _tuning_costs(suite, existing, every))
     todo, already = pending_cells(finals, records, options.force, options.retry_failed)
+    attempts = finished_runs(every)
+    todo = [_charge_earlier_attempts(c, attempts.get(c.run_key, 0)) for c in todo]
     return finals, todo, already
+
+
+def _charge_earlier_attempts(cell: Cell, attempts: int) -> Cell:
+    """A final cell whose earlier runs finished (``attempts``: a failed run it retries under
+    ``--retry-failed``, an ok one ``--force`` repeats) with each of them composed into its
+    ``epsilon_with_tuning``: they trained on the private set, their outcome is published in
+    the superseded file and decided the re-run, so retrying until a run succeeds is charged."""
+    if not attempts or cell.tuning_history is None:
+        return cell
+    (plan,) = plan_cells([cell])
+    earlier = run_history(plan.charges, plan.noise_multiplier, plan.sample_rate, plan.steps)
+    history = composed([cell.tuning_history, *[earlier] * attempts])
+    return dataclasses.replace(cell, tuning_history=history)
 
 
 def _tuning_costs(

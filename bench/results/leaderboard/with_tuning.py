@@ -55,7 +55,8 @@ def _statement(records: Sequence[Record]) -> str:
         delta = join([number_text(float(d)) for d in distinct(r.get("delta") for r in finals)])
         parts.append(
             f"ε = {_range_text(values)} at δ = {delta} for the whole procedure (tuning runs, "
-            f"their noisy validation scores, the selection and one final run), by "
+            f"their noisy validation scores, the selection and one final run, with any "
+            f"earlier attempt of a run that a re-run replaced), by "
             f"{join([_METHODS.get(m, m) for m in methods])} ({join(accountants)}); the "
             "tables' ε is the final run's alone"
         )
