@@ -160,8 +160,9 @@ def test_an_estimate_measured_on_a_busy_cpu_says_so(tiny, monkeypatch):
 
 
 def test_the_estimate_counts_the_cells_and_processes_the_options_give(tiny, tmp_path, monkeypatch):
-    """``--retry-failed`` re-runs failed cells and ``--nproc`` / the SLURM job's tasks spread
-    each cell: the estimate (and so ``--dry-run``) takes both from the sweep's options."""
+    """``--retry-failed`` re-runs failed cells and ``--nproc`` / the SLURM job's tasks /
+    torchrun's world spread each cell: the estimate (and so ``--dry-run``) takes both from the
+    sweep's options."""
     monkeypatch.setattr(bench.sweep.cost, "step_seconds", lambda cell, device: 2.0)
     suite, records = load_suite(tiny), tmp_path / "records.jsonl"
     for cell in suite.cells():
@@ -173,6 +174,10 @@ def test_the_estimate_counts_the_cells_and_processes_the_options_give(tiny, tmp_
     assert two.nproc == 2 and two.cell_s[0] < retried.cell_s[0]
     jobs = RunOptions(force=True, executor="slurm", slurm=SlurmOptions(nodes=2, tasks_per_node=2))
     assert estimate(suite, records, options=jobs).nproc == 4
+    # Under torchrun every rank runs `bench run` and each cell runs on the launched world (the
+    # estimate reads `cell_processes`, as for the SLURM job above).
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert RunOptions().cell_processes == 3 and RunOptions(nproc=2).cell_processes == 2
 
 
 def test_missing_cifar10_is_one_line_exit_2_before_anything_runs(tmp_path, capsys):

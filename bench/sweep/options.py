@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,5 +134,11 @@ class RunOptions:
     @property
     def cell_processes(self) -> int:
         """Processes each cell runs on: the SLURM job's (`SlurmOptions.world_size`) under
-        the ``slurm`` executor, else ``nproc``."""
-        return self.slurm.world_size if self.executor == "slurm" else self.nproc
+        the ``slurm`` executor; under a launcher (``torchrun``: ``WORLD_SIZE`` set, as
+        `bench.sweep.processes.launched_ranks` reads it) its world; else ``nproc``."""
+        if self.executor == "slurm":
+            return self.slurm.world_size
+        launched = os.environ.get("WORLD_SIZE", "")
+        if self.nproc == 1 and launched.isdigit() and int(launched) > 1:
+            return int(launched)
+        return self.nproc
