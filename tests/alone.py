@@ -19,8 +19,9 @@ import fcntl
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,35 +41,37 @@ ALONE_MODULES = (
 INTENT_WAIT_S = 900.0
 
 
-def _folder() -> Path | None:
-    """The lock folder of this xdist run; None outside xdist (nothing to lock)."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if not run or not os.environ.get("PYTEST_XDIST_WORKER"):
-        return None
+def _folder(run: str) -> Path:
+    """The lock folder of the xdist run ``run`` (its test-run uid)."""
     folder = Path(tempfile.gettempdir()) / f"bench-tests-{run}"
     folder.mkdir(exist_ok=True)
     return folder
 
 
-def _threads(alone: bool) -> int:
+def _threads(alone: bool, workers: int) -> int:
     """Torch threads for a test on this worker: every core for an ``alone`` test, else the
     worker's share (two workers of torch's default pool each would oversubscribe the cores,
     and torch's threads spin while they wait for each other)."""
     cores = os.cpu_count() or 1
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
     return cores if alone else max(1, cores // max(1, workers))
 
 
 @contextlib.contextmanager
-def running(alone: bool) -> Iterator[None]:
+def running(alone: bool, workerinput: Mapping[str, Any] | None) -> Iterator[None]:
     """Hold this worker's share of the machine while one test runs: the exclusive lock for
-    an ``alone`` test, else a shared one once no other worker waits to run alone."""
-    folder = _folder()
-    if folder is None:
+    an ``alone`` test, else a shared one once no other worker waits to run alone.
+
+    ``workerinput`` is the pytest config's (xdist gives it to its workers only); None: not an
+    xdist worker, nothing to lock. Read from the config, not the environment: a test's own
+    pytest subprocess (the GPU window's tests stage) inherits the worker's ``PYTEST_XDIST_*``
+    variables, and locking there would wait on its own parent's exclusive lock.
+    """
+    if workerinput is None:
         yield
         return
-    torch.set_num_threads(_threads(alone))
-    worker = os.environ["PYTEST_XDIST_WORKER"]
+    folder = _folder(str(workerinput["testrunuid"]))
+    torch.set_num_threads(_threads(alone, int(workerinput["workercount"])))
+    worker = str(workerinput["workerid"])
     intent = folder / f"intent-{worker}"
     if alone:
         intent.touch()

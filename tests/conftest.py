@@ -34,5 +34,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """Run an ``alone`` test with no other test beside it (`tests.alone`)."""
-    with running(item.get_closest_marker("alone") is not None):
+    workerinput = getattr(item.config, "workerinput", None)
+    with running(item.get_closest_marker("alone") is not None, workerinput):
         return (yield)
