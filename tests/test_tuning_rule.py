@@ -76,6 +76,14 @@ def test_tuning_runs_that_stop_on_the_private_loss_are_refused(tmp_path):
         _suite(tmp_path, broken)
 
 
+def _history(cell):
+    """One run's planned accountant history (its DP-SGD steps and charges), composed."""
+    (plan,) = plan_cells([cell])
+    return composed(
+        [run_history(plan.charges, plan.noise_multiplier, plan.sample_rate, plan.steps)]
+    )
+
+
 def _records(cells, scores):
     """Tuning records for ``cells``: ``scores[(lr, seed)]`` is a val_acc, or None for failed."""
     out = []
@@ -202,11 +210,7 @@ def test_a_tuning_run_replaced_by_a_rerun_is_charged_again(tmp_path):
     assert len(group) == 4
     # The final cell composes all four runs: 4 x (the run's steps and its noisy score).
     (final,) = _final_stage(suite, path, RunOptions(out_dir=path.parent, progress=False))[0]
-    (one,) = tuning_by_group(suite, read_records(path).records).values()
-    per_run = composed(
-        run_history(p.charges, p.noise_multiplier, p.sample_rate, p.steps)
-        for p in plan_cells(one[:1])
-    )
+    per_run = _history(tune_cells(suite)[0])
     assert final.tuning_history == tuple((s, q, 4 * n) for s, q, n in per_run)
 
 
@@ -221,11 +225,7 @@ def test_a_replaced_run_left_in_the_records_file_is_charged_too(tmp_path):
     path.parent.mkdir()
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     (final,) = _final_stage(suite, path, RunOptions(out_dir=path.parent, progress=False))[0]
-    (one,) = tuning_by_group(suite, read_records(path).records).values()
-    per_run = composed(
-        run_history(p.charges, p.noise_multiplier, p.sample_rate, p.steps)
-        for p in plan_cells(one[:1])
-    )
+    per_run = _history(tune_cells(suite)[0])
     assert final.tuning_history == tuple((s, q, 3 * n) for s, q, n in per_run)
 
 
@@ -239,8 +239,7 @@ def test_a_final_run_retried_after_it_failed_charges_the_failed_attempt(tmp_path
         append_record(path, record)
     options = RunOptions(out_dir=path.parent, progress=False, retry_failed=True)
     _, (first,), _ = _final_stage(suite, path, options)
-    (plan,) = plan_cells([first])
-    own = run_history(plan.charges, plan.noise_multiplier, plan.sample_rate, plan.steps)
+    own = _history(first)
     append_record(path, {"run_key": first.run_key, "status": "failed", "stage": "final"})
     _, (retry,), _ = _final_stage(suite, path, options)
     assert retry.run_key == first.run_key
