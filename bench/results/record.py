@@ -153,6 +153,7 @@ class Record(TypedDict, total=False):
     epsilon_with_tuning_accountant: str | None  # accountant of epsilon_with_tuning
     epsilon_with_tuning_method: str | None  # how it is composed: "composition"
     epsilon_with_tuning_history: list[list[float]] | None  # [sigma, q, steps] entries composed
+    epsilon_with_tuning_revisions: list[dict]  # earlier figures (bench.sweep.restate); absent: none
 
     # Time and provenance.
     train_wall_s: float  # seconds from the start of the run to the end of training

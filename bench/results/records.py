@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +148,36 @@ def _supersede(path: Path, lines: list[bytes]) -> None:
         old += b"\n"
     present = set(old.splitlines(keepends=True))
     atomic.write_bytes(path, old + b"".join(x for x in lines if x not in present))
+
+
+def revise_record(path: Path, run_key: str, revise: Callable[[Record], Mapping | None]) -> bool:
+    """Rewrite the record of ``run_key`` in place with the fields ``revise`` returns, atomically
+    and under the writers' lock; True when it did.
+
+    For a figure derived from other records that changed after this one was written (a final
+    run's ``epsilon_with_tuning``: `bench.sweep.restate`), not for a re-run: the run is the same
+    and nothing moves to the superseded file (which would count it as a second run). ``revise``
+    reads the record as it is under the lock, so two processes revising one record do it once;
+    it returns None to leave the record alone. The caller keeps what it replaces in the record.
+    """
+    path = Path(path)
+    with _writer_lock(path):
+        try:
+            old = path.read_bytes()
+        except FileNotFoundError:
+            return False
+        lines = old.splitlines(keepends=True)
+        for i in reversed(range(len(lines))):
+            if _run_key_of(lines[i]) != run_key:
+                continue
+            fields = revise(json.loads(lines[i].decode("utf-8")))
+            if fields is None:
+                return False
+            record = {**json.loads(lines[i].decode("utf-8")), **fields}
+            lines[i] = (serialise_record(record) + "\n").encode("utf-8")
+            atomic.write_bytes(path, b"".join(lines))
+            return True
+    return False
 
 
 def read_records(path: Path) -> RecordsRead:

@@ -54,6 +54,7 @@ from bench.sweep.protocol import (
     tune_cells,
     tuning_by_group,
 )
+from bench.sweep.restate import restate
 from bench.sweep.resume import pending_cells, record_counts
 from bench.sweep.slurm import SlurmExecutor
 
@@ -215,6 +216,7 @@ def _tuned_stages(
     finals, final_todo, final_already = _final_stage(suite, records, options)
     if writer:
         write_suite_json(suite, out_dir, [*tuning, *finals])
+        restate(records, finals)
     statuses += _run_stage(executor, final_todo, options.force, recorded)
     return _Stages(
         statuses,
@@ -252,9 +254,14 @@ def _final_stage(
     ]
     finals = final_cells(suite, selections, _tuning_costs(suite, existing, every))
     todo, already = pending_cells(finals, records, options.force, options.retry_failed)
-    attempts = finished_runs(every)
-    todo = [_charge_earlier_attempts(c, attempts.get(c.run_key, 0)) for c in todo]
-    return finals, todo, already
+    # A cell to run now composes each of its finished records; a recorded one, each but the
+    # newest (the run its record is): `restate` checks that record's figure against it.
+    attempts, running = finished_runs(every), {c.run_key for c in todo}
+    finals = [
+        _charge_earlier_attempts(c, max(0, attempts.get(c.run_key, 0) - (c.run_key not in running)))
+        for c in finals
+    ]
+    return finals, [c for c in finals if c.run_key in running], already
 
 
 def _charge_earlier_attempts(cell: Cell, attempts: int) -> Cell:

@@ -60,6 +60,13 @@ def _statement(records: Sequence[Record]) -> str:
             f"{join([_METHODS.get(m, m) for m in methods])} ({join(accountants)}); the "
             "tables' ε is the final run's alone"
         )
+    revised = [r for r in finals if r.get("epsilon_with_tuning_revisions")]
+    if revised:
+        parts.append(
+            f"recomputed for {len(revised)} final run(s) after tuning runs of their grid point "
+            "finished later (a retried or forced tuning run), each record keeping its earlier "
+            "figure in `epsilon_with_tuning_revisions`"
+        )
     if predate:
         parts.append(
             f"not computed for {len(predate)} final run(s), whose records predate "
