@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -97,6 +98,29 @@ def test_norm_whose_runs_all_failed_is_listed_with_reasons_and_not_ranked(tmp_pa
     assert row[0] == "—" and row[2] == "no ok run (3 failed)"
     failed = text.split("## Failed and skipped runs")[1]
     assert failed.count("failed for a reason") == 3
+
+
+def test_attempts_a_rerun_replaced_are_listed_but_not_in_the_tables(tmp_path: Path) -> None:
+    """A run retried until it succeeded is one ok run in the tables; the failed attempt before
+    it is listed with its reason from the superseded file. An interrupted attempt (resumed)
+    and a record a kill left in both files are not attempts of their own."""
+    records = grid({"group_norm": [0.6, 0.61, 0.62], "layer_norm": [0.55, 0.57, 0.56]})
+    run_dir = write_run(tmp_path, records)
+    assert "Attempts a re-run replaced" not in write_report(run_dir).read_text()
+    failed = make_record("resnet9", "layer_norm", 1, None, "failed", error="CUDA out of memory")
+    interrupted = make_record("resnet9", "layer_norm", 2, None, "interrupted")
+    replaced = [failed, interrupted, failed, records[4]]  # a duplicate; and the current record
+    (run_dir / "records.superseded.jsonl").write_text(
+        "".join(json.dumps(r, sort_keys=True) + "\n" for r in replaced)
+    )
+    text = write_report(run_dir).read_text()
+    section = text.split("### Attempts a re-run replaced")[1].split("##")[0]
+    assert "1 finished attempt(s) (1 of final runs)" in section
+    rows = [line for line in section.splitlines() if line.startswith("| `resnet9`")]
+    assert [[c.strip() for c in r.strip("|").split("|")] for r in rows] == [
+        ["`resnet9`", "`layer_norm`", "1", "final", "failed", "CUDA out of memory", "ok"]
+    ]
+    assert table_row(text, "resnet9", "layer_norm")[2] == "56.00 ± 2.48 (n=3)"  # the 3 current
 
 
 def test_missing_baseline_skips_comparisons_but_still_ranks(tmp_path: Path) -> None:

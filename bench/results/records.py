@@ -76,9 +76,10 @@ def _writer_lock(path: Path) -> Iterator[None]:
 
 def superseded_path(path: Path) -> Path:
     """Where the records a re-run replaced are kept: ``records.superseded.jsonl`` beside
-    ``records.jsonl``. No report reads it; it is the audit trail of ``--force`` and
-    ``--retry-failed``, and the tuned procedure's epsilon charges each finished tuning run in
-    it (`bench.sweep.protocol.tuning_by_group`)."""
+    ``records.jsonl``: the audit trail of ``--force`` and ``--retry-failed``. The tables never
+    read it; the leaderboard lists its finished attempts (`leaderboard.sections`), and the
+    tuned procedure's epsilon charges each finished tuning run in it
+    (`bench.sweep.protocol.tuning_by_group`)."""
     path = Path(path)
     return path.with_name(f"{path.stem}.superseded{path.suffix}")
 
@@ -97,7 +98,7 @@ def append_record(path: Path, record: Mapping) -> None:
 
     A run key has one record in the file: the lines of earlier records with the same run key
     (an ``interrupted`` attempt, the record a ``--force`` or ``--retry-failed`` re-run
-    replaces) move to `superseded_path`, never read by a report, and the new record becomes
+    replaces) move to `superseded_path`, never read by the tables, and the new record becomes
     the last line. Lines that are not records are left where they are, for `read_records` to
     report.
 

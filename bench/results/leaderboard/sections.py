@@ -3,6 +3,7 @@ failed runs, software stacks, missing cells and problems in the records."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -122,11 +123,14 @@ def privacy_section(records: Sequence[Record]) -> list[str]:
     return lines
 
 
-def failed_section(not_ok: Sequence[Record]) -> list[str]:
-    """The runs that did not end ok, with their reasons."""
+def failed_section(
+    not_ok: Sequence[Record], replaced: Sequence[Record] = (), records: Sequence[Record] = ()
+) -> list[str]:
+    """The runs that did not end ok, with their reasons; then the finished attempts a re-run
+    replaced (``replaced``: the superseded file's records; ``records``: the current ones)."""
     lines = ["## Failed and skipped runs", ""]
     if not not_ok:
-        return [*lines, "None.", ""]
+        return [*lines, "None.", "", *_replaced_lines(replaced, records)]
     rows = [
         [
             code(block_of(r)),
@@ -153,7 +157,56 @@ def failed_section(not_ok: Sequence[Record]) -> list[str]:
             "runs them again. `failed` runs belong to the cell; `--retry-failed` re-runs them.",
             "",
         ]
-    return [*lines, shown, ""]
+    return [*lines, shown, "", *_replaced_lines(replaced, records)]
+
+
+def _by_cell(r: Record) -> tuple:
+    return (numeric_key(block_of(r)), r["norm"], seed_key(r.get("seed")), r["run_key"])
+
+
+def _replaced_lines(replaced: Sequence[Record], records: Sequence[Record]) -> list[str]:
+    """Each finished attempt (``ok`` or ``failed``) that a ``--retry-failed`` or ``--force``
+    re-run replaced: the tables hold one record per run, its newest, so a run retried until it
+    succeeded is in them as a success; these attempts say what came before. An ``interrupted``
+    attempt is not listed (its run resumed and finished as the newer record), nor a record a
+    kill left in both files."""
+    now = {r["run_key"]: r for r in records}
+    current = {json.dumps(r, sort_keys=True) for r in records}
+    seen: set[str] = set()
+    earlier = []
+    for r in replaced:
+        line = json.dumps(r, sort_keys=True)
+        if r.get("status") in ("ok", "failed") and line not in current and line not in seen:
+            seen.add(line)
+            earlier.append(r)
+    if not earlier:
+        return []
+    rows = [
+        [
+            code(block_of(r)),
+            code(str(r.get("norm"))),
+            NA if r.get("seed") is None else str(r.get("seed")),
+            str(r.get("stage") or "final"),
+            r["status"],
+            cell_text(r.get("error") or ("" if r["status"] == "ok" else "no reason recorded")),
+            now[r["run_key"]]["status"] if r["run_key"] in now else "no record",
+        ]
+        for r in sorted(earlier, key=_by_cell)
+    ]
+    finals = sum(not is_tuning(r) for r in earlier)
+    return [
+        "### Attempts a re-run replaced",
+        "",
+        f"{len(earlier)} finished attempt(s) ({finals} of final runs) were replaced by a "
+        "`--retry-failed` or `--force` re-run of the same run key; they are kept in "
+        "`records.superseded.jsonl`. The tables and their intention-to-treat statistics count "
+        "each run once, by its newest record (the *now* column), so a run retried until it "
+        "succeeded counts as a success. Each attempt trained on the private set: a tuned "
+        "suite's ε with tuning composes them; a table's ε is the newest run's alone.",
+        "",
+        table(rows, ["backbone", "norm", "seed", "stage", "attempt", "reason", "now"]),
+        "",
+    ]
 
 
 def tuning_section(

@@ -45,7 +45,7 @@ from bench.results.leaderboard.summary import summary_lines
 from bench.results.leaderboard.survivorship import cell_outcomes, per_protocol_analyses
 from bench.results.leaderboard.testset import testset_lines
 from bench.results.record import Record
-from bench.results.records import read_records
+from bench.results.records import read_every_record, read_records, superseded_path
 from bench.results.stats import BackboneAnalysis, mean_ci
 
 
@@ -57,6 +57,7 @@ def render_leaderboard(
     run_dir: Path,
     baseline: str,
     alpha: float,
+    replaced: Sequence[Record] = (),
 ) -> str:
     """The leaderboard's Markdown, from records already read.
 
@@ -73,6 +74,8 @@ def render_leaderboard(
         run_dir: The run directory (its name is the fallback suite name).
         baseline: The baseline norm's spec string.
         alpha: Family-wise significance level.
+        replaced: The records a re-run replaced (``records.superseded.jsonl``), listed under
+            the failed runs.
 
     Returns:
         The Markdown text, ending with a newline.
@@ -91,7 +94,7 @@ def render_leaderboard(
     )
     body += simulated_body
     analyses.update(simulated_analyses)
-    body += sections.failed_section(collected.not_ok)
+    body += sections.failed_section(collected.not_ok, replaced, records)
     body += sections.stacks_section(records)
     planned_all = planned_cells(suite)
     if planned_all:
@@ -293,6 +296,7 @@ def _leaderboard(
         RECORDS_FILE + ":" + p[len(prefix) :] if p.startswith(prefix) else p for p in read.problems
     ]
     collected = collect(read.records)
+    replaced_path = superseded_path(records_path)
     text = render_leaderboard(
         collected,
         problems,
@@ -300,5 +304,6 @@ def _leaderboard(
         run_dir=run_dir,
         baseline=resolved_baseline,
         alpha=resolved_alpha,
+        replaced=read_every_record(replaced_path) if replaced_path.exists() else (),
     )
     return text, collected, resolve_protocol(suite, collected.records).collapse
