@@ -24,6 +24,7 @@ from bench.sweep.protocol import (
     tune_cells,
     tuning_by_group,
 )
+from bench.sweep.restate import restate, taken_history
 from bench.sweep.run import _final_stage, run_suite
 from tests.tiny_suite import tiny_tune
 
@@ -160,6 +161,12 @@ def test_a_refined_sweep_runs_coarse_refined_and_final_runs_and_sizes_them(tmp_p
     assert len(tuned) == 4 and {0.5, 2.0} <= set(tuned)
     (final,) = [r for r in records if r["stage"] == "final"]
     assert final["tuned"] == select(suite, records)[next(iter(select(suite, records)))].values
+    # The record's own spending, read back from its fields, is what the engine composed with
+    # the tuning runs: a current record is never revised (`bench.sweep.restate`).
+    (cell,), _, _ = _final_stage(suite, out / "records.jsonl", RunOptions(out_dir=out))
+    composed_now = composed([cell.tuning_history, taken_history(final)])
+    assert [list(e) for e in composed_now] == final["epsilon_with_tuning_history"]
+    assert restate(out / "records.jsonl", [cell]) == 0
 
 
 def test_a_refinement_left_behind_by_a_moved_coarse_optimum_is_still_charged(tmp_path):
