@@ -3,8 +3,12 @@ after it (`bench.sweep.restate`), in place, keeping the earlier figure."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import pytest
+
+import bench.sweep.run
 from bench.plan import plan_cells
 from bench.privacy_tuning import composed
 from bench.results.leaderboard.with_tuning import header_lines
@@ -13,9 +17,11 @@ from bench.results.records import (
     read_every_record,
     read_records,
     revise_record,
+    run_identity,
     superseded_path,
 )
 from bench.suite import load_suite
+from bench.sweep.executor import Executor
 from bench.sweep.options import RunOptions
 from bench.sweep.protocol import finished_runs, tune_cells
 from bench.sweep.restate import taken_history, understates
@@ -108,13 +114,60 @@ def test_only_an_understatement_is_revised():
     assert not understates(stored, [(1.0 + 1e-12, 0.01, 10)])
 
 
+def test_a_forced_sweep_stopped_before_its_final_runs_leaves_their_figures_alone(
+    tmp_path: Path, monkeypatch
+):
+    """Under --force a recorded final cell is to run again, and is charged its current record
+    as an earlier attempt; restating that record against it would charge its own run twice.
+    A forced sweep stopped before the final runs record (here: its executor runs nothing)
+    leaves the final record exactly as it was."""
+    (tmp_path / "tune.yaml").write_text(tiny_tune(norms="group_norm", seeds="0"))
+    suite = load_suite(tmp_path / "tune.yaml")
+    out = tmp_path / "out"
+    path = out / "records.jsonl"
+    for cell, acc in zip(tune_cells(suite), (0.1, 0.2, 0.15, 0.12), strict=False):
+        append_record(path, _tuning_record(cell, acc))
+    options = RunOptions(out_dir=out, progress=False, report=False)
+    _, (final,), _ = _final_stage(suite, path, options)
+    append_record(path, _final_record(final))
+    text = path.read_bytes()
+
+    class Stopped(Executor):
+        def run(self, cells):
+            return ["interrupted"] * len(cells)
+
+    monkeypatch.setattr(bench.sweep.run, "create_executor", Stopped)
+    run_suite(suite, dataclasses.replace(options, force=True))
+    assert path.read_bytes() == text
+
+
 def test_revise_record_rewrites_one_line_in_place_or_nothing(tmp_path: Path):
     path = tmp_path / "records.jsonl"
     for key in ("a", "b"):
-        append_record(path, {"run_key": key, "status": "ok", "x": 1})
-    assert not revise_record(path, "missing", lambda r: {"x": 2})
+        append_record(path, {"run_key": key, "status": "ok", "epsilon_with_tuning": 1})
+    other = path.read_bytes().splitlines(keepends=True)[1]
+    assert not revise_record(path, "missing", lambda r: {"epsilon_with_tuning": 2})
     assert not revise_record(path, "a", lambda r: None)
-    assert revise_record(path, "a", lambda r: {"x": r["x"] + 1})
-    assert [(r["run_key"], r["x"]) for r in read_every_record(path)] == [("a", 2), ("b", 1)]
+    assert revise_record(path, "a", lambda r: {"epsilon_with_tuning": r["epsilon_with_tuning"] + 1})
+    every = read_every_record(path)
+    assert [(r["run_key"], r["epsilon_with_tuning"]) for r in every] == [("a", 2), ("b", 1)]
+    assert path.read_bytes().splitlines(keepends=True)[1] == other  # the rest kept as bytes
     assert not superseded_path(path).exists()
-    assert not revise_record(tmp_path / "none.jsonl", "a", lambda r: {"x": 2})
+    assert not revise_record(tmp_path / "none.jsonl", "a", lambda r: {"epsilon_with_tuning": 2})
+    # Only a derived figure changes: the run itself (its outcome, its status) cannot.
+    with pytest.raises(ValueError, match="test_acc"):
+        revise_record(path, "a", lambda r: {"test_acc": 0.9})
+
+
+def test_a_revised_record_left_in_both_files_by_a_kill_is_still_one_run(tmp_path: Path):
+    """A kill between append_record's two writes leaves a record in both files, one run;
+    revising the copy in the records file keeps it one run, not a phantom earlier attempt."""
+    path = tmp_path / "records.jsonl"
+    record = {"run_key": "a", "status": "ok", "test_acc": 0.3, "epsilon_with_tuning": 9.0}
+    append_record(path, record)
+    append_record(superseded_path(path), record)
+    revise_record(path, "a", lambda r: {"epsilon_with_tuning": 9.5})
+    every = [*read_every_record(path), *read_every_record(superseded_path(path))]
+    assert finished_runs(every) == {"a": 1}
+    assert run_identity(every[0]) == run_identity(every[1])
+    assert finished_runs([*every, {**record, "test_acc": 0.4}]) == {"a": 2}

@@ -78,8 +78,9 @@ def superseded_path(path: Path) -> Path:
     """Where the records a re-run replaced are kept: ``records.superseded.jsonl`` beside
     ``records.jsonl``: the audit trail of ``--force`` and ``--retry-failed``. The tables never
     read it; the leaderboard lists its finished attempts (`leaderboard.sections`), and the
-    tuned procedure's epsilon charges each finished tuning run in it
-    (`bench.sweep.protocol.tuning_by_group`)."""
+    tuned procedure's epsilon charges each finished run in it: a tuning run in its grid
+    point's tuning cost (`bench.sweep.protocol.tuning_by_group`), an earlier attempt of a
+    final run in that run's (`bench.sweep.run`)."""
     path = Path(path)
     return path.with_name(f"{path.stem}.superseded{path.suffix}")
 
@@ -151,6 +152,21 @@ def _supersede(path: Path, lines: list[bytes]) -> None:
     atomic.write_bytes(path, old + b"".join(x for x in lines if x not in present))
 
 
+#: The fields `revise_record` may rewrite after a run ended, by prefix: a final run's
+#: ``epsilon_with_tuning`` and what goes with it (`bench.sweep.restate`). Nothing else of a
+#: record changes once it is written, so `run_identity` leaves these out.
+REVISABLE_PREFIX = "epsilon_with_tuning"
+
+
+def run_identity(record: Mapping) -> str:
+    """What makes two records one finished run, for counting runs and attempts: the record
+    as sorted JSON without its revisable fields (`REVISABLE_PREFIX`). A record a kill left in
+    both the records file and the superseded file is one run, and stays one after
+    `revise_record` updated the copy in the records file."""
+    kept = {k: v for k, v in record.items() if not str(k).startswith(REVISABLE_PREFIX)}
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
 def revise_record(path: Path, run_key: str, revise: Callable[[Record], Mapping | None]) -> bool:
     """Rewrite the record of ``run_key`` in place with the fields ``revise`` returns, atomically
     and under the writers' lock; True when it did.
@@ -160,6 +176,11 @@ def revise_record(path: Path, run_key: str, revise: Callable[[Record], Mapping |
     and nothing moves to the superseded file (which would count it as a second run). ``revise``
     reads the record as it is under the lock, so two processes revising one record do it once;
     it returns None to leave the record alone. The caller keeps what it replaces in the record.
+    Only the revisable fields (`REVISABLE_PREFIX`) may change: the run's identity
+    (`run_identity`) is the same before and after.
+
+    Raises:
+        ValueError: When ``revise`` returns a field that is not revisable.
     """
     path = Path(path)
     with _writer_lock(path):
@@ -174,6 +195,9 @@ def revise_record(path: Path, run_key: str, revise: Callable[[Record], Mapping |
             fields = revise(json.loads(lines[i].decode("utf-8")))
             if fields is None:
                 return False
+            fixed = sorted(k for k in fields if not str(k).startswith(REVISABLE_PREFIX))
+            if fixed:
+                raise ValueError(f"revise_record: a written record's {fixed} cannot change")
             record = {**json.loads(lines[i].decode("utf-8")), **fields}
             lines[i] = (serialise_record(record) + "\n").encode("utf-8")
             atomic.write_bytes(path, b"".join(lines))

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bench.config import GRID_SECTIONS, Cell, Suite
+from bench.results.records import run_identity
 
 
 def _with(cell: Cell, changes: Mapping[str, Any], **fields: Any) -> Cell:
@@ -211,11 +211,12 @@ def tuning_by_group(
 def finished_runs(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Per run key, how many distinct finished records (``ok`` or ``failed``) there are: one
     per training that ran to its end. A record left in both the records file and the
-    superseded file by a kill between their writes is one run (`bench.results.records`)."""
+    superseded file by a kill between their writes is one run (`bench.results.records`), its
+    ``epsilon_with_tuning`` revised or not (`run_identity`)."""
     seen: dict[str, set[str]] = {}
     for r in records:
         if r.get("status") in ("ok", "failed"):
-            seen.setdefault(r["run_key"], set()).add(json.dumps(r, sort_keys=True, default=str))
+            seen.setdefault(r["run_key"], set()).add(run_identity(r))
     return {key: len(lines) for key, lines in seen.items()}
 
 

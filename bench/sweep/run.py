@@ -216,7 +216,10 @@ def _tuned_stages(
     finals, final_todo, final_already = _final_stage(suite, records, options)
     if writer:
         write_suite_json(suite, out_dir, [*tuning, *finals])
-        restate(records, finals)
+        # Only the records that stay: a cell about to run (``--force``, ``--retry-failed``) is
+        # charged its current record as an earlier attempt, which is that record's own run.
+        running = {c.run_key for c in final_todo}
+        restate(records, [c for c in finals if c.run_key not in running])
     statuses += _run_stage(executor, final_todo, options.force, recorded)
     return _Stages(
         statuses,

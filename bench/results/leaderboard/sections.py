@@ -3,7 +3,6 @@ failed runs, software stacks, missing cells and problems in the records."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from bench.results.leaderboard.settings import SUITE_FILE, suite_section
 from bench.results.leaderboard.tuning_table import tuning_grid_lines
 from bench.results.leaderboard.with_tuning import tuning_privacy_lines
 from bench.results.record import Record
+from bench.results.records import run_identity
 from bench.results.stacks import stack_text, stacks
 
 
@@ -171,11 +171,11 @@ def _replaced_lines(replaced: Sequence[Record], records: Sequence[Record]) -> li
     attempt is not listed (its run resumed and finished as the newer record), nor a record a
     kill left in both files."""
     now = {r["run_key"]: r for r in records}
-    current = {json.dumps(r, sort_keys=True) for r in records}
+    current = {run_identity(r) for r in records}
     seen: set[str] = set()
     earlier = []
     for r in replaced:
-        line = json.dumps(r, sort_keys=True)
+        line = run_identity(r)
         if r.get("status") in ("ok", "failed") and line not in current and line not in seen:
             seen.add(line)
             earlier.append(r)
@@ -201,8 +201,9 @@ def _replaced_lines(replaced: Sequence[Record], records: Sequence[Record]) -> li
         "`--retry-failed` or `--force` re-run of the same run key; they are kept in "
         "`records.superseded.jsonl`. The tables and their intention-to-treat statistics count "
         "each run once, by its newest record (the *now* column), so a run retried until it "
-        "succeeded counts as a success. Each attempt trained on the private set: a tuned "
-        "suite's ε with tuning composes them; a table's ε is the newest run's alone.",
+        "succeeded counts as a success. Each attempt is charged as if it trained on the private "
+        "set (in full, even one that failed early): a tuned suite's ε with tuning composes them; "
+        "a table's ε is the newest run's alone.",
         "",
         table(rows, ["backbone", "norm", "seed", "stage", "attempt", "reason", "now"]),
         "",
