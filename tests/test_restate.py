@@ -24,7 +24,7 @@ from bench.suite import load_suite
 from bench.sweep.executor import Executor
 from bench.sweep.options import RunOptions
 from bench.sweep.protocol import finished_runs, tune_cells
-from bench.sweep.restate import taken_history, understates
+from bench.sweep.restate import _stale, taken_history, understates
 from bench.sweep.run import _final_stage, run_suite
 from bench.train.record import with_tuning_fields
 from tests.tiny_suite import tiny_tune
@@ -171,3 +171,24 @@ def test_a_revised_record_left_in_both_files_by_a_kill_is_still_one_run(tmp_path
     assert finished_runs(every) == {"a": 1}
     assert run_identity(every[0]) == run_identity(every[1])
     assert finished_runs([*every, {**record, "test_acc": 0.4}]) == {"a": 2}
+
+
+def test_only_a_finished_ok_final_record_with_a_lagging_figure_is_restated():
+    """`_stale`'s refusals: a failed run, a tuning run and a record with no figure are left
+    alone, and so is a figure not below the recomputed one (histories that differ without
+    lagging); an ok final record whose history lacks a tuning run is revised."""
+    taken = {"noise_multiplier": 1.0, "sample_rate": 0.01, "steps_done": 10}
+    tuning = [(2.0, 0.01, 10)]
+    stored = [[2.0, 0.01, 5], [1.0, 0.01, 10]]  # half the tuning steps the procedure has
+    lagging = {"run_key": "f", "status": "ok", "stage": "final", "delta": 1e-5,
+               "accountant": "rdp", "epsilon_with_tuning": 1.0,
+               "epsilon_with_tuning_history": stored, **taken}  # fmt: skip
+    fields = _stale(lagging, tuning)
+    assert fields is not None and fields["epsilon_with_tuning"] > 1.0
+    assert fields["epsilon_with_tuning_revisions"][0]["epsilon_with_tuning"] == 1.0
+    assert _stale({**lagging, "status": "failed"}, tuning) is None
+    assert _stale({**lagging, "stage": "tune"}, tuning) is None
+    assert _stale({**lagging, "epsilon_with_tuning_history": None}, tuning) is None
+    assert _stale({**lagging, "epsilon_with_tuning": 1e9}, tuning) is None
+    covered = [[2.0, 0.01, 10], [1.0, 0.01, 10]]
+    assert _stale({**lagging, "epsilon_with_tuning_history": covered}, tuning) is None
