@@ -11,8 +11,9 @@ import pytest
 from scipy import stats as sps
 
 from bench.results import stats
+from bench.results.leaderboard.markdown import interval_text
 from bench.results.stats import exact
-from bench.results.stats.blocked import paired_differences, setting_model, trend_model
+from bench.results.stats.blocked import Fit, paired_differences, setting_model, trend_model
 from bench.results.stats.evidence import rope_evidence
 from bench.results.stats.itt import failure_rate, intention_to_treat
 
@@ -204,6 +205,23 @@ def test_blocked_model_does_not_depend_on_the_order_records_arrived_in() -> None
         assert one.contrast({"b": 1.0, "a": -1.0}) == other.contrast({"b": 1.0, "a": -1.0})
         one, other = trend_model(series, covariate), trend_model(shuffled, covariate)
         assert one.contrast({"slope": 1.0}) == other.contrast({"slope": 1.0})
+
+
+def test_a_contrast_does_not_depend_on_the_last_bits_of_the_solve() -> None:
+    """Another CPU's LAPACK lands a least-squares solution a few ulps from this one's; at an
+    exact tie (a difference of 0.03805: means of accuracies in 1/10,000ths) that printed as
+    +3.80 on one machine and +3.81 on another, so a published leaderboard did not rebuild
+    byte-for-byte elsewhere. Coefficients an ulp either side give one contrast."""
+    tie, cov = 0.03805, np.array([[1e-4]])
+    contrasts = [
+        Fit(("a",), np.array([b]), cov * (1 + e), 3, 0.95).contrast({"a": 1.0})
+        for b, e in itertools.product(
+            (np.nextafter(tie, 0.0), tie, np.nextafter(tie, 1.0)), (-2e-16, 0.0, 2e-16)
+        )
+    ]
+    assert all(c == contrasts[0] for c in contrasts)
+    assert contrasts[0].estimate == tie
+    assert len({interval_text(c.estimate, c.half_width) for c in contrasts}) == 1
 
 
 def test_means_and_slopes_do_not_depend_on_the_order_of_the_runs() -> None:
