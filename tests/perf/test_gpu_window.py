@@ -230,8 +230,19 @@ def test_a_stage_past_its_deadline_gets_sigint_then_a_kill(tmp_path, monkeypatch
     # seconds to schedule it), a short one for the deaf stage (the test waits all of it).
     monkeypatch.setattr(window_slice, "STOP_GRACE_S", 20.0)
     log = tmp_path / "log"
-    polite = ["bash", "-c", "trap 'echo wrote what I had; kill $!; exit 7' INT; sleep 30 & wait"]
-    code, how = window_slice.run_until(polite, log, time.time() + 1.0)
+    # The polite stage is Python, as the real stages are: a shell started with SIGINT ignored
+    # (a job sent to the background by a non-interactive shell, as CI may be) cannot trap it,
+    # while Python installs its handler over an inherited SIG_IGN.
+    script = (
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        "    print('wrote what I had', flush=True)\n"
+        "    sys.exit(7)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        "time.sleep(30)\n"
+    )
+    polite = [sys.executable, "-c", script]
+    code, how = window_slice.run_until(polite, log, time.time() + 3.0)
     assert (code, how) == (7, "stopped (SIGINT) at its deadline")
     assert "wrote what I had" in log.read_text()
     monkeypatch.setattr(window_slice, "STOP_GRACE_S", 2.0)
