@@ -172,6 +172,18 @@ def overrides(sizes: SliceSizes, steps: int, data_root: Path | None) -> list[str
     return out
 
 
+def _sigint_default() -> None:
+    """In the stage's process before exec: SIGINT back to its default disposition.
+
+    A process started with SIGINT ignored (a job a non-interactive shell sends to the
+    background, as ``nohup ... &`` from a script does) passes the ignore on through exec, and a
+    Python started that way installs no KeyboardInterrupt handler: the runner would then stop
+    politely only inside its training loop (which installs its own handler) and the deadline's
+    SIGINT would be lost anywhere else, leaving only the kill.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_until(cmd: list[str], log: Path, deadline: float) -> tuple[int | None, str | None]:
     """Run ``cmd`` (output appended to ``log``) until ``deadline``; there, SIGINT (the runner and
     the gpu-report then write what they have), and `STOP_GRACE_S` later a kill.
@@ -182,7 +194,9 @@ def run_until(cmd: list[str], log: Path, deadline: float) -> tuple[int | None, s
     with log.open("a") as f:
         f.write("\n$ " + shlex.join(cmd) + "\n")
         f.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, preexec_fn=_sigint_default
+        )
         try:
             return proc.wait(timeout=max(0.1, deadline - time.time())), None
         except subprocess.TimeoutExpired:

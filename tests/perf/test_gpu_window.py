@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tarfile
@@ -252,6 +253,22 @@ def test_a_stage_past_its_deadline_gets_sigint_then_a_kill(tmp_path, monkeypatch
         "killed 2 s after its deadline",
     )
     assert window_slice.run_until(["true", "x", "y"], log, time.time() + 30) == (0, None)
+
+
+def test_a_stage_gets_the_deadline_sigint_even_when_its_caller_ignores_sigint(tmp_path):
+    # gpu-window launched as a background job of a script inherits SIGINT ignored; its stages
+    # must not: a Python stage relying on the default KeyboardInterrupt still stops politely.
+    script = (
+        "import sys, time\ntry:\n    time.sleep(30)\nexcept KeyboardInterrupt:\n    sys.exit(7)\n"
+    )
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        got = window_slice.run_until(
+            [sys.executable, "-c", script], tmp_path / "log", time.time() + 3.0
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert got == (7, "stopped (SIGINT) at its deadline")
 
 
 def test_a_report_stopped_by_sigint_keeps_its_measurements_and_lists_the_rest(
