@@ -180,7 +180,7 @@ def _power_text(analysis: BackboneAnalysis) -> str:
         f"**Power** (paired t-test, two-sided, at α/m = {number_text(analysis.alpha)}/{power.m} "
         f"= {power.level:.4g}: Holm's first step, so a lower bound on the verdicts' power): with "
         f"the pooled SD of the paired differences with the baseline, {100 * power.sd:.2f} pp "
-        f"({power.sd_df} df), "
+        f"(estimated on {power.sd_df} df; the test itself has {power.n - 1} df), "
     )
     if power.detectable > 1.0:
         seen = (
